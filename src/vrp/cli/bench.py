@@ -1,0 +1,102 @@
+"""`vrp bench <what>`: bounded benchmarks. `vrp bench serve` is the loopback load check of `vrp serve`.
+
+Each benchmark is one function `add_<name>_parser(bench_subparsers)` that registers its sub-subcommand and sets
+`_bench_run` to its run function; to add one (e.g. `vrp bench train`), write that function and append it to
+`BENCH_PARSERS`. Does not know what the benchmarks measure (see `vrp.bench_serve`).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Callable
+
+
+def add_serve_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `vrp bench serve`."""
+    p = bsub.add_parser("serve", help="load check of the prediction server on 127.0.0.1",
+                        description="Send N POST /v1/predict requests at concurrency C to a loopback server (started "
+                                    "here with --model/--run, or a running one with --url) and report latency "
+                                    "percentiles, statuses and the server's RSS before/after.")
+    tgt = p.add_argument_group("target (one of --url / --model / --run)")
+    tgt.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000 (loopback only)")
+    tgt.add_argument("--server-pid", type=int, help="pid of the --url server, to read its RSS")
+    tgt.add_argument("--model", help="start `vrp serve --model MODEL` for the check")
+    tgt.add_argument("--run", help="start `vrp serve --run RUN` for the check")
+    tgt.add_argument("--checkpoint", help="with --run: serve this checkpoint")
+    tgt.add_argument("--queue-size", type=int, default=8, help="queue size of the started server (default: 8)")
+    load = p.add_argument_group("load")
+    load.add_argument("--requests", type=int, default=50, help="requests to send (default: 50)")
+    load.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: 4)")
+    load.add_argument("--max-seconds", type=float, default=900.0, help="start no request after this (default: 900)")
+    load.add_argument("--request-timeout-s", type=float, default=300.0, help="client timeout per request (300)")
+    load.add_argument("--no-warmup", action="store_true", help="skip the uncounted warm-up request")
+    req = p.add_argument_group("request body")
+    req.add_argument("--title", default=None, help="video title (default: a short built-in one)")
+    req.add_argument("--transcript", default=None, help="transcript text (default: a short built-in one)")
+    req.add_argument("--num-comments", type=int, default=1, help="comments per request (default: 1)")
+    req.add_argument("--max-new-tokens", type=int, default=40, help="new tokens per comment (default: 40)")
+    req.add_argument("--preset", default="nucleus", help="decoding preset (default: nucleus)")
+    out = p.add_argument_group("output")
+    out.add_argument("--json-out", help="also write the result as JSON to this file")
+    out.add_argument("--append-md", help="append a result section to this Markdown file (e.g. BENCHMARKS.md)")
+    p.set_defaults(_bench_run=run_serve)
+    return p
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run `vrp bench serve`; exit status 1 when a status other than 200/503 was seen."""
+    import contextlib
+
+    from vrp.bench_serve import (DEFAULT_TITLE, DEFAULT_TRANSCRIPT, format_result, markdown_section, run_load,
+                                 started_server)
+    from vrp.records import VrpError, write_json_atomic
+
+    if bool(args.url) == bool(args.model or args.run):
+        raise VrpError("give either --url (a running server) or --model/--run (start one)")
+    payload = {"title": DEFAULT_TITLE if args.title is None else args.title,
+               "transcript": args.transcript or DEFAULT_TRANSCRIPT, "num_comments": args.num_comments,
+               "max_new_tokens": args.max_new_tokens, "preset": args.preset}
+    if args.url:
+        target = contextlib.nullcontext((args.url, args.server_pid))
+        model = f"server at {args.url}"
+    else:
+        target = started_server(args.model, args.run, args.checkpoint, ["--queue-size", str(args.queue_size)])
+        model = " ".join(x for x in (args.model, f"run {args.run}" if args.run else "") if x)
+        print(f"starting vrp serve ({model}) on 127.0.0.1 ...", file=sys.stderr, flush=True)
+    with target as (url, pid):
+        res = run_load(url, args.requests, args.concurrency, payload, server_pid=pid,
+                       request_timeout_s=args.request_timeout_s, max_seconds=args.max_seconds,
+                       warmup=not args.no_warmup)
+    print(format_result(res))
+    if args.json_out:
+        write_json_atomic(args.json_out, res.to_json())
+    if args.append_md:
+        given = sys.argv[3:] if sys.argv[1:3] == ["bench", "serve"] else []
+        command = " ".join(["vrp bench serve", *(shlex.quote(a) for a in given)])
+        with open(args.append_md, "a", encoding="utf-8") as f:
+            f.write(markdown_section(res, command, model))
+    unexpected = {k: v for k, v in res.statuses.items() if k not in ("200", "503")}
+    if unexpected:
+        print(f"unexpected statuses: {unexpected}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# One function per benchmark; `vrp bench train` is added by appending its `add_train_parser` here.
+BENCH_PARSERS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [add_serve_parser]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `vrp bench` and its sub-subcommands."""
+    p = sub.add_parser("bench", help="bounded benchmarks (serve: loopback load check)",
+                       description="Bounded benchmarks. Run `vrp bench <name> --help` for each.")
+    bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    for add in BENCH_PARSERS:
+        add(bsub)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch to the chosen benchmark."""
+    return int(args._bench_run(args) or 0)

@@ -1,0 +1,229 @@
+"""The collect directory written by `vrp collect`, and how it becomes `Video` records.
+
+Knows: the layout of a collect dir — `videos.jsonl` (one JSON object per collected video: `id`, `url`, `title`,
+`description`, `channel`, `upload_date`, `duration`, `category`, `transcript_source`, `transcript`
+`[{start, end, text}]`, `comments` `[{id, text, like_count, author_is_uploader, is_pinned, parent, time_text}]`)
+and `skipped.jsonl` (`{id, url, reason, permanent, detail}`) — how lines are appended so that a kill leaves at
+most a torn last line, how that line is repaired, and how collected rows become `vrp.records.Video`s: transcript
+segments joined into clean text, comments cleaned (`vrp.clean`), filtered, de-duplicated and ranked by like count
+(rank 1 = most liked; ties keep YouTube's "top" order).
+Does not know: how the data is fetched (see `vrp.collect`) or how splits are made (see `vrp.dataset`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from vrp import clean
+from vrp.records import Comment, Video, VrpError
+from vrp.transcripts import Segment, segments_to_text
+
+log = logging.getLogger(__name__)
+
+VIDEOS_FILE = "videos.jsonl"
+SKIPPED_FILE = "skipped.jsonl"
+VIDEO_DROP_REASONS = ("no_transcript", "no_usable_comments", "duplicate_video_id")
+COMMENT_DROP_REASONS = ("duplicate_id", "reply", "by_uploader", "empty", "link_only", "timestamps_only",
+                        "over_max_comments", "in_dropped_video")
+
+
+def append_jsonl_line(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
+    """Append `obj` as one JSON line: a single write of the complete line, then flush and fsync, so a kill leaves
+    either the whole line or a torn last line that `repair_torn_tail` removes."""
+    data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def repair_torn_tail(path: str | os.PathLike[str]) -> bool:
+    """Fix a JSON Lines file whose last line was cut by a kill: a last line without its newline is kept (newline
+    added) if it is a complete JSON object, else truncated away. Returns True if the file was changed."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return False
+        pos, block = size, 1 << 16
+        start = 0
+        while pos > 0:
+            pos = max(0, pos - block)
+            f.seek(pos)
+            chunk = f.read(min(block, size - pos))
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                start = pos + nl + 1
+                break
+        f.seek(start)
+        tail = f.read()
+        try:
+            complete = isinstance(json.loads(tail.decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            complete = False
+        if complete:
+            f.seek(size)
+            f.write(b"\n")
+        else:
+            f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("%s: repaired a torn last line (%s)", path, "newline added" if complete else "removed")
+    return True
+
+
+def _iter_rows(path: Path):
+    """Yield (line number, dict) of a JSON Lines file; a torn last line (no newline, bad JSON) yields (n, None)."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                if not line.endswith("\n"):
+                    yield lineno, None
+                    return
+                raise VrpError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise VrpError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def read_done_ids(path: str | os.PathLike[str]) -> set[str]:
+    """Ids of the videos in a `videos.jsonl` (empty if the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return set()
+    return {str(row.get("id")) for _, row in _iter_rows(path) if row is not None and row.get("id")}
+
+
+def read_skipped(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The last `skipped.jsonl` record per video id (empty if the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    return {str(row["id"]): row for _, row in _iter_rows(path) if row is not None and row.get("id")}
+
+
+def is_collect_dir(path: str | os.PathLike[str]) -> bool:
+    """True when `path` is a directory holding a `videos.jsonl`."""
+    return (Path(path) / VIDEOS_FILE).is_file()
+
+
+def _transcript_text(value: Any, where: str, drop_annotations: bool) -> str:
+    if isinstance(value, str):
+        return clean.collapse_spaces(value)
+    if not isinstance(value, list):
+        raise VrpError(f"{where}: field 'transcript' must be a list of {{start, end, text}} segments or a string, "
+                       f"got {type(value).__name__}")
+    segments = [Segment.from_json(d, f"{where}: transcript[{i}]") for i, d in enumerate(value)]
+    return segments_to_text(segments, drop_annotations=drop_annotations)
+
+
+def clean_comments(raw: Any, where: str, drop_uploader: bool = True, max_comments: int | None = None,
+                   max_comment_graphemes: int | None = None) -> tuple[list[Comment], Counter]:
+    """Collected comment dicts -> ranked `Comment`s and a Counter of drop reasons (`COMMENT_DROP_REASONS`).
+
+    Comments are de-duplicated by id, cleaned (`clean.clean_comment_text`), filtered
+    (`clean.comment_drop_reason`), optionally cut to `max_comment_graphemes` grapheme clusters, ranked by like
+    count (display text such as `1.2K` is parsed) with rank 1 = most liked, and capped at `max_comments`.
+    Raises VrpError naming `where` and the field if `raw` is not a list of objects with a string `text`.
+    """
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise VrpError(f"{where}: field 'comments' must be a list, got {type(raw).__name__}")
+    for i, c in enumerate(raw):
+        if not isinstance(c, dict) or not isinstance(c.get("text"), str):
+            raise VrpError(f"{where}: comments[{i}] must be an object with a string 'text', got {str(c)[:80]!r}")
+    unique, n_dup = clean.dedupe_by_id(raw)
+    dropped: Counter = Counter({r: 0 for r in COMMENT_DROP_REASONS})
+    dropped["duplicate_id"] += n_dup
+    kept: list[tuple[int, int, str]] = []
+    for order, c in enumerate(unique):
+        text = clean.clean_comment_text(c["text"])
+        reason = clean.comment_drop_reason(c, text, drop_uploader=drop_uploader)
+        if reason:
+            dropped[reason] += 1
+            continue
+        if max_comment_graphemes is not None:
+            text = clean.truncate_graphemes(text, max_comment_graphemes)
+        kept.append((clean.parse_like_count(c.get("like_count")), order, text))
+    kept.sort(key=lambda t: (-t[0], t[1]))
+    if max_comments is not None and len(kept) > max_comments:
+        dropped["over_max_comments"] += len(kept) - max_comments
+        kept = kept[:max_comments]
+    return [Comment(text=text, like_count=likes, rank=i + 1) for i, (likes, _, text) in enumerate(kept)], dropped
+
+
+def load_collect_dir(path: str | os.PathLike[str], drop_uploader_comments: bool = True,
+                     drop_annotations: bool = True, max_comments: int | None = None,
+                     max_comment_graphemes: int | None = None) -> tuple[list[Video], dict[str, Any]]:
+    """Read a collect dir (or its `videos.jsonl`) into `Video` records plus stats for the dataset manifest.
+
+    Videos with no transcript text or no usable comment are dropped, with one counted warning. A torn last line
+    (a kill during `vrp collect`) is ignored and counted. Stats (flat, all ints but `source`): `source`,
+    `videos_read`, `videos_kept`, `videos_dropped` and `videos_dropped_<reason>` for `VIDEO_DROP_REASONS`,
+    `comments_read` (= kept + dropped), `comments_kept`, `comments_dropped` and `comments_dropped_<reason>` for
+    `COMMENT_DROP_REASONS`, `torn_last_line` (0/1), `skipped_at_collection_<reason>` from `skipped.jsonl`.
+    Raises VrpError naming file:line (and field) on a missing file, bad JSON, or a row without `id`, a bad
+    `transcript` or bad `comments`.
+    """
+    path = Path(path)
+    file = path / VIDEOS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise VrpError(f"{file}: file not found (expected a collect dir written by `vrp collect`)")
+    videos: list[Video] = []
+    seen: set[str] = set()
+    vdrop: Counter = Counter({r: 0 for r in VIDEO_DROP_REASONS})
+    cdrop: Counter = Counter({r: 0 for r in COMMENT_DROP_REASONS})
+    read = comments_read = torn = 0
+    for lineno, row in _iter_rows(file):
+        where = f"{file}:{lineno}"
+        if row is None:
+            torn = 1
+            log.warning("%s: ignoring a torn last line (the collector was interrupted while writing it)", where)
+            continue
+        read += 1
+        vid = row.get("id")
+        if not isinstance(vid, str) or not vid:
+            raise VrpError(f"{where}: field 'id' is missing or not a string")
+        if "transcript" not in row:
+            raise VrpError(f"{where}: field 'transcript' is missing")
+        transcript = _transcript_text(row["transcript"], where, drop_annotations)
+        comments, dropped = clean_comments(row.get("comments"), where, drop_uploader_comments, max_comments,
+                                           max_comment_graphemes)
+        comments_read += len(row.get("comments") or [])
+        cdrop.update(dropped)
+        reason = ("duplicate_video_id" if vid in seen else "no_transcript" if not transcript
+                  else "no_usable_comments" if not comments else None)
+        seen.add(vid)
+        if reason:
+            vdrop[reason] += 1
+            cdrop["in_dropped_video"] += len(comments)
+            continue
+        title = clean.collapse_spaces(clean.remove_invisible(str(row.get("title") or "")))
+        videos.append(Video(video_id=vid, title=title, transcript=transcript, comments=comments))
+    n_dropped = sum(vdrop.values())
+    if n_dropped:
+        reasons = ", ".join(f"{k}: {v}" for k, v in vdrop.items() if v)
+        log.warning("%s: dropped %d of %d videos (%s)", file, n_dropped, read, reasons)
+    skipped_file = file.parent / SKIPPED_FILE
+    skipped = Counter(str(r.get("reason", "unknown")) for r in read_skipped(skipped_file).values())
+    stats: dict[str, Any] = {"source": str(file), "videos_read": read, "videos_kept": len(videos),
+                             "videos_dropped": n_dropped}
+    stats.update({f"videos_dropped_{k}": v for k, v in vdrop.items()})
+    stats.update({"comments_read": comments_read, "comments_kept": sum(len(v.comments) for v in videos),
+                  "comments_dropped": sum(cdrop.values())})
+    stats.update({f"comments_dropped_{k}": v for k, v in cdrop.items()})
+    stats["torn_last_line"] = torn
+    stats.update({f"skipped_at_collection_{k}": v for k, v in sorted(skipped.items())})
+    return videos, stats

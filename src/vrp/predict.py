@@ -1,0 +1,117 @@
+"""Batch prediction: inputs -> prompts -> comments for each decoding preset -> CSV / XLSX / JSONL rows.
+
+Knows: which inputs `vrp generate` accepts (dataset dirs and tables via `vrp.dataset`, transcript files via
+`vrp.transcripts`, or a title + transcript string), the prompt settings of a run (its `config.yaml`), and the
+output columns `video_id, title, model, adapter, preset, comment_index, comment, new_tokens, logprob, finished,
+seconds`. Does not know: decoding internals (`vrp.generate`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vrp.records import Video, VrpError, atomic_path
+
+TRANSCRIPT_EXTS = (".txt", ".vtt", ".srt", ".json3")
+
+
+def load_inputs(input_path: str | None, title: str = "", transcript: str | None = None,
+                max_videos: int = 0) -> list[Video]:
+    """Videos to predict for: from `input_path` (dataset dir, table, or transcript file) or from `transcript`.
+
+    Raises VrpError when both or neither are given, or when the input yields no video.
+    """
+    if bool(input_path) == (transcript is not None):
+        raise VrpError("give exactly one of --input FILE or --transcript TEXT")
+    if transcript is not None:
+        if not transcript.strip():
+            raise VrpError("--transcript is empty")
+        return [Video(video_id="input", title=title, transcript=transcript)]
+    path = Path(str(input_path))
+    if path.suffix.lower() in TRANSCRIPT_EXTS and path.is_file():
+        if path.suffix.lower() == ".txt":
+            text = path.read_text(encoding="utf-8", errors="replace")
+        else:
+            from vrp.transcripts import read_transcript, segments_to_text
+
+            text = segments_to_text(read_transcript(path))
+        if not text.strip():
+            raise VrpError(f"{path}: empty transcript")
+        return [Video(video_id=path.stem, title=title, transcript=text)]
+    from vrp.dataset import load_source
+
+    videos, _ = load_source(path, require_comments=False)
+    if path.is_dir() and (path / "validation.jsonl").is_file() and not (path / "videos.jsonl").is_file():
+        from vrp.records import read_videos
+
+        videos = read_videos(path / "validation.jsonl")  # a dataset dir: predict for its held-out videos
+    return videos[: max_videos or None]
+
+
+def _run_prompt_settings(run: str | None, max_prompt_tokens: int | None) -> Any:
+    from vrp.prompts import PromptConfig
+
+    kw: dict[str, Any] = {}
+    if run and (Path(run) / "config.yaml").is_file():
+        import yaml
+
+        saved = yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}
+        kw = {k: saved[k] for k in ("max_prompt_tokens", "truncation") if k in saved}
+    if max_prompt_tokens:
+        kw["max_prompt_tokens"] = max_prompt_tokens
+    return PromptConfig(**kw)
+
+
+def predict(videos: list[Video], run: str | None = None, model: str | None = None, checkpoint: str | None = None,
+            presets: list[str] | None = None, num_comments: int = 1, max_new_tokens: int = 150, seed: int = 0,
+            precision: str = "auto", max_prompt_tokens: int | None = None, progress: bool = True,
+            loaded: tuple[Any, Any, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Generate `num_comments` comments per video for each preset; return one dict per comment (see module doc).
+
+    The model is loaded once (or taken from `loaded`). Sampling is seeded per (video, preset) with `seed`, so
+    results do not depend on the order of presets.
+    """
+    from tqdm.auto import tqdm
+
+    from vrp.generate import get_preset, timed_generate
+    from vrp.model import load_for_inference
+    from vrp.prompts import build_prompt_ids
+
+    presets = presets or ["nucleus"]
+    for p in presets:
+        get_preset(p)
+    m, tok, info = loaded or load_for_inference(model, run, checkpoint, precision)
+    pcfg = _run_prompt_settings(run, max_prompt_tokens)
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(videos) * len(presets), desc="generate", unit="video", disable=not progress)
+    for vi, v in enumerate(videos):
+        prompt = build_prompt_ids(tok, v.title, v.transcript, pcfg)
+        for preset in presets:
+            k = 1 if preset == "greedy" else num_comments
+            comments, secs = timed_generate(m, tok, prompt, preset, k, max_new_tokens, seed=seed + vi)
+            for ci, c in enumerate(comments, 1):
+                rows.append({"video_id": v.video_id, "title": v.title, "model": info["model"],
+                             "adapter": info["adapter"] or "", "preset": preset, "comment_index": ci,
+                             "comment": c.text, "new_tokens": c.tokens, "logprob": round(c.logprob, 4),
+                             "finished": c.finished, "prompt_tokens": len(prompt), "seconds": round(secs, 3)})
+            bar.update(1)
+    bar.close()
+    return rows
+
+
+def write_predictions(rows: list[dict[str, Any]], out: str | Path) -> None:
+    """Write prediction rows to `.csv`, `.xlsx` or `.jsonl` (by extension), atomically."""
+    import pandas as pd
+
+    out = Path(out)
+    df = pd.DataFrame(rows)
+    ext = out.suffix.lower()
+    with atomic_path(out) as tmp:
+        if ext == ".csv":
+            df.to_csv(tmp, index=False)
+        elif ext == ".xlsx":
+            df.to_excel(tmp, index=False, engine="openpyxl")
+        elif ext == ".jsonl":
+            df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            raise VrpError(f"--out: unknown extension {ext!r}; use .csv, .xlsx or .jsonl")

@@ -1,0 +1,209 @@
+"""Caption files to timed segments and clean transcript text.
+
+Knows: the caption formats YouTube viewers and yt-dlp deal in — WebVTT (`.vtt`, parsed with webvtt-py), SubRip
+(`.srt`, webvtt-py), YouTube's timed-text JSON (`.json3`: `{"events": [{"tStartMs", "dDurationMs", "segs":
+[{"utf8"}]}]}`), the youtube-transcript-api JSON (`[{"text", "start", "duration"}]`, as `FetchedTranscript.
+to_raw_data()` gives), our own segment JSON (`[{"start", "end", "text"}]`) and plain `.txt` — and turns any of
+them into `Segment`s whose text is clean (tags stripped, entities decoded, rolling-caption repeats removed).
+`segments_to_text` joins them into the transcript a `Video` record carries.
+Checked in webvtt-py 0.6.0: it strips a UTF-8 BOM before the `WEBVTT` header or the first SRT cue number and keeps
+cue settings (`align:start position:0%`) apart from the text, so neither needs code here; it does not accept blank
+lines before an SRT's first cue number (stripped here). Cue text is read raw (`Caption.raw_text`), because inline
+timing tags are the evidence of rolling captions, then stripped by `clean.strip_tags` (as `Caption.text` would).
+Does not know: how captions are downloaded (see `vrp.collect`) or comments (see `vrp.clean`, `vrp.collected`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from vrp import clean
+from vrp.records import VrpError
+
+SUPPORTED_SUFFIXES = (".vtt", ".srt", ".json3", ".json", ".txt")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A timed piece of transcript. start/end: seconds from the start of the video; text: clean, one line."""
+
+    start: float
+    end: float
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Return `{"start", "end", "text"}` with times rounded to milliseconds."""
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "") -> "Segment":
+        """Build from `{"start", "end", "text"}` (times optional, default 0). Raises VrpError naming `where`."""
+        if not isinstance(d, dict) or not isinstance(d.get("text"), str):
+            raise VrpError(f"{where}: expected a segment object with a string 'text', got {_brief(d)}")
+        try:
+            start = float(d.get("start") or 0.0)
+            end = float(d.get("end") if d.get("end") is not None else start)
+        except (TypeError, ValueError):
+            raise VrpError(f"{where}: 'start'/'end' must be numbers (seconds), got {_brief(d)}") from None
+        return cls(start, end, clean.clean_caption_line(d["text"]))
+
+
+def _brief(obj: Any, limit: int = 80) -> str:
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _segments_from_cues(cues: Sequence[tuple[float, float, str]]) -> list[Segment]:
+    """Segments from (start s, end s, raw cue text with tags) in file order, rolling-caption repeats removed."""
+    rolling = clean.is_rolling_captions([raw for _, _, raw in cues], [end - start for start, end, _ in cues])
+    lines = [[ln for ln in (clean.clean_caption_line(x) for x in raw.split("\n")) if ln] for _, _, raw in cues]
+    if rolling:
+        lines = clean.remove_rolling_repeats(lines)
+    return [Segment(start, end, " ".join(ls)) for (start, end, _), ls in zip(cues, lines) if ls]
+
+
+def parse_vtt(text: str, where: str = "<vtt>") -> list[Segment]:
+    """Parse WebVTT text (YouTube manual or rolling automatic captions). Raises VrpError if it is not WebVTT."""
+    import webvtt
+    from webvtt.errors import MalformedCaptionError, MalformedFileError
+
+    try:
+        captions = webvtt.WebVTT.from_buffer(io.StringIO(text)).captions
+    except (MalformedFileError, MalformedCaptionError) as e:
+        raise VrpError(f"{where}: not a valid WebVTT file ({e}); it must start with 'WEBVTT'") from None
+    return _segments_from_cues(
+        [(c.start_time.in_milliseconds() / 1000, c.end_time.in_milliseconds() / 1000, c.raw_text) for c in captions])
+
+
+def parse_srt(text: str, where: str = "<srt>") -> list[Segment]:
+    """Parse SubRip text (a UTF-8 BOM before the first cue number is allowed). Raises VrpError if it is not SRT."""
+    import webvtt
+    from webvtt.errors import MalformedCaptionError, MalformedFileError
+
+    try:
+        # webvtt-py requires the cue number on the very first line; blank lines before it are common.
+        captions = webvtt.WebVTT.from_buffer(io.StringIO(text.lstrip("\ufeff \t\r\n")), format="srt").captions
+    except (MalformedFileError, MalformedCaptionError) as e:
+        raise VrpError(f"{where}: not a valid SubRip (.srt) file ({e}); it must start with a cue number") from None
+    return _segments_from_cues(
+        [(c.start_time.in_milliseconds() / 1000, c.end_time.in_milliseconds() / 1000, c.raw_text) for c in captions])
+
+
+def parse_json3(obj: Any, where: str = "<json3>") -> list[Segment]:
+    """Parse YouTube timed-text JSON (`fmt=json3`): one segment per event with text; line-break-only append
+    events are skipped. Times come from `tStartMs` and `dDurationMs` (milliseconds)."""
+    events = obj.get("events") if isinstance(obj, dict) else None
+    if not isinstance(events, list):
+        raise VrpError(f"{where}: not YouTube json3 captions (expected an object with an 'events' list)")
+    segments = []
+    for i, ev in enumerate(events):
+        if not isinstance(ev, dict) or not ev.get("segs"):
+            continue
+        try:
+            text = "".join(str(s.get("utf8", "")) for s in ev["segs"])
+            start = float(ev.get("tStartMs", 0)) / 1000
+            end = start + float(ev.get("dDurationMs", 0)) / 1000
+        except (AttributeError, TypeError, ValueError):
+            raise VrpError(f"{where}: events[{i}] is malformed: {_brief(ev)}") from None
+        text = clean.clean_caption_line(text)
+        if text:
+            segments.append(Segment(start, end, text))
+    return segments
+
+
+def parse_transcript_api(snippets: Iterable[Any], where: str = "<transcript-api>") -> list[Segment]:
+    """Segments from youtube-transcript-api snippets: dicts `{"text", "start", "duration"}` (seconds) or objects
+    with those attributes (`FetchedTranscriptSnippet`)."""
+    segments = []
+    for i, s in enumerate(snippets):
+        get = s.get if isinstance(s, dict) else lambda k, _s=s: getattr(_s, k, None)
+        text, start, duration = get("text"), get("start"), get("duration")
+        if not isinstance(text, str):
+            raise VrpError(f"{where}[{i}]: expected a snippet with a string 'text', got {_brief(s)}")
+        try:
+            start_s = float(start or 0.0)
+            end_s = start_s + float(duration or 0.0)
+        except (TypeError, ValueError):
+            raise VrpError(f"{where}[{i}]: 'start'/'duration' must be numbers (seconds), got {_brief(s)}") from None
+        text = clean.clean_caption_line(text)
+        if text:
+            segments.append(Segment(start_s, end_s, text))
+    return segments
+
+
+def parse_json_transcript(obj: Any, where: str = "<json>") -> list[Segment]:
+    """Parse any JSON transcript: json3 (`events`), transcript-api (`[{"text", "start", "duration"}]`,
+    `{"snippets": [...]}`, or the `youtube_transcript_api --format json` output `[[...]]` for one video), or
+    segments (`[{"start", "end", "text"}]` or `{"segments": [...]}`)."""
+    if isinstance(obj, dict) and "events" in obj:
+        return parse_json3(obj, where)
+    if isinstance(obj, list) and obj and all(isinstance(x, list) for x in obj):  # youtube_transcript_api CLI
+        if len(obj) != 1:
+            raise VrpError(f"{where}: holds {len(obj)} transcripts (one list per video); pass a file with one")
+        obj = obj[0]
+    if isinstance(obj, dict):
+        for key in ("snippets", "segments", "transcript"):
+            if isinstance(obj.get(key), list):
+                obj = obj[key]
+                break
+    if not isinstance(obj, list):
+        raise VrpError(f"{where}: unknown JSON transcript; expected json3 {{'events': [...]}}, "
+                       f"transcript-api [{{'text', 'start', 'duration'}}] or [{{'start', 'end', 'text'}}]")
+    if any(isinstance(d, dict) and "duration" in d for d in obj):
+        return parse_transcript_api(obj, where)
+    segments = [Segment.from_json(d, f"{where}[{i}]") for i, d in enumerate(obj)]
+    return [s for s in segments if s.text]
+
+
+def _decode(data: bytes, where: str) -> str:
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise VrpError(f"{where}: not UTF-8 text (bad byte at offset {e.start}); convert the file to UTF-8") from None
+
+
+def parse_transcript_bytes(data: bytes, filename: str) -> list[Segment]:
+    """Parse an uploaded or downloaded caption file; the format comes from `filename`'s suffix: `.vtt`, `.srt`,
+    `.json3`, `.json` (json3 or transcript-api, sniffed), `.txt` (plain text, one segment at 0 s). Raises VrpError
+    naming `filename` on an unsupported suffix, non-UTF-8 bytes, or malformed content."""
+    suffix = os.path.splitext(filename)[1].lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise VrpError(f"{filename}: unsupported transcript file type {suffix or '(none)'!r}; "
+                       f"expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+    text = _decode(data, filename)
+    if suffix == ".vtt":
+        return parse_vtt(text, filename)
+    if suffix == ".srt":
+        return parse_srt(text, filename)
+    if suffix == ".txt":
+        body = clean.collapse_spaces(text)
+        return [Segment(0.0, 0.0, body)] if body else []
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise VrpError(f"{filename}:{e.lineno}: invalid JSON ({e.msg})") from None
+    return parse_json_transcript(obj, filename)
+
+
+def read_transcript(path: str | os.PathLike[str]) -> list[Segment]:
+    """Read a `.vtt`, `.srt`, `.json3`, `.json` or `.txt` transcript file into segments (see
+    `parse_transcript_bytes`). Raises VrpError if the file is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise VrpError(f"{path}: file not found")
+    return parse_transcript_bytes(path.read_bytes(), str(path))
+
+
+def segments_to_text(segments: Iterable[Segment], drop_annotations: bool = True) -> str:
+    """The transcript as one line of clean text: segment texts joined with single spaces; `[Music]`-style
+    annotations removed unless `drop_annotations` is False."""
+    texts = [s.text for s in segments]
+    if drop_annotations:
+        texts = [clean.remove_annotations(t) for t in texts]
+    return clean.join_segments(texts)

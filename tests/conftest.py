@@ -1,0 +1,60 @@
+"""Shared fixtures: the real SmolLM2 tokenizer (read from the bundled GGUF, no network) and tiny random Llama
+models built from a config, saved as local checkpoints so the CLI can load them with `--model DIR`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory with the SmolLM2-135M-Instruct tokenizer (chat template included), extracted from the GGUF."""
+    from transformers import AutoTokenizer
+
+    from vrp.model import bundled_gguf_path
+
+    gguf = bundled_gguf_path()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    out = tmp_path_factory.mktemp("tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path):
+    """The real SmolLM2 tokenizer: BOS `<|im_start|>`=1, EOS `<|im_end|>`=2, pad == EOS."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def tiny_llama(tokenizer, seed: int = 0, **overrides):
+    """A random 2-layer Llama (hidden 32) over the real tokenizer's vocabulary, fp32, eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+               tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=None)  # not the EOS id: padding_idx would zero EOS's (tied) embedding row
+                                   # and no model could ever learn to stop
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """A saved tiny random Llama checkpoint + tokenizer, loadable with `--model DIR`."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model = tiny_llama(tokenizer)
+    model.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

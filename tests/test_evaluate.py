@@ -1,0 +1,223 @@
+"""`vrp evaluate` end to end on tiny random models, a model that ignores its input, and the evaluation helpers."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vrp import evaluate as E
+from vrp.metrics import random_rank_stat
+from vrp.records import Comment, Video, write_jsonl_atomic
+
+TOPICS = ["cooking pasta with garlic and olive oil", "building a gaming computer with a new graphics card",
+          "a morning run through the city park", "reviewing a budget smartphone camera",
+          "learning to play the guitar chords", "painting a landscape with watercolors",
+          "a trip to the mountains with friends", "fixing a leaking kitchen sink"]
+
+
+class FakeEmbedder:
+    """Deterministic bag-of-words hashing embedder (64 dims, unit rows): similar words -> similar vectors."""
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 64] += 1
+        n = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(n == 0, 1, n)
+
+
+@pytest.fixture(autouse=True)
+def fake_embedder(monkeypatch):
+    import vrp.embed
+
+    monkeypatch.setattr(vrp.embed, "load_embedder", lambda: FakeEmbedder())
+
+
+def write_dataset(root: Path, comments_per_video: int = 2, train_copies_val: bool = False) -> Path:
+    """validation.jsonl with 8 videos, train.jsonl with 4 (or comments copied from validation)."""
+    val = [Video(f"v{i}", f"Video {i}", f"today we are {t}. " * 6,
+                 [Comment(f"I loved the part about {t.split()[1 + k % 3]} number {i}{k}", rank=k + 1)
+                  for k in range(comments_per_video)]) for i, t in enumerate(TOPICS)]
+    if train_copies_val:
+        train = [Video(f"t{i}", "T", "x " * 20, [Comment(val[i].comments[0].text)]) for i in range(3)]
+    else:
+        train = [Video(f"t{i}", f"Train {i}", f"some talk about topic {i}. " * 5,
+                       [Comment("great video!"), Comment("great video!"), Comment(f"thanks for topic {i}")])
+                 for i in range(4)]
+    root.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(root / "validation.jsonl", (v.to_json() for v in val))
+    write_jsonl_atomic(root / "train.jsonl", (v.to_json() for v in train))
+    return root
+
+
+def write_seed_files(root: Path) -> tuple[Path, Path]:
+    """A 3-video test xlsx in the original `[INST]` format and a seed_results dir with one output file."""
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    test = root / "test.xlsx"
+    pd.DataFrame({"text": [f"<s>[INST] {t.upper()} transcript about {t} [/INST] " for t in TOPICS[:3]],
+                  "length": [10, 10, 10]}).to_excel(test)
+    res = root / "seed_results"
+    res.mkdir()
+    pd.DataFrame({"text": [" I love it ❤️❤️❤️❤️", " great video!", f" {TOPICS[2]} was fun"]}).to_excel(
+        res / "beam.xlsx", index=False)
+    return test, res
+
+
+def test_candidate_sets_sources_and_no_duplicates():
+    videos = [Video(f"v{i}", "", TOPICS[i], [Comment(f"c{i}a", rank=1), Comment(f"c{i}b", rank=2)])
+              for i in range(6)]
+    emb = FakeEmbedder().encode([v.transcript for v in videos])
+    train = ["great video", "Great  video", "nice", "c0a", "wow"]
+    freq = E.frequent_comments(train, 50)
+    assert freq[0] == "great video" and len(freq) == 4          # "Great  video" is the same text
+    sets = E.build_candidate_sets(videos, emb, freq, train, n_candidates=8, n_similar=3, n_frequent=2, seed=0)
+    for i, cs in enumerate(sets):
+        keys = [E.norm_key(t) for t in cs.real + cs.distractors]
+        assert cs.real == [f"c{i}a", f"c{i}b"]
+        assert len(keys) == len(set(keys)) == 8
+        assert cs.sources["similar_videos"] == 3 and cs.sources["frequent_training"] == 2
+        assert cs.sources["random"] == 1 and cs.sources["short_by"] == 0
+    # pool too small: 12 held-out + 3 new training texts ("c0a" repeats a held-out comment) = 15 < 30
+    small = E.build_candidate_sets(videos, emb, freq, train, n_candidates=30, seed=0)
+    assert all(len(c.real) + len(c.distractors) == 15 and c.sources["short_by"] == 15 for c in small)
+    again = E.build_candidate_sets(videos, emb, freq, train, n_candidates=8, n_similar=3, n_frequent=2, seed=0)
+    assert [c.distractors for c in again] == [c.distractors for c in sets]                  # deterministic
+
+
+def test_derangement_has_no_fixed_points():
+    for n in (2, 3, 10):
+        p = E.derangement(n, seed=3)
+        assert sorted(p) == list(range(n)) and all(p[i] != i for i in range(n))
+    assert E.derangement(7, 1) == E.derangement(7, 1)
+
+
+def _run(argv):
+    from vrp.cli import main
+
+    return main(argv)
+
+
+def test_cli_end_to_end_tiny_model(tmp_path, tiny_model_dir, tokenizer):
+    ds = write_dataset(tmp_path / "ds")
+    seed_test, seed_res = write_seed_files(tmp_path / "seed")
+    out = tmp_path / "report"
+    argv = ["evaluate", "--data", str(ds), "--model", str(tiny_model_dir), "--out", str(out), "--presets", "nucleus",
+            "--max-new-tokens", "6", "--num-candidates", "10", "--seed-test", str(seed_test),
+            "--seed-results", str(seed_res), "--quiet", "--precision", "fp32"]
+    assert _run(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for f in m["files"]:
+        assert (out / f).is_file(), f
+    assert {"report.md", "per_video.jsonl", "generations.jsonl", "ranking_mrr.png", "conditioning_gain.png",
+            "gen_distinct_2.png", "seed_repetition_rate.png"} <= set(m["files"])
+    (label, mm), = m["models"].items()
+    lk = mm["likelihood"]
+    assert lk["comments"] == 16 and lk["perplexity_own"] == pytest.approx(math.exp(lk["nll_own"]))
+    g = lk["conditioning_gain"]
+    assert g["ci95"][0] <= g["mean"] <= g["ci95"][1] and g["videos"] == 8
+    rk = mm["ranking"]
+    base = random_rank_stat(9)                                   # 10 candidates, 1 real ranked against 8 + itself
+    assert m["candidates"]["min"] == 10
+    assert rk["random_baseline"]["recall_at_1"] == pytest.approx(base.recall[1])
+    assert rk["random_baseline"]["mrr"] == pytest.approx(base.rr)
+    assert 1 <= rk["own_prompt"]["mean_rank"] <= 9
+    assert mm["generation"]["nucleus"]["outputs"] == 8
+    assert mm["generation"]["nucleus"]["on_topic"]["chance"] == pytest.approx(1 / 8)
+    sc = m["seed_comparison"]
+    assert set(sc) == {"original/beam", f"{label}/nucleus"}
+    assert sc["original/beam"]["repetition_rate"] == pytest.approx(1 / 3)
+    assert sc["original/beam"]["on_topic"]["documents"] == 3
+    assert m["references"]["real_held_out"]["outputs"] == 16
+    assert mm["timing_s"]["ranking_total_s"] > 0
+    per = [json.loads(x) for x in (out / "per_video.jsonl").read_text().splitlines()]
+    assert len(per) == 8 and all(p["nll_other_video"] is not None for p in per)
+    # the NLL of a video's comments equals a plain forward of prompt + comment (shared-prefix scoring is exact)
+    _check_plain_forward(tiny_model_dir, tokenizer, ds, per[0])
+    report = (out / "report.md").read_text()
+    assert "Recall@1" in report and "random baseline" in report and "original/beam" in report
+    # a non-empty out dir is refused without --overwrite, replaced with it
+    assert _run(argv) == 2
+    (out / "stale.png").write_bytes(b"")
+    assert _run(argv[:-4] + ["--presets", "none", "--overwrite"]) == 0
+    m2 = json.loads((out / "metrics.json").read_text())
+    assert not (out / "gen_distinct_2.png").exists() and (out / "stale.png").exists()
+    assert m2["models"][label]["generation"] == {} and not m2["seed_comparison"]
+
+
+def _check_plain_forward(model_dir, tokenizer, ds, row):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from vrp.prompts import PromptConfig, build_completion_ids, build_prompt_ids
+    from vrp.records import read_videos
+
+    v = next(v for v in read_videos(ds / "validation.jsonl") if v.video_id == row["video_id"])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    cfg = PromptConfig()
+    p = build_prompt_ids(tokenizer, v.title, v.transcript, cfg)
+    tot, n = 0.0, 0
+    for c in v.comments:
+        ids = build_completion_ids(tokenizer, c.text, cfg)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([p + ids])).logits[0].float(), -1)
+        tot += float(logp[len(p) - 1:-1].gather(1, torch.tensor(ids)[:, None]).sum())
+        n += len(ids)
+    assert row["nll_own"] == pytest.approx(-tot / n, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def input_blind_model_dir(tmp_path_factory, tokenizer):
+    """A real 1-layer Llama whose attention output projection is zero: every position's logits depend only on its
+    own token, so a comment's likelihood cannot depend on the video (it sees only the previous token)."""
+    import torch
+
+    from conftest import tiny_llama
+
+    model = tiny_llama(tokenizer, seed=1, num_hidden_layers=1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+    out = tmp_path_factory.mktemp("blind")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_input_ignoring_model_has_zero_gain_and_random_ranking(tmp_path, input_blind_model_dir):
+    # one real comment per video and training comments that repeat validation texts: every video's candidate set is
+    # the same 8 texts, so a model that ignores the video ranks them in one fixed order and the real comments occupy
+    # ranks 1..8 once each -> exactly the random baseline.
+    ds = write_dataset(tmp_path / "ds", comments_per_video=1, train_copies_val=True)
+    out = tmp_path / "report"
+    assert _run(["evaluate", "--data", str(ds), "--model", str(input_blind_model_dir), "--out", str(out),
+                 "--presets", "none", "--quiet", "--precision", "fp32"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["candidates"]["min"] == m["candidates"]["mean"] == 8 and m["candidates"]["videos_short"] == 8
+    assert "pool too small" in " ".join(m["data"]["notes"])
+    lk = next(iter(m["models"].values()))["likelihood"]
+    for key in ("conditioning_gain", "title_only_gain"):
+        assert abs(lk[key]["mean"]) < 1e-5 and abs(lk[key]["ci95"][0]) < 1e-5 and abs(lk[key]["ci95"][1]) < 1e-5
+    rk = next(iter(m["models"].values()))["ranking"]
+    for k in ("recall_at_1", "recall_at_5", "recall_at_10", "mrr", "mean_rank"):
+        assert rk["own_prompt"][k] == pytest.approx(rk["random_baseline"][k], abs=1e-9), k
+        assert rk["title_only"][k] == pytest.approx(rk["random_baseline"][k], abs=1e-9), k
+    assert rk["random_baseline"]["mean_rank"] == pytest.approx(4.5)
+
+
+def test_cli_errors(tmp_path, tiny_model_dir):
+    ds = write_dataset(tmp_path / "ds")
+    assert _run(["evaluate", "--data", str(ds), "--out", str(tmp_path / "o")]) == 2              # no model
+    assert _run(["evaluate", "--data", str(ds), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
+                 "--presets", "nope"]) == 2
+    assert _run(["evaluate", "--data", str(ds), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
+                 "--seed-results", str(tmp_path)]) == 2
+    one = tmp_path / "one.jsonl"
+    write_jsonl_atomic(one, [Video("a", "t", "x", [Comment("hi")]).to_json()])
+    assert _run(["evaluate", "--data", str(one), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]) == 2

@@ -1,0 +1,139 @@
+"""The training loop on a tiny random Llama: overfitting, adapter format, exact resume, run-dir safety."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vrp.records import Comment, Video, VrpError, write_jsonl_atomic
+from vrp.train import train
+from vrp.train_config import TrainConfig
+
+COMMENTS = ["great video", "i love this song", "first!", "so helpful thanks"]
+
+
+def write_dataset(path: Path, n_val: int = 2) -> list[Video]:
+    videos = [Video(f"v{i}", f"title {i}", f"transcript number {i} " * 5, [Comment(c)]) for i, c in enumerate(COMMENTS)]
+    val = [Video(f"val{i}", "t", f"held out {i} " * 5, [Comment("nice one"), Comment("cool")]) for i in range(n_val)]
+    write_jsonl_atomic(path / "train.jsonl", (v.to_json() for v in videos))
+    write_jsonl_atomic(path / "validation.jsonl", (v.to_json() for v in val))
+    return videos
+
+
+def cfg(model_dir: Path, **kw) -> TrainConfig:
+    base = dict(model=str(model_dir), precision="fp32", max_prompt_tokens=64, max_row_tokens=256, lora_r=8,
+                lora_alpha=16, lora_dropout=0.0, learning_rate=1e-2, batch_size=2, max_steps=6, eval_every=3,
+                save_every=2, warmup_steps=1, lr_scheduler="constant_with_warmup", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    write_dataset(d)
+    return d
+
+
+def test_overfit_then_generate_trained_comment_and_stop(tmp_path: Path, data: Path, tokenizer) -> None:
+    from conftest import tiny_llama
+
+    from vrp.generate import generate_comments
+    from vrp.model import load_for_inference
+    from vrp.prompts import PromptConfig, build_prompt_ids
+
+    # LoRA cannot change the (tied) output embeddings, so a random model needs room to separate the targets
+    # from 49k random logits: hidden 128 with larger init can (hidden 32 plateaus near NLL 2 per token).
+    model_dir = tmp_path / "model"
+    tiny_llama(tokenizer, hidden_size=128, intermediate_size=256, initializer_range=0.15).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    m = train(cfg(model_dir, max_steps=40, learning_rate=5e-3, batch_size=4, lora_r=16, lora_alpha=32,
+                  eval_every=40, save_every=40), data, tmp_path / "run", progress=False)
+    assert m["final_train_loss"] < 0.05 < m["base_val_nll"]
+    model, tok, info = load_for_inference(run=str(tmp_path / "run"), precision="fp32")
+    assert info["adapter"].endswith("adapter")
+    for i, comment in enumerate(COMMENTS):
+        prompt = build_prompt_ids(tok, f"title {i}", f"transcript number {i} " * 5, PromptConfig(max_prompt_tokens=64))
+        out = generate_comments(model, tok, prompt, "greedy", 1, max_new_tokens=20)[0]
+        assert out.text == comment
+        assert out.finished and out.tokens == len(tok(comment, add_special_tokens=False).input_ids) + 1
+
+
+def test_run_dir_contents_and_peft_adapter_roundtrip(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    m = train(cfg(tiny_model_dir), data, run, progress=False)
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "config.yaml", "metrics.json",
+                 "metrics.jsonl", "loss.png"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
+    assert any((run / "logs").iterdir())  # TensorBoard events
+    assert m["steps"] == 6 and m["comments_seen"] == 12 and m["base_val_nll"] is not None
+    hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [1, 2, 3, 4, 5, 6] and "val_nll" in hist[2] and "val_nll" not in hist[1]
+    # plain PEFT loading of the adapter gives the logits of the trained model
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
+    from vrp.model import load_for_inference
+
+    ours, _, _ = load_for_inference(run=str(run), precision="fp32", merge=False)
+    ids = torch.tensor([[1, 5, 9, 200, 3000, 2]])
+    with torch.no_grad():
+        a, b = peft_model(ids).logits, ours(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - plain).abs().max() > 1e-3  # the adapter changed the model
+
+
+def _adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
+    c = cfg(tiny_model_dir, lora_dropout=0.1, max_steps=6, save_every=2, batch_size=1, grad_accum=2)
+    full = train(c, data, tmp_path / "full", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(step: int) -> None:
+        if step == 3:  # after the step-2 checkpoint and one more step that is lost
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(c, data, tmp_path / "resumed", on_step=kill_at_3, progress=False)
+    assert not (tmp_path / "resumed" / "adapter").exists()
+    with pytest.raises(VrpError, match="--resume"):
+        train(c, data, tmp_path / "resumed", progress=False)
+    resumed = train(c, data, tmp_path / "resumed", resume=True, progress=False)
+    a, b = _adapter_tensors(tmp_path / "full"), _adapter_tensors(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+    assert resumed["final_val_nll"] == pytest.approx(full["final_val_nll"], rel=1e-6)
+    assert resumed["comments_seen"] == full["comments_seen"] == 12
+
+
+def test_packing_none_and_shared_prefix_learn_the_same(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
+    # one comment per video: both modes build identical rows, so the runs must agree
+    a = train(cfg(tiny_model_dir, packing="none"), data, tmp_path / "a", progress=False)
+    b = train(cfg(tiny_model_dir, packing="shared_prefix"), data, tmp_path / "b", progress=False)
+    assert a["final_val_nll"] == pytest.approx(b["final_val_nll"], rel=1e-5)
+
+
+def test_config_errors(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
+    with pytest.raises(VrpError, match="--quantization 4bit"):
+        train(cfg(tiny_model_dir, quantization="4bit", device="cpu"), data, tmp_path / "r1", progress=False)
+    with pytest.raises(VrpError, match="--precision fp16"):
+        train(cfg(tiny_model_dir, precision="fp16", device="cpu"), data, tmp_path / "r2", progress=False)
+    with pytest.raises(VrpError, match="--packing"):
+        cfg(tiny_model_dir, packing="zip")
+    with pytest.raises(VrpError, match="no train.jsonl"):
+        train(cfg(tiny_model_dir), tmp_path / "nowhere", tmp_path / "r3", progress=False)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r3").exists()
