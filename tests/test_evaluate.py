@@ -32,10 +32,17 @@ class FakeEmbedder:
 
 
 @pytest.fixture(autouse=True)
-def fake_embedder(monkeypatch):
+def fake_embedder_one_thread(monkeypatch):
+    """Inject the fake embedder; run torch on one thread (tiny matmuls, and 2 threads stall when the CPU is shared)."""
+    import torch
+
     import vrp.embed
 
     monkeypatch.setattr(vrp.embed, "load_embedder", lambda: FakeEmbedder())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_dataset(root: Path, comments_per_video: int = 2, train_copies_val: bool = False) -> Path:
@@ -134,7 +141,7 @@ def test_cli_end_to_end_tiny_model(tmp_path, tiny_model_dir, tokenizer):
     assert set(sc) == {"original/beam", f"{label}/nucleus"}
     assert sc["original/beam"]["repetition_rate"] == pytest.approx(1 / 3)
     assert sc["original/beam"]["on_topic"]["documents"] == 3
-    assert m["references"]["real_held_out"]["outputs"] == 16
+    assert m["references"]["real_held_out"]["outputs"] == 8                 # first real comment per video
     assert mm["timing_s"]["ranking_total_s"] > 0
     per = [json.loads(x) for x in (out / "per_video.jsonl").read_text().splitlines()]
     assert len(per) == 8 and all(p["nll_other_video"] is not None for p in per)
@@ -145,7 +152,8 @@ def test_cli_end_to_end_tiny_model(tmp_path, tiny_model_dir, tokenizer):
     # a non-empty out dir is refused without --overwrite, replaced with it
     assert _run(argv) == 2
     (out / "stale.png").write_bytes(b"")
-    assert _run(argv[:-4] + ["--presets", "none", "--overwrite"]) == 0
+    assert _run(["evaluate", "--data", str(ds), "--model", str(tiny_model_dir), "--out", str(out), "--presets", "none",
+                 "--num-candidates", "10", "--quiet", "--overwrite"]) == 0
     m2 = json.loads((out / "metrics.json").read_text())
     assert not (out / "gen_distinct_2.png").exists() and (out / "stale.png").exists()
     assert m2["models"][label]["generation"] == {} and not m2["seed_comparison"]
@@ -221,3 +229,48 @@ def test_cli_errors(tmp_path, tiny_model_dir):
     one = tmp_path / "one.jsonl"
     write_jsonl_atomic(one, [Video("a", "t", "x", [Comment("hi")]).to_json()])
     assert _run(["evaluate", "--data", str(one), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_dir, tokenizer):
+    """A `vrp train`-style run dir (config.yaml + adapter/ + metrics.jsonl): evaluated with its adapter, chart made."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from conftest import tiny_llama
+
+    run = tmp_path / "run-a"
+    model = get_peft_model(tiny_llama(tokenizer), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)                                    # a non-zero adapter: the run differs from base
+    model.save_pretrained(run / "adapter")
+    (run / "config.yaml").write_text(f"model: {tiny_model_dir}\nmax_prompt_tokens: 256\ntruncation: head\n")
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(d) for d in [
+        {"step": 0, "val_nll": 3.0}, {"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0, "val_nll": 2.2}]) + "\n")
+    ds = write_dataset(tmp_path / "ds")
+    out = tmp_path / "report"
+    assert _run(["evaluate", "--data", str(ds / "validation.jsonl"), "--run", str(run), "--out", str(out),
+                 "--presets", "greedy", "--max-new-tokens", "4", "--max-gen-videos", "3", "--num-candidates", "6",
+                 "--quiet", "--precision", "fp32"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["models"]) == ["base:" + tiny_model_dir.name, "run-a"]
+    base, ft = m["models"].values()
+    assert ft["adapter"].endswith("adapter") and ft["max_prompt_tokens"] == 256 and base["max_prompt_tokens"] == 1024
+    assert ft["likelihood"]["nll_own"] != pytest.approx(base["likelihood"]["nll_own"], abs=1e-4)
+    assert ft["generation"]["greedy"]["outputs"] == 3 and ft["generation"]["greedy"]["on_topic"]["documents"] == 8
+    assert "loss_run-a.png" in m["files"] and (out / "loss_run-a.png").stat().st_size > 1000
+    assert m["data"]["train_comments"] == 0 and any("no training split" in n for n in m["data"]["notes"])
+    assert m["candidates"]["mean_by_source"]["frequent_training"] == 0
+
+
+def test_minilm_embedder_offline():
+    """The bundled all-MiniLM-L6-v2 loads without network and puts paraphrases closer than unrelated text."""
+    from vrp.embed import MiniLMEmbedder, embed_videos
+
+    emb = MiniLMEmbedder()
+    e = emb.encode(["great video, loved it", "awesome video, I loved this", "the tax code of 1986 was amended"])
+    assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-4)
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+    v = embed_videos(emb, [Video("a", "Pasta", "how to cook pasta " * 300), Video("b", "", "guitar chords")])
+    assert v.shape == (2, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)

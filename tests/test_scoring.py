@@ -15,6 +15,15 @@ EOS = 2
 SHARP = 0.2  # initializer_range: attention and logits far from uniform, so context/position bugs show
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run as fast on one intra-op thread, and 2 OpenMP threads slow down ~50x when the 2 cores are busy."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def data() -> tuple[list[int], list[list[int]]]:
     g = torch.Generator().manual_seed(3)
     prompt = torch.randint(3, 5000, (50,), generator=g).tolist()
@@ -52,8 +61,8 @@ def test_scoring_with_lora_adapter_and_errors(tokenizer):
     from peft import LoraConfig, get_peft_model
 
     prompt, cands = data()
-    model = get_peft_model(tiny_llama(tokenizer, initializer_range=SHARP), LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear",
-                                                             init_lora_weights=False)).eval()
+    cfg = LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(tiny_llama(tokenizer, initializer_range=SHARP), cfg).eval()
     ref = [reference(model, prompt, c) for c in cands[:5]]
     for cache in (False, True):
         got = [s for s, _ in score_candidates(model, prompt, cands[:5], max_row_tokens=70, use_prompt_cache=cache)]

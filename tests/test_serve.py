@@ -319,8 +319,9 @@ def test_schemathesis_finds_no_server_errors(tiny, tokenizer):
     from hypothesis import HealthCheck, given, settings
     from schemathesis.checks import not_a_server_error
 
-    app = make_app(tiny, tokenizer, max_num_comments=3, default_num_comments=2, max_new_tokens_limit=2, default_max_new_tokens=2,
-                   max_title_chars=60, max_body_bytes=20_000, prompt=PromptConfig(max_prompt_tokens=96))
+    app = make_app(tiny, tokenizer, max_num_comments=3, default_num_comments=2, max_new_tokens_limit=2,
+                   default_max_new_tokens=2, max_title_chars=60, max_body_bytes=20_000,
+                   prompt=PromptConfig(max_prompt_tokens=96))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     t0 = time.monotonic()
     ops = [res.ok() for res in schema.get_all_operations()]
@@ -345,6 +346,9 @@ def test_is_loopback():
 
 
 def test_cli_serve_builds_settings_from_run_and_warns_off_loopback(tmp_path, monkeypatch, capsys, tiny, tokenizer):
+    import os
+
+    import torch
     import uvicorn
 
     import vrp.model
@@ -357,17 +361,22 @@ def test_cli_serve_builds_settings_from_run_and_warns_off_loopback(tmp_path, mon
     monkeypatch.setattr(vrp.model, "load_for_inference",
                         lambda *a, **k: seen.setdefault("load", (a, k)) and (tiny, tokenizer, INFO))
     monkeypatch.setattr(uvicorn, "run", lambda app, **k: seen.update(app=app, **k))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
     args = build_parser().parse_args(["serve", "--run", str(run), "--host", "0.0.0.0", "--port", "8123",
-                                      "--queue-size", "2", "--max-body-mb", "0.5", "--timeout-s", "9"])
+                                      "--queue-size", "2", "--max-body-mb", "0.5", "--timeout-s", "9",
+                                      "--threads", "1"])
     assert args._run(args) == 0
     s = seen["app"].state.settings
     assert (s.prompt.max_prompt_tokens, s.prompt.truncation) == (300, "head_tail")
     assert (s.queue_size, s.max_body_bytes, s.request_timeout_s) == (2, 500_000, 9.0)
     assert (seen["host"], seen["port"]) == ("0.0.0.0", 8123) and seen["load"][0][1] == str(run)
+    assert seen["threads"] == 1
     assert "warning: binding to 0.0.0.0" in capsys.readouterr().err
     args = build_parser().parse_args(["serve", "--model", "x", "--max-prompt-tokens", "64"])
     args._run(args)
     assert seen["app"].state.settings.prompt.max_prompt_tokens == 64 and seen["host"] == "127.0.0.1"
+    assert seen["threads"] == 3  # 4 usable cores - 1 for the event loop and clients
     assert "warning" not in capsys.readouterr().err
 
 

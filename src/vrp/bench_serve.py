@@ -114,7 +114,7 @@ def free_port() -> int:
 
 
 async def _send_all(url: str, payload: dict[str, Any], n: int, concurrency: int, request_timeout_s: float,
-                    deadline: float) -> tuple[Counter[str], list[tuple[str, float]], int]:
+                    deadline: float, progress: bool) -> tuple[Counter[str], list[tuple[str, float]], int]:
     import httpx
 
     statuses: Counter[str] = Counter()
@@ -139,17 +139,21 @@ async def _send_all(url: str, payload: dict[str, Any], n: int, concurrency: int,
                     key = type(e).__name__
                 statuses[key] += 1
                 samples.append((key, (time.perf_counter() - t0) * 1000.0))
+                if progress and (len(samples) % max(1, n // 10) == 0 or len(samples) == n):
+                    print(f"  {len(samples)}/{n} done, statuses {dict(statuses)}", file=sys.stderr, flush=True)
 
         await asyncio.gather(*(one_worker() for _ in range(concurrency)))
     return statuses, samples, not_sent
 
 
 def run_load(url: str, requests: int, concurrency: int, payload: dict[str, Any], server_pid: int | None = None,
-             request_timeout_s: float = 300.0, max_seconds: float = 900.0, warmup: bool = True) -> LoadResult:
+             request_timeout_s: float = 300.0, max_seconds: float = 900.0, warmup: bool = True,
+             progress: bool = False) -> LoadResult:
     """Send `requests` predictions at `concurrency` to the loopback server at `url` and summarise them.
 
     One warm-up request (not counted) runs first unless `warmup` is False. No request starts after `max_seconds`;
-    those are counted in `not_sent`. Raises VrpError for a non-loopback url or out-of-range counts.
+    those are counted in `not_sent`. `progress` prints a line to stderr per tenth of the requests. Raises VrpError
+    for a non-loopback url or out-of-range counts.
     """
     url = require_loopback_url(url)
     if not 1 <= requests <= MAX_REQUESTS:
@@ -167,7 +171,7 @@ def run_load(url: str, requests: int, concurrency: int, payload: dict[str, Any],
     rss_before = read_rss_kb(server_pid) if server_pid else None
     t0 = time.monotonic()
     statuses, samples, not_sent = asyncio.run(
-        _send_all(url, payload, requests, concurrency, request_timeout_s, t0 + max_seconds))
+        _send_all(url, payload, requests, concurrency, request_timeout_s, t0 + max_seconds, progress))
     wall = time.monotonic() - t0
     rss_after = read_rss_kb(server_pid) if server_pid else None
     all_ms = [ms for _, ms in samples]

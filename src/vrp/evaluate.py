@@ -6,23 +6,13 @@ drawn, how real comments are scored with shared-prefix scoring (`vrp.scoring.sco
 (own video, another video, title only), and how generated comments are measured (`vrp.metrics`).
 Does not know: metric formulas (`metrics`), report layout and charts (`report`), decoding (`predict`, `generate`).
 
-Definitions (also written into report.md):
-- Log-likelihood of a comment = sum of natural-log probabilities of its tokens and the end-of-turn token given the
-  prompt (`prompts.build_completion_ids`). NLL per token is token-weighted over all real held-out comments;
-  perplexity = exp(NLL per token).
-- Conditioning gain of a video = NLL/token of its real comments given another held-out video's prompt (a fixed
-  random derangement, seed `--seed`) minus NLL/token given its own prompt; reported as the mean over videos with a
-  95% percentile-bootstrap CI over videos. The title-only gain uses the prompt with an empty transcript instead.
-- Ranking (LiveBot, Ma et al., AAAI 2019): each video gets up to 100 candidates = its real comments + comments of
-  the most similar other held-out videos (MiniLM cosine of title + transcript) + the most frequent training comments
-  + random other comments (held-out and training). Candidates are ranked by mean log-prob per token. Each real
-  comment is ranked against the distractors only (the video's other real comments are removed); per-video values are
-  averaged over its real comments, then over videos. The random baseline is computed analytically for exactly these
-  candidate counts.
+The definitions of every number (NLL, conditioning gain, the candidate sets, the per-comment ranking with the other
+real comments removed, the analytic random baseline) are `vrp.report.DEFINITIONS`, which report.md repeats.
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 import time
@@ -73,6 +63,9 @@ def load_eval_data(path: str | Path, max_videos: int = 0) -> EvalData:
                      "not computed")
     videos = [Video(v.video_id, v.title, v.transcript, [c for c in v.comments if c.text.strip()]) for v in videos]
     videos = [v for v in videos if v.comments][: max_videos or None]
+    if not any(v.title.strip() for v in videos):
+        notes.append("the videos have no separate title (the seed format puts the title inside the transcript), so "
+                     "the title-only prompt carries no information about the video: it is the no-video ablation")
     if len(videos) < 2:
         raise VrpError(f"{source}: need at least 2 held-out videos with comments, found {len(videos)}")
     return EvalData(videos, [c.text.strip() for v in train for c in v.comments if c.text.strip()], source, notes)
@@ -170,7 +163,7 @@ class CachedScorer:
     per packed row (the prompt comes on top). Values are `(sum log-prob in nats, token count)`.
     """
 
-    def __init__(self, model: Any, row_tokens: int = 2048, rows_per_batch: int = 1) -> None:
+    def __init__(self, model: Any, row_tokens: int = 512, rows_per_batch: int = 1) -> None:
         self.model, self.row_tokens, self.rows_per_batch = model, row_tokens, rows_per_batch
         self.cache: dict[tuple[int, ...], dict[tuple[int, ...], tuple[float, int]]] = {}
 
@@ -193,7 +186,7 @@ def _nll(pairs: Sequence[tuple[float, int]]) -> float:
 
 
 def score_videos(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video], csets: Sequence[CandidateSet],
-                 partner: Sequence[int], row_tokens: int = 2048, rows_per_batch: int = 1, autocast: Any = None,
+                 partner: Sequence[int], row_tokens: int = 512, rows_per_batch: int = 1, autocast: Any = None,
                  progress: bool = True, label: str = "") -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Score every video's candidates under its own prompt and its title-only prompt, and its real comments under
     the prompt of `partner[video]`. Returns per-video dicts `{own, title, other: [(sum, n)] per real comment,
@@ -316,16 +309,29 @@ def read_seed_outputs(seed_dir: str | Path, n_videos: int) -> dict[str, list[str
     return out
 
 
+def _candidate_summary(csets: Sequence[CandidateSet], n_candidates: int, frequent: Sequence[str]) -> dict[str, Any]:
+    sizes = [len(c.real) + len(c.distractors) for c in csets]
+    return {"target": n_candidates, "mean": float(np.mean(sizes)), "min": min(sizes),
+            "videos_short": sum(c.sources["short_by"] > 0 for c in csets),
+            "mean_real": float(np.mean([len(c.real) for c in csets])),
+            "mean_by_source": {k: float(np.mean([c.sources[k] for c in csets]))
+                               for k in ("similar_videos", "frequent_training", "random")},
+            "frequent_training_comments": list(frequent[:20])}
+
+
 def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | None]], embedder: Any,
                  presets: Sequence[str] = ("nucleus", "beam"), num_comments: int = 1, max_new_tokens: int = 150,
                  max_prompt_tokens: int | None = None, n_candidates: int = 100, seed: int = 0,
-                 precision: str = "auto", row_tokens: int = 2048, rows_per_batch: int = 1, max_gen_videos: int = 0,
+                 precision: str = "auto", row_tokens: int = 512, rows_per_batch: int = 1, max_gen_videos: int = 0,
                  seed_test: str | None = None, seed_results: str | None = None,
                  progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluate each `(label, model_spec, run_dir)`; return `(metrics, per_video_rows, generation_rows)`.
 
     All models see the same candidate sets, partners and generation videos. Raises VrpError from loading or inputs.
     """
+    import torch
+
+    from vrp.dataset import load_source
     from vrp.embed import embed_videos
     from vrp.model import load_for_inference, resolve_precision
     from vrp.predict import _run_prompt_settings
@@ -333,43 +339,35 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | N
 
     t_start = time.perf_counter()
     videos = data.videos
-    t0 = time.perf_counter()
     video_emb = embed_videos(embedder, videos)
     train_emb = embedder.encode(data.train_comments) if data.train_comments else None
     frequent = frequent_comments(data.train_comments, 50, train_emb)
     generic_emb = embedder.encode(frequent) if frequent else None
     csets = build_candidate_sets(videos, video_emb, frequent, data.train_comments, n_candidates, seed=seed)
     partner = derangement(len(videos), seed)
-    seed_videos, seed_outputs, seed_emb = [], {}, None
-    if seed_test:
-        from vrp.dataset import load_source
-
-        seed_videos = load_source(seed_test, require_comments=False)[0]
-        seed_emb = embed_videos(embedder, seed_videos)
-        if seed_results:
-            seed_outputs = read_seed_outputs(seed_results, len(seed_videos))
-    timing: dict[str, Any] = {"embed_and_candidates_s": time.perf_counter() - t0}
-    gen_videos = videos[: max_gen_videos or None]
-    gen_emb = video_emb[: len(gen_videos)]
-    short = [cs.sources["short_by"] for cs in csets]
+    seed_videos = load_source(seed_test, require_comments=False)[0] if seed_test else []
+    seed_emb = embed_videos(embedder, seed_videos) if seed_videos else None
+    seed_outputs = read_seed_outputs(seed_results, len(seed_videos)) if seed_test and seed_results else {}
+    timing: dict[str, Any] = {"embed_and_candidates_s": time.perf_counter() - t_start, "cpus": os.cpu_count(),
+                              "load_average_start": list(os.getloadavg())}
+    gen_videos = videos[: max_gen_videos or None]          # a prefix: indices into `videos` stay valid
+    cand = _candidate_summary(csets, n_candidates, frequent)
+    notes = list(data.notes)
+    if len(gen_videos) < len(videos) and presets:
+        notes.append(f"comments are generated for the first {len(gen_videos)} of {len(videos)} held-out videos "
+                     f"(--max-gen-videos); on-topic retrieval searches all {len(videos)}")
+    if cand["videos_short"]:
+        notes.append(f"{cand['videos_short']} of {len(videos)} videos have fewer than {n_candidates} candidates (pool "
+                     f"too small); baselines use the actual counts")
     result: dict[str, Any] = {
         "data": {"source": data.source, "videos": len(videos), "real_comments": sum(len(c.real) for c in csets),
                  "train_comments": len(data.train_comments), "generation_videos": len(gen_videos),
-                 "seed_test_videos": len(seed_videos), "notes": list(data.notes)},
-        "candidates": {"target": n_candidates, "mean": float(np.mean([len(c.real) + len(c.distractors) for c in csets])),
-                       "min": min(len(c.real) + len(c.distractors) for c in csets),
-                       "videos_short": sum(s > 0 for s in short),
-                       "mean_by_source": {k: float(np.mean([c.sources[k] for c in csets]))
-                                          for k in ("similar_videos", "frequent_training", "random")},
-                       "mean_real": float(np.mean([len(c.real) for c in csets])),
-                       "frequent_training_comments": frequent[:20]},
+                 "seed_test_videos": len(seed_videos), "notes": notes},
+        "candidates": cand,
         "settings": {"presets": list(presets), "num_comments": num_comments, "max_new_tokens": max_new_tokens,
                      "seed": seed, "precision": precision, "score_row_tokens": row_tokens,
-                     "score_rows_per_batch": rows_per_batch},
+                     "score_rows_per_batch": rows_per_batch, "torch_threads": torch.get_num_threads()},
         "models": {}, "references": {}, "seed_comparison": {}}
-    if any(short):
-        result["data"]["notes"].append(f"{sum(s > 0 for s in short)} of {len(videos)} videos have fewer than "
-                                       f"{n_candidates} candidates (pool too small); baselines use the actual counts")
     tok_count: Callable[[str], int] | None = None
     per_video: list[dict[str, Any]] = []
     gen_rows: list[dict[str, Any]] = []
@@ -388,19 +386,17 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | N
                                  "max_prompt_tokens": pcfg.max_prompt_tokens, "truncation": pcfg.truncation,
                                  "likelihood": likelihood_summary(rows, seed), "ranking": ranking_summary(rows),
                                  "generation": {}, "seed_generation": {}}
-        for v, r in zip(videos, rows):
-            per_video.append({"model": label, "video_id": v.video_id, "candidates": r["candidates"],
-                              "nll_own": _nll(r["own"]), "nll_title_only": _nll(r["title"]),
-                              "nll_other_video": _nll(r["other"]) if r.get("other") else None,
-                              "rank_own": [s.mean_rank for s in r["rank_full"]],
-                              "rank_title_only": [s.mean_rank for s in r["rank_title"]]})
-        for name, vids, emb, key in (("generation", gen_videos, gen_emb, "held_out"),
+        per_video += [{"model": label, "video_id": v.video_id, "candidates": r["candidates"],
+                       "nll_own": _nll(r["own"]), "nll_title_only": _nll(r["title"]),
+                       "nll_other_video": _nll(r["other"]) if r.get("other") else None,
+                       "rank_own": [s.mean_rank for s in r["rank_full"]],
+                       "rank_title_only": [s.mean_rank for s in r["rank_title"]]} for v, r in zip(videos, rows)]
+        for name, vids, emb, key in (("generation", gen_videos, video_emb, "held_out"),
                                      ("seed_generation", seed_videos, seed_emb, "seed_test")):
             if not vids or not presets:
                 continue
-            grows, secs = run_generation(loaded, vids, run, presets, num_comments, max_new_tokens, seed,
-                                         max_prompt_tokens, progress)
-            tm[f"{name}_s"] = secs
+            grows, tm[f"{name}_s"] = run_generation(loaded, vids, run, presets, num_comments, max_new_tokens, seed,
+                                                    max_prompt_tokens, progress)
             index = {v.video_id: i for i, v in enumerate(vids)}
             for p, rr in grows.items():
                 entry[name][p] = generation_metrics([r["comment"] for r in rr], [index[r["video_id"]] for r in rr],
@@ -414,12 +410,12 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | N
         result["models"][label] = entry
         del m, loaded
     assert tok_count is not None
-    real = [(i, c) for i, v in enumerate(gen_videos) for c in csets[i].real]
-    result["references"]["real_held_out"] = generation_metrics([c for _, c in real], [i for i, _ in real], gen_emb,
+    real = [(i, c) for i in range(len(gen_videos)) for c in csets[i].real[:num_comments]]
+    result["references"]["real_held_out"] = generation_metrics([c for _, c in real], [i for i, _ in real], video_emb,
                                                                embedder, generic_emb, tok_count)
     for label, texts in seed_outputs.items():
         result["seed_comparison"][label] = generation_metrics(texts, list(range(len(texts))), seed_emb, embedder,
                                                               generic_emb, tok_count)
-    timing["total_s"] = time.perf_counter() - t_start
+    timing.update(total_s=time.perf_counter() - t_start, load_average_end=list(os.getloadavg()))
     result["timing_s"] = timing
     return result, per_video, gen_rows

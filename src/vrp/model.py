@@ -76,7 +76,7 @@ def resolve_model_path(spec: str) -> tuple[str, str | None]:
 def gguf_cache_path(gguf: Path) -> Path:
     """Cache directory for the safetensors conversion of `gguf` (keyed by name, size, mtime)."""
     st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"v2|{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
@@ -101,6 +101,10 @@ def convert_gguf(gguf: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses GGUF-loaded models; the dequantized tensors are plain, so save them directly.
     save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    # The weights are now plain fp32; without this the saved config would still claim GGUF quantization and later
+    # loads would go through transformers' GGUF quantizer (slower matmuls, and PEFT treats the model as quantized).
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.config.save_pretrained(tmp)
     model.generation_config.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -27,7 +27,8 @@ builds) and `model_attention_mask` converts it to what the model's attention ker
 - `flash_attention_*` takes no 4D masks: VrpError (use mode `none`, or sdpa/eager).
 Padded query positions attend only to themselves, so no softmax row is empty (no NaN); real tokens never see pads.
 Layers with sliding-window or chunked attention are refused for shared-prefix masks (the 4D mask would override
-their window).
+their window). A 4D mask costs B*T*T bytes (bool; 4x that as the fp32 eager mask): 64 MiB for 4 rows of 4,096.
+Training forwards pass `use_cache=False`, so no KV cache is built.
 """
 from __future__ import annotations
 

@@ -174,7 +174,7 @@ def _charts(out: Path, res: dict[str, Any], runs: dict[str, str | None]) -> list
             if key == "on_topic_r1":
                 c = next((m["on_topic"]["chance"] for m in entries.values() if m.get("on_topic")), None)
                 chance = (c, "chance 1/N") if c is not None else None
-            where = "held-out videos" if prefix == "gen" else "the 8 original test videos"
+            where = "held-out videos" if prefix == "gen" else "the original test videos"
             bar_chart(out / files[-1], list(entries), {name: [_gen_value(m, key) for m in entries.values()]},
                       f"{name} on {where}", name, hline=chance)
     for label, run in runs.items():

@@ -25,6 +25,7 @@ def add_serve_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParse
     tgt.add_argument("--run", help="start `vrp serve --run RUN` for the check")
     tgt.add_argument("--checkpoint", help="with --run: serve this checkpoint")
     tgt.add_argument("--queue-size", type=int, default=8, help="queue size of the started server (default: 8)")
+    tgt.add_argument("--threads", type=int, default=None, help="--threads of the started server (default: its own)")
     load = p.add_argument_group("load")
     load.add_argument("--requests", type=int, default=50, help="requests to send (default: 50)")
     load.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: 4)")
@@ -61,13 +62,14 @@ def run_serve(args: argparse.Namespace) -> int:
         target = contextlib.nullcontext((args.url, args.server_pid))
         model = f"server at {args.url}"
     else:
-        target = started_server(args.model, args.run, args.checkpoint, ["--queue-size", str(args.queue_size)])
+        extra = ["--queue-size", str(args.queue_size)] + (["--threads", str(args.threads)] if args.threads else [])
+        target = started_server(args.model, args.run, args.checkpoint, extra)
         model = " ".join(x for x in (args.model, f"run {args.run}" if args.run else "") if x)
         print(f"starting vrp serve ({model}) on 127.0.0.1 ...", file=sys.stderr, flush=True)
     with target as (url, pid):
         res = run_load(url, args.requests, args.concurrency, payload, server_pid=pid,
                        request_timeout_s=args.request_timeout_s, max_seconds=args.max_seconds,
-                       warmup=not args.no_warmup)
+                       warmup=not args.no_warmup, progress=True)
     print(format_result(res))
     if args.json_out:
         write_json_atomic(args.json_out, res.to_json())
