@@ -11,6 +11,7 @@ Does not know: file formats (see `vrp.transcripts`), where comments come from (s
 from __future__ import annotations
 
 import html
+import math
 import re
 import unicodedata
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -234,7 +235,7 @@ def parse_like_count(value: Any) -> int:
     if value is None or isinstance(value, bool):
         return 0
     if isinstance(value, (int, float)):
-        return max(0, int(value))
+        return max(0, int(value)) if math.isfinite(value) else 0
     m = _COUNT_RE.search(str(value))
     if not m:
         return 0

@@ -81,8 +81,15 @@ def repair_torn_tail(path: str | os.PathLike[str]) -> bool:
 
 def _iter_rows(path: Path):
     """Yield (line number, dict) of a JSON Lines file; a torn last line (no newline, bad JSON) yields (n, None)."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if not raw.endswith(b"\n"):  # a kill can cut a line inside a multi-byte character
+                    yield lineno, None
+                    return
+                raise VrpError(f"{path}:{lineno}: not UTF-8 text (bad byte at column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:

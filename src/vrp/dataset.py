@@ -17,7 +17,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vrp.records import Comment, Video, VrpError, read_videos, write_json_atomic, write_jsonl_atomic
+from vrp import clean
+from vrp.records import (Comment, Video, VrpError, check_writable, current_umask, read_videos, write_json_atomic,
+                         write_jsonl_atomic)
 
 TABLE_EXTS = (".xlsx", ".csv", ".jsonl", ".parquet")
 SEED_PREFIX_CHARS = 200  # rows of one seed video share at least this prompt prefix (their tails differ by truncation)
@@ -36,15 +38,20 @@ def _read_table(path: Path) -> Any:
     import pandas as pd
 
     ext = path.suffix.lower()
+    # Text columns are read as text: a column of numeric ids with one empty cell would otherwise become floats
+    # ('123' -> '123.0'), and so would a comment '5'.
+    text_cols = {c: str for c in ("video_id", "title", "transcript", "comment", "comments", "titles", "text")}
     try:
         if ext == ".xlsx":
-            return pd.read_excel(path)
+            return pd.read_excel(path, dtype=text_cols)
         if ext == ".csv":
-            return pd.read_csv(path)
+            return pd.read_csv(path, dtype=text_cols)
         if ext == ".jsonl":
             return pd.read_json(path, lines=True)
         if ext == ".parquet":
             return pd.read_parquet(path)
+    except UnicodeDecodeError as e:
+        raise VrpError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); save the file as UTF-8") from None
     except Exception as e:  # pandas/openpyxl/pyarrow raise many types for a corrupt file
         raise VrpError(f"{path}: cannot read as {ext[1:]} ({type(e).__name__}: {e})") from None
     raise VrpError(f"{path}: unknown extension {ext!r}; expected one of {TABLE_EXTS} or a collect dir")
@@ -119,16 +126,20 @@ def load_user_table(df: Any, path: Path, stats: Counter) -> list[Video]:
         raise VrpError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. Expected title, transcript, "
                        f"comment (optional video_id, like_count), or the seed format (comments, titles, text)")
     by_key: dict[str, Video] = {}
-    likes: dict[str, list[int | None]] = {}
+    first_row: dict[str, int] = {}
     for i in range(len(df)):
         row = i + 2 if path.suffix.lower() in (".xlsx", ".csv") else i + 1
         title, transcript, comment = (_cell(df[c].iloc[i]) for c in ("title", "transcript", "comment"))
-        if not transcript:
+        if not _visible(transcript):
             raise VrpError(f"{path}: row {row}: empty or missing 'transcript'")
         vid = _cell(df["video_id"].iloc[i]) if "video_id" in df.columns else ""
         key = vid or hashlib.sha1(f"{title}\n{transcript}".encode()).hexdigest()[:10]
         v = by_key.setdefault(key, Video(video_id=key, title=title, transcript=transcript))
-        likes.setdefault(key, [])
+        first_row.setdefault(key, row)
+        for name, value, known in (("transcript", transcript, v.transcript), ("title", title, v.title)):
+            if value != known:
+                raise VrpError(f"{path}: row {row}: video_id {vid!r} has a different {name} than row "
+                               f"{first_row[key]}; all rows of one video must have the same title and transcript")
         if not comment:
             stats["comments_skipped_empty"] += 1
             continue
@@ -136,8 +147,9 @@ def load_user_table(df: Any, path: Path, stats: Counter) -> list[Video]:
         if "like_count" in df.columns and _cell(df["like_count"].iloc[i]):
             try:
                 like = int(float(df["like_count"].iloc[i]))
-            except (TypeError, ValueError):
-                raise VrpError(f"{path}: row {row}: like_count {df['like_count'].iloc[i]!r} is not a number") from None
+            except (TypeError, ValueError, OverflowError):  # OverflowError: inf
+                raise VrpError(f"{path}: row {row}: like_count {_cell(df['like_count'].iloc[i])!r} is not a finite "
+                               f"number") from None
         v.comments.append(Comment(text=comment, like_count=like))
     for v in by_key.values():
         if any(c.like_count is not None for c in v.comments):
@@ -145,6 +157,23 @@ def load_user_table(df: Any, path: Path, stats: Counter) -> list[Video]:
         for r, c in enumerate(v.comments, 1):
             c.rank = r
     return list(by_key.values())
+
+
+def _visible(text: str) -> bool:
+    """True when `text` has something besides whitespace and invisible characters (zero-width spaces, BOMs)."""
+    return bool(clean.remove_invisible(text).strip())
+
+
+def _drop_blank_comments(videos: list[Video], stats: Counter) -> None:
+    """Drop comments that are only whitespace or invisible characters (they would train the model to say
+    nothing); the kept ones are ranked again 1..n in their order."""
+    for v in videos:
+        kept = [c for c in v.comments if _visible(c.text)]
+        if len(kept) != len(v.comments):
+            stats["comments_skipped_empty"] += len(v.comments) - len(kept)
+            for r, c in enumerate(kept, 1):
+                c.rank = r
+            v.comments = kept
 
 
 def load_source(path: str | Path, require_comments: bool = True) -> tuple[list[Video], dict[str, Any]]:
@@ -178,6 +207,7 @@ def load_source(path: str | Path, require_comments: bool = True) -> tuple[list[V
             videos, fmt = load_seed_table(df, path, stats), "seed xlsx (LLaMA-2 [INST] text)"
         else:
             videos, fmt = load_user_table(df, path, stats), "table (title, transcript, comment)"
+    _drop_blank_comments(videos, stats)
     if require_comments:
         empty = [v.video_id for v in videos if not v.comments]
         if empty:
@@ -192,9 +222,17 @@ def load_source(path: str | Path, require_comments: bool = True) -> tuple[list[V
 
 
 def _looks_like_videos(path: Path) -> bool:
-    with open(path, encoding="utf-8") as f:
+    """True when the first record of a .jsonl is a video record (`video_id` and `transcript`, no `comment`
+    column); `comments` is optional (videos to predict for have none)."""
+    import json
+
+    with open(path, encoding="utf-8", errors="replace") as f:
         first = next((line for line in f if line.strip()), "")
-    return '"video_id"' in first and '"comments"' in first and '"comment"' not in first.replace('"comments"', "")
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        return '"video_id"' in first and '"comments"' in first  # a broken first line: let read_videos name it
+    return isinstance(obj, dict) and "video_id" in obj and "transcript" in obj and "comment" not in obj
 
 
 def split_videos(videos: list[Video], val_fraction: float, seed: int) -> tuple[list[Video], list[Video]]:
@@ -211,15 +249,73 @@ def split_videos(videos: list[Video], val_fraction: float, seed: int) -> tuple[l
     return ([v for i, v in enumerate(videos) if i not in val_idx], [v for i, v in enumerate(videos) if i in val_idx])
 
 
+def _source_sha256(source: Path) -> str:
+    """sha256 of a source file, of a collect dir's videos.jsonl, or of a dataset dir's split files in order."""
+    if source.is_file():
+        return sha256_file(source)
+    if (source / "videos.jsonl").is_file():
+        return sha256_file(source / "videos.jsonl")
+    h = hashlib.sha256()
+    for name in ("train.jsonl", "validation.jsonl"):
+        if (source / name).is_file():
+            h.update(name.encode() + b"\0" + sha256_file(source / name).encode() + b"\0")
+    return h.hexdigest()
+
+
+DATASET_FILES = ("train.jsonl", "validation.jsonl", "manifest.json")
+
+
+def _write_dataset_dir(out: Path, train: list[Video], val: list[Video], manifest: dict[str, Any]) -> None:
+    """Write the three dataset files so that `out` never holds a mix of old and new files or a dataset without
+    its manifest: they are written into a temporary directory, which is renamed to `out` when `out` does not
+    exist, else moved into it one by one with `manifest.json` last (an old manifest is removed first)."""
+    import os
+    import shutil
+    import tempfile
+
+    out = out.absolute()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # next to a new `out` (renamed into place), inside an existing one (its files are moved out of it)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out if out.is_dir() else out.parent))
+    except OSError as e:
+        blocker = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
+        why = f"{blocker} is a file, not a directory" if blocker else (e.strerror or str(e))
+        raise VrpError(f"--out: cannot create {out} ({why})") from None
+    try:
+        os.chmod(stage, 0o777 & ~current_umask())
+        write_jsonl_atomic(stage / "train.jsonl", (v.to_json() for v in train))
+        write_jsonl_atomic(stage / "validation.jsonl", (v.to_json() for v in val))
+        write_json_atomic(stage / "manifest.json", manifest)
+        try:
+            if not out.exists():
+                os.replace(stage, out)
+            else:
+                (out / "manifest.json").unlink(missing_ok=True)  # a half-replaced dir has no manifest
+                for name in DATASET_FILES:
+                    os.replace(stage / name, out / name)
+        except OSError as e:
+            raise VrpError(f"{out}: cannot write the dataset ({e.strerror or e})") from None
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 def prepare(source: str | Path, out: str | Path, val_fraction: float = 0.1, seed: int = 0,
             overwrite: bool = False) -> dict[str, Any]:
     """Import `source`, split by video and write `out/{train,validation}.jsonl` and `out/manifest.json`.
 
-    Returns the manifest. Refuses a non-empty `out` unless `overwrite` (VrpError naming `--overwrite`).
+    Returns the manifest. Refuses a non-empty `out` unless `overwrite` (VrpError naming `--overwrite`), and an
+    `out` that is a file. The files appear together (see `_write_dataset_dir`); a failure leaves `out` as it was.
     """
     source, out = Path(source), Path(out)
+    if out.exists() and not out.is_dir():
+        raise VrpError(f"--out: {out} exists and is not a directory")
+    if not 0 <= val_fraction < 1:  # checked here too, so a bad flag fails before the source is read
+        raise VrpError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise VrpError(f"{out}: output directory exists and is not empty; pass --overwrite to replace it")
+    check_writable(out, "--out")
     videos, stats = load_source(source)
     seen: set[str] = set()
     for v in videos:
@@ -229,15 +325,12 @@ def prepare(source: str | Path, out: str | Path, val_fraction: float = 0.1, seed
     train, val = split_videos(videos, val_fraction, seed)
     manifest = {
         "source": str(source.resolve()),
-        "source_sha256": sha256_file(source) if source.is_file() else sha256_file(source / "videos.jsonl"),
+        "source_sha256": _source_sha256(source),
         "format": stats.pop("format"),
         "val_fraction": val_fraction, "seed": seed,
         "videos": {"train": len(train), "validation": len(val), "total": len(videos)},
         "comments": {"train": sum(len(v.comments) for v in train), "validation": sum(len(v.comments) for v in val)},
         "stats": stats,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(out / "train.jsonl", (v.to_json() for v in train))
-    write_jsonl_atomic(out / "validation.jsonl", (v.to_json() for v in val))
-    write_json_atomic(out / "manifest.json", manifest)
+    _write_dataset_dir(out, train, val, manifest)
     return manifest

@@ -56,6 +56,8 @@ def resolve_model_path(spec: str) -> tuple[str, str | None]:
     if spec in BUNDLED:
         p = bundled_gguf_path(spec)
         return str(p.parent), p.name
+    if not spec.strip():
+        raise VrpError("--model is empty")
     p = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not p.is_file():
@@ -68,6 +70,9 @@ def resolve_model_path(spec: str) -> tuple[str, str | None]:
         if len(ggufs) == 1:
             return str(p.resolve()), ggufs[0].name
         raise VrpError(f"--model: {spec} is a directory without config.json (not a Hugging Face checkpoint)")
+    if p.is_file():
+        raise VrpError(f"--model: {spec} is a file; give a .gguf file, a Hugging Face checkpoint directory, "
+                       f"'smollm2-135m' or a Hugging Face id")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise VrpError(f"--model: path not found: {spec}")
     return spec, None
@@ -95,20 +100,33 @@ def convert_gguf(gguf: Path) -> Path:
 
     if importlib.util.find_spec("gguf") is None:
         raise VrpError("loading a .gguf model needs the package gguf: pip install gguf")
+    import shutil
+
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # save_pretrained refuses GGUF-loaded models; the dequantized tensors are plain, so save them directly.
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    # The weights are now plain fp32; without this the saved config would still claim GGUF quantization and later
-    # loads would go through transformers' GGUF quantizer (slower matmuls, and PEFT treats the model as quantized).
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.save_pretrained(tmp)
-    model.generation_config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, out) if not out.exists() else None
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        except Exception as e:  # not GGUF, truncated, an architecture transformers cannot read: many types
+            raise VrpError(f"--model {gguf}: cannot read the GGUF file ({type(e).__name__}: {_one_line(e)})") from None
+        # save_pretrained refuses GGUF-loaded models; the dequantized tensors are plain, so save them directly.
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # The weights are now plain fp32; without this the saved config would still claim GGUF quantization and
+        # later loads would go through transformers' GGUF quantizer (slower matmuls, and PEFT treats the model as
+        # quantized).
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out) if not out.exists() else None
+    except OSError as e:
+        raise VrpError(f"--model {gguf}: cannot write the converted model to {out.parent} ({e.strerror or e}); "
+                       f"set VRP_CACHE to a writable directory") from None
+    finally:
+        if tmp.exists():  # a failed or interrupted conversion leaves nothing in the cache
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -178,6 +196,32 @@ def resolve_precision(precision: str = "auto", quantization: str = "none", devic
     return Precision("cuda", dt, dt, quantization == "4bit")
 
 
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's message (Hugging Face errors span several lines)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def context_length(model: Any) -> int | None:
+    """The longest sequence the model's position embeddings cover (`max_position_embeddings`, `n_positions`), or
+    None when the config does not say."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        n = getattr(cfg, name, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def check_context(model: Any, spec: str, needed: int, what: str) -> None:
+    """Raise VrpError naming `what` (the flags that add up to `needed` tokens) when the model's context is
+    shorter than `needed` (positions past it are out of range, or silently extrapolated by RoPE models)."""
+    n = context_length(model)
+    if n is not None and needed > n:
+        raise VrpError(f"{what} = {needed} tokens, more than the context of --model {spec} ({n} tokens); "
+                       f"lower them")
+
+
 def load_tokenizer(spec: str) -> Any:
     """Load the tokenizer of `--model` spec; pad token defaults to EOS when the tokenizer has none."""
     from transformers import AutoTokenizer
@@ -187,8 +231,11 @@ def load_tokenizer(spec: str) -> Any:
         path = str(convert_gguf(Path(path) / gguf))
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise VrpError(f"--model {spec}: cannot load tokenizer ({e})") from None
+    except (OSError, ValueError) as e:
+        names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+        if Path(path).is_dir() and not any((Path(path) / n).is_file() for n in names):
+            raise VrpError(f"--model {spec}: the directory has no tokenizer files ({', '.join(names)})") from None
+        raise VrpError(f"--model {spec}: cannot load tokenizer ({_one_line(e)})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -201,6 +248,7 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
     4-bit is asked for without bitsandbytes.
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     path, gguf = resolve_model_path(spec)
@@ -221,8 +269,11 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise VrpError(f"--model {spec}: cannot load ({e}). Give a local directory, a .gguf file, "
+        raise VrpError(f"--model {spec}: cannot load ({_one_line(e)}). Give a local directory, a .gguf file, "
                        f"'smollm2-135m', or a Hugging Face id already in the local cache") from None
+    except (ValueError, RuntimeError, SafetensorError) as e:  # an unknown attn_implementation or model type,
+        # truncated or corrupt weights, weights that do not fit the config
+        raise VrpError(f"--model {spec}: cannot load ({type(e).__name__}: {_one_line(e)})") from None
     if not prec.load_in_4bit:
         model.to(prec.device)
     model.eval()
@@ -254,7 +305,10 @@ def attach_lora(model: Any, lora: LoraSettings, prec: Precision, gradient_checkp
         model.enable_input_require_grads()
     cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
-    model = get_peft_model(model, cfg)
+    try:
+        model = get_peft_model(model, cfg)
+    except ValueError as e:  # peft: target modules not found / not supported
+        raise VrpError(f"--target-modules {lora.target_modules!r}: {_one_line(e)}") from None
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -277,13 +331,15 @@ def resolve_run(run_dir: str | os.PathLike[str], checkpoint: str | None = None) 
     """Return `(model_spec, adapter_dir)` of a run dir: the base model named in `config.yaml` and `adapter/`, or
     `checkpoints/<checkpoint>/adapter` (`checkpoint` like `step-000050`, or `latest`). Raises VrpError naming
     `--run` / `--checkpoint` when something is missing."""
-    import yaml
+    from vrp.config import load_yaml
 
     run = Path(run_dir)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise VrpError(f"--run: {run} is not a vrp run directory (no config.yaml)")
-    spec = str((yaml.safe_load(cfg_path.read_text()) or {}).get("model") or "smollm2-135m")
+    spec = load_yaml(cfg_path).get("model") or "smollm2-135m"
+    if not isinstance(spec, str):
+        raise VrpError(f"{cfg_path}: option 'model' must be a string, got {spec!r}")
     if checkpoint:
         ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
         name = ckpts[-1] if checkpoint == "latest" and ckpts else checkpoint

@@ -12,7 +12,7 @@ from typing import Any
 
 from vrp.records import Video, VrpError, atomic_path
 
-TRANSCRIPT_EXTS = (".txt", ".vtt", ".srt", ".json3")
+TRANSCRIPT_EXTS = (".txt", ".vtt", ".srt", ".json3", ".json")
 
 
 def load_inputs(input_path: str | None, title: str = "", transcript: str | None = None,
@@ -21,6 +21,8 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
 
     Raises VrpError when both or neither are given, or when the input yields no video.
     """
+    if max_videos < 0:
+        raise VrpError(f"--max-videos must be >= 0 (0 = all), got {max_videos}")
     if bool(input_path) == (transcript is not None):
         raise VrpError("give exactly one of --input FILE or --transcript TEXT")
     if transcript is not None:
@@ -29,12 +31,9 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
         return [Video(video_id="input", title=title, transcript=transcript)]
     path = Path(str(input_path))
     if path.suffix.lower() in TRANSCRIPT_EXTS and path.is_file():
-        if path.suffix.lower() == ".txt":
-            text = path.read_text(encoding="utf-8", errors="replace")
-        else:
-            from vrp.transcripts import read_transcript, segments_to_text
+        from vrp.transcripts import read_transcript, segments_to_text
 
-            text = segments_to_text(read_transcript(path))
+        text = segments_to_text(read_transcript(path))  # .txt too: non-UTF-8 bytes are an error, not U+FFFD
         if not text.strip():
             raise VrpError(f"{path}: empty transcript")
         return [Video(video_id=path.stem, title=title, transcript=text)]
@@ -45,6 +44,9 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
         from vrp.records import read_videos
 
         videos = read_videos(path / "validation.jsonl")  # a dataset dir: predict for its held-out videos
+        if not videos:
+            raise VrpError(f"{path / 'validation.jsonl'}: no videos (for a dataset dir, generate predicts for its "
+                           f"validation split)")
     return videos[: max_videos or None]
 
 
@@ -53,10 +55,12 @@ def _run_prompt_settings(run: str | None, max_prompt_tokens: int | None) -> Any:
 
     kw: dict[str, Any] = {}
     if run and (Path(run) / "config.yaml").is_file():
-        import yaml
+        from vrp.config import coerce_values, load_yaml
 
-        saved = yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}
-        kw = {k: saved[k] for k in ("max_prompt_tokens", "truncation") if k in saved}
+        path = Path(run) / "config.yaml"
+        saved = load_yaml(path)
+        kw = coerce_values(PromptConfig, {k: saved[k] for k in ("max_prompt_tokens", "truncation") if k in saved},
+                           str(path))
     if max_prompt_tokens:
         kw["max_prompt_tokens"] = max_prompt_tokens
     return PromptConfig(**kw)
@@ -74,28 +78,43 @@ def predict(videos: list[Video], run: str | None = None, model: str | None = Non
     from tqdm.auto import tqdm
 
     from vrp.generate import get_preset, timed_generate
-    from vrp.model import load_for_inference
+    from vrp.model import check_context, load_for_inference
     from vrp.prompts import build_prompt_ids
 
     presets = presets or ["nucleus"]
     for p in presets:
         get_preset(p)
+    if num_comments < 1:
+        raise VrpError(f"--num-comments must be >= 1, got {num_comments}")
+    if max_new_tokens < 1:
+        raise VrpError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if max_prompt_tokens is not None and max_prompt_tokens < 1:
+        raise VrpError(f"--max-prompt-tokens must be >= 1, got {max_prompt_tokens}")
+    pcfg = _run_prompt_settings(run, max_prompt_tokens)  # checked before the model is loaded
     m, tok, info = loaded or load_for_inference(model, run, checkpoint, precision)
-    pcfg = _run_prompt_settings(run, max_prompt_tokens)
+    check_context(m, info["model"], pcfg.max_prompt_tokens + max_new_tokens,
+                  "--max-prompt-tokens + --max-new-tokens")
+    prompts = []  # all prompts first: a video whose prompt cannot be built fails before any generation
+    for v in videos:
+        try:
+            prompts.append(build_prompt_ids(tok, v.title, v.transcript, pcfg))
+        except VrpError as e:
+            raise VrpError(f"video {v.video_id!r}: {e}") from None
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(videos) * len(presets), desc="generate", unit="video", disable=not progress)
-    for vi, v in enumerate(videos):
-        prompt = build_prompt_ids(tok, v.title, v.transcript, pcfg)
-        for preset in presets:
-            k = 1 if preset == "greedy" else num_comments
-            comments, secs = timed_generate(m, tok, prompt, preset, k, max_new_tokens, seed=seed + vi)
-            for ci, c in enumerate(comments, 1):
-                rows.append({"video_id": v.video_id, "title": v.title, "model": info["model"],
-                             "adapter": info["adapter"] or "", "preset": preset, "comment_index": ci,
-                             "comment": c.text, "new_tokens": c.tokens, "logprob": round(c.logprob, 4),
-                             "finished": c.finished, "prompt_tokens": len(prompt), "seconds": round(secs, 3)})
-            bar.update(1)
-    bar.close()
+    try:
+        for vi, (v, prompt) in enumerate(zip(videos, prompts)):
+            for preset in presets:
+                k = 1 if preset == "greedy" else num_comments
+                comments, secs = timed_generate(m, tok, prompt, preset, k, max_new_tokens, seed=seed + vi)
+                for ci, c in enumerate(comments, 1):
+                    rows.append({"video_id": v.video_id, "title": v.title, "model": info["model"],
+                                 "adapter": info["adapter"] or "", "preset": preset, "comment_index": ci,
+                                 "comment": c.text, "new_tokens": c.tokens, "logprob": round(c.logprob, 4),
+                                 "finished": c.finished, "prompt_tokens": len(prompt), "seconds": round(secs, 3)})
+                bar.update(1)
+    finally:
+        bar.close()
     return rows
 
 
@@ -110,6 +129,11 @@ def write_predictions(rows: list[dict[str, Any]], out: str | Path) -> None:
         if ext == ".csv":
             df.to_csv(tmp, index=False)
         elif ext == ".xlsx":
+            # Excel cannot store most C0 control characters (openpyxl raises IllegalCharacterError), and a model
+            # can generate them: drop them rather than lose the whole run at the last step.
+            from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+            df = df.map(lambda x: ILLEGAL_CHARACTERS_RE.sub("", x) if isinstance(x, str) else x)
             df.to_excel(tmp, index=False, engine="openpyxl")
         elif ext == ".jsonl":
             df.to_json(tmp, orient="records", lines=True, force_ascii=False)

@@ -38,6 +38,12 @@ class PromptConfig:
                                                                     "(the end-of-turn token is kept)"})
 
     def __post_init__(self) -> None:
+        import dataclasses
+
+        from vrp.config import coerce_values
+
+        for k, v in coerce_values(type(self), dataclasses.asdict(self)).items():
+            setattr(self, k, v)
         if self.truncation not in TRUNCATION_STRATEGIES:
             raise VrpError(f"--truncation: unknown strategy {self.truncation!r}; choose from {TRUNCATION_STRATEGIES}")
         if self.max_prompt_tokens < 16:
@@ -155,7 +161,10 @@ def encode_video(tokenizer: Any, video: Video, cfg: PromptConfig) -> EncodedVide
 
     Raises VrpError when the video has no usable comment.
     """
-    prompt_ids = build_prompt_ids(tokenizer, video.title, video.transcript, cfg)
+    try:
+        prompt_ids = build_prompt_ids(tokenizer, video.title, video.transcript, cfg)
+    except VrpError as e:
+        raise VrpError(f"video {video.video_id!r}: {e}") from None
     completions = [build_completion_ids(tokenizer, c.text, cfg) for c in video.comments if c.text.strip()]
     if not completions:
         raise VrpError(f"video {video.video_id!r} has no usable comment")

@@ -17,13 +17,13 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from vrp.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vrp.config import save_config
-from vrp.records import VrpError, read_videos, write_json_atomic
+from vrp.records import VrpError, check_writable, read_videos, write_json_atomic, write_jsonl_atomic
 from vrp.train_config import TrainConfig
 
 __all__ = ["TrainConfig", "train", "evaluate_nll", "autocast_ctx"]
@@ -61,9 +61,11 @@ def epoch_order(rows: list[Any], epoch: int, cfg: TrainConfig) -> list[list[Any]
     return _batches(order, cfg.batch_size)
 
 
-def evaluate_nll(model: Any, rows: list[Any], pad_id: int, prec: Any, batch_size: int = 4) -> dict[str, float]:
+def evaluate_nll(model: Any, rows: list[Any], pad_id: int, prec: Any, batch_size: int = 4,
+                 progress: bool = False) -> dict[str, float]:
     """Mean NLL per comment token (nats) and perplexity = exp(NLL) over `rows`, shared-prefix packed, no grad."""
     import torch
+    from tqdm.auto import tqdm
 
     from vrp.packing import collate, loss_sum
 
@@ -71,7 +73,7 @@ def evaluate_nll(model: Any, rows: list[Any], pad_id: int, prec: Any, batch_size
     was_training = model.training
     model.eval()
     with torch.no_grad(), autocast_ctx(prec):
-        for b in _batches(rows, batch_size):
+        for b in tqdm(_batches(rows, batch_size), desc="validation", unit="batch", leave=False, disable=not progress):
             batch = {k: v.to(prec.device) if hasattr(v, "to") else v for k, v in collate(b, pad_id, "shared_prefix").items()}
             s, k = loss_sum(model, batch)
             total += float(s)
@@ -81,21 +83,35 @@ def evaluate_nll(model: Any, rows: list[Any], pad_id: int, prec: Any, batch_size
     return {"nll": nll, "perplexity": math.exp(min(nll, 50.0)), "tokens": n}
 
 
-def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Raise VrpError when `out` cannot be used as asked; changes nothing (so a failure later leaves no trace)."""
+    if out.exists() and not out.is_dir():
+        raise VrpError(f"--out: {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         if resume:
             if not (out / "config.yaml").is_file():
                 raise VrpError(f"--resume: {out} is not a vrp run directory (no config.yaml)")
-            return
-        if not overwrite:
+        elif not overwrite:
             raise VrpError(f"{out}: run directory exists and is not empty; pass --resume to continue it or "
                            f"--overwrite to start over")
-        import shutil
-
-        shutil.rmtree(out)
     elif resume:
         raise VrpError(f"--resume: {out} has no run to resume")
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "--out")
+
+
+def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Check `out` again (`_check_run_dir`), then empty it for --overwrite and create it."""
+    import shutil
+
+    _check_run_dir(out, resume, overwrite)
+    if out.exists() and any(out.iterdir()):
+        if resume:
+            return
+        shutil.rmtree(out)  # --overwrite (checked above)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VrpError(f"--out: cannot create {out} ({e.strerror or e})") from None
 
 
 def _optimizer(model: Any, cfg: TrainConfig, prec: Any) -> Any:
@@ -138,6 +154,38 @@ def _plot_loss(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _data_fingerprint(data_dir: Path) -> str:
+    """sha256 over the dataset's split files, stored in checkpoints so that --resume can refuse other data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("train.jsonl", "validation.jsonl"):
+        path = data_dir / name
+        h.update(name.encode() + b"\0")
+        if path.is_file():
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _save_adapter(model: Any, tok: Any, dest: Path) -> None:
+    """Save the adapter and tokenizer to `dest` via a temporary sibling directory, so that a kill while saving
+    never leaves a half-written `adapter/` that `vrp generate --run` would load."""
+    import os
+    import shutil
+
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
 def train(cfg: TrainConfig, data_dir: str | Path, out: str | Path, resume: bool = False, overwrite: bool = False,
           on_step: Callable[[int], None] | None = None, progress: bool = True) -> dict[str, Any]:
     """Fine-tune `cfg.model` with LoRA on `data_dir/train.jsonl`, validating on `data_dir/validation.jsonl`.
@@ -149,25 +197,40 @@ def train(cfg: TrainConfig, data_dir: str | Path, out: str | Path, resume: bool 
     import torch
     from tqdm.auto import tqdm
 
-    from vrp.model import LoraSettings, attach_lora, load_base_model, resolve_precision
+    from vrp.model import LoraSettings, attach_lora, check_context, load_base_model, resolve_precision
     from vrp.packing import collate, loss_sum, make_rows
     from vrp.prompts import encode_videos
 
     data_dir, out = Path(data_dir), Path(out)
+    if Path(cfg.model).expanduser().exists():  # a local path is saved absolute so `generate --run` works anywhere
+        cfg = replace(cfg, model=str(Path(cfg.model).expanduser().resolve()))
     if not (data_dir / "train.jsonl").is_file():
         raise VrpError(f"--data: {data_dir} has no train.jsonl; run `vrp prepare` first")
+    # Everything that can fail on bad input (run dir, precision, data, model, context length, LoRA targets,
+    # optimizer) is checked before the run dir is created or replaced, so a failed start leaves nothing behind.
+    _check_run_dir(out, resume, overwrite)
+    data_sha = _data_fingerprint(data_dir)
+    if resume and (ckpt := latest_checkpoint(out)) is not None:
+        saved_sha = json.loads((ckpt / "state.json").read_text()).get("data_sha256")
+        if saved_sha and saved_sha != data_sha:
+            raise VrpError(f"--resume: --data {data_dir} is not the data this run was trained on (its train.jsonl/"
+                           f"validation.jsonl changed); resume with the same --data or start a new run")
     prec = resolve_precision(cfg.precision, cfg.quantization, cfg.device)
-    _prepare_run_dir(out, resume, overwrite)
-    save_config(cfg, out / "config.yaml") if not resume else None
-    torch.manual_seed(cfg.seed)
-
-    model, tok = load_base_model(cfg.model, prec, cfg.attn_implementation)
-    pcfg = cfg.prompt_config()
     train_videos = read_videos(data_dir / "train.jsonl")[: cfg.max_train_videos or None]
     val_path = data_dir / "validation.jsonl"
     val_videos = read_videos(val_path)[: cfg.max_eval_videos or None] if val_path.is_file() else []
     if not train_videos:
         raise VrpError(f"{data_dir / 'train.jsonl'}: empty dataset")
+    for path, videos in ((data_dir / "train.jsonl", train_videos), (val_path, val_videos)):
+        empty = next((v.video_id for v in videos if not any(c.text.strip() for c in v.comments)), None)
+        if empty is not None:
+            raise VrpError(f"{path}: video {empty!r} has no comment (prepare the dataset with `vrp prepare`)")
+    torch.manual_seed(cfg.seed)
+
+    model, tok = load_base_model(cfg.model, prec, cfg.attn_implementation)
+    check_context(model, cfg.model, cfg.max_prompt_tokens + cfg.max_comment_tokens + 1,
+                  "--max-prompt-tokens + --max-comment-tokens + 1")
+    pcfg = cfg.prompt_config()
     rows = make_rows(encode_videos(tok, train_videos, pcfg), cfg.packing, cfg.max_row_tokens)
     val_rows = make_rows(encode_videos(tok, val_videos, pcfg), "shared_prefix", cfg.max_row_tokens)
     pad_id = tok.pad_token_id
@@ -181,6 +244,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, out: str | Path, resume: bool 
     from transformers import get_scheduler
 
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    _prepare_run_dir(out, resume, overwrite)
+    save_config(cfg, out / "config.yaml") if not resume else None
     history: list[dict[str, Any]] = []
     step, comments_seen, tokens_seen, train_seconds = 0, 0, 0, 0.0
     base_val = None
@@ -190,12 +255,15 @@ def train(cfg: TrainConfig, data_dir: str | Path, out: str | Path, resume: bool 
         train_seconds, base_val = st["train_seconds"], st.get("base_val")
         history = st["history"]
     elif val_rows:
-        base_val = evaluate_nll(model, val_rows, pad_id, prec, cfg.batch_size)
+        base_val = evaluate_nll(model, val_rows, pad_id, prec, cfg.batch_size, progress)
         history.append({"step": 0, "val_nll": base_val["nll"]})
 
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(out / "logs"))
+    # metrics.jsonl holds exactly the steps of `history`: after a kill it may hold steps past the checkpoint that
+    # the resumed run repeats, so it is rewritten from the checkpoint's history before appending.
+    write_jsonl_atomic(out / "metrics.jsonl", (h for h in history if "loss" in h))
     log = open(out / "metrics.jsonl", "a", encoding="utf-8")
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     model.train()
@@ -228,7 +296,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out: str | Path, resume: bool 
                                    "grad_norm": float(gnorm), "tokens_per_s": sum(int(b["num_tokens"]) for b in collated) / dt,
                                    "comments_seen": comments_seen}
             if val_rows and (step % cfg.eval_every == 0 or step == total_steps):
-                rec["val_nll"] = evaluate_nll(model, val_rows, pad_id, prec, cfg.batch_size)["nll"]
+                rec["val_nll"] = evaluate_nll(model, val_rows, pad_id, prec, cfg.batch_size, progress)["nll"]
             history.append(rec)
             for k in ("loss", "lr", "grad_norm", "tokens_per_s", "val_nll"):
                 if k in rec:
@@ -240,7 +308,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out: str | Path, resume: bool 
             bar.update(1)
             if step % cfg.save_every == 0 or step == total_steps:
                 save_checkpoint(out, step, model, optimizer, scheduler,
-                                {"comments_seen": comments_seen, "tokens_seen": tokens_seen,
+                                {"comments_seen": comments_seen, "tokens_seen": tokens_seen, "data_sha256": data_sha,
                                  "train_seconds": train_seconds, "base_val": base_val, "history": history},
                                 keep=cfg.save_total_limit)
             if on_step:
@@ -249,8 +317,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out: str | Path, resume: bool 
         bar.close()
         writer.close()
         log.close()
-    model.save_pretrained(out / "adapter")
-    tok.save_pretrained(out / "adapter")
+    _save_adapter(model, tok, out / "adapter")
     final_val = next((h["val_nll"] for h in reversed(history) if "val_nll" in h), None)
     metrics = {
         "model": cfg.model, "precision": prec.name, "packing": cfg.packing, "steps": step,

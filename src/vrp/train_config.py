@@ -11,6 +11,16 @@ from vrp.prompts import PromptConfig
 from vrp.records import VrpError
 
 
+# transformers.get_scheduler names that need no extra arguments (reduce_lr_on_plateau needs a metric per step,
+# the *_min_lr ones a min_lr, warmup_stable_decay its phase lengths).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _h(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 
@@ -64,14 +74,50 @@ class TrainConfig:
     eval_every: int = _h("validation NLL every N steps (and at the start and the end)", default=50)
     max_eval_videos: int = _h("validate on the first N validation videos (0 = all)", default=0)
     save_every: int = _h("checkpoint every N steps (and at the end)", default=50)
-    save_total_limit: int = _h("keep the newest N checkpoints", default=2)
+    save_total_limit: int = _h("keep the newest N checkpoints (0 = all)", default=2)
 
     def __post_init__(self) -> None:
+        import dataclasses
+
+        from vrp.config import coerce_values
+
+        for k, v in coerce_values(type(self), dataclasses.asdict(self)).items():
+            setattr(self, k, v)
         if self.packing not in ("shared_prefix", "none"):
             raise VrpError(f"--packing: choose shared_prefix or none, got {self.packing!r}")
-        for name in ("batch_size", "grad_accum", "eval_every", "save_every", "lora_r", "epochs"):
+        for name in ("batch_size", "grad_accum", "eval_every", "save_every", "lora_r", "lora_alpha", "epochs"):
             if getattr(self, name) < 1:
-                raise VrpError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise VrpError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "max_train_videos", "max_eval_videos", "save_total_limit"):
+            if getattr(self, name) < 0:
+                raise VrpError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise VrpError(f"--max-steps must be >= 1, or -1 to run --epochs epochs; got {self.max_steps}")
+        if not self.learning_rate > 0:
+            raise VrpError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not self.max_grad_norm > 0:
+            raise VrpError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
+        if self.weight_decay < 0:
+            raise VrpError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise VrpError(f"--warmup-ratio must be in [0, 1], got {self.warmup_ratio}")
+        if not 0 <= self.lora_dropout < 1:
+            raise VrpError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise VrpError(f"--lr-scheduler: choose from {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+        if self.optimizer not in ("adamw", "paged_adamw_32bit"):
+            raise VrpError(f"--optimizer: choose adamw or paged_adamw_32bit, got {self.optimizer!r}")
+        for name, choices in (("precision", ("auto", "bf16", "fp16", "fp32")), ("quantization", ("none", "4bit")),
+                              ("device", ("auto", "cpu", "cuda"))):
+            if getattr(self, name) not in choices:
+                raise VrpError(f"{_flag(name)}: choose from {', '.join(choices)}, got {getattr(self, name)!r}")
+        if not self.model.strip():
+            raise VrpError("--model is empty")
+        tm = self.target_modules
+        if not ((isinstance(tm, str) and tm.strip()) or (isinstance(tm, list) and tm
+                                                          and all(isinstance(x, str) and x for x in tm))):
+            raise VrpError(f"--target-modules: give all-linear, a module name or a non-empty list of names, "
+                           f"got {tm!r}")
         if self.max_row_tokens < self.max_prompt_tokens + 2:
             raise VrpError(f"--max-row-tokens ({self.max_row_tokens}) must exceed --max-prompt-tokens "
                            f"({self.max_prompt_tokens}) so that a comment fits behind the prompt")

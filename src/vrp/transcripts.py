@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +46,22 @@ class Segment:
         if not isinstance(d, dict) or not isinstance(d.get("text"), str):
             raise VrpError(f"{where}: expected a segment object with a string 'text', got {_brief(d)}")
         try:
-            start = float(d.get("start") or 0.0)
-            end = float(d.get("end") if d.get("end") is not None else start)
+            start = _seconds(d.get("start") or 0.0)
+            end = _seconds(d.get("end") if d.get("end") is not None else start)
         except (TypeError, ValueError):
             raise VrpError(f"{where}: 'start'/'end' must be numbers (seconds), got {_brief(d)}") from None
         return cls(start, end, clean.clean_caption_line(d["text"]))
+
+
+def _seconds(value: Any) -> float:
+    """A time value as a float; ValueError unless it is a finite number (NaN or infinity would make the segment
+    JSON invalid), TypeError for a non-number."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a time")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"not a finite number: {value!r}")
+    return x
 
 
 def _brief(obj: Any, limit: int = 80) -> str:
@@ -105,8 +117,8 @@ def parse_json3(obj: Any, where: str = "<json3>") -> list[Segment]:
             continue
         try:
             text = "".join(str(s.get("utf8", "")) for s in ev["segs"])
-            start = float(ev.get("tStartMs", 0)) / 1000
-            end = start + float(ev.get("dDurationMs", 0)) / 1000
+            start = _seconds(ev.get("tStartMs", 0)) / 1000
+            end = start + _seconds(ev.get("dDurationMs", 0)) / 1000
         except (AttributeError, TypeError, ValueError):
             raise VrpError(f"{where}: events[{i}] is malformed: {_brief(ev)}") from None
         text = clean.clean_caption_line(text)
@@ -125,8 +137,8 @@ def parse_transcript_api(snippets: Iterable[Any], where: str = "<transcript-api>
         if not isinstance(text, str):
             raise VrpError(f"{where}[{i}]: expected a snippet with a string 'text', got {_brief(s)}")
         try:
-            start_s = float(start or 0.0)
-            end_s = start_s + float(duration or 0.0)
+            start_s = _seconds(start or 0.0)
+            end_s = start_s + _seconds(duration or 0.0)
         except (TypeError, ValueError):
             raise VrpError(f"{where}[{i}]: 'start'/'duration' must be numbers (seconds), got {_brief(s)}") from None
         text = clean.clean_caption_line(text)
@@ -161,7 +173,11 @@ def parse_json_transcript(obj: Any, where: str = "<json>") -> list[Segment]:
 
 def _decode(data: bytes, where: str) -> str:
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return data.decode("utf-16")
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise VrpError(f"{where}: starts with a UTF-16 byte-order mark but is not valid UTF-16 (bad bytes at "
+                           f"offset {e.start}); convert the file to UTF-8") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -195,6 +211,8 @@ def read_transcript(path: str | os.PathLike[str]) -> list[Segment]:
     """Read a `.vtt`, `.srt`, `.json3`, `.json` or `.txt` transcript file into segments (see
     `parse_transcript_bytes`). Raises VrpError if the file is missing or malformed."""
     path = Path(path)
+    if path.is_dir():
+        raise VrpError(f"{path}: is a directory, not a caption file")
     if not path.is_file():
         raise VrpError(f"{path}: file not found")
     return parse_transcript_bytes(path.read_bytes(), str(path))

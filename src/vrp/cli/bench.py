@@ -85,8 +85,51 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `vrp bench train` (training throughput: TRL per example vs vrp none vs shared_prefix; see
+    `vrp.bench_train`)."""
+    p = bsub.add_parser("train", help="training throughput: TRL SFTTrainer vs vrp packing none / shared_prefix",
+                        description="Time LoRA training of the same comments with (a) TRL SFTTrainer, one example "
+                                    "per row, (b) vrp --packing none, (c) vrp shared-prefix packing, each in its own "
+                                    "process, at several comment counts per video; print comments/s, tokens/s, peak "
+                                    "RSS and MFU and append a section to BENCHMARKS.md. Run it on an idle machine.")
+    p.add_argument("--quick", action="store_true", help="small smoke run (3 comments/video, 256-token prompts, "
+                                                         "batch 2; about 2 minutes on an idle 2-core machine)")
+    p.add_argument("--comments-per-video", help="comma-separated comment counts K (default: 3,10,30); above a "
+                                                "video's own count, real comments of the following videos are added")
+    p.add_argument("--configs", help="comma-separated subset of trl,none,shared_prefix (default: all)")
+    p.add_argument("--videos", type=int, help="videos per comment count (default 0 = automatic: the fewest with "
+                                              ">= 24 comments whose shared-prefix rows fill --steps batches)")
+    p.add_argument("--steps", type=int, help="timed optimizer steps of shared_prefix at least (default: 1); the other "
+                                             "configurations learn the same comments")
+    p.add_argument("--batch-size", type=int, help="rows per optimizer step, all configurations (default: 4)")
+    p.add_argument("--max-prompt-tokens", type=int, help="prompt budget in tokens (default: 1024)")
+    p.add_argument("--max-row-tokens", type=int, help="longest shared-prefix row in tokens; longer videos "
+                                                      "are split into rows (default: 1.5 x --max-prompt-tokens)")
+    p.add_argument("--model", help="base model (default: smollm2-135m)")
+    p.add_argument("--data", help="source of videos (default: ../shared/data/uos2023/train_dataset.xlsx)")
+    p.add_argument("--precision", help="auto (default), bf16 or fp32")
+    p.add_argument("--threads", type=int, help="torch CPU threads in every configuration (default: torch's own, "
+                                               "one per core; on a busy machine 1 thread can be much faster)")
+    p.add_argument("--peak-size", type=int, help="matrix size of the matmul-peak measurement (default: 4096)")
+    p.add_argument("--no-val-check", action="store_true", help="skip the validation-NLL check none vs shared_prefix")
+    p.add_argument("--output", help="Markdown file to append to (default: BENCHMARKS.md at the repository root)")
+    p.add_argument("--no-write", action="store_true", help="print only; do not append to the Markdown file")
+    p.add_argument("--json-out", help="also write the raw results as JSON to this file")
+
+    def run_train(args: argparse.Namespace) -> int:
+        from vrp.bench_train import run_cli
+
+        given = sys.argv[3:] if sys.argv[1:3] == ["bench", "train"] else []
+        return run_cli(args, " ".join(["vrp bench train", *(shlex.quote(a) for a in given)]))
+
+    p.set_defaults(_bench_run=run_train)
+    return p
+
+
 # One function per benchmark; `vrp bench train` is added by appending its `add_train_parser` here.
-BENCH_PARSERS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [add_serve_parser]
+BENCH_PARSERS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [add_serve_parser,
+                                                                                       add_train_parser]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

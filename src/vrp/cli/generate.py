@@ -38,15 +38,23 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vrp.predict import load_inputs, predict, write_predictions
-    from vrp.records import VrpError
+    from vrp.records import VrpError, check_writable
 
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".xlsx", ".jsonl"):
         raise VrpError(f"--out: unknown extension {out.suffix!r}; use .csv, .xlsx or .jsonl")
+    if out.is_dir():
+        raise VrpError(f"--out: {out} is a directory; give a file name ending in .csv, .xlsx or .jsonl")
     if out.exists() and not args.overwrite:
         raise VrpError(f"--out: {out} exists; pass --overwrite to replace it")
+    check_writable(out, "--out")
+    presets = [x.strip() for x in args.preset.split(",") if x.strip()]
+    if not presets:
+        raise VrpError(f"--preset: no preset named in {args.preset!r}")
+    if args.checkpoint and not args.run:
+        raise VrpError("--checkpoint needs --run (it names a checkpoint of that run)")
     videos = load_inputs(args.input, args.title, args.transcript, args.max_videos)
-    rows = predict(videos, run=args.run, model=args.model, checkpoint=args.checkpoint, presets=[x.strip() for x in args.preset.split(',') if x.strip()],
+    rows = predict(videos, run=args.run, model=args.model, checkpoint=args.checkpoint, presets=presets,
                    num_comments=args.num_comments, max_new_tokens=args.max_new_tokens, seed=args.seed,
                    precision=args.precision, max_prompt_tokens=args.max_prompt_tokens)
     write_predictions(rows, out)

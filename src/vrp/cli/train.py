@@ -23,9 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run `vrp train`; on --resume the run dir's config.yaml is used and flags are not allowed to change it."""
+    import dataclasses
     from pathlib import Path
 
-    from vrp.config import build_config
+    from vrp.config import build_config, coerce_values
     from vrp.records import VrpError
     from vrp.train import train
     from vrp.train_config import TrainConfig
@@ -35,7 +36,19 @@ def run(args: argparse.Namespace) -> int:
         saved = Path(args.out) / "config.yaml"
         if not saved.is_file():
             raise VrpError(f"--resume: {args.out} has no config.yaml")
-        cfg = build_config(TrainConfig, saved, {k: v for k, v in overrides.items() if k in ("max_steps", "epochs")})
+        if args.config:
+            raise VrpError(f"--resume continues with {saved}; do not pass --config")
+        if args.overwrite:
+            raise VrpError("--resume and --overwrite exclude each other")
+        resumable = ("max_steps", "epochs")
+        cfg = build_config(TrainConfig, saved, {k: v for k, v in overrides.items() if k in resumable})
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        given = coerce_values(TrainConfig, {k: v for k, v in overrides.items() if k in names})
+        changed = {k: v for k, v in given.items() if k not in resumable and v != getattr(cfg, k)}
+        if changed:
+            flags = ", ".join(f"--{k.replace('_', '-')} {v!r} (run: {getattr(cfg, k)!r})" for k, v in changed.items())
+            raise VrpError(f"--resume cannot change the run's options ({flags}); only --max-steps and --epochs "
+                           f"may differ. Start a new run with --out, or --overwrite this one")
     else:
         cfg = build_config(TrainConfig, args.config, overrides)
     m = train(cfg, args.data, args.out, resume=args.resume, overwrite=args.overwrite)

@@ -24,11 +24,16 @@ def run(args: argparse.Namespace) -> int:
     """Run `vrp transcript`; prints to stdout."""
     import json
 
+    from vrp.records import VrpError
     from vrp.transcripts import read_transcript, segments_to_text
 
     segments = read_transcript(args.file)
+    text = segments_to_text(segments, drop_annotations=not args.keep_annotations)
+    if not segments or (args.format == "text" and not text):
+        raise VrpError(f"{args.file}: no transcript text in the file (empty, or only annotations such as [Music])"
+                       if segments else f"{args.file}: no transcript text in the file (empty file or no captions)")
     if args.format == "json":
         print(json.dumps([s.to_json() for s in segments], ensure_ascii=False, indent=1))
     else:
-        print(segments_to_text(segments, drop_annotations=not args.keep_annotations))
+        print(text)
     return 0

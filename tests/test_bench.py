@@ -1,0 +1,166 @@
+"""`vrp bench train`: FLOP formula, comment-count expansion, report formatting and one tiny end-to-end run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vrp.bench_flops import FlopDims, executed_flops, useful_flops
+from vrp.bench_train import BenchOptions, expand_comments, options_from_args, resolved
+from vrp.bench_train_report import append_section, format_table, markdown_section, summary_lines
+from vrp.records import Comment, Video, VrpError, write_jsonl_atomic
+
+SEED_XLSX = Path(__file__).resolve().parents[2] / "shared" / "data" / "uos2023" / "train_dataset.xlsx"
+
+
+def test_flop_formula_by_hand() -> None:
+    d = FlopDims(n_layers=2, d_attn=4, n_body=100, n_head=50, n_lora=10)
+    # per token 4*100 + 6*10 = 460; per scored pair 12*2*4 = 96; per LM-head position 4*50 = 200
+    # useful, prompt 3 + comment 2: n = 5 tokens, causal pairs 5*6/2 = 15, head at the 2 comment tokens
+    assert useful_flops(d, 3, 2) == 5 * 460 + 96 * 15 + 200 * 2 == 4140
+    # executed, rows of 5 and 3 tokens padded to T = 5: 10 positions, 2*5*5 = 50 dense pairs, 2 head positions
+    assert executed_flops(d, [5, 3], 2, dense_attention=True) == 10 * 460 + 96 * 50 + 400 == 9800
+    assert executed_flops(d, [5, 5], 2, dense_attention=False) == 10 * 460 + 96 * 30 + 400 == 7880
+
+
+def test_dims_from_tiny_lora_model(tokenizer) -> None:
+    import torch
+
+    from conftest import tiny_llama
+    from vrp.bench_flops import dims_from_model
+    from vrp.model import LoraSettings, Precision, attach_lora
+
+    model = attach_lora(tiny_llama(tokenizer), LoraSettings(r=16), Precision("cpu", torch.float32, None))
+    d = dims_from_model(model)
+    # hidden 32, 4 heads of 8, 2 kv heads (k/v width 16), intermediate 64, 2 layers
+    per_layer = 32 * 32 + 32 * 16 + 32 * 16 + 32 * 32 + 3 * 32 * 64
+    lora = 16 * ((32 + 32) * 2 + (32 + 16) * 2 + (32 + 64) * 3)        # r * (in + out) for q,o; k,v; gate,up,down
+    assert d == FlopDims(n_layers=2, d_attn=32, n_body=2 * per_layer, n_head=32 * len(tokenizer), n_lora=2 * lora)
+
+
+def _videos(n: int = 6) -> list[Video]:
+    """n videos of 3 comments; comment 'shared' appears in videos 1 and 2 (a duplicate text across videos)."""
+    out = []
+    for i in range(n):
+        texts = [f"v{i} first", "shared" if i in (1, 2) else f"v{i} second", f"v{i} third"]
+        out.append(Video(video_id=f"vid{i}", title=f"Video {i}",
+                         transcript=" ".join(f"word{i}_{j}" for j in range(300)),
+                         comments=[Comment(text=t, rank=r + 1) for r, t in enumerate(texts)]))
+    return out
+
+
+def test_expand_comments_deterministic_no_duplicates() -> None:
+    vids = _videos()
+    ex = expand_comments(vids, 10, 6)
+    assert ex == expand_comments(vids, 10, 6)
+    for i, v in enumerate(ex):
+        texts = [c.text for c in v.comments]
+        assert len(texts) == 10 and len(set(texts)) == 10
+        assert texts[:3] == [c.text for c in vids[i].comments]          # own comments first
+        assert [c.rank for c in v.comments] == list(range(1, 11))
+        assert all(t.split()[0] != f"v{i}" for t in texts[3:])            # the rest from other videos
+    assert [c.text for c in ex[1].comments][3:6] == ["v2 first", "v2 third", "v3 first"]   # 'shared' skipped
+    assert [c.text for c in ex[5].comments][3:5] == ["v0 first", "v0 second"]              # wraps around
+    assert [len(v.comments) for v in expand_comments(vids, 2, 3)] == [2, 2, 2]
+    with pytest.raises(VrpError, match="distinct comments"):
+        expand_comments(vids, 40, 1)
+
+
+@pytest.mark.skipif(not SEED_XLSX.is_file(), reason="seed dataset not available")
+def test_expand_real_comments() -> None:
+    from vrp.dataset import load_source
+
+    videos, _ = load_source(SEED_XLSX)
+    for v in expand_comments(videos, 30, 20):
+        assert len({c.text.strip() for c in v.comments}) == 30
+
+
+def _fake_bench(ks: tuple[int, ...] = (3, 30)) -> dict:
+    results = []
+    for k in ks:
+        for kind, secs, rss in (("trl", 100.0, 1000), ("none", 50.0, 900), ("shared_prefix", 10.0, 1000 * k)):
+            results.append({"k": k, "kind": kind, "videos": 2, "comments": 10 * k, "steps_timed": 2, "seconds": secs,
+                            "tokens": 1000 * k, "row_tokens_max": 1100, "row_tokens_mean": 1090, "peak_rss_bytes": rss * 2 ** 20,
+                            "precision": "cpu-bfloat16", "executed_flops": 1e12, "useful_flops": 2e12})
+    return {"options": {"comments_per_video": list(ks), "configs": ["trl", "none", "shared_prefix"],
+                        "model": "m", "precision": "auto", "lora": {"r": 16, "alpha": 32, "dropout": 0.05,
+                                                                   "target_modules": "all-linear"},
+                        "batch_size": 4, "max_prompt_tokens": 1024, "max_comment_tokens": 128,
+                        "max_row_tokens": 1536, "learning_rate": 2e-4, "data": "x.xlsx", "peak_size": 4096,
+                        "peak_repeats": 5},
+            "env": {"date": "2026-01-01 00:00 UTC", "cpu": "Test CPU", "cores": 2, "torch_threads": 2,
+                    "python": "3.11", "torch": "t", "transformers": "tf", "trl": "trl", "peft": "p",
+                    "load_start": [0.1, 0, 0], "load_end": [0.2, 0, 0]},
+            "peak_flops": {"bfloat16": 500e9, "float32": 200e9}, "results": results, "val": None}
+
+
+def test_table_and_summary() -> None:
+    b = _fake_bench()
+    table = format_table(b)
+    assert table.count("\n") == 2 + 6 - 1 and "| 3 | (c) vrp --packing shared_prefix |" in table
+    # MFU = 1e12 FLOP / 100 s / 500e9 FLOP/s = 2%; useful 4%
+    assert "| 1090/1100 | 1000 | 2.0% | 4.0% | 1.00x |" in table
+    lines = summary_lines(b)
+    assert "3 comments/video >= 2.5x: 10.00x (met)" in lines[0]
+    assert "30 comments/video >= 8.0x: 10.00x (met)" in lines[1]
+    assert any("shared_prefix at 30 vs 3 comments/video <= 1.5x: 10.00x (NOT met)" in x for x in lines)
+    assert lines[-1] == "comments/s ratio (c) shared_prefix / (a) TRL: 3/video 10.00x; 30/video 10.00x"
+    md = markdown_section(b, "vrp bench train --quick")
+    assert md.startswith("## vrp bench train (2026-01-01 00:00 UTC, Test CPU, 2 cores)")
+    assert "Test CPU, 2 cores" in md and "`vrp bench train --quick`" in md and "bf16 500 GFLOP/s" in md
+
+
+def test_append_section_keeps_old_text(tmp_path: Path) -> None:
+    f = tmp_path / "BENCHMARKS.md"
+    f.write_text("# Benchmarks\n\n## older\n\ntext\n")
+    f.chmod(0o644)
+    append_section(f, "## new\n\nbody\n")
+    assert f.read_text() == "# Benchmarks\n\n## older\n\ntext\n\n## new\n\nbody\n"
+    assert f.stat().st_mode & 0o777 == 0o644
+    append_section(tmp_path / "fresh.md", "## a\n")
+    assert (tmp_path / "fresh.md").read_text() == "# Benchmarks\n\n## a\n"
+
+
+def test_options() -> None:
+    from vrp.cli import build_parser
+
+    parse = build_parser().parse_args
+    o = options_from_args(parse(["bench", "train", "--quick", "--comments-per-video", "3,10", "--configs", "none"]))
+    assert o.quick and o.comments_per_video == [3, 10] and o.configs == ["none"] and o.batch_size == 2
+    assert o.max_row_tokens == 256 + 128 + 1
+    assert resolved(BenchOptions()).max_row_tokens == 1536
+    with pytest.raises(VrpError, match="--comments-per-video"):
+        options_from_args(parse(["bench", "train", "--comments-per-video", "3,0"]))
+    with pytest.raises(VrpError, match="--max-row-tokens"):
+        options_from_args(parse(["bench", "train", "--max-row-tokens", "100"]))
+
+
+def test_bench_end_to_end_tiny(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """All three configurations (TRL with a few steps) and the validation check on a tiny random model, fp32."""
+    from vrp.cli import main
+
+    data = tmp_path / "videos.jsonl"
+    write_jsonl_atomic(data, (v.to_json() for v in _videos()))
+    out, raw = tmp_path / "BENCH.md", tmp_path / "raw.json"
+    rc = main(["bench", "train", "--quick", "--model", str(tiny_model_dir), "--precision", "fp32", "--data", str(data),
+               "--comments-per-video", "2", "--max-prompt-tokens", "64", "--peak-size", "128", "--threads", "1",
+               "--output", str(out), "--json-out", str(raw)])
+    assert rc == 0
+    stdout = capsys.readouterr().out.strip().splitlines()
+    assert stdout[-1].startswith("comments/s ratio (c) shared_prefix / (a) TRL: 2/video ")
+    bench = json.loads(raw.read_text())
+    by = {r["kind"]: r for r in bench["results"]}
+    assert set(by) == {"trl", "none", "shared_prefix"}
+    # --quick: >= 6 comments and >= 1 full batch of 2 shared-prefix rows -> 3 videos, 6 comments everywhere
+    assert {r["comments"] for r in by.values()} == {6} and {r["videos"] for r in by.values()} == {3}
+    assert by["trl"]["steps_timed"] == by["none"]["steps_timed"] == 3 and by["shared_prefix"]["steps_timed"] == 2
+    assert by["trl"]["useful_flops"] == pytest.approx(by["shared_prefix"]["useful_flops"])
+    assert by["shared_prefix"]["executed_flops"] < by["none"]["executed_flops"]
+    assert all(r["peak_rss_bytes"] > 50 * 2 ** 20 and r["seconds"] > 0 for r in by.values())
+    v = bench["val"]
+    assert v["none"]["comments_seen"] == v["shared_prefix"]["comments_seen"] == 4
+    assert abs(v["none"]["final_val_nll"] - v["shared_prefix"]["final_val_nll"]) < 1e-4
+    md = out.read_text()
+    assert md.startswith("# Benchmarks") and "## vrp bench train (" in md and "| 2 | (a) TRL SFTTrainer" in md
+    assert "command: `vrp bench train" in md
