@@ -79,7 +79,8 @@ def test_expand_real_comments() -> None:
 def _fake_bench(ks: tuple[int, ...] = (3, 30)) -> dict:
     results = []
     for k in ks:
-        for kind, secs, rss in (("trl", 100.0, 1000), ("none", 50.0, 900), ("shared_prefix", 10.0, 1000 * k)):
+        for kind, secs, rss in (("trl", 100.0, 1000), ("none", 50.0, 900),
+                                ("shared_prefix", 10.0, 1000 * k)):
             results.append({"k": k, "kind": kind, "videos": 2, "comments": 10 * k, "steps_timed": 2, "seconds": secs,
                             "tokens": 1000 * k, "row_tokens_max": 1100, "row_tokens_mean": 1090, "peak_rss_bytes": rss * 2 ** 20,
                             "precision": "cpu-bfloat16", "executed_flops": 1e12, "useful_flops": 2e12})

@@ -334,7 +334,7 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | N
     from vrp.dataset import load_source
     from vrp.embed import embed_videos
     from vrp.model import load_for_inference, resolve_precision
-    from vrp.predict import _run_prompt_settings
+    from vrp.predict import run_prompt_settings
     from vrp.train import autocast_ctx
 
     t_start = time.perf_counter()
@@ -375,7 +375,7 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | N
         t0 = time.perf_counter()
         loaded = load_for_inference(spec, run, precision=precision)
         m, tok, info = loaded
-        pcfg = _run_prompt_settings(run, max_prompt_tokens)
+        pcfg = run_prompt_settings(run, max_prompt_tokens)
         tm: dict[str, Any] = {"load_s": time.perf_counter() - t0}
         if tok_count is None:
             tok_count = lambda t, tok=tok: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731

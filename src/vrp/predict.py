@@ -50,7 +50,9 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
     return videos[: max_videos or None]
 
 
-def _run_prompt_settings(run: str | None, max_prompt_tokens: int | None) -> Any:
+def run_prompt_settings(run: str | None, max_prompt_tokens: int | None) -> Any:
+    """The `PromptConfig` a run was trained with (its config.yaml's `max_prompt_tokens`, `truncation`), with
+    `max_prompt_tokens` overriding; defaults when `run` is None. Raises VrpError for a broken config.yaml."""
     from vrp.prompts import PromptConfig
 
     kw: dict[str, Any] = {}
@@ -90,7 +92,7 @@ def predict(videos: list[Video], run: str | None = None, model: str | None = Non
         raise VrpError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if max_prompt_tokens is not None and max_prompt_tokens < 1:
         raise VrpError(f"--max-prompt-tokens must be >= 1, got {max_prompt_tokens}")
-    pcfg = _run_prompt_settings(run, max_prompt_tokens)  # checked before the model is loaded
+    pcfg = run_prompt_settings(run, max_prompt_tokens)  # checked before the model is loaded
     m, tok, info = loaded or load_for_inference(model, run, checkpoint, precision)
     check_context(m, info["model"], pcfg.max_prompt_tokens + max_new_tokens,
                   "--max-prompt-tokens + --max-new-tokens")

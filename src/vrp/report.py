@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -87,7 +88,7 @@ def bar_chart(path: Path, labels: Sequence[str], series: dict[str, Sequence[floa
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)
     if len(series) > 1 or hline:
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -92,7 +92,8 @@ def add_train_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParse
                         description="Time LoRA training of the same comments with (a) TRL SFTTrainer, one example "
                                     "per row, (b) vrp --packing none, (c) vrp shared-prefix packing, each in its own "
                                     "process, at several comment counts per video; print comments/s, tokens/s, peak "
-                                    "RSS and MFU and append a section to BENCHMARKS.md. Run it on an idle machine.")
+                                    "RSS and MFU and append a section to BENCHMARKS.md. Run it on an idle machine: "
+                                    "the default run takes roughly 40 minutes on 2 cores, --quick about 2.")
     p.add_argument("--quick", action="store_true", help="small smoke run (3 comments/video, 256-token prompts, "
                                                          "batch 2; about 2 minutes on an idle 2-core machine)")
     p.add_argument("--comments-per-video", help="comma-separated comment counts K (default: 3,10,30); above a "

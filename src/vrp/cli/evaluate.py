@@ -10,7 +10,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "evaluate", help="measure whether predicted comments fit the video (likelihood, gain, ranking, generation)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Evaluate a base model and zero or more fine-tuned runs on held-out videos: NLL/perplexity of the "
-                    "real comments, video-conditioning gain (another video's prompt vs. its own, 95%% bootstrap CI), "
+                    "real comments, video-conditioning gain (another video's prompt vs. its own, 95% bootstrap CI), "
                     "LiveBot-style ranking of real comments among 100 candidates vs. the analytic random baseline, "
                     "and reference-free metrics of generated comments. Writes report.md, metrics.json, "
                     "per_video.jsonl, generations.jsonl and PNG charts to --out.")
