@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 DATA=$(DATA) OUT=$(OUT) VRP=$(BIN)/vrp PYTHON=$(BIN)/python bash scripts/demo.sh

@@ -292,6 +292,7 @@ def test_file_upload_parses_captions(tiny, tokenizer):
     ({"file": ("t.txt", b"hi there")}, {"num_comments": "21"}, 422, "num_comments"),
     ({"file": ("t.txt", b"hi there")}, {"max_new_tokens": "1000"}, 422, "max_new_tokens"),
     ({}, {"title": "no file"}, 422, "file"),
+    ({"file": ("t.txt", b"hi there")}, {"model": "/etc/passwd"}, 422, "unknown field(s) ['model']"),
 ])
 def test_bad_uploads_give_clear_errors(tiny, tokenizer, files, data, status, words):
     rec = Recorder()

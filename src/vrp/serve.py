@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, AsyncIterator, Literal, Optional
 
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +30,7 @@ from vrp.serve_worker import GenerateFn, GenerationWorker, Job, JobCancelled, Jo
 
 log = logging.getLogger("vrp.serve")
 SEED_MAX = 2**32 - 1
+FILE_FORM_FIELDS = {"file", "title", "num_comments", "preset", "max_new_tokens", "seed"}
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
             "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -353,6 +354,7 @@ def create_app(settings: ServeSettings, loaded: tuple[Any, Any, dict[str, Any]],
     @app.post("/v1/predict/file", response_model=PredictResponse, responses=errors,
               summary="predict comments for an uploaded transcript file")
     async def v1_predict_file(
+        request: Request,
         file: UploadFile = File(..., description=".vtt, .srt, .json3, .json or .txt transcript"),
         title: str = Form("", max_length=settings.max_title_chars),
         num_comments: int = Form(settings.default_num_comments, ge=1, le=settings.max_num_comments),
@@ -362,6 +364,9 @@ def create_app(settings: ServeSettings, loaded: tuple[Any, Any, dict[str, Any]],
     ) -> Response:
         """Predict comments for a caption file (multipart/form-data) plus form fields."""
         problems = []
+        extra = sorted(set((await request.form()).keys()) - FILE_FORM_FIELDS)  # as the JSON endpoint: no extras
+        if extra:
+            problems.append({"loc": "body", "msg": f"unknown field(s) {extra}; allowed: {sorted(FILE_FORM_FIELDS)}"})
         if preset == "greedy" and num_comments > 1:
             problems.append({"loc": "body.num_comments", "msg": "preset greedy gives exactly one comment; use "
                              "num_comments=1 or another preset"})

@@ -286,13 +286,14 @@ def train(cfg: TrainConfig, data_dir: str | Path, out: str | Path, resume: bool 
                 tokens_seen += int(batch["num_tokens"])
             gnorm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                    cfg.max_grad_norm)
+            lr_used = scheduler.get_last_lr()[0]  # the rate this step was taken with
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             dt = time.perf_counter() - t0
             train_seconds += dt
-            rec: dict[str, Any] = {"step": step, "epoch": epoch, "loss": loss_val, "lr": scheduler.get_last_lr()[0],
+            rec: dict[str, Any] = {"step": step, "epoch": epoch, "loss": loss_val, "lr": lr_used,
                                    "grad_norm": float(gnorm), "tokens_per_s": sum(int(b["num_tokens"]) for b in collated) / dt,
                                    "comments_seen": comments_seen}
             if val_rows and (step % cfg.eval_every == 0 or step == total_steps):
