@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-import random
-import re
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,14 +21,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from vrp import metrics as M
+from vrp.candidates import (CandidateSet, build_candidate_sets, derangement,  # noqa: F401 (re-exported)
+                            frequent_comments, norm_key)
 from vrp.records import Video, VrpError, read_videos
 
 KS = (1, 5, 10)
-
-
-def norm_key(text: str) -> str:
-    """Key under which two comments count as the same text: lower-cased, whitespace collapsed."""
-    return re.sub(r"\s+", " ", text.strip().lower())
 
 
 @dataclass
@@ -70,90 +64,6 @@ def load_eval_data(path: str | Path, max_videos: int = 0) -> EvalData:
         raise VrpError(f"{source}: need at least 2 held-out videos with comments, found {len(videos)}")
     return EvalData(videos, [c.text.strip() for v in train for c in v.comments if c.text.strip()], source, notes)
 
-
-def frequent_comments(comments: Sequence[str], n: int, emb: np.ndarray | None = None) -> list[str]:
-    """The `n` most frequent comments (by `norm_key`), first spelling kept. Ties in count are broken by centrality,
-    the cosine similarity of a comment's embedding (rows of `emb`, aligned with `comments`) to the mean embedding of
-    all comments, so that among comments seen once the most typical ("love this video") come first; then by order."""
-    first: dict[str, int] = {}
-    counts: Counter = Counter()
-    for i, c in enumerate(comments):
-        k = norm_key(c)
-        counts[k] += 1
-        first.setdefault(k, i)
-    cent = np.zeros(len(comments))
-    if emb is not None and len(comments):
-        e = M.l2_normalize(emb)
-        cent = e @ M.l2_normalize(e.mean(axis=0, keepdims=True))[0]
-    keys = sorted(first, key=lambda k: (-counts[k], -cent[first[k]], first[k]))
-    return [comments[first[k]] for k in keys[:n]]
-
-
-@dataclass
-class CandidateSet:
-    """Ranking candidates of one video: its real comments and the distractors, with counts per distractor source."""
-
-    real: list[str]
-    distractors: list[str]
-    sources: dict[str, int]
-
-
-def build_candidate_sets(videos: Sequence[Video], video_emb: np.ndarray, frequent: Sequence[str],
-                         train_comments: Sequence[str], n_candidates: int = 100, n_similar: int = 30,
-                         n_frequent: int = 20, max_real: int = 25, seed: int = 0) -> list[CandidateSet]:
-    """Candidates per video, in this order until `n_candidates` (real + distractors) are reached:
-    1. its real comments (distinct texts, at most `max_real`, best-ranked first);
-    2. comments of the most similar other held-out videos (`video_emb` cosine), whole videos, up to `n_similar`;
-    3. the first `n_frequent` of `frequent` (most frequent training comments);
-    4. random comments of other held-out videos and of the training split (`random.Random(seed, video index)`).
-    A text equal (`norm_key`) to one already chosen is skipped, so no distractor duplicates a real comment. Fewer
-    than `n_candidates` only when the pool runs out (`sources['short_by']` says by how many)."""
-    sims = M.cosine_matrix(video_emb, video_emb)
-    pool = [c.text for v in videos for c in v.comments] + list(train_comments)
-    out = []
-    for vi, v in enumerate(videos):
-        chosen: set[str] = set()
-        real = []
-        for c in sorted(v.comments, key=lambda c: c.rank):
-            if norm_key(c.text) not in chosen and len(real) < max_real:
-                chosen.add(norm_key(c.text))
-                real.append(c.text)
-        dis: list[str] = []
-        src = {"similar_videos": 0, "frequent_training": 0, "random": 0}
-
-        def add(text: str, source: str) -> None:
-            k = norm_key(text)
-            if k and k not in chosen and len(real) + len(dis) < n_candidates:
-                chosen.add(k)
-                dis.append(text)
-                src[source] += 1
-
-        for j in np.argsort(-sims[vi], kind="stable"):
-            if j != vi and src["similar_videos"] < n_similar:
-                for c in sorted(videos[j].comments, key=lambda c: c.rank):
-                    if src["similar_videos"] < n_similar:
-                        add(c.text, "similar_videos")
-        for text in frequent[:n_frequent]:
-            add(text, "frequent_training")
-        order = list(range(len(pool)))
-        random.Random(seed * 1000003 + vi).shuffle(order)
-        for i in order:
-            if len(real) + len(dis) >= n_candidates:
-                break
-            add(pool[i], "random")
-        src["short_by"] = n_candidates - len(real) - len(dis)
-        out.append(CandidateSet(real, dis, src))
-    return out
-
-
-def derangement(n: int, seed: int) -> list[int]:
-    """A random permutation without fixed points (Sattolo's algorithm, one n-cycle): partner[i] != i for n >= 2."""
-    p = list(range(n))
-    rng = random.Random(seed)
-    for i in range(n - 1, 0, -1):
-        j = rng.randrange(i)
-        p[i], p[j] = p[j], p[i]
-    return p
 
 
 class CachedScorer:
