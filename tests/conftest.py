@@ -11,6 +11,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run as fast on one intra-op thread, and 2 OpenMP threads slow down ~50x when the 2 cores are
+    busy with other work."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory with the SmolLM2-135M-Instruct tokenizer (chat template included), extracted from the GGUF."""

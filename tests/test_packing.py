@@ -18,15 +18,6 @@ GRAD_ATOL = 5e-6  # ~1e-5 of the largest LoRA gradient (0.54); observed fp32 dif
 LOGIT_ATOL = 1e-5  # logits are O(1-10): fp32 rounding across different sequence lengths is ~1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run as fast on one intra-op thread, and 2 OpenMP threads slow down ~50x when the 2 cores are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ids(gen: torch.Generator, n: int) -> list[int]:
     return torch.randint(3, 5000, (n,), generator=gen).tolist()
 

@@ -15,15 +15,6 @@ EOS = 2
 SHARP = 0.2  # initializer_range: attention and logits far from uniform, so context/position bugs show
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run as fast on one intra-op thread, and 2 OpenMP threads slow down ~50x when the 2 cores are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def data() -> tuple[list[int], list[list[int]]]:
     g = torch.Generator().manual_seed(3)
     prompt = torch.randint(3, 5000, (50,), generator=g).tolist()
