@@ -222,13 +222,19 @@ def check_context(model: Any, spec: str, needed: int, what: str) -> None:
                        f"lower them")
 
 
-def load_tokenizer(spec: str) -> Any:
-    """Load the tokenizer of `--model` spec; pad token defaults to EOS when the tokenizer has none."""
+def model_location(spec: str) -> str:
+    """What `from_pretrained` should read for `--model` spec: the HF id or directory, or for a GGUF file its
+    (converted once, then cached) safetensors directory."""
+    path, gguf = resolve_model_path(spec)
+    return str(convert_gguf(Path(path) / gguf)) if gguf else path
+
+
+def load_tokenizer(spec: str, path: str | None = None) -> Any:
+    """Load the tokenizer of `--model` spec (from `path` when already resolved by `model_location`); the pad
+    token defaults to EOS when the tokenizer has none."""
     from transformers import AutoTokenizer
 
-    path, gguf = resolve_model_path(spec)
-    if gguf:
-        path = str(convert_gguf(Path(path) / gguf))
+    path = path or model_location(spec)
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -251,9 +257,7 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    path, gguf = resolve_model_path(spec)
-    if gguf:
-        path = str(convert_gguf(Path(path) / gguf))
+    path = model_location(spec)
     kwargs: dict[str, Any] = {"dtype": prec.weight_dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -277,7 +281,7 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
     if not prec.load_in_4bit:
         model.to(prec.device)
     model.eval()
-    tok = load_tokenizer(spec)
+    tok = load_tokenizer(spec, path)
     return model, tok
 
 

@@ -267,10 +267,12 @@ def train(cfg: TrainConfig, data_dir: str | Path, out: str | Path, resume: bool 
     log = open(out / "metrics.jsonl", "a", encoding="utf-8")
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     model.train()
+    order_epoch, batches = -1, []
     try:
         while step < total_steps:
             epoch, pos = divmod(step, per_epoch)
-            batches = epoch_order(rows, epoch, cfg)
+            if epoch != order_epoch:  # the order is a pure function of (seed, epoch): computed once per epoch
+                order_epoch, batches = epoch, epoch_order(rows, epoch, cfg)
             micro = batches[pos * cfg.grad_accum:(pos + 1) * cfg.grad_accum]
             t0 = time.perf_counter()
             collated = [{k: v.to(prec.device) if hasattr(v, "to") else v for k, v in collate(b, pad_id, cfg.packing).items()}
