@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from vrp.cli import main
-from vrp.records import VrpError
+from vrp.errors import VrpError
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -215,8 +215,8 @@ def test_yaml_config_wrong_types_name_file_and_option(tmp_path, capsys, yaml_tex
 
 
 def test_yaml_exponent_learning_rate_is_a_number(tmp_path) -> None:
-    from vrp.config import build_config
-    from vrp.train_config import TrainConfig
+    from vrp.options import build_config
+    from vrp.train.config import TrainConfig
 
     (tmp_path / "c.yaml").write_text("learning_rate: 2e-4\nlora_r: 8.0\n")  # YAML 1.1 reads 2e-4 as a string
     cfg = build_config(TrainConfig, tmp_path / "c.yaml")
@@ -302,9 +302,9 @@ def test_resume_refuses_changed_options_and_config(tmp_path, capsys, tiny_model_
 
 
 def test_resume_after_a_kill_keeps_metrics_and_refuses_other_data(tmp_path, tiny_model_dir) -> None:
-    from vrp.config import build_config
-    from vrp.train import train
-    from vrp.train_config import TrainConfig
+    from vrp.options import build_config
+    from vrp.train.config import TrainConfig
+    from vrp.train.loop import train
 
     ds = small_dataset(tmp_path)
     cfg = build_config(TrainConfig, None, dict(model=str(tiny_model_dir), precision="fp32", max_prompt_tokens=64,
@@ -333,9 +333,9 @@ def test_resume_after_a_kill_keeps_metrics_and_refuses_other_data(tmp_path, tiny
 def test_kill_while_saving_the_final_adapter_leaves_no_half_adapter(tmp_path, tiny_model_dir, monkeypatch) -> None:
     from transformers import PreTrainedTokenizerBase
 
-    from vrp.config import build_config
-    from vrp.train import train
-    from vrp.train_config import TrainConfig
+    from vrp.options import build_config
+    from vrp.train.config import TrainConfig
+    from vrp.train.loop import train
 
     ds = small_dataset(tmp_path)
     cfg = build_config(TrainConfig, None, dict(model=str(tiny_model_dir), precision="fp32", max_prompt_tokens=64,
@@ -404,7 +404,7 @@ def test_write_predictions_xlsx_with_control_characters(tmp_path) -> None:
 
 
 def test_atomic_write_errors_are_vrp_errors(tmp_path) -> None:
-    from vrp.records import write_text_atomic
+    from vrp.io import write_text_atomic
 
     (tmp_path / "d").mkdir()
     with pytest.raises(VrpError, match="is a directory"):
@@ -416,8 +416,8 @@ def test_atomic_write_errors_are_vrp_errors(tmp_path) -> None:
 
 def test_target_modules_flag_takes_the_documented_json_list() -> None:
     from vrp.cli import build_parser
-    from vrp.config import build_config
-    from vrp.train_config import TrainConfig
+    from vrp.options import build_config
+    from vrp.train.config import TrainConfig
 
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--target-modules", '["q_proj","v_proj"]'])
     cfg = build_config(TrainConfig, None, vars(args))

@@ -6,10 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from vrp.bench_flops import FlopDims, executed_flops, useful_flops
-from vrp.bench_train import BenchOptions, expand_comments, options_from_args, resolved
-from vrp.bench_train_report import append_section, format_table, markdown_section, summary_lines
-from vrp.records import Comment, Video, VrpError, write_jsonl_atomic
+from vrp.bench.flops import FlopDims, executed_flops, useful_flops
+from vrp.bench.train import BenchOptions, expand_comments, options_from_args, resolved
+from vrp.bench.train_report import (
+    append_section,
+    format_table,
+    markdown_section,
+    summary_lines,
+)
+from vrp.errors import VrpError
+from vrp.io import write_jsonl_atomic
+from vrp.records import Comment, Video
 
 SEED_XLSX = Path(__file__).resolve().parents[2] / "shared" / "data" / "uos2023" / "train_dataset.xlsx"
 
@@ -26,9 +33,9 @@ def test_flop_formula_by_hand() -> None:
 
 def test_dims_from_tiny_lora_model(tokenizer) -> None:
     import torch
-
     from conftest import tiny_llama
-    from vrp.bench_flops import dims_from_model
+
+    from vrp.bench.flops import dims_from_model
     from vrp.model import LoraSettings, Precision, attach_lora
 
     model = attach_lora(tiny_llama(tokenizer), LoraSettings(r=16), Precision("cpu", torch.float32, None))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from test_dataset import write_seed_xlsx
+
 from vrp.cli import main
-from vrp.config import build_config
-from vrp.train_config import TrainConfig
+from vrp.options import build_config
+from vrp.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
 
 def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("lora_rank: 8\n")
-    from vrp.records import VrpError
+    from vrp.errors import VrpError
 
     with pytest.raises(VrpError, match=r"unknown option\(s\) \['lora_rank'\]"):
         build_config(TrainConfig, tmp_path / "c.yaml")

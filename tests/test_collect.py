@@ -17,10 +17,10 @@ import youtube_transcript_api as yta
 from yt_dlp.utils import DownloadError
 
 from vrp.cli import main
-from vrp.collect import CollectConfig, collect, listing_params, video_params
-from vrp.collected import load_collect_dir
-from vrp.records import VrpError
-from vrp.youtube import watch_url
+from vrp.collect.fetch import CollectConfig, collect, listing_params, video_params
+from vrp.collect.videos import load_collect_dir
+from vrp.collect.youtube import watch_url
+from vrp.errors import VrpError
 
 FIX = Path(__file__).parent / "fixtures" / "collect"
 INFO = json.loads((FIX / "ytdlp_info.json").read_text(encoding="utf-8"))

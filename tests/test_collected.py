@@ -1,4 +1,4 @@
-"""Reading a collect dir into `Video` records (`vrp.collected`), and the append/repair of its JSON Lines files."""
+"""Reading a collect dir into `Video` records (`vrp.collect.videos`), and the append/repair of its JSON Lines files."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from vrp.collected import (append_jsonl_line, clean_comments, is_collect_dir, load_collect_dir, read_done_ids,
-                           read_skipped, repair_torn_tail)
-from vrp.records import Comment, VrpError
+from vrp.collect.videos import (
+    clean_comments,
+    is_collect_dir,
+    load_collect_dir,
+    read_done_ids,
+    read_skipped,
+)
+from vrp.errors import VrpError
+from vrp.io import append_jsonl_line, repair_torn_tail
+from vrp.records import Comment
 
 FIX = Path(__file__).parent / "fixtures" / "collect" / "collect_dir"
 
@@ -24,7 +31,7 @@ def _write(path: Path, rows: list) -> Path:
 
 
 def test_load_fixture_collect_dir_ranks_by_likes_and_drops_unusable(caplog):
-    caplog.set_level(logging.WARNING, logger="vrp.collected")
+    caplog.set_level(logging.WARNING, logger="vrp.collect.videos")
     videos, stats = load_collect_dir(FIX)
     assert [v.video_id for v in videos] == ["AAAAAAAAAAA"]
     v = videos[0]

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from vrp.dataset import load_source, prepare, split_videos
-from vrp.records import Comment, Video, VrpError, read_videos
+from vrp.errors import VrpError
+from vrp.records import Comment, Video, read_videos
 
 
 def seed_text(prompt: str, comment: str) -> str:

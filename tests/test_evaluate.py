@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vrp import evaluate as E
-from vrp.metrics import random_rank_stat
-from vrp.records import Comment, Video, write_jsonl_atomic
+from vrp.evaluate import run as E
+from vrp.evaluate.metrics import random_rank_stat
+from vrp.io import write_jsonl_atomic
+from vrp.records import Comment, Video
 
 TOPICS = ["cooking pasta with garlic and olive oil", "building a gaming computer with a new graphics card",
           "a morning run through the city park", "reviewing a budget smartphone camera",
@@ -36,9 +37,9 @@ def fake_embedder_one_thread(monkeypatch):
     """Inject the fake embedder; run torch on one thread (tiny matmuls, and 2 threads stall when the CPU is shared)."""
     import torch
 
-    import vrp.embed
+    import vrp.evaluate.embed
 
-    monkeypatch.setattr(vrp.embed, "load_embedder", lambda: FakeEmbedder())
+    monkeypatch.setattr(vrp.evaluate.embed, "load_embedder", lambda: FakeEmbedder())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -185,7 +186,6 @@ def input_blind_model_dir(tmp_path_factory, tokenizer):
     """A real 1-layer Llama whose attention output projection is zero: every position's logits depend only on its
     own token, so a comment's likelihood cannot depend on the video (it sees only the previous token)."""
     import torch
-
     from conftest import tiny_llama
 
     model = tiny_llama(tokenizer, seed=1, num_hidden_layers=1)
@@ -234,9 +234,8 @@ def test_cli_errors(tmp_path, tiny_model_dir):
 def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_dir, tokenizer):
     """A `vrp train`-style run dir (config.yaml + adapter/ + metrics.jsonl): evaluated with its adapter, chart made."""
     import torch
-    from peft import LoraConfig, get_peft_model
-
     from conftest import tiny_llama
+    from peft import LoraConfig, get_peft_model
 
     run = tmp_path / "run-a"
     model = get_peft_model(tiny_llama(tokenizer), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
@@ -266,7 +265,7 @@ def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_
 
 def test_minilm_embedder_offline():
     """The bundled all-MiniLM-L6-v2 loads without network and puts paraphrases closer than unrelated text."""
-    from vrp.embed import MiniLMEmbedder, embed_videos
+    from vrp.evaluate.embed import MiniLMEmbedder, embed_videos
 
     emb = MiniLMEmbedder()
     e = emb.encode(["great video, loved it", "awesome video, I loved this", "the tax code of 1986 was amended"])

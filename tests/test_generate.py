@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from vrp.generate import PRESETS, generate_comments
+from vrp.decoding import PRESETS, generate_comments
+from vrp.errors import VrpError
 from vrp.predict import load_inputs, predict, write_predictions
-from vrp.records import Video, VrpError
+from vrp.records import Video
 
 
 @pytest.fixture(scope="module")

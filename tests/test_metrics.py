@@ -1,4 +1,4 @@
-"""Every metric of `vrp.metrics` against values computed by hand on tiny inputs."""
+"""Every metric of `vrp.evaluate.metrics` against values computed by hand on tiny inputs."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from vrp import metrics as M
+from vrp.evaluate import metrics as M
 
 
 def test_text_tokens_words_punct_emoji():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vrp import model as vm
-from vrp.records import VrpError
+from vrp.errors import VrpError
 
 
 def test_resolve_model_path(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -6,9 +6,11 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from vrp.packing import Row, collate, loss_sum, make_rows, model_attention_mask, target_logits
+from vrp.errors import VrpError
+from vrp.loss import loss_sum, model_attention_mask, target_logits
+from vrp.packing import Row, collate, make_rows
 from vrp.prompts import EncodedVideo, PromptConfig, encode_video
-from vrp.records import Comment, Video, VrpError
+from vrp.records import Comment, Video
 
 EOS = 2
 SHARP = 0.2  # initializer_range: attention and logits far from uniform, so context/position bugs show

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from vrp.prompts import PromptConfig, build_completion_ids, build_prompt_ids, encode_video
-from vrp.records import Comment, Video, VrpError
+from vrp.errors import VrpError
+from vrp.prompts import (
+    PromptConfig,
+    build_completion_ids,
+    build_prompt_ids,
+    encode_video,
+)
+from vrp.records import Comment, Video
 
 
 def test_prompt_uses_chat_template_with_single_bos(tokenizer) -> None:

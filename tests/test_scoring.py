@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import tiny_llama
 
+from vrp.errors import VrpError
 from vrp.packing import make_rows
 from vrp.prompts import EncodedVideo
-from vrp.records import VrpError
 from vrp.scoring import score_candidates
 
 EOS = 2

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from conftest import tiny_llama
 
-from vrp.generate import PRESETS, GeneratedComment
+from vrp.decoding import PRESETS, GeneratedComment
+from vrp.errors import VrpError
 from vrp.prompts import PromptConfig
-from vrp.records import VrpError
-from vrp.serve import ServeSettings, create_app, is_loopback
+from vrp.serve.app import ServeSettings, create_app, is_loopback
 
 INFO = {"model": "tiny-llama", "adapter": "runs/demo/adapter", "precision": "cpu-fp32"}
 BODY = {"title": "Three sourdough tips", "transcript": "Feed the starter, use less water, bake it hot."}
@@ -65,7 +65,7 @@ def live_server(app) -> Iterator[str]:
     """Run `app` with uvicorn on 127.0.0.1:<free port> in a thread; yield its base URL."""
     import uvicorn
 
-    from vrp.bench_serve import free_port
+    from vrp.bench.serve import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -303,7 +303,7 @@ def test_bad_uploads_give_clear_errors(tiny, tokenizer, files, data, status, wor
 
 
 def test_upload_falls_back_to_plain_text_without_transcripts_module(monkeypatch):
-    from vrp.serve_worker import transcript_from_upload
+    from vrp.serve.worker import transcript_from_upload
 
     parsed = transcript_from_upload(VTT, "a.vtt")
     assert parsed == "hello viewers today we bake bread"
@@ -383,7 +383,7 @@ def test_cli_serve_builds_settings_from_run_and_warns_off_loopback(tmp_path, mon
 
 # --- vrp bench serve ---------------------------------------------------------------------------------------------
 def test_bench_refuses_non_loopback_targets_and_computes_percentiles():
-    from vrp.bench_serve import percentile, require_loopback_url
+    from vrp.bench.serve import percentile, require_loopback_url
 
     for bad in ["http://10.1.2.3:8000", "http://example.com:80", "https://127.0.0.1:8000", "ftp://localhost"]:
         with pytest.raises(VrpError):

@@ -11,8 +11,8 @@ import pytest
 from conftest import tiny_llama
 from test_serve import VTT, live_server
 
-from vrp.generate import generate_comments
-from vrp.serve import ServeSettings, create_app
+from vrp.decoding import generate_comments
+from vrp.serve.app import ServeSettings, create_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

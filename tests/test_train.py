@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vrp.records import Comment, Video, VrpError, write_jsonl_atomic
-from vrp.train import train
-from vrp.train_config import TrainConfig
+from vrp.errors import VrpError
+from vrp.io import write_jsonl_atomic
+from vrp.records import Comment, Video
+from vrp.train.config import TrainConfig
+from vrp.train.loop import train
 
 COMMENTS = ["great video", "i love this song", "first!", "so helpful thanks"]
 
@@ -40,7 +42,7 @@ def data(tmp_path: Path) -> Path:
 def test_overfit_then_generate_trained_comment_and_stop(tmp_path: Path, data: Path, tokenizer) -> None:
     from conftest import tiny_llama
 
-    from vrp.generate import generate_comments
+    from vrp.decoding import generate_comments
     from vrp.model import load_for_inference
     from vrp.prompts import PromptConfig, build_prompt_ids
 

@@ -1,4 +1,4 @@
-"""`vrp.youtube` offline: URL forms, subtitle track choice and the classification of library errors."""
+"""`vrp.collect.youtube` offline: URL forms, subtitle track choice and the classification of library errors."""
 from __future__ import annotations
 
 import io
@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 from yt_dlp.utils import DownloadError, ExtractorError
 
-from vrp.records import VrpError
-from vrp.youtube import Failure, classify_error, parse_target, select_subtitle_track
+from vrp.collect.youtube import (
+    Failure,
+    classify_error,
+    parse_target,
+    select_subtitle_track,
+)
+from vrp.errors import VrpError
 
 FIX = Path(__file__).parent / "fixtures" / "collect"
 INFO = json.loads((FIX / "ytdlp_info.json").read_text(encoding="utf-8"))

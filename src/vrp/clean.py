@@ -5,8 +5,8 @@ inline word-timing tags; `[Music]`-style annotations; the repeated lines of roll
 characters and BOMs; like counts shown as display text such as `1.2K`; link-only spam and timestamp lists) and
 how to clean each. Grapheme clusters follow Unicode UAX #29 through the `regex` module's `\\X` when it is installed
 (it is a dependency of `transformers`), else an approximation written here.
-Does not know: file formats (see `vrp.transcripts`), where comments come from (see `vrp.collect`) or records
-(see `vrp.collected`). Depends on nothing in `vrp`.
+Does not know: file formats (see `vrp.transcripts`), where comments come from (see `vrp.collect.fetch`) or records
+(see `vrp.collect.videos`). Depends on nothing in `vrp`.
 """
 from __future__ import annotations
 

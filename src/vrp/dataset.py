@@ -3,7 +3,7 @@
 Knows: the original project's seed xlsx (`comments`, `titles`, `text`, `length`: LLaMA-2 `[INST]` strings, the rows
 of one video adjacent with equal prompts up to a truncated tail), a test xlsx with only `text` (no comments),
 user tables (CSV, JSONL, Parquet, xlsx) with `title`, `transcript`, `comment` and optional `video_id`, `like_count`,
-and collect dirs written by `vrp collect` (via `vrp.collected`). Writes a dataset directory: `train.jsonl`,
+and collect dirs written by `vrp collect` (via `vrp.collect.videos`). Writes a dataset directory: `train.jsonl`,
 `validation.jsonl` (one video per line) and `manifest.json`.
 Does not know: tokens or models.
 """
@@ -18,20 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from vrp import clean
-from vrp.records import (Comment, Video, VrpError, check_writable, current_umask, read_videos, write_json_atomic,
-                         write_jsonl_atomic)
+from vrp.errors import VrpError
+from vrp.io import (
+    check_writable,
+    current_umask,
+    sha256_file,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from vrp.records import Comment, Video, read_videos
 
 TABLE_EXTS = (".xlsx", ".csv", ".jsonl", ".parquet")
 SEED_PREFIX_CHARS = 200  # rows of one seed video share at least this prompt prefix (their tails differ by truncation)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_table(path: Path) -> Any:
@@ -190,7 +188,7 @@ def load_source(path: str | Path, require_comments: bool = True) -> tuple[list[V
                 return read_videos(path / "train.jsonl") + (read_videos(path / "validation.jsonl") if (
                     path / "validation.jsonl").is_file() else []), {"format": "prepared dataset dir"}
             raise VrpError(f"{path}: directory has no videos.jsonl (collect dir) or train.jsonl (dataset dir)")
-        from vrp.collected import load_collect_dir
+        from vrp.collect.videos import load_collect_dir
 
         videos, cstats = load_collect_dir(path)
         stats.update({k: v for k, v in cstats.items() if isinstance(v, int)})

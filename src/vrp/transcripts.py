@@ -10,7 +10,7 @@ Checked in webvtt-py 0.6.0: it strips a UTF-8 BOM before the `WEBVTT` header or 
 cue settings (`align:start position:0%`) apart from the text, so neither needs code here; it does not accept blank
 lines before an SRT's first cue number (stripped here). Cue text is read raw (`Caption.raw_text`), because inline
 timing tags are the evidence of rolling captions, then stripped by `clean.strip_tags` (as `Caption.text` would).
-Does not know: how captions are downloaded (see `vrp.collect`) or comments (see `vrp.clean`, `vrp.collected`).
+Does not know: how captions are downloaded (see `vrp.collect.fetch`) or comments (see `vrp.clean`, `vrp.collect.videos`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from vrp import clean
-from vrp.records import VrpError
+from vrp.errors import VrpError
 
 SUPPORTED_SUFFIXES = (".vtt", ".srt", ".json3", ".json", ".txt")
 
@@ -53,6 +53,7 @@ class Segment:
         return cls(start, end, clean.clean_caption_line(d["text"]))
 
 
+
 def _seconds(value: Any) -> float:
     """A time value as a float; ValueError unless it is a finite number (NaN or infinity would make the segment
     JSON invalid), TypeError for a non-number."""
@@ -64,9 +65,12 @@ def _seconds(value: Any) -> float:
     return x
 
 
+
 def _brief(obj: Any, limit: int = 80) -> str:
     text = json.dumps(obj, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 
 
 def _segments_from_cues(cues: Sequence[tuple[float, float, str]]) -> list[Segment]:

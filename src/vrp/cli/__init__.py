@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vrp` console script. Returns the process exit status."""
-    from vrp.records import VrpError
+    from vrp.errors import VrpError
 
     parser = build_parser()
     args = parser.parse_args(argv)

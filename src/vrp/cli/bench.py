@@ -2,7 +2,7 @@
 
 Each benchmark is one function `add_<name>_parser(bench_subparsers)` that registers its sub-subcommand and sets
 `_bench_run` to its run function; to add one (e.g. `vrp bench train`), write that function and append it to
-`BENCH_PARSERS`. Does not know what the benchmarks measure (see `vrp.bench_serve`).
+`BENCH_PARSERS`. Does not know what the benchmarks measure (see `vrp.bench.serve`).
 """
 from __future__ import annotations
 
@@ -49,9 +49,16 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run `vrp bench serve`; exit status 1 when a status other than 200/503 was seen."""
     import contextlib
 
-    from vrp.bench_serve import (DEFAULT_TITLE, DEFAULT_TRANSCRIPT, format_result, markdown_section, run_load,
-                                 started_server)
-    from vrp.records import VrpError, write_json_atomic
+    from vrp.bench.serve import (
+        DEFAULT_TITLE,
+        DEFAULT_TRANSCRIPT,
+        format_result,
+        markdown_section,
+        run_load,
+        started_server,
+    )
+    from vrp.errors import VrpError
+    from vrp.io import write_json_atomic
 
     if bool(args.url) == bool(args.model or args.run):
         raise VrpError("give either --url (a running server) or --model/--run (start one)")
@@ -87,7 +94,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def add_train_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp bench train` (training throughput: TRL per example vs vrp none vs shared_prefix; see
-    `vrp.bench_train`)."""
+    `vrp.bench.train`)."""
     p = bsub.add_parser("train", help="training throughput: TRL SFTTrainer vs vrp packing none / shared_prefix",
                         description="Time LoRA training of the same comments with (a) TRL SFTTrainer, one example "
                                     "per row, (b) vrp --packing none, (c) vrp shared-prefix packing, each in its own "
@@ -119,7 +126,7 @@ def add_train_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--json-out", help="also write the raw results as JSON to this file")
 
     def run_train(args: argparse.Namespace) -> int:
-        from vrp.bench_train import run_cli
+        from vrp.bench.train import run_cli
 
         given = sys.argv[3:] if sys.argv[1:3] == ["bench", "train"] else []
         return run_cli(args, " ".join(["vrp bench train", *(shlex.quote(a) for a in given)]))

@@ -19,7 +19,7 @@ next run. Respect YouTube's terms of service and the commenters' privacy: `vrp p
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp collect`."""
-    from vrp.youtube import ACCEPTED_FORMS
+    from vrp.collect.youtube import ACCEPTED_FORMS
 
     p = sub.add_parser("collect", help="collect videos, transcripts and top comments from YouTube",
                        formatter_class=lambda prog: _Formatter(prog, width=118),
@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     """Run `vrp collect`; prints the counts. Exit status 0 when something was collected or nothing was left."""
     from pathlib import Path
 
-    from vrp.collect import CollectConfig, collect
-    from vrp.records import VrpError
-    from vrp.youtube import parse_target
+    from vrp.collect.fetch import CollectConfig, collect
+    from vrp.collect.youtube import parse_target
+    from vrp.errors import VrpError
 
     for url in args.urls:  # reject a bad argument before any import of yt-dlp or network call
         parse_target(url)

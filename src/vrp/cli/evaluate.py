@@ -53,12 +53,12 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from vrp.embed import load_embedder
-    from vrp.evaluate import evaluate_run, load_eval_data
-    from vrp.generate import get_preset
+    from vrp.decoding import get_preset
+    from vrp.errors import VrpError
+    from vrp.evaluate.embed import load_embedder
+    from vrp.evaluate.report import check_out_dir, write_outputs
+    from vrp.evaluate.run import evaluate_run, load_eval_data
     from vrp.model import resolve_run
-    from vrp.records import VrpError
-    from vrp.report import check_out_dir, write_outputs
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads < 0:

@@ -6,7 +6,7 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp generate`."""
-    from vrp.generate import DEFAULT_PRESET, MAX_NEW_TOKENS, PRESETS
+    from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, PRESETS
 
     p = sub.add_parser("generate", help="predict comments for videos", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Predict comments. Presets:\n" + "\n".join(
@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
     """Run `vrp generate` and print a short table."""
     from pathlib import Path
 
+    from vrp.errors import VrpError
+    from vrp.io import check_writable
     from vrp.predict import load_inputs, predict, write_predictions
-    from vrp.records import VrpError, check_writable
 
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".xlsx", ".jsonl"):

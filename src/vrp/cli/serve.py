@@ -1,8 +1,8 @@
 """`vrp serve`: load a model (+ a run's LoRA adapter) once and serve predictions over HTTP with a web page.
 
-Knows: the flags, how they map to `vrp.serve.ServeSettings`, the run's prompt settings (`max_prompt_tokens`,
+Knows: the flags, how they map to `vrp.serve.app.ServeSettings`, the run's prompt settings (`max_prompt_tokens`,
 `truncation` from RUN/config.yaml, as `vrp generate` uses them), and the loopback-only default (binding elsewhere
-prints a warning: the server has no authentication). Does not know: routes or scheduling (see `vrp.serve`).
+prints a warning: the server has no authentication). Does not know: routes or scheduling (see `vrp.serve.app`).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def prompt_config_for(run: str | None, max_prompt_tokens: int | None) -> Any:
     """The PromptConfig the server uses: the run's `max_prompt_tokens` / `truncation` (RUN/config.yaml) when
     given, overridden by `--max-prompt-tokens`; defaults otherwise."""
-    from vrp.config import load_yaml
+    from vrp.options import load_yaml
     from vrp.prompts import PromptConfig
 
     kw: dict[str, Any] = {}
@@ -71,9 +71,9 @@ def default_threads() -> int:
 
 def build_settings(args: argparse.Namespace) -> Any:
     """ServeSettings from parsed flags. Raises VrpError on inconsistent limits."""
-    from vrp.generate import MAX_NEW_TOKENS
-    from vrp.records import VrpError
-    from vrp.serve import ServeSettings
+    from vrp.decoding import MAX_NEW_TOKENS
+    from vrp.errors import VrpError
+    from vrp.serve.app import ServeSettings
 
     if not 0 < args.port < 65536:
         raise VrpError(f"--port must be in 1..65535, got {args.port}")
@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
+    from vrp.errors import VrpError
     from vrp.model import load_for_inference
-    from vrp.records import VrpError
-    from vrp.serve import create_app, is_loopback
+    from vrp.serve.app import create_app, is_loopback
 
     settings = build_settings(args)
     threads = default_threads() if args.threads is None else args.threads

@@ -6,8 +6,8 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp train`; every `TrainConfig` field is a flag (flags override the YAML)."""
-    from vrp.config import add_dataclass_args
-    from vrp.train_config import TrainConfig
+    from vrp.options import add_dataclass_args
+    from vrp.train.config import TrainConfig
 
     p = sub.add_parser("train", help="fine-tune a causal LM with LoRA on a dataset dir",
                        description="Fine-tune with LoRA. Options come from the dataclass defaults, then --config "
@@ -26,10 +26,10 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from vrp.config import build_config, coerce_values
-    from vrp.records import VrpError
-    from vrp.train import train
-    from vrp.train_config import TrainConfig
+    from vrp.errors import VrpError
+    from vrp.options import build_config, coerce_values
+    from vrp.train.config import TrainConfig
+    from vrp.train.loop import train
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("data", "out", "config", "resume", "overwrite")}
     if args.resume:

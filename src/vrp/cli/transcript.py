@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `vrp transcript`; prints to stdout."""
     import json
 
-    from vrp.records import VrpError
+    from vrp.errors import VrpError
     from vrp.transcripts import read_transcript, segments_to_text
 
     segments = read_transcript(args.file)

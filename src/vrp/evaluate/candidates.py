@@ -5,7 +5,7 @@ candidates of a held-out video are drawn (its real comments, comments of similar
 comments, random others), and the fixed random pairing of videos for the conditioning gain (`derangement`).
 Does not know: how candidates are scored or ranked (`evaluate`, `scoring`, `metrics`).
 Protocol: Ma et al., "LiveBot: Generating Live Video Comments Based on Visual and Textual Contexts", AAAI 2019,
-with the fixes described in `vrp.report.DEFINITIONS` (no test videos in training, an analytic random baseline).
+with the fixes described in `vrp.evaluate.report.DEFINITIONS` (no test videos in training, an analytic random baseline).
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from vrp import metrics as M
+from vrp.evaluate import metrics as M
 from vrp.records import Video
+
 
 def norm_key(text: str) -> str:
     """Key under which two comments count as the same text: lower-cased, whitespace collapsed."""

@@ -5,7 +5,7 @@ to send N `POST /v1/predict` requests at concurrency C with httpx (each with a t
 deadline), and how to summarise them: latency percentiles (p50/p95, milliseconds, linear interpolation), counts by
 HTTP status (or error kind), and the server's resident memory (VmRSS from /proc/<pid>/status, kB) at start-up,
 after one warm-up request and after the load.
-Does not know: how the server schedules work (see `vrp.serve_worker`).
+Does not know: how the server schedules work (see `vrp.serve.worker`).
 
 Safety: only loopback targets (127.0.0.0/8, ::1, or `localhost` resolving to those) are accepted, so this cannot
 be pointed at somebody else's server; the number of requests, the concurrency and the run time are bounded.
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from vrp.records import VrpError
+from vrp.errors import VrpError
 
 MAX_REQUESTS = 10_000
 MAX_CONCURRENCY = 64

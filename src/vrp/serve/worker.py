@@ -6,7 +6,7 @@ comments (`generate.generate_comments`) on a single worker thread; how many jobs
 `queue_size` waiting, else `QueueFull` with a Retry-After estimate); and how a job that passed its deadline is
 stopped: a forward pre-hook on the model raises at the next forward pass (one decoding step), so a timed-out request
 frees the worker within one step instead of running to `max_new_tokens`.
-Does not know: HTTP, JSON, status codes or the web page (see `vrp.serve`), nor how the model was loaded.
+Does not know: HTTP, JSON, status codes or the web page (see `vrp.serve.app`), nor how the model was loaded.
 
 Why a thread and not the event loop: `generate` holds the CPU for seconds; running it on the loop would stall
 every other request (health checks, queue rejections). Torch releases the GIL inside its kernels, so the loop
@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from vrp.generate import GeneratedComment, generate_comments
+from vrp.decoding import GeneratedComment, generate_comments
+from vrp.errors import VrpError
 from vrp.prompts import PromptConfig, build_prompt_ids
-from vrp.records import VrpError
 
 UPLOAD_SUFFIXES = (".vtt", ".srt", ".json3", ".json", ".txt")
 

@@ -6,7 +6,7 @@ or vtt, never `live_chat`); and which errors raised by yt-dlp or youtube-transcr
 members-only, age-restricted, transcripts disabled, ...) or transient (HTTP 429, bot check, timeouts)
 (`classify_error`). Error classes are matched by name along the exception's class hierarchy and cause chain, so
 this module imports neither library.
-Does not know: how to download anything (see `vrp.collect`).
+Does not know: how to download anything (see `vrp.collect.fetch`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from vrp.records import VrpError
+from vrp.errors import VrpError
 
 VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 _HANDLE_RE = re.compile(r"^@[\w.\-·]{3,30}$")

@@ -1,9 +1,9 @@
 """Reporting of `vrp bench train` results: the Markdown table, the target lines and the BENCHMARKS.md section.
 
-Knows: the raw result dict `vrp.bench_train.run_bench` returns (`options`, `env`, `peak_flops` in FLOP/s,
+Knows: the raw result dict `vrp.bench.train.run_bench` returns (`options`, `env`, `peak_flops` in FLOP/s,
 `results`: one dict per (comments per video K, configuration) with `comments`, `tokens`, `seconds` (timed steps),
 `peak_rss_bytes`, `executed_flops`, `useful_flops`, row lengths in tokens; `val`: the validation check), and how to
-turn it into comments/s, tokens/s, peak RSS (MiB), MFU and useful MFU (see `vrp.bench_flops`), the (c)/(a)
+turn it into comments/s, tokens/s, peak RSS (MiB), MFU and useful MFU (see `vrp.bench.flops`), the (c)/(a)
 comments/s ratios and the targets (reported, never asserted). Does not run anything.
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def summary_lines(bench: dict[str, Any]) -> list[str]:
         base = v["none"]["base_val_nll"]
         change = abs(base - (a + b) / 2)
         out.append(f"validation NLL/token after the same {v['comments']} comments ({v['k']}/video, "
-                   f"{v['none']['steps']} optimizer step(s), vrp.train.train): base {base:.4f}, (b) none {a:.4f}, "
+                   f"{v['none']['steps']} optimizer step(s), vrp.train.loop.train): base {base:.4f}, (b) none {a:.4f}, "
                    f"(c) shared_prefix {b:.4f}, difference {abs(a - b):.2e} nats"
                    + (f" ({100 * abs(a - b) / change:.1f}% of the change from base)" if change > 0 else ""))
     e = bench.get("env") or {}
@@ -129,13 +129,13 @@ def markdown_section(bench: dict[str, Any], command: str) -> str:
         "for (a), (b), (c), so it exceeds the executed MFU when packing avoids recomputing prompts (and can pass "
         "100%). FLOPs per token: 4*N_body + 6*N_lora + 12*L*d_attn*keys, plus 4*N_head per LM-head "
         "position (Kaplan et al. 2020; PaLM appendix B, with the frozen base's weight gradients left out); see "
-        "`vrp.bench_flops`. Each configuration runs in its own process (peak RSS per configuration).", ""])
+        "`vrp.bench.flops`. Each configuration runs in its own process (peak RSS per configuration).", ""])
 
 
 def append_section(path: Path, section: str) -> None:
     """Append `section` to the Markdown file at `path` by rewriting the whole file atomically (a temporary file
     renamed over it; the file's permission bits are kept, 0644 for a new file)."""
-    from vrp.records import atomic_path
+    from vrp.io import atomic_path
 
     old = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
     mode = path.stat().st_mode & 0o777 if path.is_file() else 0o644

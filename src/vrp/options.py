@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vrp.records import VrpError, write_text_atomic
+from vrp.errors import VrpError
+from vrp.io import write_text_atomic
 
 T = TypeVar("T")
 

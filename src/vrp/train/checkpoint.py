@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vrp.records import VrpError
+from vrp.errors import VrpError
 
 
 def rng_state() -> dict[str, Any]:

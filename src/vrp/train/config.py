@@ -1,15 +1,14 @@
 """`TrainConfig`: every `vrp train` option, with its help text and default (loadable from YAML).
 
-Knows: names, defaults and validation of training options. Does not know: how they are used (`vrp.train`).
+Knows: names, defaults and validation of training options. Does not know: how they are used (`vrp.train.loop`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from vrp.errors import VrpError
 from vrp.prompts import PromptConfig
-from vrp.records import VrpError
-
 
 # transformers.get_scheduler names that need no extra arguments (reduce_lr_on_plateau needs a metric per step,
 # the *_min_lr ones a min_lr, warmup_stable_decay its phase lengths).
@@ -79,7 +78,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         import dataclasses
 
-        from vrp.config import coerce_values
+        from vrp.options import coerce_values
 
         for k, v in coerce_values(type(self), dataclasses.asdict(self)).items():
             setattr(self, k, v)

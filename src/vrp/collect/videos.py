@@ -7,11 +7,10 @@ and `skipped.jsonl` (`{id, url, reason, permanent, detail}`) — how lines are a
 most a torn last line, how that line is repaired, and how collected rows become `vrp.records.Video`s: transcript
 segments joined into clean text, comments cleaned (`vrp.clean`), filtered, de-duplicated and ranked by like count
 (rank 1 = most liked; ties keep YouTube's "top" order).
-Does not know: how the data is fetched (see `vrp.collect`) or how splits are made (see `vrp.dataset`).
+Does not know: how the data is fetched (see `vrp.collect.fetch`) or how splits are made (see `vrp.dataset`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -19,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from vrp import clean
-from vrp.records import Comment, Video, VrpError
+from vrp.errors import VrpError
+from vrp.io import iter_jsonl_rows
+from vrp.records import Comment, Video
 from vrp.transcripts import Segment, segments_to_text
 
 log = logging.getLogger(__name__)
@@ -31,85 +32,12 @@ COMMENT_DROP_REASONS = ("duplicate_id", "reply", "by_uploader", "empty", "link_o
                         "over_max_comments", "in_dropped_video")
 
 
-def append_jsonl_line(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
-    """Append `obj` as one JSON line: a single write of the complete line, then flush and fsync, so a kill leaves
-    either the whole line or a torn last line that `repair_torn_tail` removes."""
-    data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-    with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def repair_torn_tail(path: str | os.PathLike[str]) -> bool:
-    """Fix a JSON Lines file whose last line was cut by a kill: a last line without its newline is kept (newline
-    added) if it is a complete JSON object, else truncated away. Returns True if the file was changed."""
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return False
-        pos, block = size, 1 << 16
-        start = 0
-        while pos > 0:
-            pos = max(0, pos - block)
-            f.seek(pos)
-            chunk = f.read(min(block, size - pos))
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                start = pos + nl + 1
-                break
-        f.seek(start)
-        tail = f.read()
-        try:
-            complete = isinstance(json.loads(tail.decode("utf-8")), dict)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            complete = False
-        if complete:
-            f.seek(size)
-            f.write(b"\n")
-        else:
-            f.truncate(start)
-        f.flush()
-        os.fsync(f.fileno())
-    log.warning("%s: repaired a torn last line (%s)", path, "newline added" if complete else "removed")
-    return True
-
-
-def _iter_rows(path: Path):
-    """Yield (line number, dict) of a JSON Lines file; a torn last line (no newline, bad JSON) yields (n, None)."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                if not raw.endswith(b"\n"):  # a kill can cut a line inside a multi-byte character
-                    yield lineno, None
-                    return
-                raise VrpError(f"{path}:{lineno}: not UTF-8 text (bad byte at column {e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                if not line.endswith("\n"):
-                    yield lineno, None
-                    return
-                raise VrpError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise VrpError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-
-
 def read_done_ids(path: str | os.PathLike[str]) -> set[str]:
     """Ids of the videos in a `videos.jsonl` (empty if the file does not exist)."""
     path = Path(path)
     if not path.is_file():
         return set()
-    return {str(row.get("id")) for _, row in _iter_rows(path) if row is not None and row.get("id")}
+    return {str(row.get("id")) for _, row in iter_jsonl_rows(path) if row is not None and row.get("id")}
 
 
 def read_skipped(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -117,7 +45,7 @@ def read_skipped(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         return {}
-    return {str(row["id"]): row for _, row in _iter_rows(path) if row is not None and row.get("id")}
+    return {str(row["id"]): row for _, row in iter_jsonl_rows(path) if row is not None and row.get("id")}
 
 
 def is_collect_dir(path: str | os.PathLike[str]) -> bool:
@@ -193,7 +121,7 @@ def load_collect_dir(path: str | os.PathLike[str], drop_uploader_comments: bool 
     vdrop: Counter = Counter({r: 0 for r in VIDEO_DROP_REASONS})
     cdrop: Counter = Counter({r: 0 for r in COMMENT_DROP_REASONS})
     read = comments_read = torn = 0
-    for lineno, row in _iter_rows(file):
+    for lineno, row in iter_jsonl_rows(file):
         where = f"{file}:{lineno}"
         if row is None:
             torn = 1

@@ -1,17 +1,17 @@
-"""One configuration of `vrp bench train`, run in its own process: `python -m vrp.bench_train_worker SPEC OUT`.
+"""One configuration of `vrp bench train`, run in its own process: `python -m vrp.bench.train_worker SPEC OUT`.
 
 Knows: how to time LoRA training steps of one configuration on already-tokenized videos and report them as JSON:
 - `trl`: TRL's `SFTTrainer`, one example per row (prompt ids + completion ids, `completion_mask`, completion-only
   loss), sequential sampler, timed by a `TrainerCallback` from the end of one optimizer step to the end of the next;
 - `none` / `shared_prefix`: the vrp training step (`vrp.packing.collate` + `loss_sum` under `autocast_ctx` +
-  backward + gradient clipping + AdamW step), the work `vrp.train.train` does per optimizer step, timed from the
+  backward + gradient clipping + AdamW step), the work `vrp.train.loop.train` does per optimizer step, timed from the
   collate to the end of the optimizer step;
-- `val`: `vrp.train.train` with packing `none` and `shared_prefix` on the same comments and the same optimizer
+- `val`: `vrp.train.loop.train` with packing `none` and `shared_prefix` on the same comments and the same optimizer
   steps, returning the validation NLL per comment token of both.
 Each timed configuration first runs one warm-up step on its first batch (not timed) and then every batch once. The
 process's peak resident set size (peak RSS: `getrusage(RUSAGE_SELF).ru_maxrss`, KiB on Linux, reported in bytes)
 is therefore that of this configuration alone.
-Does not know: how configurations are chosen, compared or reported (see `vrp.bench_train`).
+Does not know: how configurations are chosen, compared or reported (see `vrp.bench.train`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vrp.bench_flops import FlopDims, dims_from_model, executed_flops, useful_flops
+from vrp.bench.flops import FlopDims, dims_from_model, executed_flops, useful_flops
 
 
 def _load(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -62,9 +62,9 @@ def run_vrp(spec: dict[str, Any]) -> dict[str, Any]:
     """Time the vrp training step for packing mode `spec['kind']` (`none` or `shared_prefix`)."""
     import torch
 
-    from vrp.model import LoraSettings, attach_lora
-    from vrp.packing import collate, loss_sum, make_rows
-    from vrp.train import autocast_ctx
+    from vrp.loss import loss_sum
+    from vrp.model import LoraSettings, attach_lora, autocast_ctx
+    from vrp.packing import collate, make_rows
 
     mode, bs = spec["kind"], int(spec["batch_size"])
     prec, model, tok = _load(spec)
@@ -164,11 +164,11 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_val(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train with `vrp.train.train` in packing modes `none` and `shared_prefix` on `spec['data_dir']` with the
+    """Train with `vrp.train.loop.train` in packing modes `none` and `shared_prefix` on `spec['data_dir']` with the
     same optimizer steps (each step = every training comment, via gradient accumulation) and return both runs'
     validation NLL per comment token (nats)."""
-    from vrp.train import train
-    from vrp.train_config import TrainConfig
+    from vrp.train.config import TrainConfig
+    from vrp.train.loop import train
 
     res: dict[str, Any] = {"kind": "val"}
     for mode in ("none", "shared_prefix"):
@@ -188,7 +188,7 @@ def run_val(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m vrp.bench_train_worker SPEC.json OUT.json`: run the configuration in SPEC, write OUT."""
+    """`python -m vrp.bench.train_worker SPEC.json OUT.json`: run the configuration in SPEC, write OUT."""
     spec_path, out_path = (argv if argv is not None else sys.argv[1:])[:2]
     spec = json.loads(Path(spec_path).read_text())
     if spec.get("threads"):
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(int(spec["threads"]))
     run = {"trl": run_trl, "none": run_vrp, "shared_prefix": run_vrp, "val": run_val}[spec["kind"]]
-    from vrp.records import write_json_atomic
+    from vrp.io import write_json_atomic
 
     write_json_atomic(out_path, run(spec))
     return 0

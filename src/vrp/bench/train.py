@@ -3,10 +3,10 @@
 Knows: how to build the benchmark's data from a real source (the first videos of e.g. the seed xlsx, prompts cut to
 `--max-prompt-tokens`; a video's comment count raised to K with real comments of the following videos, never the
 same text twice in a video), how many videos to use so that every configuration learns the same comments, how to
-run each configuration in its own process (`vrp.bench_train_worker`), and how to report comments/s, tokens/s,
+run each configuration in its own process (`vrp.bench.train_worker`), and how to report comments/s, tokens/s,
 peak RSS and MFU as a table on stdout and a section appended to BENCHMARKS.md.
-Does not know: FLOP formulas or the matmul peak (`vrp.bench_flops`), how a configuration is timed (the worker),
-how results are formatted (`vrp.bench_train_report`).
+Does not know: FLOP formulas or the matmul peak (`vrp.bench.flops`), how a configuration is timed (the worker),
+how results are formatted (`vrp.bench.train_report`).
 
 Run time: `--quick` about 2 minutes on an idle 2-core machine; the full default run (3, 10 and 30 comments per video,
 1,024-token prompts, batch 4) roughly 40 minutes there (the per-example configurations dominate: TRL ~115 tokens/s).
@@ -14,7 +14,7 @@ Run time: `--quick` about 2 minutes on an idle 2-core machine; the full default 
 Terms. comments/s: training comments (examples) learned per second of timed optimizer steps; tokens/s: real
 (non-pad) tokens run through the model per second (prompt tokens count once per row, so packing lowers the
 tokens needed for the same comments); peak RSS: the configuration process's peak resident memory (bytes, shown in
-MiB); MFU: model FLOPs per second / measured matmul peak (see `vrp.bench_flops` for the formula and both counts);
+MiB); MFU: model FLOPs per second / measured matmul peak (see `vrp.bench.flops` for the formula and both counts);
 packing: `none` = one row per comment (as TRL), `shared_prefix` = one row = one prompt + the comments of a video
 (split into rows of at most `--max-row-tokens` tokens that repeat the prompt).
 The timings are only as good as the machine is quiet: the load average at start and end is recorded.
@@ -33,9 +33,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vrp.bench_train_report import (CONFIGS, LABELS, append_section, cpu_model, format_table, markdown_section,
-                                    summary_lines)
-from vrp.records import Comment, Video, VrpError
+from vrp.bench.train_report import (
+    CONFIGS,
+    LABELS,
+    append_section,
+    cpu_model,
+    format_table,
+    markdown_section,
+    summary_lines,
+)
+from vrp.errors import VrpError
+from vrp.records import Comment, Video
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -149,7 +157,7 @@ def _run_worker(spec: dict[str, Any], tmp: Path, name: str) -> dict[str, Any]:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.update(TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error",
                HF_DATASETS_DISABLE_PROGRESS_BARS="1")
-    proc = subprocess.run([sys.executable, "-m", "vrp.bench_train_worker", str(spec_path), str(out_path)],
+    proc = subprocess.run([sys.executable, "-m", "vrp.bench.train_worker", str(spec_path), str(out_path)],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not out_path.is_file():
         tail = (proc.stdout + proc.stderr)[-3000:]
@@ -166,9 +174,9 @@ def _spec(opts: BenchOptions, kind: str, enc: list[Any]) -> dict[str, Any]:
 
 
 def _val_check(opts: BenchOptions, videos: list[Video], k: int, tok: Any, tmp: Path) -> dict[str, Any]:
-    """Validation NLL after the same training comments with `vrp.train.train`, packing none vs shared_prefix."""
+    """Validation NLL after the same training comments with `vrp.train.loop.train`, packing none vs shared_prefix."""
+    from vrp.io import write_jsonl_atomic
     from vrp.packing import make_rows
-    from vrp.records import write_jsonl_atomic
 
     n_train = opts.val_train_videos
     if len(videos) < n_train + opts.val_videos:
@@ -196,7 +204,7 @@ def run_bench(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
     """Run every (comments per video, configuration) pair and return the raw results (JSON-ready dict)."""
     import torch
 
-    from vrp.bench_flops import matmul_peak
+    from vrp.bench.flops import matmul_peak
     from vrp.dataset import load_source
     from vrp.model import load_tokenizer
 
@@ -237,7 +245,7 @@ def run_bench(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
                         f"tokens/s ({r['steps_timed']} timed steps, {r['seconds']:.1f} s)")
         val = None
         if opts.val_check and "none" in opts.configs and "shared_prefix" in opts.configs:
-            say(f"validation check: vrp.train.train, packing none vs shared_prefix, {opts.comments_per_video[0]} "
+            say(f"validation check: vrp.train.loop.train, packing none vs shared_prefix, {opts.comments_per_video[0]} "
                 f"comments/video ...")
             t0 = time.perf_counter()
             try:
@@ -299,7 +307,7 @@ def options_from_args(args: Any) -> BenchOptions:
 def run_cli(args: Any, command: str) -> int:
     """`vrp bench train`: run, print the table and summary (the last stdout line is the (c)/(a) comments/s
     ratio), append the section to BENCHMARKS.md unless `--no-write`, optionally write the raw results as JSON."""
-    from vrp.records import write_json_atomic
+    from vrp.io import write_json_atomic
 
     bench = run_bench(options_from_args(args))
     print(format_table(bench))

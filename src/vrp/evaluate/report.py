@@ -1,6 +1,6 @@
 """Writing the `vrp evaluate` outputs: report.md, metrics.json, per-video/generation JSONL and PNG bar charts.
 
-Knows: the layout of the metrics dict built by `vrp.evaluate.evaluate_run`, how to render it as Markdown tables
+Knows: the layout of the metrics dict built by `vrp.evaluate.run.evaluate_run`, how to render it as Markdown tables
 and matplotlib bar charts (Agg backend, no display), the training-curve files of a run dir (`metrics.jsonl` lines with
 `step`, `loss`, optional `val_nll`, or a ready `loss.png`), and atomic writing (`records.atomic_path`).
 Does not know: how any number is computed (see `evaluate`, `metrics`).
@@ -13,7 +13,8 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-from vrp.records import VrpError, atomic_path, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from vrp.errors import VrpError
+from vrp.io import atomic_path, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 GEN_METRICS = [("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("repetition_rate", "repetition rate"),
                ("generic_rate", "generic rate"), ("length_mean", "length (tokens, mean)"),

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vrp.records import VrpError
+from vrp.errors import VrpError
 
 MAX_NEW_TOKENS = 150  # as the original project
 

@@ -3,11 +3,11 @@
 Knows: which videos are evaluated (a dataset dir's `validation.jsonl`, its `train.jsonl` for the most frequent
 training comments, or any source `vrp.dataset.load_source` reads), how the 100 ranking candidates of a video are
 drawn, how real comments are scored with shared-prefix scoring (`vrp.scoring.score_candidates`) under three prompts
-(own video, another video, title only), and how generated comments are measured (`vrp.metrics`).
+(own video, another video, title only), and how generated comments are measured (`vrp.evaluate.metrics`).
 Does not know: metric formulas (`metrics`), report layout and charts (`report`), decoding (`predict`, `generate`).
 
 The definitions of every number (NLL, conditioning gain, the candidate sets, the per-comment ranking with the other
-real comments removed, the analytic random baseline) are `vrp.report.DEFINITIONS`, which report.md repeats.
+real comments removed, the analytic random baseline) are `vrp.evaluate.report.DEFINITIONS`, which report.md repeats.
 """
 from __future__ import annotations
 
@@ -20,10 +20,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vrp import metrics as M
-from vrp.candidates import (CandidateSet, build_candidate_sets, derangement,  # noqa: F401 (re-exported)
-                            frequent_comments, norm_key)
-from vrp.records import Video, VrpError, read_videos
+from vrp.errors import VrpError
+from vrp.evaluate import metrics as M
+from vrp.evaluate.candidates import (  # noqa: F401 (re-exported)
+    CandidateSet,
+    build_candidate_sets,
+    derangement,
+    frequent_comments,
+    norm_key,
+)
+from vrp.records import Video, read_videos
 
 KS = (1, 5, 10)
 
@@ -242,10 +248,9 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | N
     import torch
 
     from vrp.dataset import load_source
-    from vrp.embed import embed_videos
-    from vrp.model import load_for_inference, resolve_precision
+    from vrp.evaluate.embed import embed_videos
+    from vrp.model import autocast_ctx, load_for_inference, resolve_precision
     from vrp.predict import run_prompt_settings
-    from vrp.train import autocast_ctx
 
     t_start = time.perf_counter()
     videos = data.videos

@@ -6,10 +6,10 @@ sorted by "top" and capped at K top-level comments (`extractor_args={"youtube": 
 max-depth, as yt-dlp's YoutubeIE reads them; values are strings); downloading the chosen subtitle track with
 `YoutubeDL.urlopen`; youtube-transcript-api 1.x as the transcript fallback (`YouTubeTranscriptApi().fetch(video_id,
 languages=[...])`); retries with exponential backoff; and the resumable run loop appending to `videos.jsonl` /
-`skipped.jsonl` (format in `vrp.collected`). Both libraries are injected (`ydl_factory`, `transcript_api`), so
+`skipped.jsonl` (format in `vrp.collect.videos`). Both libraries are injected (`ydl_factory`, `transcript_api`), so
 tests replace them with fakes.
-Does not know: URL forms, track choice and error classes (see `vrp.youtube`), caption parsing (see
-`vrp.transcripts`), comment cleaning (see `vrp.collected`).
+Does not know: URL forms, track choice and error classes (see `vrp.collect.youtube`), caption parsing (see
+`vrp.transcripts`), comment cleaning (see `vrp.collect.videos`).
 """
 from __future__ import annotations
 
@@ -22,11 +22,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from vrp.collected import SKIPPED_FILE, VIDEOS_FILE, append_jsonl_line, read_done_ids, read_skipped, repair_torn_tail
-from vrp.records import VrpError, write_json_atomic
+from vrp.collect.videos import SKIPPED_FILE, VIDEOS_FILE, read_done_ids, read_skipped
+from vrp.collect.youtube import (
+    ACCEPTED_FORMS,
+    VIDEO_ID_RE,
+    Failure,
+    Target,
+    classify_error,
+    parse_target,
+    select_subtitle_track,
+    watch_url,
+)
+from vrp.errors import VrpError
+from vrp.io import append_jsonl_line, repair_torn_tail, write_json_atomic
 from vrp.transcripts import parse_transcript_api, parse_transcript_bytes
-from vrp.youtube import (ACCEPTED_FORMS, VIDEO_ID_RE, Failure, Target, classify_error, parse_target,
-                         select_subtitle_track, watch_url)
 
 log = logging.getLogger(__name__)
 

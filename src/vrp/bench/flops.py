@@ -2,7 +2,7 @@
 
 Knows: how many floating-point operations (FLOP; a multiply-add = 2 FLOP) one training step of a decoder-only
 transformer with a frozen base and LoRA adapters needs, counted two ways, and how to measure the achievable dense
-matmul rate (FLOP/s) of this machine. Does not know: data, packing or timing of training (see `vrp.bench_train`).
+matmul rate (FLOP/s) of this machine. Does not know: data, packing or timing of training (see `vrp.bench.train`).
 
 Terms. MFU (model FLOPs utilisation, Chowdhery et al. 2022, "PaLM", appendix B) = model FLOPs per second achieved
 / peak FLOP/s of the hardware. Here the peak is *measured*, not a datasheet number: the best rate of a 4096x4096
@@ -73,7 +73,7 @@ def dims_from_model(model: Any) -> FlopDims:
     """
     import torch
 
-    from vrp.packing import decoder_and_head
+    from vrp.loss import decoder_and_head
 
     decoder, head = decoder_and_head(model)
     n_body = 0

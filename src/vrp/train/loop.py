@@ -13,7 +13,6 @@ dir layout (`adapter/`, `checkpoints/`, `config.yaml`, `metrics.json`, `metrics.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -21,21 +20,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from vrp.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from vrp.config import save_config
-from vrp.records import VrpError, check_writable, read_videos, write_json_atomic, write_jsonl_atomic
-from vrp.train_config import TrainConfig
+from vrp.errors import VrpError
+from vrp.io import check_writable, write_json_atomic, write_jsonl_atomic
+from vrp.model import autocast_ctx
+from vrp.options import save_config
+from vrp.records import read_videos
+from vrp.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vrp.train.config import TrainConfig
 
 __all__ = ["TrainConfig", "train", "evaluate_nll", "autocast_ctx"]
-
-
-def autocast_ctx(prec: Any) -> contextlib.AbstractContextManager:
-    """`torch.autocast` for the resolved precision, or a null context for fp32."""
-    import torch
-
-    if prec.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(prec.device, dtype=prec.autocast_dtype)
 
 
 def _batches(rows: list[Any], batch_size: int) -> list[list[Any]]:
@@ -67,7 +60,8 @@ def evaluate_nll(model: Any, rows: list[Any], pad_id: int, prec: Any, batch_size
     import torch
     from tqdm.auto import tqdm
 
-    from vrp.packing import collate, loss_sum
+    from vrp.loss import loss_sum
+    from vrp.packing import collate
 
     total, n = 0.0, 0
     was_training = model.training
@@ -135,7 +129,7 @@ def _plot_loss(history: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vrp.records import atomic_path
+    from vrp.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 4))
     tr = [(h["step"], h["loss"]) for h in history if "loss" in h]
@@ -197,8 +191,15 @@ def train(cfg: TrainConfig, data_dir: str | Path, out: str | Path, resume: bool 
     import torch
     from tqdm.auto import tqdm
 
-    from vrp.model import LoraSettings, attach_lora, check_context, load_base_model, resolve_precision
-    from vrp.packing import collate, loss_sum, make_rows
+    from vrp.loss import loss_sum
+    from vrp.model import (
+        LoraSettings,
+        attach_lora,
+        check_context,
+        load_base_model,
+        resolve_precision,
+    )
+    from vrp.packing import collate, make_rows
     from vrp.prompts import encode_videos
 
     data_dir, out = Path(data_dir), Path(out)

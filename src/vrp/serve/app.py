@@ -6,7 +6,7 @@ multipart upload, `GET /openapi.json`), request validation and its limits (`Serv
 request body limit (413, checked on Content-Length and on the streamed body), security headers, and which
 status a worker outcome becomes (503 + Retry-After when the queue is full, 504 on timeout, 422 on bad input).
 Does not know: how the model is loaded (see `vrp.model.load_for_inference`, called by `vrp.cli.serve`) or how
-generation is scheduled (see `vrp.serve_worker`).
+generation is scheduled (see `vrp.serve.worker`).
 
 Use `create_app(settings, loaded=(model, tokenizer, info))`; tests inject a tiny model that way.
 """
@@ -23,12 +23,20 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vrp.generate import DEFAULT_PRESET, MAX_NEW_TOKENS, PRESETS
+from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, PRESETS
+from vrp.errors import VrpError
 from vrp.prompts import PromptConfig
-from vrp.records import VrpError
-from vrp.serve_worker import GenerateFn, GenerationWorker, Job, JobCancelled, JobResult, JobTimeout, QueueFull
+from vrp.serve.worker import (
+    GenerateFn,
+    GenerationWorker,
+    Job,
+    JobCancelled,
+    JobResult,
+    JobTimeout,
+    QueueFull,
+)
 
-log = logging.getLogger("vrp.serve")
+log = logging.getLogger("vrp.serve.app")
 SEED_MAX = 2**32 - 1
 FILE_FORM_FIELDS = {"file", "title", "num_comments", "preset", "max_new_tokens", "seed"}
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -262,7 +270,7 @@ class _Guard:
 
 # --- app -------------------------------------------------------------------------------------------------------
 def _static(name: str) -> bytes:
-    return (resources.files("vrp") / "static" / name).read_bytes()
+    return (resources.files("vrp.serve") / "static" / name).read_bytes()
 
 
 def create_app(settings: ServeSettings, loaded: tuple[Any, Any, dict[str, Any]],

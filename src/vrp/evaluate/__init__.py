@@ -1,0 +1,2 @@
+"""Evaluation: metric formulas (`metrics`), sentence embeddings (`embed`), ranking candidates (`candidates`), the
+evaluation run (`run`) and its report (`report`)."""
