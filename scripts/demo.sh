@@ -30,9 +30,9 @@ out, start = Path(sys.argv[1]), int(sys.argv[2])
 df = pd.concat([pd.read_json(out / "predictions-base.jsonl", lines=True),
                 pd.read_json(out / "predictions-finetuned.jsonl", lines=True)], ignore_index=True)
 df["setup"] = df.apply(lambda r: ("fine-tuned " if r["adapter"] else "base ") + r["preset"], axis=1)
-df.to_csv(out / "predictions.csv", index=False)
-df.to_excel(out / "predictions.xlsx", index=False)
-df.to_json(out / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
+from vrp.predict import write_predictions  # spreadsheet-safe cells (vrp.sheets), as `vrp generate` writes them
+for ext in ("csv", "xlsx", "jsonl"):
+    write_predictions(df.to_dict("records"), out / f"predictions.{ext}")
 m = json.loads((out / "run" / "metrics.json").read_text())
 print("\n== predicted comments (first 70 characters), one row per test video")
 table = df.pivot_table(index="video_id", columns="setup", values="comment", aggfunc="first")
@@ -40,9 +40,11 @@ for vid, row in table.iterrows():
     print(f"\n[{vid}]")
     for setup, text in row.items():
         print(f"  {setup:28s} {str(text)[:70]!r}")
-summary = df.groupby("setup").agg(videos=("video_id", "nunique"), mean_new_tokens=("new_tokens", "mean"),
-                                  finished=("finished", "mean"), mean_seconds=("seconds", "mean"))
-print("\n== per setup\n" + summary.round(2).to_string())
+summary = df.groupby("setup").agg(videos=("video_id", "nunique"), comments=("comment", "size"),
+                                  finished_rate=("finished", "mean"), median_new_tokens=("new_tokens", "median"),
+                                  mean_seconds=("seconds", "mean"))
+print("\n== per setup (finished_rate: share of comments that ended with the end-of-turn token within "
+      "max_new_tokens; new tokens include it)\n" + summary.round(2).to_string())
 print(f"\nvalidation NLL/token: base {m['base_val_nll']:.4f} -> fine-tuned {m['final_val_nll']:.4f} "
       f"({m['val_videos']} videos); training {m['steps']} steps, {m['comments_seen']} comments, "
       f"{m['tokens_per_s']} tokens/s")

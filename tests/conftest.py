@@ -1,11 +1,12 @@
-"""Shared fixtures: the real SmolLM2 tokenizer (read from the bundled GGUF, no network) and tiny random Llama
-models built from a config, saved as local checkpoints so the CLI can load them with `--model DIR`."""
+"""Shared fixtures: the real SmolLM2 tokenizer (read from the bundled GGUF, no network) and a tiny random Llama
+(`helpers.tiny_llama`) saved as a local checkpoint so the CLI can load it with `--model DIR`."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
+from helpers import tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,22 +44,6 @@ def tokenizer(tokenizer_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-def tiny_llama(tokenizer, seed: int = 0, **overrides):
-    """A random 2-layer Llama (hidden 32) over the real tokenizer's vocabulary, fp32, eval mode."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-               tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=None)  # not the EOS id: padding_idx would zero EOS's (tied) embedding row
-                                   # and no model could ever learn to stop
-    cfg.update(overrides)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**cfg))
-    return model.eval()
 
 
 @pytest.fixture(scope="session")

@@ -10,27 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import one_line_error, tiny_llama
 
 from vrp.cli import main
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 SMALL = ["--precision", "fp32", "--max-prompt-tokens", "64", "--max-row-tokens", "256"]
-
-
-def one_line_error(capsys, argv: list[str], *needles: str) -> str:
-    """Run `vrp argv`; assert exit status 2 and a single `error: ` line containing every needle."""
-    rc = main(argv)
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert rc == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert "\n" not in err.split("error: ", 1)[1].rstrip("\n"), err  # the message itself is one line
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def table(path: Path, **cols) -> Path:
@@ -95,7 +83,8 @@ def test_prepare_non_utf8_jsonl_is_a_one_line_error(tmp_path, capsys) -> None:
     (tmp_path / "lat.jsonl").write_bytes(b'{"video_id": "caf\xe9", "transcript": "x", "comments": []}\n')
     one_line_error(capsys, ["prepare", str(tmp_path / "lat.jsonl"), "--out", str(tmp_path / "o")],
                    "lat.jsonl", "not UTF-8")
-    (tmp_path / "t.jsonl").write_bytes(b'{"title": "caf\xe9", "transcript": "x", "comment": "c"}\n')
+    # a table JSONL in a legacy encoding is read (tests/test_inputs_tables.py); binary bytes fit no encoding
+    (tmp_path / "t.jsonl").write_bytes(b'{"title": "caf\x00\xff\x81", "transcript": "x", "comment": "c"}\n')
     one_line_error(capsys, ["prepare", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o")], "t.jsonl", "UTF-8")
     ds = tmp_path / "ds"
     ds.mkdir()
@@ -138,6 +127,7 @@ def test_prepare_keeps_numeric_looking_text_columns_as_text(tmp_path) -> None:
 
 
 def test_prepare_failing_midway_leaves_no_partial_dataset(tmp_path, monkeypatch) -> None:
+    import vrp.artifacts
     import vrp.dataset
 
     src = table(tmp_path / "t.csv", title=["a", "b"], transcript=["x", "y"], comment=["c", "d"])
@@ -145,7 +135,7 @@ def test_prepare_failing_midway_leaves_no_partial_dataset(tmp_path, monkeypatch)
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vrp.dataset, "write_json_atomic", boom)  # the manifest is written last
+    monkeypatch.setattr(vrp.artifacts, "write_json_atomic", boom)  # the manifest is written last
     with pytest.raises(KeyboardInterrupt):
         vrp.dataset.prepare(src, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
@@ -224,16 +214,17 @@ def test_yaml_exponent_learning_rate_is_a_number(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--max-steps", "0"], "--max-steps must be >= 1"),
-    (["--max-steps", "-5"], "--max-steps must be >= 1"),
-    (["--learning-rate", "-1"], "--learning-rate must be > 0"),
-    (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
-    (["--max-grad-norm", "-1"], "--max-grad-norm must be > 0"),
-    (["--lora-dropout", "1.5"], "--lora-dropout must be in [0, 1)"),
-    (["--warmup-steps", "-3"], "--warmup-steps must be >= 0"),
-    (["--lr-scheduler", "bogus"], "--lr-scheduler: choose from"),
-    (["--optimizer", "sgd"], "--optimizer: choose"),
-    (["--target-modules", "[]"], "--target-modules"),
+    (["--max-steps", "0"], "error: --max-steps: must be >= 1, or -1 to run --epochs epochs; got 0"),
+    (["--max-steps", "-5"], "error: --max-steps: must be >= 1"),
+    (["--learning-rate", "-1"], "error: --learning-rate: must be > 0, got -1.0"),
+    (["--learning-rate", "nan"], "error: --learning-rate: must be a finite number, got 'nan'"),
+    (["--lora-r", "abc"], "error: --lora-r: must be an integer, got 'abc'"),
+    (["--max-grad-norm", "-1"], "error: --max-grad-norm: must be > 0"),
+    (["--lora-dropout", "1.5"], "error: --lora-dropout: must be in [0, 1)"),
+    (["--warmup-steps", "-3"], "error: --warmup-steps: must be >= 0, got -3"),
+    (["--lr-scheduler", "bogus"], "error: --lr-scheduler: choose from"),
+    (["--optimizer", "sgd"], "error: --optimizer: choose"),
+    (["--target-modules", "[]"], "error: --target-modules: give all-linear"),
 ])
 def test_train_flag_ranges_are_checked_up_front(tmp_path, capsys, flags, needle) -> None:
     one_line_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *flags], needle)
@@ -251,7 +242,7 @@ def test_train_failed_start_leaves_no_run_dir(tmp_path, capsys, tiny_model_dir) 
     (empty / "train.jsonl").write_text("")
     one_line_error(capsys, ["train", "--data", str(empty), "--out", str(tmp_path / "r1"), *model], "empty dataset")
     one_line_error(capsys, ["train", "--data", str(ds), "--out", str(tmp_path / "r2"), *model,
-                            "--target-modules", '["nope"]'], "--target-modules")
+                            "--target-modules", '["nope"]'], "error: --target-modules: ['nope']")
     one_line_error(capsys, ["train", "--data", str(ds), "--out", str(tmp_path / "r3"), *model,
                             "--attn-implementation", "bogus"], "attn_implementation")
     bad = tmp_path / "bad"
@@ -263,15 +254,14 @@ def test_train_failed_start_leaves_no_run_dir(tmp_path, capsys, tiny_model_dir) 
 
 
 def test_train_prompt_longer_than_the_model_context_names_the_flags(tmp_path, capsys, tokenizer) -> None:
-    from conftest import tiny_llama
-
     short = tmp_path / "short"
     tiny_llama(tokenizer, max_position_embeddings=128).save_pretrained(short)
     tokenizer.save_pretrained(short)
     ds = small_dataset(tmp_path)
     one_line_error(capsys, ["train", "--data", str(ds), "--out", str(tmp_path / "r"), "--model", str(short),
                             "--precision", "fp32", "--max-prompt-tokens", "200", "--max-row-tokens", "512"],
-                   "--max-prompt-tokens", "--max-comment-tokens", "(128 tokens)")
+                   "error: --max-prompt-tokens: --max-prompt-tokens + --max-comment-tokens + 1 = 329 tokens",
+                   "(128 tokens)")
     assert not (tmp_path / "r").exists()
     one_line_error(capsys, ["generate", "--model", str(short), "--transcript", "hi", "--precision", "fp32",
                             "--max-prompt-tokens", "100", "--max-new-tokens", "50", "--out",
@@ -282,10 +272,10 @@ def test_train_prompt_longer_than_the_model_context_names_the_flags(tmp_path, ca
 def test_model_errors_are_one_line(tmp_path, capsys) -> None:
     ds = small_dataset(tmp_path)
     one_line_error(capsys, ["train", "--data", str(ds), "--out", str(tmp_path / "r"), "--model",
-                            "someorg/not-cached-model", *SMALL], "--model someorg/not-cached-model")
+                            "someorg/not-cached-model", *SMALL], "error: --model: someorg/not-cached-model")
     (tmp_path / "notes.txt").write_text("not a model")
     one_line_error(capsys, ["train", "--data", str(ds), "--out", str(tmp_path / "r"), "--model",
-                            str(tmp_path / "notes.txt"), *SMALL], "notes.txt is a file")
+                            str(tmp_path / "notes.txt"), *SMALL], "error: --model: ", "notes.txt is a file")
     assert not (tmp_path / "r").exists()
 
 
@@ -298,7 +288,7 @@ def test_resume_refuses_changed_options_and_config(tmp_path, capsys, tiny_model_
                    "--resume cannot change", "--lora-r 8 (run: 16)")
     (tmp_path / "c.yaml").write_text("lora_r: 4\n")
     one_line_error(capsys, ["train", "--data", str(ds), "--out", str(run), "--resume", "--config",
-                            str(tmp_path / "c.yaml")], "--config")
+                            str(tmp_path / "c.yaml")], "error: --config: --resume continues with")
 
 
 def test_resume_after_a_kill_keeps_metrics_and_refuses_other_data(tmp_path, tiny_model_dir) -> None:
@@ -323,7 +313,7 @@ def test_resume_after_a_kill_keeps_metrics_and_refuses_other_data(tmp_path, tiny
     (other / "validation.jsonl").write_text((ds / "validation.jsonl").read_text())
     (other / "train.jsonl").write_text((ds / "train.jsonl").read_text() + json.dumps(
         {"video_id": "new", "title": "", "transcript": "x", "comments": [{"text": "c", "rank": 1}]}) + "\n")
-    with pytest.raises(VrpError, match="--resume: --data .* is not the data this run was trained on"):
+    with pytest.raises(ConfigError, match="data: .*other is not the data this run was trained on"):
         train(cfg, other, tmp_path / "run", resume=True, progress=False)
     train(cfg, ds, tmp_path / "run", resume=True, progress=False)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
@@ -357,11 +347,14 @@ def test_generate_bad_counts_fail_before_anything_runs(tmp_path, capsys) -> None
     ds = small_dataset(tmp_path)
     out = str(tmp_path / "p.csv")
     gen = ["generate", "--model", "no-such-model-needed", "--precision", "fp32", "--out", out]
-    one_line_error(capsys, [*gen, "--input", str(ds), "--max-videos", "-1"], "--max-videos must be >= 0")
-    one_line_error(capsys, [*gen, "--transcript", "hi", "--num-comments", "0"], "--num-comments must be >= 1")
-    one_line_error(capsys, [*gen, "--transcript", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1")
-    one_line_error(capsys, [*gen, "--transcript", "hi", "--preset", ","], "--preset")
-    one_line_error(capsys, [*gen, "--transcript", "hi", "--checkpoint", "latest"], "--checkpoint needs --run")
+    one_line_error(capsys, [*gen, "--input", str(ds), "--max-videos", "-1"], "error: --max-videos: must be >= 0")
+    one_line_error(capsys, [*gen, "--transcript", "hi", "--num-comments", "0"], "error: --num-comments: must be >= 1")
+    one_line_error(capsys, [*gen, "--transcript", "hi", "--max-new-tokens", "0"],
+                   "error: --max-new-tokens: must be >= 1")
+    one_line_error(capsys, [*gen, "--transcript", "hi", "--preset", ","], "error: --preset: no preset named in ','")
+    one_line_error(capsys, [*gen, "--transcript", "hi", "--preset", "fast"], "error: --preset: unknown preset 'fast'")
+    one_line_error(capsys, [*gen, "--transcript", "hi", "--checkpoint", "latest"],
+                   "error: --checkpoint: needs a --run")
     (tmp_path / "d.csv").mkdir()
     one_line_error(capsys, [*gen[:-1], str(tmp_path / "d.csv"), "--transcript", "hi", "--overwrite"],
                    "d.csv is a directory")
@@ -377,7 +370,8 @@ def test_generate_dataset_dir_without_validation_videos(tmp_path, capsys) -> Non
 
 
 def test_generate_non_utf8_txt_transcript_is_an_error(tmp_path, capsys) -> None:
-    (tmp_path / "talk.txt").write_bytes(b"caf\xe9 au lait")
+    # Windows-1252 text is read (tests/test_inputs_captions.py); bytes that fit no encoding are an error
+    (tmp_path / "talk.txt").write_bytes(b"caf\xe9 au lait \x00\x81\xff")
     one_line_error(capsys, ["generate", "--model", "m", "--input", str(tmp_path / "talk.txt"), "--out",
                             str(tmp_path / "p.csv")], "talk.txt", "UTF-8")
 
@@ -429,9 +423,9 @@ def test_unwritable_out_fails_before_any_work(tmp_path, capsys) -> None:
     (tmp_path / "file").write_text("x")
     blocked = tmp_path / "file"
     one_line_error(capsys, ["generate", "--model", "no-such-model", "--transcript", "hi", "--out",
-                            str(blocked / "p.csv")], "--out: cannot write", "is a file")
+                            str(blocked / "p.csv")], "error: --out: cannot write", "is a file")
     one_line_error(capsys, ["train", "--data", str(ds), "--out", str(blocked / "run"), "--model", "no-such-model"],
-                   "--out: cannot write", "is a file")
+                   "error: --out: cannot write", "is a file")
 
 
 def test_overlong_title_names_the_video(tmp_path, capsys, tokenizer, tiny_model_dir) -> None:
@@ -469,7 +463,7 @@ def test_broken_model_dirs_are_one_line_errors(tmp_path, capsys, tiny_model_dir)
     (corrupt / "model.safetensors").write_bytes((tiny_model_dir / "model.safetensors").read_bytes()[:1000])
     gen = ["generate", "--transcript", "hi", "--precision", "fp32", "--out", str(tmp_path / "p.csv"), "--model"]
     one_line_error(capsys, [*gen, str(notok)], "no tokenizer files")
-    one_line_error(capsys, [*gen, str(corrupt)], "--model", "corrupt", "cannot load")
+    one_line_error(capsys, [*gen, str(corrupt)], "error: --model: ", "corrupt", "cannot load")
 
 
 def test_garbage_gguf_is_an_error_and_leaves_no_cache_dir(tmp_path, capsys, monkeypatch) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_dataset import write_seed_xlsx
+from helpers import write_seed_xlsx
 
 from vrp.cli import main
 from vrp.options import build_config
@@ -31,7 +31,7 @@ def test_prepare_train_generate_end_to_end(tmp_path: Path, tiny_model_dir: Path,
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["comments_seen"] == 18  # 2 videos x 3 comments per step
     assert main(args) == 2  # refuses to overwrite the run dir
-    assert "--resume" in capsys.readouterr().err
+    assert "pass --resume to continue it or --overwrite to start over" in capsys.readouterr().err
     pd.DataFrame({"text": ["<s>[INST] a video about cats [/INST] ", "<s>[INST] one about dogs [/INST] "]}).to_excel(
         tmp_path / "test.xlsx")
     out = tmp_path / "pred.csv"
@@ -55,7 +55,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, capsys) -> None:
     assert main(["generate", "--model", "smollm2-135m", "--transcript", "x", "--out", str(tmp_path / "x.txt")]) == 2
     assert "unknown extension '.txt'" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--lora-r", "0"]) == 2
-    assert "--lora-r must be >= 1" in capsys.readouterr().err
+    assert "error: --lora-r: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_help_lists_every_option_with_defaults() -> None:

@@ -6,28 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import write_seed_xlsx
 
 from vrp.dataset import load_source, prepare, split_videos
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 from vrp.records import Comment, Video, read_videos
-
-
-def seed_text(prompt: str, comment: str) -> str:
-    return f"<s>[INST] {prompt} [/INST] {comment} </s>"
-
-
-def write_seed_xlsx(path: Path, n_videos: int = 10) -> list[list[str]]:
-    """Seed-format rows: 3 comments per video, prompts equal except a truncated tail."""
-    rows, comments = [], []
-    for v in range(n_videos):
-        base = f"video {v} title " + " ".join(f"w{v}_{i}" for i in range(80))
-        cs = [f"comment {v}-{k}" for k in range(3)]
-        comments.append(cs)
-        for k, c in enumerate(cs):
-            prompt = base[: len(base) - 5 * k]  # later rows are truncated a little more, as in the seed
-            rows.append({"comments": f" {c}", "titles": prompt, "text": seed_text(prompt, c), "length": 100})
-    pd.DataFrame(rows).to_excel(path, index=False)
-    return comments
 
 
 def test_seed_grouping_and_split_without_leakage(tmp_path: Path) -> None:
@@ -117,7 +100,7 @@ def test_prepare_refuses_to_clobber_and_leaves_no_partial_output(tmp_path: Path)
     out = tmp_path / "ds"
     prepare(tmp_path / "seed.xlsx", out)
     before = (out / "train.jsonl").read_text()
-    with pytest.raises(VrpError, match="--overwrite"):
+    with pytest.raises(ConfigError, match="out: .* exists and is not empty; pass `overwrite` to replace it"):
         prepare(tmp_path / "seed.xlsx", out)
     (tmp_path / "bad.csv").write_text("title,comment\nx,y\n")
     with pytest.raises(VrpError):

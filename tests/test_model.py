@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vrp import model as vm
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 
 
 def test_resolve_model_path(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -16,7 +16,7 @@ def test_resolve_model_path(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert gguf == "SmolLM2-135M-Instruct.Q4_1.gguf" and (Path(path) / gguf).is_file()
     assert vm.resolve_model_path(str(tiny_model_dir)) == (str(tiny_model_dir), None)
     assert vm.resolve_model_path("NousResearch/llama-2-7b-chat-hf") == ("NousResearch/llama-2-7b-chat-hf", None)
-    with pytest.raises(VrpError, match="GGUF file not found"):
+    with pytest.raises(ConfigError, match="model: GGUF file not found"):
         vm.resolve_model_path(str(tmp_path / "nope.gguf"))
     with pytest.raises(VrpError, match="path not found"):
         vm.resolve_model_path("./no/such/dir")
@@ -38,16 +38,16 @@ def test_precision_choice_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vm, "cpu_supports_bf16", lambda: False)
     p = vm.resolve_precision("auto", "none", "cpu")
     assert (p.weight_dtype, p.autocast_dtype) == (torch.float32, None)
-    with pytest.raises(VrpError, match="--precision bf16: this CPU"):
+    with pytest.raises(ConfigError, match="precision: bf16: this CPU"):
         vm.resolve_precision("bf16", "none", "cpu")
-    with pytest.raises(VrpError, match="--quantization 4bit"):
+    with pytest.raises(ConfigError, match="quantization: 4bit"):
         vm.resolve_precision("auto", "4bit", "cpu")
-    with pytest.raises(VrpError, match="--precision fp16"):
+    with pytest.raises(ConfigError, match="precision: fp16"):
         vm.resolve_precision("fp16", "none", "cpu")
-    with pytest.raises(VrpError, match="--precision: choose"):
+    with pytest.raises(ConfigError, match="precision: choose from auto, bf16, fp16, fp32, got 'fp8'"):
         vm.resolve_precision("fp8", "none", "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(VrpError, match="--device cuda"):
+        with pytest.raises(ConfigError, match="device: cuda"):
             vm.resolve_precision("auto", "none", "cuda")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_llama
+from helpers import tiny_llama
 
 from vrp.errors import VrpError
 from vrp.loss import loss_sum, model_attention_mask, target_logits
@@ -234,3 +234,117 @@ def test_flex_attention(tokenizer):
         s, n = loss_sum(model, b)
         losses.append((s / n).detach().cpu())
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+
+
+# --- completions with context tokens (tier markers): inputs that are never targets ------------------------------
+def make_videos_with_contexts() -> list[EncodedVideo]:
+    """`make_videos` with a context before most comments (lengths 1-5, some comments without one)."""
+    g = torch.Generator().manual_seed(7)
+    lengths = {"a": [3, 0, 5, 1], "b": [4], "c": [0, 0, 2, 3]}
+    return [EncodedVideo(v.video_id, v.prompt_ids, v.completions, [_ids(g, n) for n in lengths[v.video_id]])
+            for v in make_videos()]
+
+
+def test_collate_with_contexts_positions_mask_targets():
+    rows = [Row([11, 12, 13], [[21, 22, EOS], [31, EOS]], "v", [[91, 92], []]), Row([41, 42], [[51, EOS]], "w", [[93]])]
+    b = collate(rows, pad_id=EOS, mode="shared_prefix")
+    assert b["input_ids"].tolist() == [[11, 12, 13, 91, 92, 21, 22, EOS, 31, EOS],
+                                       [41, 42, 93, 51, EOS, EOS, EOS, EOS, EOS, EOS]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 3, 4], [0, 1, 2, 3, 4, 0, 0, 0, 0, 0]]
+    # comment 1's first token is predicted from its context's last position (4), comment 2's from the prompt's (2)
+    assert b["target_positions"].tolist() == [4, 5, 6, 2, 8, 10 + 2, 10 + 3]
+    assert b["target_ids"].tolist() == [21, 22, EOS, 31, EOS, 51, EOS]  # context tokens are never targets
+    assert (b["num_comments"], b["num_tokens"], b["num_targets"]) == (3, 15, 7)
+    m = b["attention_mask"][0, 0]
+    assert m[5, :5].all() and m[3, :3].all() and not m[3, 4]   # comment sees prompt + its context, causally
+    assert not m[8, 3:8].any() and m[8, :3].all()              # comment 2 sees neither comment 1 nor its context
+    n = collate([Row([11, 12], [[21, EOS]], "x", [[91]])], EOS, "none")
+    assert n["input_ids"].tolist() == [[11, 12, 91, 21, EOS]] and n["target_positions"].tolist() == [2, 3]
+    with pytest.raises(VrpError, match="2 contexts for 1 completions"):
+        collate([Row([11], [[21, EOS]], "x", [[1], [2]])], EOS, "shared_prefix")
+
+
+def test_make_rows_counts_contexts():
+    videos = make_videos_with_contexts()
+    # c's last comment needs 60 + (3 + 8) = 71 tokens: refused at 70 (its context counts).
+    with pytest.raises(VrpError, match=r"'c'.*comment 3 \(11 tokens\)"):
+        make_rows(videos, "shared_prefix", 70)
+    rows = make_rows(videos, "shared_prefix", 71)
+    # a: 40 + (3+12) + (0+9) = 64, then 40 + (5+15) + (1+2) = 63; b: 25 + (4+7); c: 60 + 4 + 6 = 70, 60 + (2+2),
+    # 60 + (3+8) = 71.
+    assert [(r.video_id, [len(c) for c in r.contexts]) for r in rows] == [
+        ("a", [3, 0]), ("a", [5, 1]), ("b", [4]), ("c", [0, 0]), ("c", [2]), ("c", [3])]
+    assert all(r.num_tokens <= 71 for r in rows) and rows[0].num_tokens == 64
+    assert [len(r.contexts) for r in make_rows(videos, "none", 71)] == [1] * 9
+    with pytest.raises(VrpError, match="1 contexts for 4 comments"):
+        make_rows([EncodedVideo("x", [1, 2], videos[0].completions, [[5]])], "none", 100)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("max_row_tokens", [10_000, 71])
+def test_packed_equals_per_example_with_contexts(tokenizer, impl, max_row_tokens):
+    """Tier markers under shared-prefix packing: loss and LoRA gradients equal the per-example ones (1e-5)."""
+    videos = make_videos_with_contexts()
+    model = lora(tokenizer, impl)
+    ref_loss = packed_loss(model, make_rows(videos, "none", max_row_tokens), "none", rows_per_batch=3)
+    ref = grads(model)
+    rows = make_rows(videos, "shared_prefix", max_row_tokens)
+    assert len(rows) == (3 if max_row_tokens > 1000 else 6)
+    loss = packed_loss(model, rows, "shared_prefix", rows_per_batch=2)
+    got = grads(model)
+    torch.testing.assert_close(loss, ref_loss, rtol=RTOL, atol=ATOL)
+    assert all(g.abs().max() > 0 for g in ref.values())
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=RTOL, atol=GRAD_ATOL, msg=name)
+    # the contexts matter: the same comments without them give another loss
+    plain = packed_loss(model, make_rows(make_videos(), "shared_prefix", max_row_tokens), "shared_prefix", 2)
+    grads(model)
+    assert abs(plain.item() - loss.item()) > 1e-3
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_contexts_match_transformers_labels_loss(tokenizer, impl):
+    """Independent reference: `model(prompt + context + comment, labels)` with -100 on prompt and context tokens."""
+    from vrp.tiers import encode_tiered_video
+
+    cfg = PromptConfig(max_prompt_tokens=96)
+    video = Video("r", "Cats", "We feed the cat and it sleeps all day. " * 8,
+                  [Comment("so cute!", 50), Comment("my cat does this too lol", 7), Comment("ok", 0)])
+    real = encode_tiered_video(tokenizer, video, cfg, "likes")
+    assert [tokenizer.decode(c) for c in real.contexts] == ["[most liked comment]\n", "[typical comment]\n",
+                                                           "[least liked comment]\n"]
+    videos = [real] + make_videos_with_contexts()[:2]
+    model = lora(tokenizer, impl)
+    total, n = torch.zeros(()), 0
+    for v in videos:
+        for ctx, c in zip(v.contexts, v.completions):
+            ids = torch.tensor([v.prompt_ids + ctx + c])
+            labels = torch.tensor([[-100] * (len(v.prompt_ids) + len(ctx)) + c])
+            total = total + model(input_ids=ids, labels=labels).loss * len(c)
+            n += len(c)
+    ref_loss = total / n
+    ref_loss.backward()
+    ref = grads(model)
+    loss = packed_loss(model, make_rows(videos, "shared_prefix", 160), "shared_prefix", rows_per_batch=4)
+    got = grads(model)
+    torch.testing.assert_close(loss, ref_loss.detach(), rtol=RTOL, atol=ATOL)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=RTOL, atol=GRAD_ATOL, msg=name)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_context_is_seen_by_its_comment_only(tokenizer, impl):
+    g = torch.Generator().manual_seed(9)
+    prompt, c1, c2, m1, m2 = _ids(g, 20), _ids(g, 6) + [EOS], _ids(g, 4) + [EOS], _ids(g, 3), _ids(g, 3)
+    model = tiny_llama(tokenizer, attn_implementation=impl, initializer_range=SHARP)
+
+    def logits(row: Row) -> torch.Tensor:
+        with torch.no_grad():
+            return target_logits(model, collate([row], EOS, "shared_prefix"))
+
+    base = logits(Row(prompt, [c1, c2], "v", [m1, []]))
+    alone = logits(Row(prompt, [c2], "v", [[]]))
+    torch.testing.assert_close(base[7:], alone, rtol=RTOL, atol=LOGIT_ATOL)  # c2 never sees c1's context
+    other = logits(Row(prompt, [c1, c2], "v", [m2, []]))
+    assert (other[:7] - base[:7]).abs().max() > 0.1                           # c1 sees its own context
+    torch.testing.assert_close(other[7:], base[7:], rtol=RTOL, atol=LOGIT_ATOL)

@@ -56,9 +56,9 @@ def test_short_transcript_is_not_changed(tokenizer) -> None:
 
 
 def test_errors(tokenizer) -> None:
-    with pytest.raises(VrpError, match="--truncation"):
+    with pytest.raises(VrpError, match="truncation"):
         PromptConfig(truncation="middle")
-    with pytest.raises(VrpError, match="more than --max-prompt-tokens"):
+    with pytest.raises(VrpError, match="more than (--)?max.prompt.tokens"):
         build_prompt_ids(tokenizer, "long title " * 50, "x", PromptConfig(max_prompt_tokens=40))
     with pytest.raises(VrpError, match="no usable comment"):
         encode_video(tokenizer, Video("v1", "t", "x", [Comment("  ")]), PromptConfig())
@@ -68,3 +68,67 @@ def test_encode_video(tokenizer) -> None:
     ev = encode_video(tokenizer, Video("v1", "t", "some words", [Comment("a"), Comment("b c")]), PromptConfig())
     assert ev.video_id == "v1" and len(ev.completions) == 2
     assert [tokenizer.decode(c[:-1]) for c in ev.completions] == ["a", "b c"]
+
+
+# --- cuts on character boundaries (issue 9 item 12) ------------------------------------------------------------------
+JAPANESE = "今日はいい天気ですね。パンを焼きましょう。" * 12
+EMOJI = "so good 😀 we bake 🍞🥖 today 🎉 " * 12
+
+
+def byte_fallback_tokenizer():
+    """A SentencePiece-style tokenizer as LLaMA-2's `tokenizer.json` is built (BPE with byte fallback, `▁` for
+    spaces, decoder Replace + ByteFallback + Fuse + Strip) over a tiny vocabulary: every CJK character or emoji
+    becomes 3-4 byte tokens `<0xE4>` ... A LLaMA-2-style chat template writes `[INST] ... [/INST]`."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"<0x{b:02X}>": 3 + b for b in range(256)}
+    for ch in "▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,:!?'[]/<>0123456789\n":
+        vocab.setdefault(ch, len(vocab))
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }}"
+                         " [/INST]{% elif m['role'] == 'system' %}<<SYS>>{{ m['content'] }}<</SYS>>"
+                         "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}")
+    return tok
+
+
+def kept_transcript(tok, ids: list[int], end: str) -> str:
+    text = tok.decode(ids, clean_up_tokenization_spaces=False)
+    return text.split("Transcript: ", 1)[1].split(end, 1)[0]
+
+
+@pytest.mark.parametrize("strategy", ["head", "head_tail"])
+@pytest.mark.parametrize("transcript", [JAPANESE, EMOJI], ids=["japanese", "emoji"])
+@pytest.mark.parametrize("kind", ["byte-level BPE", "byte fallback"])
+def test_truncation_cuts_on_a_character_boundary(tokenizer, kind: str, transcript: str, strategy: str) -> None:
+    tok, end = (tokenizer, "<|im_end|>") if kind == "byte-level BPE" else (byte_fallback_tokenizer(), " [/INST]")
+    t_ids = tok(transcript.strip(), add_special_tokens=False).input_ids
+    overhead = len(build_prompt_ids(tok, "", "", PromptConfig()))
+    naive_split = 0
+    for extra in range(16, 44):
+        cfg = PromptConfig(max_prompt_tokens=overhead + extra, truncation=strategy)
+        ids = build_prompt_ids(tok, "", transcript, cfg)
+        kept = kept_transcript(tok, ids, end)
+        assert len(ids) <= cfg.max_prompt_tokens and "\ufffd" not in kept, kept
+        head, _, tail = kept.partition(" ...") if strategy == "head_tail" else (kept, "", "")
+        assert len(head) > 0 and transcript.startswith(head) and transcript.strip().endswith(tail.strip())
+        naive_split += "\ufffd" in tok.decode(t_ids[:extra])    # cutting the token list here splits a character
+    assert naive_split > 0
+
+
+@pytest.mark.parametrize("kind", ["byte-level BPE", "byte fallback"])
+def test_long_comment_is_cut_on_a_character_boundary(tokenizer, kind: str) -> None:
+    tok = tokenizer if kind == "byte-level BPE" else byte_fallback_tokenizer()
+    eot = tok.eos_token_id
+    naive_split = 0
+    for n in range(2, 14):
+        ids = build_completion_ids(tok, EMOJI + JAPANESE, PromptConfig(max_comment_tokens=n))
+        text = tok.decode(ids[:-1], clean_up_tokenization_spaces=False)
+        assert ids[-1] == eot and len(ids) - 1 <= n and n - (len(ids) - 1) <= 3
+        assert "\ufffd" not in text and (EMOJI + JAPANESE).startswith(text.strip())
+        naive_split += "\ufffd" in tok.decode(tok(EMOJI, add_special_tokens=False).input_ids[:n])
+    assert naive_split > 0

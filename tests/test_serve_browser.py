@@ -8,11 +8,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import tiny_llama
-from test_serve import VTT, live_server
+from helpers import VTT, live_server, tiny_llama
 
 from vrp.decoding import generate_comments
-from vrp.serve.app import ServeSettings, create_app
+from vrp.serve.app import create_app
+from vrp.serve.config import ServeConfig
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -50,8 +50,7 @@ def test_page_predicts_comments_in_chromium(tokenizer, tmp_path):
     loaded = _loaded(tokenizer)
     real = bool(os.environ.get("VRP_SCREENSHOT_MODEL"))
     wait_ms = 600_000 if real else 60_000  # a real model on a busy 2-core CPU can take minutes
-    settings = ServeSettings(default_num_comments=3, default_max_new_tokens=30 if real else 8,
-                             request_timeout_s=wait_ms / 1000)
+    settings = ServeConfig(default_num_comments=3, default_max_new_tokens=30 if real else 8, timeout_s=wait_ms / 1000)
     app = create_app(settings, loaded, generate_fn=gated)
     outside: list[str] = []
     with live_server(app) as url, sync_playwright() as pw:

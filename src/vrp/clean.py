@@ -1,26 +1,24 @@
 """Text cleaning rules for captions and viewer comments, one named function per rule.
 
 Knows: how YouTube captions and comments are dirty (HTML entities, sometimes double-encoded; WebVTT cue tags and
-inline word-timing tags; `[Music]`-style annotations; the repeated lines of rolling automatic captions; zero-width
-characters and BOMs; like counts shown as display text such as `1.2K`; link-only spam and timestamp lists) and
-how to clean each. Grapheme clusters follow Unicode UAX #29 through the `regex` module's `\\X` when it is installed
-(it is a dependency of `transformers`), else an approximation written here.
+inline word-timing tags; ASS/SSA override blocks such as `{\\an8}` left by subtitle editors; `[Music]`-style
+annotations; the repeated lines of rolling automatic captions; zero-width characters, direction marks and BOMs,
+also around caption structure lines; like counts written as display text (`1.2K likes`) or by people and
+spreadsheets (`1,234`, `1.23E+06`); link-only spam and timestamp lists) and how to clean or read each.
+Grapheme clusters follow Unicode UAX #29 through the `regex` module's `\\X` (a dependency).
 Does not know: file formats (see `vrp.transcripts`), where comments come from (see `vrp.collect.fetch`) or records
 (see `vrp.collect.videos`). Depends on nothing in `vrp`.
 """
 from __future__ import annotations
 
 import html
-import math
+import numbers
 import re
 import unicodedata
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping, Sequence
 
-try:  # UAX #29 grapheme clusters and Unicode emoji properties.
-    import regex as _regex
-except ImportError:  # pragma: no cover - exercised through _graphemes_fallback in the tests
-    _regex = None
+import regex  # UAX #29 grapheme clusters and Unicode emoji properties
 
 # ---------------------------------------------------------------------------------------------------------------
 # Captions
@@ -54,14 +52,50 @@ def strip_tags(text: str) -> str:
     return _TAG_RE.sub("", text)
 
 
+# An ASS/SSA override block: braces holding backslash codes such as {\an8}, {\i1}, {\pos(10,20)\c&H00FFFF&}
+# (Advanced SubStation Alpha v4+ spec, "Style override codes": every code starts with a backslash, codes sit in
+# braces). Subtitle tools (Aegisub, Subtitle Edit) keep them when they export SRT or WebVTT.
+_ASS_OVERRIDE_RE = re.compile(r"\{\s*\\[^{}]*\}")
+# The ASS text escapes: \N hard line break, \h hard space (same spec, "Special codes").
+_ASS_ESCAPE_RE = re.compile(r"\\[Nh]")
+
+
+def strip_ass_overrides(text: str) -> str:
+    """Remove ASS/SSA override blocks (`{\\an8}`, `{\\i1}`, `{\\b1}`, `{\\pos(320,50)}`, `{\\c&H00FFFF&}`, ...) and
+    turn the `\\N` and `\\h` escapes into spaces. Braces without a backslash code are kept (they may be text)."""
+    return _ASS_ESCAPE_RE.sub(" ", _ASS_OVERRIDE_RE.sub("", text))
+
+
+def is_format_char(ch: str) -> bool:
+    """True for an invisible Unicode format character (general category Cf): LRM/RLM, ZWSP, ZWJ/ZWNJ, BOM/ZWNBSP,
+    word joiner, bidi embeddings and isolates, soft hyphen, Arabic number signs, tag characters."""
+    return unicodedata.category(ch) == "Cf"
+
+
+def strip_format_chars(line: str) -> str:
+    """Strip whitespace and invisible format characters (category Cf) from both ends of one line, so that a cue
+    number, timing line or `WEBVTT` header preceded by a left-to-right mark or a stray BOM is recognised. A line
+    with nothing else keeps its length, its format characters turned into spaces (`"\\u200b"` -> `" "`): caption
+    readers treat an empty line and a line of spaces differently (YouTube's rolling captions hold a `" "` line)."""
+    start, end = 0, len(line)
+    while start < end and (line[start].isspace() or is_format_char(line[start])):
+        start += 1
+    if start == end:
+        return "".join(" " if is_format_char(ch) else ch for ch in line)
+    while end > start and (line[end - 1].isspace() or is_format_char(line[end - 1])):
+        end -= 1
+    return line[start:end]
+
+
 def collapse_spaces(text: str) -> str:
     """Replace every run of whitespace (newlines included) with one space and strip both ends."""
     return _SPACES_RE.sub(" ", text).strip()
 
 
 def clean_caption_line(line: str) -> str:
-    """One caption line as plain text: tags stripped, then entities decoded, then whitespace collapsed."""
-    return collapse_spaces(unescape_entities(strip_tags(line)))
+    """One caption line as plain text: markup tags and ASS override blocks stripped, then entities decoded, then
+    invisible characters removed (`remove_invisible`) and whitespace collapsed."""
+    return collapse_spaces(remove_invisible(unescape_entities(strip_ass_overrides(strip_tags(line)))))
 
 
 def remove_annotations(text: str) -> str:
@@ -129,11 +163,7 @@ _EMOJI_TAIL = re.compile("[\ufe0e\ufe0f\U0001f3fb-\U0001f3ff\U000e0020-\U000e007
 
 def is_pictographic(ch: str) -> bool:
     """True for an Extended_Pictographic code point (emoji and pictographs, Unicode UTS #51)."""
-    if _regex is not None:
-        return bool(_regex.match(r"\p{Extended_Pictographic}", ch))
-    cp = ord(ch)  # pragma: no cover - approximate ranges when `regex` is missing
-    return (0x1F000 <= cp <= 0x1FAFF or 0x2600 <= cp <= 0x27BF or 0x2300 <= cp <= 0x23FF
-            or 0x2B00 <= cp <= 0x2BFF or cp in (0xA9, 0xAE, 0x203C, 0x2049, 0x2122, 0x2139, 0x3030, 0x303D))
+    return bool(regex.match(r"\p{Extended_Pictographic}", ch))
 
 
 def _keeps_joiner(text: str, i: int) -> bool:
@@ -186,30 +216,9 @@ def clean_comment_text(text: str) -> str:
     return normalize_whitespace(remove_invisible(unicodedata.normalize("NFC", text)))
 
 
-def _graphemes_fallback(text: str) -> list[str]:
-    """Approximate UAX #29 extended grapheme clusters without `regex`: CR LF, combining marks, variation selectors,
-    skin-tone modifiers, emoji tags and keycaps extend a cluster; ZWJ joins pictographs; regional indicators pair
-    into flags. (Hangul jamo sequences and Indic conjunct rules are not handled.)"""
-    out: list[str] = []
-    for ch in text:
-        if out:
-            last = out[-1]
-            extend = (unicodedata.category(ch) in ("Mn", "Me", "Mc") or ch == ZWJ or _EMOJI_TAIL.match(ch)
-                      or "\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef")
-            joined = last.endswith(ZWJ) and is_pictographic(ch) and any(is_pictographic(c) for c in last)
-            flag = len(last) == 1 and all("\U0001f1e6" <= c <= "\U0001f1ff" for c in (last, ch))
-            if extend or joined or flag or (last == "\r" and ch == "\n"):
-                out[-1] = last + ch
-                continue
-        out.append(ch)
-    return out
-
-
 def graphemes(text: str) -> list[str]:
     """Split `text` into user-perceived characters (extended grapheme clusters, Unicode UAX #29)."""
-    if _regex is not None:
-        return _regex.findall(r"\X", text)
-    return _graphemes_fallback(text)  # pragma: no cover
+    return regex.findall(r"\X", text)
 
 
 def truncate_graphemes(text: str, max_graphemes: int, ellipsis: str = "") -> str:
@@ -224,34 +233,93 @@ def truncate_graphemes(text: str, max_graphemes: int, ellipsis: str = "") -> str
     return "".join(parts[:keep]).rstrip() + ellipsis
 
 
-_COUNT_RE = re.compile(r"(\d[\d.,'\u00a0\u202f ]*)\s*(?:([kmb])(?![a-z]))?", re.IGNORECASE)
+# A like count as people, spreadsheets and YouTube write it: digits with group separators (`1,234`, `1.234`, `1'234`,
+# `1 234`), a decimal part (`1234.0`, `3,1`), an exponent (`1.23E+06`, Excel's display of large numbers in CSV),
+# a K/M/B suffix, and an optional word `likes`.
+_SEPARATORS = ",.'\u00a0\u202f "
+_COUNT_RE = re.compile(r"(\d[\d.,'\u00a0\u202f ]*(?:[eE][+-]?\d+)?)\s*(?:([kmb])(?![a-z]))?(?:\s*likes?)?",
+                       re.IGNORECASE)
+_GROUPED_RE = re.compile(r"\d{1,3}(?:([,.'\u00a0\u202f ])\d{3})(?:\1\d{3})*")  # one separator, groups of 3
+_GROUPED_DECIMAL_RE = re.compile(r"\d{1,3}(?:([,.'\u00a0\u202f ])\d{3})+([.,])\d+")  # 1,234.50 or 1.234,50
+_DECIMAL_RE = re.compile(r"\d+(?:[.,]\d+)?(?:[eE][+-]?\d+)?")
 _MULTIPLIERS = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
 
 
-def parse_like_count(value: Any) -> int:
-    """Like count from an int or from YouTube display text: `1.2K likes` -> 1200, `2.3M` -> 2300000, `3,1K` -> 3100
-    (comma as decimal mark before a suffix), `1,234` -> 1234 (thousands separator without a suffix). Text without a
-    number (`""`, `Like`) and None mean 0 (YouTube shows no count for zero likes)."""
-    if value is None or isinstance(value, bool):
-        return 0
-    if isinstance(value, (int, float)):
-        return max(0, int(value)) if math.isfinite(value) else 0
-    m = _COUNT_RE.search(str(value))
-    if not m:
-        return 0
-    number, suffix = m.group(1).strip(" .,'\u00a0\u202f"), (m.group(2) or "").lower()
-    if not suffix:
-        digits = re.sub(r"\D", "", number)
-        return int(digits) if digits else 0
-    number = re.sub(r"['\u00a0\u202f ]", "", number)
-    marks = [i for i, c in enumerate(number) if c in ".,"]
-    if marks:  # the last mark is the decimal mark, earlier ones group thousands
-        last = marks[-1]
-        number = re.sub(r"[.,]", "", number[:last]) + "." + number[last + 1:]
+def _count_amount(number: str, suffix: str) -> Decimal:
+    """The value of a matched count: with a suffix the last `.`/`,` is the decimal mark and earlier marks group
+    thousands (`3,1K` = 3100); without one, a single kind of separator between groups of three digits groups
+    thousands (`1,234`, `1.234`), else `.` or `,` is a decimal mark (`1234.0`). Raises ValueError if the digits
+    and marks fit none of these forms (`1,2,3`)."""
+    if suffix:
+        number = re.sub(r"['\u00a0\u202f ]", "", number)
+        marks = [i for i, c in enumerate(number) if c in ".,"]
+        if marks:
+            last = marks[-1]
+            number = re.sub(r"[.,]", "", number[:last]) + "." + number[last + 1:]
+        try:
+            return Decimal(number) * _MULTIPLIERS[suffix.lower()]
+        except InvalidOperation:
+            raise ValueError(f"{number!r} is not a number") from None
+    grouped = _GROUPED_RE.fullmatch(number)
+    if grouped and grouped.group(1):
+        return Decimal(re.sub(r"\D", "", number))
+    mixed = _GROUPED_DECIMAL_RE.fullmatch(number)
+    if mixed and mixed.group(1) != mixed.group(2):
+        whole, _, frac = number.rpartition(mixed.group(2))
+        return Decimal(re.sub(r"\D", "", whole) + "." + frac)
+    if _DECIMAL_RE.fullmatch(number):
+        return Decimal(number.replace(",", "."))
+    raise ValueError(f"{number!r} mixes digits and separators in no known way")
+
+
+def parse_like_count(value: Any, strict: bool = False) -> int:
+    """A like count from a number or from text as YouTube, people and spreadsheets write it: `1.2K likes` -> 1200,
+    `2.3M` -> 2300000, `3,1K` -> 3100 (comma as decimal mark before a suffix), `1,234` / `1.234` / `1'234` /
+    `1 234` -> 1234 (thousands separators), `1234.0` and `1.23E+06` -> 1234 and 1230000, the int 57 -> 57.
+    Amounts with a suffix are rounded half up to a whole count.
+
+    Lenient (default; YouTube display text in collect dirs): the first number in the text is read, and text
+    without a number (`""`, `Like`), None, negative or non-finite numbers give 0 (YouTube shows no count for zero
+    likes). Strict (tables people type): the whole text must be one count (an optional word `likes` aside), and
+    anything else raises ValueError saying why: no number, extra text, a negative, non-finite or non-whole number
+    (`12.5` without a suffix), or a boolean.
+    """
     try:
-        amount = Decimal(number) * _MULTIPLIERS[suffix]
-    except InvalidOperation:
+        return _parse_count(value, strict)
+    except ValueError:
+        if strict:
+            raise
         return 0
+
+
+def _parse_count(value: Any, strict: bool) -> int:
+    if value is None:
+        if strict:
+            raise ValueError("no value")
+        return 0
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a count")
+    if isinstance(value, numbers.Number) and not isinstance(value, (str, bytes)):
+        try:
+            amount = Decimal(str(value)) if not isinstance(value, numbers.Integral) else Decimal(int(value))
+        except (InvalidOperation, TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a number") from None
+        suffix = ""
+    else:
+        text = str(value).strip()
+        m = _COUNT_RE.fullmatch(text) if strict else _COUNT_RE.search(text)
+        if not m:
+            if strict and text[:1] in ("-", "\u2212") and _COUNT_RE.fullmatch(text[1:].strip()):
+                raise ValueError("a count cannot be negative")
+            raise ValueError("extra text around the number" if re.search(r"\d", text) else "no digits")
+        number, suffix = m.group(1).strip(_SEPARATORS), m.group(2) or ""
+        amount = _count_amount(number, suffix)
+    if not amount.is_finite():
+        raise ValueError("not a finite number")
+    if amount < 0:
+        raise ValueError("a count cannot be negative")
+    if strict and not suffix and amount != amount.to_integral_value():
+        raise ValueError("not a whole number")
     return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
 
 

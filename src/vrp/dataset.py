@@ -3,62 +3,102 @@
 Knows: the original project's seed xlsx (`comments`, `titles`, `text`, `length`: LLaMA-2 `[INST]` strings, the rows
 of one video adjacent with equal prompts up to a truncated tail), a test xlsx with only `text` (no comments),
 user tables (CSV, JSONL, Parquet, xlsx) with `title`, `transcript`, `comment` and optional `video_id`, `like_count`,
-and collect dirs written by `vrp collect` (via `vrp.collect.videos`). Writes a dataset directory: `train.jsonl`,
-`validation.jsonl` (one video per line) and `manifest.json`.
+and collect dirs written by `vrp collect` (via `vrp.collect.videos`); the options of `vrp prepare` (`PrepareConfig`)
+and the manifest. Table cells are read as text exactly as written, in every format (`007`, `1.10`, `1e5`, `NA`
+stay what they are), CSV/JSONL bytes in any encoding `vrp.charsets` reads, and like counts by the one parser
+`clean.parse_like_count` (strict: a value that is not a count is an error naming file, row and value). Writes a dataset directory through `vrp.artifacts.DatasetDir`.
 Does not know: tokens or models.
 """
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import math
 import random
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vrp import clean
-from vrp.errors import VrpError
-from vrp.io import (
-    check_writable,
-    current_umask,
-    sha256_file,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
+from vrp.artifacts import CollectDir, DatasetDir
+from vrp.charsets import decode_bytes
+from vrp.errors import ConfigError, VrpError
+from vrp.io import sha256_file
+from vrp.options import coerce_fields, option
 from vrp.records import Comment, Video, read_videos
 
 TABLE_EXTS = (".xlsx", ".csv", ".jsonl", ".parquet")
 SEED_PREFIX_CHARS = 200  # rows of one seed video share at least this prompt prefix (their tails differ by truncation)
 
 
-def _read_table(path: Path) -> Any:
+def _read_table(path: Path, stats: Counter | None = None) -> Any:
+    """A table file as a DataFrame whose text cells are the text as written (see `_cell`).
+
+    CSV and xlsx are read with every column as text and no NA words (`NA`, `null`, `None` stay text; an empty cell
+    is ''); JSONL is read by `read_jsonl_table`; Parquet keeps its column types (text stays text, numbers become
+    text in `_cell`). CSV and JSONL bytes are decoded by `vrp.charsets.decode_bytes` (any UTF BOM, UTF-8, else a
+    guessed encoding, recorded in `stats["source_encoding"]` and logged). Raises VrpError naming the file."""
     import pandas as pd
 
     ext = path.suffix.lower()
-    # Text columns are read as text: a column of numeric ids with one empty cell would otherwise become floats
-    # ('123' -> '123.0'), and so would a comment '5'.
-    text_cols = {c: str for c in ("video_id", "title", "transcript", "comment", "comments", "titles", "text")}
+    if ext not in TABLE_EXTS:
+        raise VrpError(f"{path}: unknown extension {ext!r}; expected one of {TABLE_EXTS} or a collect dir")
     try:
+        if ext in (".csv", ".jsonl"):
+            decoded = decode_bytes(path.read_bytes(), str(path))
+            if decoded.note and stats is not None:
+                stats["source_encoding"] = f"{decoded.encoding} (guessed)"  # type: ignore[assignment]
+            if ext == ".jsonl":
+                return read_jsonl_table(decoded.text, path)
+            return pd.read_csv(io.StringIO(decoded.text), dtype=str, keep_default_na=False)
         if ext == ".xlsx":
-            return pd.read_excel(path, dtype=text_cols)
-        if ext == ".csv":
-            return pd.read_csv(path, dtype=text_cols)
-        if ext == ".jsonl":
-            return pd.read_json(path, lines=True)
-        if ext == ".parquet":
-            return pd.read_parquet(path)
-    except UnicodeDecodeError as e:
-        raise VrpError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); save the file as UTF-8") from None
+            return pd.read_excel(path, dtype=str, keep_default_na=False)
+        return pd.read_parquet(path)
+    except VrpError:
+        raise
     except Exception as e:  # pandas/openpyxl/pyarrow raise many types for a corrupt file
         raise VrpError(f"{path}: cannot read as {ext[1:]} ({type(e).__name__}: {e})") from None
-    raise VrpError(f"{path}: unknown extension {ext!r}; expected one of {TABLE_EXTS} or a collect dir")
+
+
+def read_jsonl_table(text: str, path: Path) -> Any:
+    """JSON Lines text (one object per line, blank lines skipped) as a DataFrame of Python values, one row per
+    line. Strings stay as written (`"007"`, `"1.10"`, `"1e5"`), and so do numbers: they are kept as the text of
+    their JSON literal (`1.10` -> `"1.10"`, `1e5` -> `"1e5"`), never converted to float and back.
+    `df.attrs["line_numbers"]` holds each row's line in the file. Raises VrpError naming `path` and the line for
+    invalid JSON or a line that is not an object."""
+    import pandas as pd
+
+    rows, line_numbers = [], []
+    for lineno, raw in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a JSON string
+        line = clean.strip_format_chars(raw)
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line, parse_int=str, parse_float=str, parse_constant=str)
+        except json.JSONDecodeError as e:
+            raise VrpError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise VrpError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        rows.append(obj)
+        line_numbers.append(lineno)
+    df = pd.DataFrame(rows, dtype=object)
+    df.attrs["line_numbers"] = line_numbers  # error messages name the file's line, blank lines included
+    return df
 
 
 def _cell(value: Any) -> str:
-    """A table cell as stripped text; NaN/None become ''."""
+    """A table cell as stripped text; NaN/None become ''. Numbers (Parquet numeric columns) become their shortest
+    text: an integer as is, a whole float without `.0` (`100000.0` -> `100000`, as a spreadsheet shows it), other
+    floats by `repr`. A list or mapping is not text: ValueError."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(float(value))  # float(): np.float64 repr
+    if isinstance(value, (dict, list, tuple, set)) or (getattr(value, "ndim", 0) or 0) > 0:  # ndim: numpy arrays
+        raise ValueError(f"a {type(value).__name__} is not text")
     return str(value).strip()
 
 
@@ -125,12 +165,13 @@ def load_user_table(df: Any, path: Path, stats: Counter) -> list[Video]:
                        f"comment (optional video_id, like_count), or the seed format (comments, titles, text)")
     by_key: dict[str, Video] = {}
     first_row: dict[str, int] = {}
+    line_numbers = df.attrs.get("line_numbers")
     for i in range(len(df)):
-        row = i + 2 if path.suffix.lower() in (".xlsx", ".csv") else i + 1
-        title, transcript, comment = (_cell(df[c].iloc[i]) for c in ("title", "transcript", "comment"))
+        row = line_numbers[i] if line_numbers else i + 2 if path.suffix.lower() in (".xlsx", ".csv") else i + 1
+        title, transcript, comment = (_text(df, c, i, path, row) for c in ("title", "transcript", "comment"))
         if not _visible(transcript):
             raise VrpError(f"{path}: row {row}: empty or missing 'transcript'")
-        vid = _cell(df["video_id"].iloc[i]) if "video_id" in df.columns else ""
+        vid = _text(df, "video_id", i, path, row) if "video_id" in df.columns else ""
         key = vid or hashlib.sha1(f"{title}\n{transcript}".encode()).hexdigest()[:10]
         v = by_key.setdefault(key, Video(video_id=key, title=title, transcript=transcript))
         first_row.setdefault(key, row)
@@ -142,12 +183,13 @@ def load_user_table(df: Any, path: Path, stats: Counter) -> list[Video]:
             stats["comments_skipped_empty"] += 1
             continue
         like = None
-        if "like_count" in df.columns and _cell(df["like_count"].iloc[i]):
+        if "like_count" in df.columns and _text(df, "like_count", i, path, row):
+            raw = df["like_count"].iloc[i]
             try:
-                like = int(float(df["like_count"].iloc[i]))
-            except (TypeError, ValueError, OverflowError):  # OverflowError: inf
-                raise VrpError(f"{path}: row {row}: like_count {_cell(df['like_count'].iloc[i])!r} is not a finite "
-                               f"number") from None
+                like = clean.parse_like_count(raw, strict=True)
+            except ValueError as e:
+                raise VrpError(f"{path}: row {row}: like_count {_cell(raw)!r} is not a like count: {e}; write it "
+                               f"as a whole number such as 1234, 1,234, 1.2K or 2.3M") from None
         v.comments.append(Comment(text=comment, like_count=like))
     for v in by_key.values():
         if any(c.like_count is not None for c in v.comments):
@@ -155,6 +197,15 @@ def load_user_table(df: Any, path: Path, stats: Counter) -> list[Video]:
         for r, c in enumerate(v.comments, 1):
             c.rank = r
     return list(by_key.values())
+
+
+def _text(df: Any, column: str, i: int, path: Path, row: int) -> str:
+    """Cell `column` of row index `i` as text (`_cell`); VrpError naming `path`, `row` and `column` if it holds a
+    list or an object."""
+    try:
+        return _cell(df[column].iloc[i])
+    except ValueError as e:
+        raise VrpError(f"{path}: row {row}: column {column!r} must be text, not a list or object ({e})") from None
 
 
 def _visible(text: str) -> bool:
@@ -183,10 +234,10 @@ def load_source(path: str | Path, require_comments: bool = True) -> tuple[list[V
     path = Path(path)
     stats: Counter = Counter()
     if path.is_dir():
-        if not (path / "videos.jsonl").is_file():
-            if (path / "train.jsonl").is_file():
-                return read_videos(path / "train.jsonl") + (read_videos(path / "validation.jsonl") if (
-                    path / "validation.jsonl").is_file() else []), {"format": "prepared dataset dir"}
+        if not CollectDir(path).exists():
+            data = DatasetDir(path)
+            if data.train_path.is_file():
+                return data.train_videos() + data.validation_videos(), {"format": "prepared dataset dir"}
             raise VrpError(f"{path}: directory has no videos.jsonl (collect dir) or train.jsonl (dataset dir)")
         from vrp.collect.videos import load_collect_dir
 
@@ -198,7 +249,7 @@ def load_source(path: str | Path, require_comments: bool = True) -> tuple[list[V
     elif path.suffix.lower() == ".jsonl" and _looks_like_videos(path):
         videos, fmt = read_videos(path), "video jsonl"
     else:
-        df = _read_table(path)
+        df = _read_table(path, stats)
         if len(df) == 0:
             raise VrpError(f"{path}: no rows")
         if "text" in df.columns and "title" not in df.columns:
@@ -222,10 +273,8 @@ def load_source(path: str | Path, require_comments: bool = True) -> tuple[list[V
 def _looks_like_videos(path: Path) -> bool:
     """True when the first record of a .jsonl is a video record (`video_id` and `transcript`, no `comment`
     column); `comments` is optional (videos to predict for have none)."""
-    import json
-
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = next((line for line in f if line.strip()), "")
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # UTF-16/32 files are tables (see _read_table)
+        first = clean.strip_format_chars(next((line for line in f if clean.strip_format_chars(line).strip()), ""))
     try:
         obj = json.loads(first)
     except json.JSONDecodeError:
@@ -233,11 +282,24 @@ def _looks_like_videos(path: Path) -> bool:
     return isinstance(obj, dict) and "video_id" in obj and "transcript" in obj and "comment" not in obj
 
 
+@dataclass
+class PrepareConfig:
+    """Options of `vrp prepare`; the field docs are its `--help`."""
+
+    val_fraction: float = option("share of videos in validation.jsonl", 0.1)
+    seed: int = option("seed of the split", 0)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+
+
 def split_videos(videos: list[Video], val_fraction: float, seed: int) -> tuple[list[Video], list[Video]]:
     """Split by video (never one video in both): shuffle with `random.Random(seed)`, the first
     round(n * val_fraction) (at least 1 when val_fraction > 0 and n >= 2) go to validation."""
     if not 0 <= val_fraction < 1:
-        raise VrpError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError("val_fraction", f"must be in [0, 1), got {val_fraction}")
     order = list(range(len(videos)))
     random.Random(seed).shuffle(order)
     n_val = round(len(videos) * val_fraction)
@@ -248,87 +310,40 @@ def split_videos(videos: list[Video], val_fraction: float, seed: int) -> tuple[l
 
 
 def _source_sha256(source: Path) -> str:
-    """sha256 of a source file, of a collect dir's videos.jsonl, or of a dataset dir's split files in order."""
+    """sha256 of a source file, of a collect dir's videos.jsonl, or a dataset dir's fingerprint."""
     if source.is_file():
         return sha256_file(source)
-    if (source / "videos.jsonl").is_file():
-        return sha256_file(source / "videos.jsonl")
-    h = hashlib.sha256()
-    for name in ("train.jsonl", "validation.jsonl"):
-        if (source / name).is_file():
-            h.update(name.encode() + b"\0" + sha256_file(source / name).encode() + b"\0")
-    return h.hexdigest()
+    if CollectDir(source).exists():
+        return sha256_file(CollectDir(source).videos_path)
+    return DatasetDir(source).fingerprint()
 
 
-DATASET_FILES = ("train.jsonl", "validation.jsonl", "manifest.json")
+def prepare(source: str | Path, out: str | Path, config: PrepareConfig | None = None, overwrite: bool = False,
+            **options: Any) -> dict[str, Any]:
+    """Import `source`, split by video (`config`, or `PrepareConfig(**options)`) and write the dataset dir `out`
+    (`train.jsonl`, `validation.jsonl`, `manifest.json`; see `vrp.artifacts.DatasetDir.write`).
 
-
-def _write_dataset_dir(out: Path, train: list[Video], val: list[Video], manifest: dict[str, Any]) -> None:
-    """Write the three dataset files so that `out` never holds a mix of old and new files or a dataset without
-    its manifest: they are written into a temporary directory, which is renamed to `out` when `out` does not
-    exist, else moved into it one by one with `manifest.json` last (an old manifest is removed first)."""
-    import os
-    import shutil
-    import tempfile
-
-    out = out.absolute()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # next to a new `out` (renamed into place), inside an existing one (its files are moved out of it)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out if out.is_dir() else out.parent))
-    except OSError as e:
-        blocker = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
-        why = f"{blocker} is a file, not a directory" if blocker else (e.strerror or str(e))
-        raise VrpError(f"--out: cannot create {out} ({why})") from None
-    try:
-        os.chmod(stage, 0o777 & ~current_umask())
-        write_jsonl_atomic(stage / "train.jsonl", (v.to_json() for v in train))
-        write_jsonl_atomic(stage / "validation.jsonl", (v.to_json() for v in val))
-        write_json_atomic(stage / "manifest.json", manifest)
-        try:
-            if not out.exists():
-                os.replace(stage, out)
-            else:
-                (out / "manifest.json").unlink(missing_ok=True)  # a half-replaced dir has no manifest
-                for name in DATASET_FILES:
-                    os.replace(stage / name, out / name)
-        except OSError as e:
-            raise VrpError(f"{out}: cannot write the dataset ({e.strerror or e})") from None
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-
-
-def prepare(source: str | Path, out: str | Path, val_fraction: float = 0.1, seed: int = 0,
-            overwrite: bool = False) -> dict[str, Any]:
-    """Import `source`, split by video and write `out/{train,validation}.jsonl` and `out/manifest.json`.
-
-    Returns the manifest. Refuses a non-empty `out` unless `overwrite` (VrpError naming `--overwrite`), and an
-    `out` that is a file. The files appear together (see `_write_dataset_dir`); a failure leaves `out` as it was.
+    Returns the manifest. Refuses a non-empty `out` unless `overwrite`, and an `out` that is a file (ConfigError
+    'out'). The files appear together; a failure leaves `out` as it was.
     """
-    source, out = Path(source), Path(out)
-    if out.exists() and not out.is_dir():
-        raise VrpError(f"--out: {out} exists and is not a directory")
-    if not 0 <= val_fraction < 1:  # checked here too, so a bad flag fails before the source is read
-        raise VrpError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise VrpError(f"{out}: output directory exists and is not empty; pass --overwrite to replace it")
-    check_writable(out, "--out")
+    config = config or PrepareConfig(**options)  # checked before the source is read
+    source, dataset = Path(source), DatasetDir(out)
+    dataset.check_new(overwrite)
     videos, stats = load_source(source)
     seen: set[str] = set()
     for v in videos:
         if v.video_id in seen:
             raise VrpError(f"{source}: duplicate video_id {v.video_id!r}")
         seen.add(v.video_id)
-    train, val = split_videos(videos, val_fraction, seed)
+    train, val = split_videos(videos, config.val_fraction, config.seed)
     manifest = {
         "source": str(source.resolve()),
         "source_sha256": _source_sha256(source),
         "format": stats.pop("format"),
-        "val_fraction": val_fraction, "seed": seed,
+        "val_fraction": config.val_fraction, "seed": config.seed,
         "videos": {"train": len(train), "validation": len(val), "total": len(videos)},
         "comments": {"train": sum(len(v.comments) for v in train), "validation": sum(len(v.comments) for v in val)},
         "stats": stats,
     }
-    _write_dataset_dir(out, train, val, manifest)
+    dataset.write(train, val, manifest)
     return manifest

@@ -3,11 +3,21 @@
 Knows: the named presets (the original project's greedy / beam / beam-temperature / beam-sample, and our default
 `nucleus`), how to generate K comments for one prompt with transformers' `generate` after a single prefill of the
 prompt (the prompt's KV cache is computed once and repeated across the K samples or beams), and per-comment
-model log-probabilities. Does not know: where prompts come from or where results go (see `cli.generate`).
+model log-probabilities. Generation stops at any of `prompts.stop_token_ids` (the chat template's end-of-turn token,
+all of the model's `generation_config.eos_token_id` and the tokenizer's EOS), so a model whose EOS is not the token
+that ends its turns (Llama-3 `<|eot_id|>`, Phi-3 `<|end|>`, Gemma `<end_of_turn>`) stops after its reply.
+Does not know: where prompts come from or where results go (see `cli.generate`).
 
 The original project (2023) passed temperature/top-k/top-p together with beam search but without `do_sample`,
 which makes transformers ignore them; `beam-temperature` reproduces exactly that (greedy beam search), and
-`beam-sample` is beam search with `do_sample=True` (Hugging Face "beam-search multinomial sampling").
+`beam-sample` is beam search with `do_sample=True` (Hugging Face "beam-search multinomial sampling"). These four
+presets are kept as they were, to reproduce 2023 behaviour.
+
+Our presets `nucleus` and `cad` guard against repetition with `processors.GeneratedTokensGuard`: the penalty and the
+n-gram ban look at the generated tokens only, never at the prompt, and never touch the stop tokens (transformers'
+`repetition_penalty` / `no_repeat_ngram_size` also count the prompt, whose end-of-turn tokens then make the model
+less likely to end its comment). `cad` adds context-aware decoding (Shi et al. 2023) against the no-video prompt
+(`prompts.no_video_prompt_ids`, given by the caller as `no_video_ids`), see `processors.ContextAwareLogitsProcessor`.
 """
 from __future__ import annotations
 
@@ -15,7 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
+from vrp.prompts import stop_token_ids
 
 MAX_NEW_TOKENS = 150  # as the original project
 
@@ -27,6 +38,9 @@ class Preset:
     name: str
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    repetition_penalty: float = 1.0   # over the generated tokens only, stop tokens exempt (1.0 = off)
+    no_repeat_ngram_size: int = 0     # over the generated tokens only, stop tokens exempt (0 = off)
+    cad_alpha: float | None = None    # context-aware decoding weight alpha (None = off); needs `no_video_ids`
 
     @property
     def deterministic(self) -> bool:
@@ -34,6 +48,7 @@ class Preset:
         return not self.kwargs.get("do_sample", False)
 
 
+_NUCLEUS = {"do_sample": True, "num_beams": 1, "top_p": 0.9, "top_k": 0, "temperature": 0.8}
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("greedy", "greedy decoding (one comment)", {"do_sample": False, "num_beams": 1}),
     Preset("beam", "beam search, 5 beams", {"do_sample": False, "num_beams": 5}),
@@ -42,34 +57,42 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            {"do_sample": False, "num_beams": 5, "temperature": 0.7, "top_k": 50, "top_p": 0.9}),
     Preset("beam-sample", "beam search with do_sample (beam-search multinomial sampling), 5 beams",
            {"do_sample": True, "num_beams": 5}),
-    Preset("nucleus", "nucleus (top-p 0.9) sampling at temperature 0.8 with a repetition guard "
-           "(repetition penalty 1.15, no repeated 4-gram); the default",
-           {"do_sample": True, "num_beams": 1, "top_p": 0.9, "top_k": 0, "temperature": 0.8,
-            "repetition_penalty": 1.15, "no_repeat_ngram_size": 4}),
+    Preset("nucleus", "nucleus (top-p 0.9) sampling at temperature 0.8 with a repetition guard over the "
+           "comment's own tokens (repetition penalty 1.15, no repeated 4-gram; the prompt and the stop tokens are "
+           "exempt); the default", _NUCLEUS, repetition_penalty=1.15, no_repeat_ngram_size=4),
+    Preset("cad", "context-aware decoding (Shi et al. 2023): next-token scores (1 + a) log p(video prompt) - a log "
+           "p(no-video prompt), a = 0.5, then nucleus sampling with nucleus's repetition guard", _NUCLEUS,
+           repetition_penalty=1.15, no_repeat_ngram_size=4, cad_alpha=0.5),
 ]}
 DEFAULT_PRESET = "nucleus"
 
 
 def get_preset(name: str) -> Preset:
-    """Look up a preset by name. Raises VrpError listing the valid names."""
+    """Look up a preset by name. Raises ConfigError('preset') listing the valid names."""
     if name not in PRESETS:
-        raise VrpError(f"--preset: unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise ConfigError("preset", f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
 @dataclass
 class GeneratedComment:
-    """One generated comment. tokens: new tokens including the end-of-turn token when it was produced;
-    logprob: sum of the model's log-probabilities (natural log, before any sampling warpers) of those tokens;
-    finished: True when the model produced its end-of-turn token within the budget."""
+    """One generated comment. text: the new tokens decoded without the stop token and without special tokens, and
+    when unfinished without a trailing partial character (the budget can end inside a multi-byte character);
+    tokens: new tokens including the stop token when it was produced; logprob: sum of the model's log-probabilities
+    (natural log, before any sampling warpers) of those tokens; finished: True when the comment ended with one of
+    `prompts.stop_token_ids` within the budget; token_ids: those new tokens (stop token included when produced);
+    pmi: the reranking score when the comment was chosen by `rerank.rerank_comments`, else None."""
 
     text: str
     tokens: int
     logprob: float
     finished: bool
+    token_ids: list[int] = field(default_factory=list, repr=False)
+    pmi: float | None = None
 
 
-def _generation_config(model: Any, tokenizer: Any, preset: Preset, num_comments: int, max_new_tokens: int) -> Any:
+def _generation_config(model: Any, tokenizer: Any, preset: Preset, num_comments: int, max_new_tokens: int,
+                       stops: list[int]) -> Any:
     import copy
     import warnings
 
@@ -84,8 +107,8 @@ def _generation_config(model: Any, tokenizer: Any, preset: Preset, num_comments:
         gc.update(**preset.kwargs)
         gc.max_new_tokens = max_new_tokens
         gc.num_return_sequences = num_comments
-        gc.eos_token_id = tokenizer.eos_token_id
-        gc.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        gc.eos_token_id = stops
+        gc.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
         gc.return_dict_in_generate = True
         gc.output_logits = True
     if gc.num_beams > 1 and num_comments > gc.num_beams:
@@ -93,16 +116,40 @@ def _generation_config(model: Any, tokenizer: Any, preset: Preset, num_comments:
     return gc
 
 
+def logits_processors(model: Any, preset: Preset, prompt_len: int, stops: list[int],
+                      no_video_ids: list[int] | None = None) -> list[Any]:
+    """The logits processors `generate` runs for `preset` before its temperature / top-k / top-p warpers, in order:
+    context-aware decoding (`cad_alpha`, against `no_video_ids`), then the repetition guard over the generated tokens
+    (`repetition_penalty`, `no_repeat_ngram_size`; `stops` exempt). prompt_len: tokens of the (video) prompt.
+    Raises VrpError when the preset needs `no_video_ids` and none are given."""
+    from vrp.processors import ContextAwareLogitsProcessor, GeneratedTokensGuard
+
+    out: list[Any] = []
+    if preset.cad_alpha is not None:
+        if not no_video_ids:
+            raise VrpError(f"preset {preset.name} needs the no-video prompt (prompts.no_video_prompt_ids)")
+        out.append(ContextAwareLogitsProcessor(model, no_video_ids, prompt_len, preset.cad_alpha))
+    if preset.repetition_penalty != 1.0 or preset.no_repeat_ngram_size > 0:
+        out.append(GeneratedTokensGuard(prompt_len, preset.repetition_penalty, preset.no_repeat_ngram_size, stops))
+    return out
+
+
 def generate_comments(model: Any, tokenizer: Any, prompt_ids: list[int], preset: str | Preset = DEFAULT_PRESET,
                       num_comments: int = 1, max_new_tokens: int = MAX_NEW_TOKENS, seed: int | None = None,
-                      share_prefill: bool = True) -> list[GeneratedComment]:
+                      share_prefill: bool = True, no_video_ids: list[int] | None = None) -> list[GeneratedComment]:
     """Generate `num_comments` comments for one prompt.
 
-    prompt_ids: (prompt_len,) token ids ending with the assistant header (see `prompts.build_prompt_ids`).
+    prompt_ids: (prompt_len,) token ids ending with the assistant header (see `prompts.build_prompt_ids`; a caller
+    may append marker tokens). no_video_ids: the no-video prompt (`prompts.no_video_prompt_ids`, with the same
+    markers), needed by presets with `cad_alpha` (`cad`) and ignored by the others.
     With `share_prefill`, the prompt except its last token is run once (prefill, batch 1), its KV cache is repeated
     to the decoding batch (K samples, or the beams), and `generate` continues from it; the result equals a plain
-    `generate` call. Raises VrpError for `greedy` with num_comments > 1 (it can only give one comment), or for
-    num_comments / max_new_tokens < 1.
+    `generate` call. Every comment stops at the first of `prompts.stop_token_ids(tokenizer,
+    model.generation_config)` (the chat template's end-of-turn token, all of the model's `eos_token_id`s, the
+    tokenizer's EOS). Processors: `logits_processors` (the guard of `nucleus` / `cad` sees only the new tokens).
+    Raises VrpError for `greedy` with num_comments > 1 (it can only give one comment), for num_comments /
+    max_new_tokens < 1, for `cad` without `no_video_ids`, or naming the model when its chat template is unusable
+    (`prompts.chat_format`).
     """
     import torch
     from transformers import DynamicCache
@@ -114,10 +161,16 @@ def generate_comments(model: Any, tokenizer: Any, prompt_ids: list[int], preset:
         raise VrpError("preset greedy gives exactly one comment; use beam, nucleus or beam-sample for several")
     if seed is not None:
         torch.manual_seed(seed)
-    gc = _generation_config(model, tokenizer, p, num_comments, max_new_tokens)
+    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    gc = _generation_config(model, tokenizer, p, num_comments, max_new_tokens, stops)
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     kwargs: dict[str, Any] = {}
+    procs = logits_processors(model, p, len(prompt_ids), stops, no_video_ids)
+    if procs:
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList(procs)
     if share_prefill and len(prompt_ids) > 1:
         cache = DynamicCache(config=getattr(model, "config", None))
         with torch.no_grad():
@@ -130,16 +183,20 @@ def generate_comments(model: Any, tokenizer: Any, prompt_ids: list[int], preset:
     beam_idx = getattr(out, "beam_indices", None)
     scores = model.compute_transition_scores(out.sequences, out.logits, beam_indices=beam_idx,
                                              normalize_logits=True)
-    eos = tokenizer.eos_token_id
+    stop_set = set(stops)
     results = []
     for row in range(new.shape[0]):
         toks = new[row].tolist()
-        finished = eos in toks
-        n = toks.index(eos) + 1 if finished else len(toks)
+        end = next((i for i, t in enumerate(toks) if t in stop_set), None)
+        finished = end is not None
+        n = end + 1 if end is not None else len(toks)
         lp = scores[row, :n].float()
-        text = tokenizer.decode(toks[:n], skip_special_tokens=True).strip()
+        text = tokenizer.decode(toks[:end] if finished else toks, skip_special_tokens=True)
+        if not finished:
+            text = text.rstrip("\ufffd")  # bytes of a character the budget cut off decode to U+FFFD
+        text = text.strip()
         results.append(GeneratedComment(text=text, tokens=n, logprob=float(lp[torch.isfinite(lp)].sum()),
-                                        finished=finished))
+                                        finished=finished, token_ids=toks[:n]))
     return results
 
 

@@ -17,7 +17,9 @@ class ConfigError(VrpError):
     """An invalid value of configuration field `field` (a dataclass field name such as `max_steps`).
 
     `str(e)` is `"<field>: <message>"`; `e.field` and `e.message` are kept apart so that a front end can put its
-    own name for the field in front (`--max-steps: ...`, `body.num_comments: ...`)."""
+    own name for the field in front (`--max-steps: ...`, `body.num_comments: ...`). Other fields the message refers
+    to are written in backticks (``max_prompt_tokens` + `max_new_tokens` = 1100 tokens``), so that the CLI can
+    name their flags too."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +69,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def check_writable(path: str | os.PathLike[str], what: str) -> None:
-    """Raise VrpError naming `what` (a flag) unless `path` (a file or directory to be written, existing or not) can
-    be created there: its nearest existing directory must accept a new file. Used before long work (generation,
+    """Raise ConfigError(`what`, the option that names the path, e.g. `out`) unless `path` (a file or directory to be
+    written, existing or not) can be created there: its nearest existing directory must accept a new file. Used before long work (generation,
     training), so that an unwritable output fails at once instead of after the work is done."""
     path = Path(path).absolute()
     anc = path if path.is_dir() else path.parent
     while not anc.exists():
         anc = anc.parent
     if not anc.is_dir():
-        raise VrpError(f"{what}: cannot write {path} ({anc} is a file, not a directory)")
+        raise ConfigError(what, f"cannot write {path} ({anc} is a file, not a directory)")
     try:
         with tempfile.TemporaryFile(dir=anc):
             pass
     except OSError as e:
-        raise VrpError(f"{what}: cannot write {path} ({anc}: {e.strerror or e})") from None
+        raise ConfigError(what, f"cannot write {path} ({anc}: {e.strerror or e})") from None
 
 
 
@@ -187,11 +187,12 @@ def repair_torn_tail(path: str | os.PathLike[str]) -> bool:
 
 
 def iter_jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """Yield (line number, dict) of a JSON Lines file; a torn last line (no newline, bad JSON) yields (n, None)."""
+    """Yield (line number, dict) of a JSON Lines file; a torn last line (no newline, bad JSON) yields (n, None).
+    A UTF-8 byte-order mark before the first line is skipped (an editor may add one)."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 if not raw.endswith(b"\n"):  # a kill can cut a line inside a multi-byte character
                     yield lineno, None

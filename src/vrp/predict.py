@@ -1,145 +1,203 @@
 """Batch prediction: inputs -> prompts -> comments for each decoding preset -> CSV / XLSX / JSONL rows.
 
-Knows: which inputs `vrp generate` accepts (dataset dirs and tables via `vrp.dataset`, transcript files via
-`vrp.transcripts`, or a title + transcript string), the prompt settings of a run (its `config.yaml`), and the
-output columns `video_id, title, model, adapter, preset, comment_index, comment, new_tokens, logprob, finished,
-seconds`. Does not know: decoding internals (`vrp.decoding`).
+Knows: the options of `vrp generate` (`GenerateConfig`: model or run, presets, counts and budgets), which inputs it
+accepts (dataset dirs and tables via `vrp.dataset`, transcript files via `vrp.transcripts`, or a title + transcript
+string) and the output columns `video_id, title, model, adapter, preset, comment_index, comment, new_tokens, logprob,
+finished, prompt_tokens, seconds, tier` (the like tier asked for, `vrp.tiers`: `any` or, for a run trained with tiers,
+`top` / `typical` / `low`, whose marker opens the assistant turn before generation). Does not know: decoding internals (`vrp.decoding`), a run's layout (`vrp.artifacts.RunDir`, which
+also gives the run's prompt settings).
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vrp.errors import VrpError
+from vrp.artifacts import CollectDir, DatasetDir, RunDir
+from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, get_preset
+from vrp.errors import ConfigError, VrpError
 from vrp.io import atomic_path
+from vrp.model import PRECISIONS
+from vrp.options import check_choice, check_range, coerce_fields, option
+from vrp.prompts import PromptConfig
 from vrp.records import Video
+from vrp.rerank import DEFAULT_RERANK_LAMBDA, check_rerank
+from vrp.tiers import TIER_CHOICES, check_tier, marker_ids, run_tier_source
+from vrp.transcripts import SUPPORTED_SUFFIXES
 
-TRANSCRIPT_EXTS = (".txt", ".vtt", ".srt", ".json3", ".json")
+TRANSCRIPT_EXTS = SUPPORTED_SUFFIXES  # caption files `--input` accepts
+PROMPT_BUDGET_HELP = (f"prompt token budget; the transcript is cut to fit (None: the run's, else "
+                      f"{PromptConfig.max_prompt_tokens})")
+
+
+@dataclass
+class GenerateConfig:
+    """Options of `vrp generate` (and of the generation step of `vrp evaluate`); the field docs are the `--help`."""
+
+    model: str | None = option("base model (smollm2-135m, .gguf, HF dir or id); overrides the run's", None)
+    run: str | None = option("run dir from `vrp train` (its base model + adapter)", None)
+    checkpoint: str | None = option("use a checkpoint of the run instead of RUN/adapter: step-000050 or latest", None)
+    preset: str = option("decoding preset, or several separated by commas", DEFAULT_PRESET)
+    num_comments: int = option("comments per video (greedy always gives one)", 1)
+    max_new_tokens: int = option("new tokens per comment at most", MAX_NEW_TOKENS)
+    max_prompt_tokens: int | None = option(PROMPT_BUDGET_HELP, None)
+    seed: int = option("sampling seed", 0)
+    precision: str = option("auto, bf16 or fp32", "auto")
+    tier: str = option("like tier of the comments for a run trained with tiers: top (the top comment), typical, low "
+                       "(an ignored comment) or any (no marker: any comment, the only choice for an untiered model)",
+                       "any")
+    rerank: int = option("sample this many comments per video and preset, and keep the best `num_comments` by "
+                         "PMI with the video, near-duplicates dropped (maximum mutual information reranking; 0 = off)",
+                         0)
+    rerank_lambda: float = option("weight of the no-video log-likelihood in the reranking score (mean log p(comment | "
+                                  "video) - lambda * mean log p(comment | no video))", DEFAULT_RERANK_LAMBDA)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        check_choice(self, "tier", TIER_CHOICES)
+        if not self.presets():
+            raise ConfigError("preset", f"no preset named in {self.preset!r}")
+        for name in self.presets():
+            get_preset(name)  # ConfigError('preset') naming the valid ones
+        check_range(self, "num_comments", "max_new_tokens", "max_prompt_tokens", low=1)
+        check_choice(self, "precision", PRECISIONS)
+        if self.checkpoint and not self.run:
+            raise ConfigError("checkpoint", "needs a `run` (it names a checkpoint of that run)")
+        check_rerank(self.rerank, self.num_comments, self.presets())
+        if not self.rerank_lambda >= 0:
+            raise ConfigError("rerank_lambda", f"must be >= 0, got {self.rerank_lambda}")
+
+    def presets(self) -> list[str]:
+        """The preset names of `preset` (comma-separated), in order."""
+        return [x.strip() for x in self.preset.split(",") if x.strip()]
+
+
+def prompt_settings(run: RunDir | None, max_prompt_tokens: int | None = None) -> PromptConfig:
+    """The prompt settings of a model: the run's (`RunDir.prompt_config`), else the defaults; `max_prompt_tokens`
+    overrides the budget when given. Used by generate, evaluate and serve alike."""
+    if run is not None:
+        return run.prompt_config(max_prompt_tokens)
+    return PromptConfig(**({"max_prompt_tokens": max_prompt_tokens} if max_prompt_tokens else {}))
 
 
 def load_inputs(input_path: str | None, title: str = "", transcript: str | None = None,
                 max_videos: int = 0) -> list[Video]:
-    """Videos to predict for: from `input_path` (dataset dir, table, or transcript file) or from `transcript`.
+    """Videos to predict for: from `input_path` (dataset dir: its validation split; table; transcript file) or from
+    `transcript` (with `title`); the first `max_videos` (0 = all).
 
-    Raises VrpError when both or neither are given, or when the input yields no video.
+    Raises ConfigError when both or neither are given, VrpError when the input yields no video.
     """
     if max_videos < 0:
-        raise VrpError(f"--max-videos must be >= 0 (0 = all), got {max_videos}")
+        raise ConfigError("max_videos", f"must be >= 0 (0 = all), got {max_videos}")
     if bool(input_path) == (transcript is not None):
-        raise VrpError("give exactly one of --input FILE or --transcript TEXT")
+        raise ConfigError("input", "give exactly one of an `input` file or a `transcript` text")
     if transcript is not None:
         if not transcript.strip():
-            raise VrpError("--transcript is empty")
+            raise ConfigError("transcript", "is empty")
         return [Video(video_id="input", title=title, transcript=transcript)]
     path = Path(str(input_path))
     if path.suffix.lower() in TRANSCRIPT_EXTS and path.is_file():
         from vrp.transcripts import read_transcript, segments_to_text
 
-        text = segments_to_text(read_transcript(path))  # .txt too: non-UTF-8 bytes are an error, not U+FFFD
+        text = segments_to_text(read_transcript(path))  # any encoding: vrp.charsets, a guess is logged
         if not text.strip():
             raise VrpError(f"{path}: empty transcript")
         return [Video(video_id=path.stem, title=title, transcript=text)]
     from vrp.dataset import load_source
 
     videos, _ = load_source(path, require_comments=False)
-    if path.is_dir() and (path / "validation.jsonl").is_file() and not (path / "videos.jsonl").is_file():
-        from vrp.records import read_videos
-
-        videos = read_videos(path / "validation.jsonl")  # a dataset dir: predict for its held-out videos
+    data = DatasetDir(path)
+    if path.is_dir() and data.validation_path.is_file() and not CollectDir(path).exists():
+        videos = data.validation_videos()  # a dataset dir: predict for its held-out videos
         if not videos:
-            raise VrpError(f"{path / 'validation.jsonl'}: no videos (for a dataset dir, generate predicts for its "
+            raise VrpError(f"{data.validation_path}: no videos (for a dataset dir, generate predicts for its "
                            f"validation split)")
     return videos[: max_videos or None]
 
 
-def run_prompt_settings(run: str | None, max_prompt_tokens: int | None) -> Any:
-    """The `PromptConfig` a run was trained with (its config.yaml's `max_prompt_tokens`, `truncation`), with
-    `max_prompt_tokens` overriding; defaults when `run` is None. Raises VrpError for a broken config.yaml."""
-    from vrp.prompts import PromptConfig
-
-    kw: dict[str, Any] = {}
-    if run and (Path(run) / "config.yaml").is_file():
-        from vrp.options import coerce_values, load_yaml
-
-        path = Path(run) / "config.yaml"
-        saved = load_yaml(path)
-        kw = coerce_values(PromptConfig, {k: saved[k] for k in ("max_prompt_tokens", "truncation") if k in saved},
-                           str(path))
-    if max_prompt_tokens:
-        kw["max_prompt_tokens"] = max_prompt_tokens
-    return PromptConfig(**kw)
-
-
-def predict(videos: list[Video], run: str | None = None, model: str | None = None, checkpoint: str | None = None,
-            presets: list[str] | None = None, num_comments: int = 1, max_new_tokens: int = 150, seed: int = 0,
-            precision: str = "auto", max_prompt_tokens: int | None = None, progress: bool = True,
-            loaded: tuple[Any, Any, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Generate `num_comments` comments per video for each preset; return one dict per comment (see module doc).
-
-    The model is loaded once (or taken from `loaded`). Sampling is seeded per (video, preset) with `seed`, so
-    results do not depend on the order of presets.
+def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bool = True,
+            loaded: tuple[Any, Any, dict[str, Any]] | None = None,
+            prompt: PromptConfig | None = None, embedder: Any = None) -> list[dict[str, Any]]:
+    """Generate `cfg.num_comments` comments per video for each preset of `cfg`; return one dict per comment (see
+    the module doc). The model (`cfg.model` and/or `cfg.run` + `cfg.checkpoint`) is loaded once, or taken from
+    `loaded` = `(model, tokenizer, info)`; `prompt` (default: the run's prompt settings, read before the model is
+    loaded) sets the prompt budget. Sampling is seeded per (video, preset) with `cfg.seed + video index`, so
+    results do not depend on the order of presets. With `cfg.tier` other than `any`, the tier's marker
+    (`vrp.tiers.marker_ids`) follows each prompt. Raises ConfigError / VrpError before any generation when a
+    prompt cannot be built or does not fit the model's context, or ConfigError('tier') when a tier is asked of a
+    model not trained with tiers. `cad` and reranking (`cfg.rerank`) also use the no-video prompt
+    (`prompts.no_video_prompt_ids`, with the same marker); reranking embeds comments with `embedder` (default: the
+    bundled MiniLM) and adds a `pmi` column (`vrp.rerank`).
     """
     from tqdm.auto import tqdm
 
-    from vrp.decoding import get_preset, timed_generate
     from vrp.model import check_context, load_for_inference
-    from vrp.prompts import build_prompt_ids
+    from vrp.prompts import build_prompt_ids, no_video_prompt_ids
+    from vrp.rerank import comments_for_prompt, needs_no_video_prompt
 
-    presets = presets or ["nucleus"]
-    for p in presets:
-        get_preset(p)
-    if num_comments < 1:
-        raise VrpError(f"--num-comments must be >= 1, got {num_comments}")
-    if max_new_tokens < 1:
-        raise VrpError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if max_prompt_tokens is not None and max_prompt_tokens < 1:
-        raise VrpError(f"--max-prompt-tokens must be >= 1, got {max_prompt_tokens}")
-    pcfg = run_prompt_settings(run, max_prompt_tokens)  # checked before the model is loaded
-    m, tok, info = loaded or load_for_inference(model, run, checkpoint, precision)
-    check_context(m, info["model"], pcfg.max_prompt_tokens + max_new_tokens,
-                  "--max-prompt-tokens + --max-new-tokens")
+    cfg = cfg or GenerateConfig()
+    run = RunDir(cfg.run) if cfg.run else None
+    pcfg = prompt or prompt_settings(run, cfg.max_prompt_tokens)  # checked before the model is loaded
+    check_tier(cfg.tier, run_tier_source(run) is not None)
+    m, tok, info = loaded or load_for_inference(cfg.model, run, cfg.checkpoint, cfg.precision)
+    marker = marker_ids(tok, cfg.tier)
+    check_context(m, info["model"], pcfg.max_prompt_tokens + len(marker) + cfg.max_new_tokens,
+                  "`max_prompt_tokens` + `max_new_tokens`" + (" + the tier marker" if marker else ""))
     prompts = []  # all prompts first: a video whose prompt cannot be built fails before any generation
     for v in videos:
         try:
             prompts.append(build_prompt_ids(tok, v.title, v.transcript, pcfg))
         except VrpError as e:
             raise VrpError(f"video {v.video_id!r}: {e}") from None
+    presets = cfg.presets()
+    no_video = (no_video_prompt_ids(tok, pcfg) + marker
+                if any(needs_no_video_prompt(p, cfg.rerank) for p in presets) else None)
+    if cfg.rerank and embedder is None:
+        from vrp.evaluate.embed import load_embedder
+
+        embedder = load_embedder()
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(videos) * len(presets), desc="generate", unit="video", disable=not progress)
     try:
-        for vi, (v, prompt) in enumerate(zip(videos, prompts)):
+        for vi, (v, ids) in enumerate(zip(videos, prompts)):
             for preset in presets:
-                k = 1 if preset == "greedy" else num_comments
-                comments, secs = timed_generate(m, tok, prompt, preset, k, max_new_tokens, seed=seed + vi)
+                k = 1 if preset == "greedy" else cfg.num_comments
+                t0 = time.perf_counter()
+                comments = comments_for_prompt(m, tok, ids + marker, preset, k, cfg.max_new_tokens, cfg.seed + vi,
+                                               no_video, cfg.rerank, cfg.rerank_lambda, embedder)
+                secs = time.perf_counter() - t0
                 for ci, c in enumerate(comments, 1):
                     rows.append({"video_id": v.video_id, "title": v.title, "model": info["model"],
                                  "adapter": info["adapter"] or "", "preset": preset, "comment_index": ci,
                                  "comment": c.text, "new_tokens": c.tokens, "logprob": round(c.logprob, 4),
-                                 "finished": c.finished, "prompt_tokens": len(prompt), "seconds": round(secs, 3)})
+                                 "finished": c.finished, "prompt_tokens": len(ids), "seconds": round(secs, 3),
+                                 "tier": cfg.tier, **({"pmi": round(float(c.pmi), 4)} if cfg.rerank else {})})
                 bar.update(1)
     finally:
         bar.close()
     return rows
 
 
-def write_predictions(rows: list[dict[str, Any]], out: str | Path) -> None:
-    """Write prediction rows to `.csv`, `.xlsx` or `.jsonl` (by extension), atomically."""
+def write_predictions(rows: list[dict[str, Any]], out: str | Path, escape_formulas: bool = True) -> None:
+    """Write prediction rows to `.csv`, `.xlsx` or `.jsonl` (by extension), atomically.
+
+    Text is protected for spreadsheets (`vrp.sheets`): xlsx text cells are always string cells (never formulas);
+    CSV text cells that start with `=`, `+`, `-`, `@`, tab or CR get a leading `'` (OWASP "CSV Injection") unless
+    `escape_formulas` is False (for programs that read the CSV). JSONL is written as is."""
     import pandas as pd
+
+    from vrp.sheets import write_csv, write_xlsx
 
     out = Path(out)
     df = pd.DataFrame(rows)
     ext = out.suffix.lower()
     with atomic_path(out) as tmp:
         if ext == ".csv":
-            df.to_csv(tmp, index=False)
+            write_csv(df, tmp, escape_formulas)
         elif ext == ".xlsx":
-            # Excel cannot store most C0 control characters (openpyxl raises IllegalCharacterError), and a model
-            # can generate them: drop them rather than lose the whole run at the last step.
-            from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-
-            df = df.map(lambda x: ILLEGAL_CHARACTERS_RE.sub("", x) if isinstance(x, str) else x)
-            df.to_excel(tmp, index=False, engine="openpyxl")
+            write_xlsx(df, tmp)
         elif ext == ".jsonl":
             df.to_json(tmp, orient="records", lines=True, force_ascii=False)
         else:
-            raise VrpError(f"--out: unknown extension {ext!r}; use .csv, .xlsx or .jsonl")
+            raise ConfigError("out", f"unknown extension {ext!r}; use .csv, .xlsx or .jsonl")

@@ -1,10 +1,24 @@
 """Prompt rendering with the base model's chat template, transcript truncation and completion-only labels.
 
 Knows: how a (title, transcript) pair becomes a chat (system + user message), how the transcript is cut to a token
-budget (`head` keeps the start, as the original project did; `head_tail` keeps the start and the end), and how a
-comment becomes the assistant turn's token ids ending in the end-of-turn token (EOS), so that only the comment and
-its end-of-turn token are trained (completion-only loss).
-Does not know: batching, packing or models (see `packing`, `train`).
+budget (`head` keeps the start, as the original project did; `head_tail` keeps the start and the end) on a character
+boundary, and how a comment becomes the assistant turn's token ids ending in the end-of-turn token, so that only the
+comment and its end-of-turn token are trained (completion-only loss). What it needs to know about a tokenizer's chat
+template is found once per tokenizer by rendering probe messages (`chat_format`): whether it renders a system
+message, and which token it writes right after an assistant message (the end-of-turn token); `stop_token_ids` adds
+the model's `generation_config.eos_token_id` and the tokenizer's EOS, for generation.
+Does not know: batching, packing or models (see `packing`, `train`), nor how generation stops (see `decoding`).
+
+Chat templates differ in two ways that matter here (transformers "Chat templates" docs; the templates in the models'
+`tokenizer_config.json`):
+- End of turn. The token after an assistant message is not always the tokenizer's EOS: ChatML (SmolLM2, Qwen)
+  writes `<|im_end|>`, Llama-3 `<|eot_id|>`, Gemma `<end_of_turn>`, Phi-3 `<|end|>`, while their EOS may be
+  `<|endoftext|>` / `<|end_of_text|>` / `<eos>`; LLaMA-2 and Mistral `[INST]` templates write the EOS `</s>` itself.
+  Training targets end with the token the template writes; generation stops at any of `stop_token_ids`.
+- System messages. Some templates refuse one (Gemma: `raise_exception('System role not supported')`; Mistral v0.1:
+  "Conversation roles must alternate") and some drop it silently (Phi-3-mini's first template). For those the system
+  text is folded into the first user turn, separated by a blank line, as Gemma 3's own template and common
+  fine-tuning tools do, in training and inference alike (every caller renders through this module).
 
 Tokenization rule (no double BOS): the chat template already writes any BOS it wants, so the rendered text is
 tokenized with `add_special_tokens=False`. The prompt is the template rendered with `add_generation_prompt=True`;
@@ -13,10 +27,11 @@ completion are tokenized separately, exactly as generation sees them (prompt ids
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 from vrp.records import Video
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -46,11 +61,11 @@ class PromptConfig:
         for k, v in coerce_values(type(self), dataclasses.asdict(self)).items():
             setattr(self, k, v)
         if self.truncation not in TRUNCATION_STRATEGIES:
-            raise VrpError(f"--truncation: unknown strategy {self.truncation!r}; choose from {TRUNCATION_STRATEGIES}")
+            raise ConfigError("truncation", f"unknown strategy {self.truncation!r}; choose from {TRUNCATION_STRATEGIES}")
         if self.max_prompt_tokens < 16:
-            raise VrpError(f"--max-prompt-tokens must be at least 16, got {self.max_prompt_tokens}")
+            raise ConfigError("max_prompt_tokens", f"must be at least 16, got {self.max_prompt_tokens}")
         if self.max_comment_tokens < 1:
-            raise VrpError(f"--max-comment-tokens must be at least 1, got {self.max_comment_tokens}")
+            raise ConfigError("max_comment_tokens", f"must be at least 1, got {self.max_comment_tokens}")
 
 
 @dataclass
@@ -58,12 +73,15 @@ class EncodedVideo:
     """One video tokenized for training or scoring.
 
     prompt_ids: (prompt_len,) token ids of the rendered prompt, ending with the assistant header.
-    completions: one list of token ids per comment, each ending with the end-of-turn (EOS) token.
+    completions: one list of token ids per comment, each ending with the chat template's end-of-turn token
+    (`end_of_turn_id`). contexts: [] or, per comment, token ids between the prompt and the comment that are inputs
+    but not targets (a tier marker, `vrp.tiers`; see `vrp.packing.Row`).
     """
 
     video_id: str
     prompt_ids: list[int]
     completions: list[list[int]]
+    contexts: list[list[int]] = field(default_factory=list)
 
 
 def user_message(title: str, transcript: str) -> str:
@@ -73,15 +91,16 @@ def user_message(title: str, transcript: str) -> str:
     return f"{head}Transcript: {transcript.strip()}"
 
 
-def _messages(cfg: PromptConfig, title: str, transcript: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": cfg.system_prompt},
-            {"role": "user", "content": user_message(title, transcript)}]
+def _messages(tokenizer: Any, cfg: PromptConfig, title: str, transcript: str) -> list[dict[str, str]]:
+    """System + user message, or one user message holding both when the template has no system role."""
+    user = user_message(title, transcript)
+    if chat_format(tokenizer).system_role:
+        return [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": user}]
+    return [{"role": "user", "content": f"{cfg.system_prompt.strip()}\n\n{user}"}]
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        raise VrpError("the tokenizer has no chat template; use an instruct/chat model or a tokenizer with "
-                       "`chat_template` set")
+    chat_format(tokenizer)  # a template that cannot render our chats fails here with one clear VrpError
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
@@ -89,56 +108,210 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+@dataclass(frozen=True)
+class ChatFormat:
+    """What vrp needs to know about a tokenizer's chat template (see the module docstring).
+
+    system_role: the template renders a system message (False: it raises or drops it; the system text then goes
+    into the user turn). end_of_turn_id: the token the template writes right after an assistant message's content
+    (the training target that ends a comment), or the tokenizer's EOS when the template writes no added token there.
+    """
+
+    system_role: bool
+    end_of_turn_id: int
+
+
+_PROBE_SYSTEM, _PROBE_USER, _PROBE_ASSISTANT = "vrpprobesystem", "vrpprobeuser", "vrpprobeassistant"
+_FORMATS: weakref.WeakKeyDictionary[Any, tuple[Any, ChatFormat]] = weakref.WeakKeyDictionary()
+
+
+def _model_name(tokenizer: Any) -> str:
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def _try_render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> tuple[str, str]:
+    """`(rendered text, "")`, or `("", first line of the error)` when the template raises. Templates are user code
+    (jinja `raise_exception`, undefined variables, type errors), so any exception is a refusal here."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt), ""
+    except Exception as e:  # noqa: BLE001 - see docstring
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        return "", f"{type(e).__name__}: {lines[0].strip() if lines else ''}"
+
+
+def _is_blank_token(tokenizer: Any, tok_id: int) -> bool:
+    return not tokenizer.decode([tok_id], skip_special_tokens=False).strip()
+
+
+def _probe(tokenizer: Any) -> ChatFormat:
+    name = _model_name(tokenizer)
+    if not getattr(tokenizer, "chat_template", None):
+        raise VrpError(f"model {name!r}: the tokenizer has no chat template; use an instruct/chat model or a "
+                       f"tokenizer with `chat_template` set")
+    user = [{"role": "user", "content": _PROBE_USER}]
+    prompt, err = _try_render(tokenizer, user, True)
+    if err or _PROBE_USER not in prompt:
+        raise VrpError(f"model {name!r}: its chat template does not render a user message "
+                       f"({err or 'the message text is missing from the output'}); vrp needs a template that renders "
+                       f"a user message and an assistant reply")
+    full, err = _try_render(tokenizer, user + [{"role": "assistant", "content": _PROBE_ASSISTANT}], False)
+    if err or _PROBE_ASSISTANT not in full or not full.startswith(prompt):
+        why = err or ("the reply text is missing from the output" if _PROBE_ASSISTANT not in full else
+                      "the chat with the reply does not start with the generation prompt")
+        raise VrpError(f"model {name!r}: its chat template does not render an assistant reply after the generation "
+                       f"prompt ({why}); cannot separate prompt and completion")
+    with_system, err = _try_render(tokenizer, [{"role": "system", "content": _PROBE_SYSTEM}] + user, True)
+    system_role = not err and _PROBE_SYSTEM in with_system and _PROBE_USER in with_system
+    tail = _ids(tokenizer, full[full.rindex(_PROBE_ASSISTANT) + len(_PROBE_ASSISTANT):])
+    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {}) | set(tokenizer.all_special_ids)
+    eot = None
+    for t in tail:  # the first added token after the reply, past whitespace (LLaMA-2 writes ' ' + '</s>')
+        if t in added:
+            eot = t
+            break
+        if not _is_blank_token(tokenizer, t):
+            break
+    if eot is None:
+        if tokenizer.eos_token_id is None:
+            raise VrpError(f"model {name!r}: its chat template writes no end-of-turn token after a reply and the "
+                           f"tokenizer has no EOS token; cannot mark where a comment ends")
+        eot = tokenizer.eos_token_id
+    return ChatFormat(system_role=system_role, end_of_turn_id=int(eot))
+
+
+def chat_format(tokenizer: Any) -> ChatFormat:
+    """Probe the tokenizer's chat template once (cached per tokenizer object; re-probed when its `chat_template` or
+    EOS changes): render a user message, a user message + assistant reply, and a system + user message.
+
+    Raises VrpError naming the model (`tokenizer.name_or_path`) when there is no template, when it cannot render a
+    user message, or when the chat with a reply does not extend the generation prompt.
+    """
+    key = (tokenizer.chat_template, tokenizer.eos_token_id, len(tokenizer))
+    cached = _FORMATS.get(tokenizer)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fmt = _probe(tokenizer)
+    _FORMATS[tokenizer] = (key, fmt)
+    return fmt
+
+
 def end_of_turn_id(tokenizer: Any) -> int:
-    """The token id that ends an assistant turn: the tokenizer's EOS (`<|im_end|>` for SmolLM2, `</s>` for
-    LLaMA-2). Raises VrpError when the tokenizer has none."""
-    if tokenizer.eos_token_id is None:
-        raise VrpError("the tokenizer has no EOS token; cannot mark where a comment ends")
-    return int(tokenizer.eos_token_id)
+    """The token id that ends an assistant turn: what the chat template writes right after the reply's content
+    (`<|im_end|>` for ChatML/SmolLM2, `<|eot_id|>` for Llama-3, `<end_of_turn>` for Gemma, `<|end|>` for Phi-3,
+    `</s>` for LLaMA-2/Mistral), else the tokenizer's EOS. Raises VrpError as `chat_format` does."""
+    return chat_format(tokenizer).end_of_turn_id
+
+
+def _eos_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """Every token id that ends a generated comment, without repeats, the end-of-turn token first: the chat
+    template's end-of-turn token (`end_of_turn_id`), all of `generation_config.eos_token_id` (an int or a list, as
+    transformers' `GenerationConfig` allows; None or a missing config adds nothing) and the tokenizer's EOS.
+
+    Example: a Llama-3-style chat (`<|eot_id|>` ends a turn, EOS `<|end_of_text|>`, `generation_config.json` lists
+    both) gives `[<|eot_id|>, <|end_of_text|>]`. Raises VrpError as `chat_format` does.
+    """
+    ids = [end_of_turn_id(tokenizer)] + _eos_list(getattr(generation_config, "eos_token_id", None))
+    ids += _eos_list(tokenizer.eos_token_id)
+    return list(dict.fromkeys(ids))
+
+
+def head_boundary(tokenizer: Any, ids: list[int], k: int, text: str | None = None) -> int:
+    """The largest `j <= k` such that `ids[:j]` ends on a character boundary.
+
+    Byte-level BPE (GPT-2, SmolLM2, Llama-3) and SentencePiece byte fallback (LLaMA-2, Gemma) split a multi-byte
+    UTF-8 character (CJK, emoji) over several tokens, and decoding only some of them gives U+FFFD. A cut is on a
+    boundary when the decoded prefix is a prefix of the decoded whole (`text`, given to save a decode); a character
+    has at most 4 bytes, so at most 3 tokens are given back.
+    """
+    k = max(0, min(k, len(ids)))
+    if k in (0, len(ids)):
+        return k
+    whole = text if text is not None else _decode(tokenizer, ids)
+    for j in range(k, max(k - 4, 0), -1):
+        if whole.startswith(_decode(tokenizer, ids[:j])):
+            return j
+    return max(k - 4, 0)
+
+
+def tail_boundary(tokenizer: Any, ids: list[int], start: int, text: str | None = None) -> int:
+    """The smallest `j >= start` such that `ids[j:]` starts on a character boundary (see `head_boundary`)."""
+    start = max(0, min(start, len(ids)))
+    if start in (0, len(ids)):
+        return start
+    whole = text if text is not None else _decode(tokenizer, ids)
+    for j in range(start, min(start + 4, len(ids))):
+        if whole.endswith(_decode(tokenizer, ids[j:])):
+            return j
+    return min(start + 4, len(ids))
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 ELLIPSIS = " ... "
 
 
 def _truncated_text(tokenizer: Any, ids: list[int], budget: int, strategy: str) -> str:
-    """Decode the kept part of transcript `ids` (budget in tokens); `head_tail` joins start and end with ' ... '."""
+    """Decode the kept part of transcript `ids` (budget in tokens), cut on character boundaries; `head_tail` joins
+    start and end with ' ... '."""
+    whole = _decode(tokenizer, ids)
     if strategy == "head" or budget < 8:
-        return tokenizer.decode(ids[:budget], skip_special_tokens=True)
+        return _decode(tokenizer, ids[:head_boundary(tokenizer, ids, budget, whole)])
     budget -= len(_ids(tokenizer, ELLIPSIS))
     head = (budget + 1) // 2
-    return (tokenizer.decode(ids[:head], skip_special_tokens=True) + ELLIPSIS
-            + tokenizer.decode(ids[len(ids) - (budget - head):], skip_special_tokens=True))
+    tail = tail_boundary(tokenizer, ids, len(ids) - (budget - head), whole)
+    return (_decode(tokenizer, ids[:head_boundary(tokenizer, ids, head, whole)]) + ELLIPSIS
+            + _decode(tokenizer, ids[tail:]))
 
 
 def build_prompt_ids(tokenizer: Any, title: str, transcript: str, cfg: PromptConfig) -> list[int]:
     """Render and tokenize the prompt of one video, truncating the transcript so the prompt fits the budget.
 
     Returns prompt token ids, length <= `cfg.max_prompt_tokens` (tokens). The transcript is tokenized once,
-    cut with `cfg.truncation`, decoded and re-rendered; a second pass trims further if re-tokenization at the
-    cut grew the prompt. Raises VrpError if the title and template alone exceed the budget.
+    cut with `cfg.truncation` between two characters (`head_boundary`, `tail_boundary`), decoded and re-rendered;
+    a second pass trims further if re-tokenization at the cut grew the prompt. The system prompt is a system message,
+    or opens the user message when the template has no system role (`chat_format`). Raises VrpError if the title
+    and template alone exceed the budget, or naming the model when its chat template is unusable.
     """
-    overhead = len(_ids(tokenizer, _render(tokenizer, _messages(cfg, title, ""), True)))
+    overhead = len(_ids(tokenizer, _render(tokenizer, _messages(tokenizer, cfg, title, ""), True)))
     budget = cfg.max_prompt_tokens - overhead
     if budget < 1:
-        raise VrpError(f"the title and chat template take {overhead} tokens, more than --max-prompt-tokens="
+        raise VrpError(f"the title and chat template take {overhead} tokens, more than max_prompt_tokens="
                        f"{cfg.max_prompt_tokens}; raise the budget or shorten the title {title[:60]!r}")
     t_ids = _ids(tokenizer, transcript.strip())
     for _ in range(4):
         text = _truncated_text(tokenizer, t_ids, budget, cfg.truncation) if len(t_ids) > budget else transcript
-        ids = _ids(tokenizer, _render(tokenizer, _messages(cfg, title, text), True))
+        ids = _ids(tokenizer, _render(tokenizer, _messages(tokenizer, cfg, title, text), True))
         if len(ids) <= cfg.max_prompt_tokens:
             return ids
         budget -= len(ids) - cfg.max_prompt_tokens
     raise VrpError(f"could not fit the transcript of {title[:60]!r} into {cfg.max_prompt_tokens} tokens")
 
 
+def no_video_prompt_ids(tokenizer: Any, cfg: PromptConfig) -> list[int]:
+    """The prompt of no video: the same chat with an empty title and an empty transcript (one prompt for every
+    video). Context-aware decoding (`decoding`, preset `cad`) contrasts it with a video's prompt, and PMI scoring
+    (`rerank`, `vrp evaluate`) divides by a comment's likelihood under it. Raises VrpError as `build_prompt_ids`."""
+    return build_prompt_ids(tokenizer, "", "", cfg)
+
+
 def build_completion_ids(tokenizer: Any, comment: str, cfg: PromptConfig) -> list[int]:
     """Token ids of one comment as the assistant's turn: comment tokens then the end-of-turn token.
 
-    The text is what the chat template writes after the generation prompt, cut after the end-of-turn token
-    (anything the template writes after it, such as a newline, is not trained). Comments longer than
-    `cfg.max_comment_tokens` are cut to that many tokens and the end-of-turn token is appended, so EOS is always
-    the last label even when the tokenizer's pad token equals EOS. Raises VrpError on an empty comment.
+    The text is what the chat template writes after the generation prompt, cut before the template's end-of-turn
+    token (`end_of_turn_id`: `<|im_end|>`, `<|eot_id|>`, ... even when the tokenizer's EOS is another token;
+    anything the template writes after it, such as a newline or an EOS, is not trained). Comments longer than
+    `cfg.max_comment_tokens` are cut to at most that many tokens, on a character boundary (`head_boundary`), and
+    the end-of-turn token is appended, so it is always the last label even when the tokenizer's pad token equals
+    it. Raises VrpError on an empty comment, or naming the model when the template cannot render a reply.
     """
     comment = comment.strip()
     if not comment:
@@ -147,13 +320,14 @@ def build_completion_ids(tokenizer: Any, comment: str, cfg: PromptConfig) -> lis
     prompt = _render(tokenizer, msgs, True)
     full = _render(tokenizer, msgs + [{"role": "assistant", "content": comment}], False)
     if not full.startswith(prompt):
-        raise VrpError("the chat template renders the assistant turn in a way that does not extend the "
-                       "generation prompt; cannot separate prompt and completion")
+        raise VrpError(f"model {_model_name(tokenizer)!r}: its chat template renders the assistant turn in a way "
+                       f"that does not extend the generation prompt; cannot separate prompt and completion")
     ids = _ids(tokenizer, full[len(prompt):])
     eot = end_of_turn_id(tokenizer)
     if eot in ids:
         ids = ids[: ids.index(eot)]
-    ids = ids[: cfg.max_comment_tokens]
+    if len(ids) > cfg.max_comment_tokens:
+        ids = ids[: head_boundary(tokenizer, ids, cfg.max_comment_tokens)]
     return ids + [eot]
 
 

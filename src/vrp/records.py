@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vrp.clean import parse_like_count
 from vrp.errors import VrpError
 from vrp.io import read_jsonl
 
@@ -50,7 +51,8 @@ class Video:
     def from_json(cls, d: dict[str, Any], where: str = "") -> "Video":
         """Build from a dict as written by `to_json`. Raises VrpError naming `where` and the field when a field is
         missing or has the wrong type: `video_id` a non-empty string (or integer), `title` a string or null,
-        `transcript` a non-empty string, `comments` a list of `{text: str, like_count?: int, rank?: int}`."""
+        `transcript` a non-empty string, `comments` a list of `{text: str, like_count?, rank?: int}`, where a
+        like count is read by `clean.parse_like_count(strict=True)` (`1234`, `1234.0`, `"1,234"`, `"1.2K"`)."""
         def bad(field_: str, want: str, got: Any) -> VrpError:
             shown = json.dumps(got, ensure_ascii=False, default=str)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -79,9 +81,12 @@ class Video:
             if not isinstance(c, dict) or not isinstance(c.get("text"), str):
                 raise bad(f"comments[{i}].text", "a string", c.get("text") if isinstance(c, dict) else c)
             like, rank = c.get("like_count"), c.get("rank", i + 1)
-            like = int(like) if isinstance(like, float) and like.is_integer() else like
-            if like is not None and (isinstance(like, bool) or not isinstance(like, int)):
-                raise bad(f"comments[{i}].like_count", "an integer or null", like)
+            if like is not None:
+                try:  # the one like-count parser: 1234, 1234.0, "1,234", "1.2K"
+                    like = parse_like_count(like, strict=True)
+                except ValueError:
+                    raise bad(f"comments[{i}].like_count", "a like count (1234, \"1,234\", \"1.2K\") or null",
+                              like) from None
             if isinstance(rank, bool) or not isinstance(rank, int):
                 raise bad(f"comments[{i}].rank", "an integer", rank)
             comments.append(Comment(text=c["text"], like_count=like, rank=rank))

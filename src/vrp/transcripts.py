@@ -1,16 +1,21 @@
 """Caption files to timed segments and clean transcript text.
 
 Knows: the caption formats YouTube viewers and yt-dlp deal in — WebVTT (`.vtt`, parsed with webvtt-py), SubRip
-(`.srt`, webvtt-py), YouTube's timed-text JSON (`.json3`: `{"events": [{"tStartMs", "dDurationMs", "segs":
-[{"utf8"}]}]}`), the youtube-transcript-api JSON (`[{"text", "start", "duration"}]`, as `FetchedTranscript.
-to_raw_data()` gives), our own segment JSON (`[{"start", "end", "text"}]`) and plain `.txt` — and turns any of
-them into `Segment`s whose text is clean (tags stripped, entities decoded, rolling-caption repeats removed).
-`segments_to_text` joins them into the transcript a `Video` record carries.
-Checked in webvtt-py 0.6.0: it strips a UTF-8 BOM before the `WEBVTT` header or the first SRT cue number and keeps
-cue settings (`align:start position:0%`) apart from the text, so neither needs code here; it does not accept blank
-lines before an SRT's first cue number (stripped here). Cue text is read raw (`Caption.raw_text`), because inline
-timing tags are the evidence of rolling captions, then stripped by `clean.strip_tags` (as `Caption.text` would).
-Does not know: how captions are downloaded (see `vrp.collect.fetch`) or comments (see `vrp.clean`, `vrp.collect.videos`).
+(`.srt`, webvtt-py), YouTube Studio's SubViewer export (`.sbv`, webvtt-py), YouTube's timed-text JSON (`.json3`:
+`{"events": [{"tStartMs", "dDurationMs", "segs": [{"utf8"}]}]}`), the youtube-transcript-api JSON (`[{"text",
+"start", "duration"}]`, as `FetchedTranscript.to_raw_data()` gives), our own segment JSON (`[{"start", "end",
+"text"}]`) and plain `.txt` — and turns any of them into `Segment`s whose text is clean (markup tags and ASS/SSA
+override blocks stripped, entities decoded, invisible characters removed, rolling-caption repeats removed).
+`segments_to_text` joins them into the transcript a `Video` record carries. Bytes are decoded by `vrp.charsets`
+(every UTF BOM, UTF-8, else a guessed encoding that is reported).
+Checked in webvtt-py 0.6.0: it keeps cue settings (`align:start position:0%`) apart from the text; it needs the
+SRT cue number, the SBV timing line and the `WEBVTT` header at the very start of a line, so whitespace and
+invisible format characters (a left-to-right mark, a second BOM) around each line, and blank lines before the
+first block, are stripped here (`tidy_caption_lines`). Cue text is read raw (`Caption.raw_text`), because inline
+timing tags are the evidence of rolling captions, then cleaned by `clean.clean_caption_line`.
+Does not know: how captions are downloaded (see `vrp.collect.fetch`) or comments (see `vrp.clean`,
+`vrp.collect.videos`). SubViewer 1/2 `.sub` files (centisecond times, `[br]` breaks) are not read (webvtt-py's
+`sbv` reader needs milliseconds).
 """
 from __future__ import annotations
 
@@ -18,14 +23,16 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from vrp import clean
+from vrp.charsets import decode_bytes
 from vrp.errors import VrpError
 
-SUPPORTED_SUFFIXES = (".vtt", ".srt", ".json3", ".json", ".txt")
+SUPPORTED_SUFFIXES = (".vtt", ".srt", ".sbv", ".json3", ".json", ".txt")
 
 
 @dataclass(frozen=True)
@@ -82,31 +89,49 @@ def _segments_from_cues(cues: Sequence[tuple[float, float, str]]) -> list[Segmen
     return [Segment(start, end, " ".join(ls)) for (start, end, _), ls in zip(cues, lines) if ls]
 
 
-def parse_vtt(text: str, where: str = "<vtt>") -> list[Segment]:
-    """Parse WebVTT text (YouTube manual or rolling automatic captions). Raises VrpError if it is not WebVTT."""
+_LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")  # the WebVTT/SubRip line terminators; U+2028 is not one
+_LEADING_BLANK_LINES_RE = re.compile(r"\A(?:[^\S\n]*\n)+")
+
+
+def tidy_caption_lines(text: str) -> str:
+    """Caption file text with whitespace and invisible format characters (category Cf: a left-to-right mark, a
+    stray BOM from concatenated files, a zero-width space) stripped from both ends of every line with visible text
+    (`clean.strip_format_chars`), and blank lines before the first block removed, so that cue numbers, timing
+    lines and the `WEBVTT` header are recognised."""
+    lines = (clean.strip_format_chars(ln) for ln in _LINE_BREAK_RE.split(text))
+    return _LEADING_BLANK_LINES_RE.sub("", "\n".join(lines))
+
+
+def _parse_cues(text: str, fmt: str, where: str, expected: str) -> list[Segment]:
+    """Cues of `text` in webvtt-py's format `fmt` (`vtt`, `srt`, `sbv`) as segments; VrpError naming `where`."""
     import webvtt
     from webvtt.errors import MalformedCaptionError, MalformedFileError
 
     try:
-        captions = webvtt.WebVTT.from_buffer(io.StringIO(text)).captions
+        captions = webvtt.WebVTT.from_buffer(io.StringIO(tidy_caption_lines(text)), format=fmt).captions
     except (MalformedFileError, MalformedCaptionError) as e:
-        raise VrpError(f"{where}: not a valid WebVTT file ({e}); it must start with 'WEBVTT'") from None
+        raise VrpError(f"{where}: not a valid {expected} ({e})") from None
     return _segments_from_cues(
         [(c.start_time.in_milliseconds() / 1000, c.end_time.in_milliseconds() / 1000, c.raw_text) for c in captions])
+
+
+def parse_vtt(text: str, where: str = "<vtt>") -> list[Segment]:
+    """Parse WebVTT text (YouTube manual or rolling automatic captions). Raises VrpError if it is not WebVTT."""
+    return _parse_cues(text, "vtt", where, "WebVTT file; it must start with 'WEBVTT'")
 
 
 def parse_srt(text: str, where: str = "<srt>") -> list[Segment]:
-    """Parse SubRip text (a UTF-8 BOM before the first cue number is allowed). Raises VrpError if it is not SRT."""
-    import webvtt
-    from webvtt.errors import MalformedCaptionError, MalformedFileError
+    """Parse SubRip text (BOMs, format characters and blank lines before the first cue number are allowed).
+    Raises VrpError if it is not SRT."""
+    return _parse_cues(text, "srt", where, "SubRip (.srt) file; it must start with a cue number")
 
-    try:
-        # webvtt-py requires the cue number on the very first line; blank lines before it are common.
-        captions = webvtt.WebVTT.from_buffer(io.StringIO(text.lstrip("\ufeff \t\r\n")), format="srt").captions
-    except (MalformedFileError, MalformedCaptionError) as e:
-        raise VrpError(f"{where}: not a valid SubRip (.srt) file ({e}); it must start with a cue number") from None
-    return _segments_from_cues(
-        [(c.start_time.in_milliseconds() / 1000, c.end_time.in_milliseconds() / 1000, c.raw_text) for c in captions])
+
+def parse_sbv(text: str, where: str = "<sbv>") -> list[Segment]:
+    """Parse YouTube's SubViewer text (`.sbv`, what YouTube Studio exports): blocks of a timing line
+    `0:00:01.000,0:00:03.000` (H:MM:SS.mmm) and the caption text, separated by blank lines (webvtt-py's `sbv`
+    reader). Raises VrpError if it is not SBV."""
+    return _parse_cues(text, "sbv", where, "SubViewer (.sbv) file; it must start with a timing line such as "
+                                           "0:00:01.000,0:00:03.000")
 
 
 def parse_json3(obj: Any, where: str = "<json3>") -> list[Segment]:
@@ -175,51 +200,47 @@ def parse_json_transcript(obj: Any, where: str = "<json>") -> list[Segment]:
     return [s for s in segments if s.text]
 
 
-def _decode(data: bytes, where: str) -> str:
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError as e:
-            raise VrpError(f"{where}: starts with a UTF-16 byte-order mark but is not valid UTF-16 (bad bytes at "
-                           f"offset {e.start}); convert the file to UTF-8") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise VrpError(f"{where}: not UTF-8 text (bad byte at offset {e.start}); convert the file to UTF-8") from None
-
-
-def parse_transcript_bytes(data: bytes, filename: str) -> list[Segment]:
+def parse_transcript_bytes(data: bytes, filename: str, notes: list[str] | None = None) -> list[Segment]:
     """Parse an uploaded or downloaded caption file; the format comes from `filename`'s suffix: `.vtt`, `.srt`,
-    `.json3`, `.json` (json3 or transcript-api, sniffed), `.txt` (plain text, one segment at 0 s). Raises VrpError
-    naming `filename` on an unsupported suffix, non-UTF-8 bytes, or malformed content."""
+    `.sbv`, `.json3`, `.json` (json3 or transcript-api, sniffed), `.txt` (plain text, one segment at 0 s).
+
+    The bytes are decoded by `vrp.charsets.decode_bytes`: a UTF-8/16/32 byte-order mark decides, else UTF-8, else
+    a guessed encoding, whose note (naming `filename` and the encoding) is logged and appended to `notes` when
+    given. Raises VrpError naming `filename` on an unsupported suffix, undecodable bytes, or malformed content."""
     suffix = os.path.splitext(filename)[1].lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise VrpError(f"{filename}: unsupported transcript file type {suffix or '(none)'!r}; "
                        f"expected one of {', '.join(SUPPORTED_SUFFIXES)}")
-    text = _decode(data, filename)
+    decoded = decode_bytes(data, filename)
+    if decoded.note and notes is not None:
+        notes.append(decoded.note)
+    text = decoded.text
     if suffix == ".vtt":
         return parse_vtt(text, filename)
     if suffix == ".srt":
         return parse_srt(text, filename)
+    if suffix == ".sbv":
+        return parse_sbv(text, filename)
     if suffix == ".txt":
-        body = clean.collapse_spaces(text)
+        body = clean.collapse_spaces(clean.remove_invisible(text))
         return [Segment(0.0, 0.0, body)] if body else []
     try:
-        obj = json.loads(text)
+        obj = json.loads(clean.strip_format_chars(text))
     except json.JSONDecodeError as e:
         raise VrpError(f"{filename}:{e.lineno}: invalid JSON ({e.msg})") from None
     return parse_json_transcript(obj, filename)
 
 
-def read_transcript(path: str | os.PathLike[str]) -> list[Segment]:
-    """Read a `.vtt`, `.srt`, `.json3`, `.json` or `.txt` transcript file into segments (see
-    `parse_transcript_bytes`). Raises VrpError if the file is missing or malformed."""
+def read_transcript(path: str | os.PathLike[str], notes: list[str] | None = None) -> list[Segment]:
+    """Read a `.vtt`, `.srt`, `.sbv`, `.json3`, `.json` or `.txt` transcript file into segments (see
+    `parse_transcript_bytes`, which also says what goes to `notes`). Raises VrpError if the file is missing or
+    malformed."""
     path = Path(path)
     if path.is_dir():
         raise VrpError(f"{path}: is a directory, not a caption file")
     if not path.is_file():
         raise VrpError(f"{path}: file not found")
-    return parse_transcript_bytes(path.read_bytes(), str(path))
+    return parse_transcript_bytes(path.read_bytes(), str(path), notes)
 
 
 def segments_to_text(segments: Iterable[Segment], drop_annotations: bool = True) -> str:

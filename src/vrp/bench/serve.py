@@ -1,8 +1,10 @@
 """`vrp bench serve`: a bounded loopback load check of the prediction server.
 
-Knows: how to start `vrp serve` in a subprocess on a free loopback port (or take the `--url` of a running one), how
+Knows: the options of the check (`BenchServeConfig`), how to start `vrp serve` in a subprocess on a free loopback
+port (or take the `url` of a running one), how
 to send N `POST /v1/predict` requests at concurrency C with httpx (each with a timeout, the whole run with a
-deadline), and how to summarise them: latency percentiles (p50/p95, milliseconds, linear interpolation), counts by
+deadline), and how to summarise them: latency percentiles (p50/p95, milliseconds, `numpy.percentile`'s linear
+interpolation), counts by
 HTTP status (or error kind), and the server's resident memory (VmRSS from /proc/<pid>/status, kB) at start-up,
 after one warm-up request and after the load.
 Does not know: how the server schedules work (see `vrp.serve.worker`).
@@ -28,7 +30,10 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from vrp.errors import VrpError
+from vrp.bench.train_report import cpu_model
+from vrp.decoding import DEFAULT_PRESET
+from vrp.errors import ConfigError, VrpError
+from vrp.options import check_positive, check_range, coerce_fields, option
 
 MAX_REQUESTS = 10_000
 MAX_CONCURRENCY = 64
@@ -66,21 +71,69 @@ class LoadResult:
         return asdict(self)
 
 
+@dataclass
+class BenchServeConfig:
+    """Options of `vrp bench serve`; the field docs are its `--help`, `__post_init__` their one validation."""
+
+    url: str | None = option("a running server, e.g. http://127.0.0.1:8000 (loopback only); or give `model`/`run` "
+                             "to start one", None)
+    server_pid: int | None = option("pid of the `url` server, to read its RSS", None)
+    model: str | None = option("start `vrp serve --model MODEL` for the check", None)
+    run: str | None = option("start `vrp serve --run RUN` for the check", None)
+    checkpoint: str | None = option("with `run`: serve this checkpoint", None)
+    queue_size: int = option("queue size of the started server", 8)
+    threads: int | None = option("threads of the started server (None: its own default)", None)
+    requests: int = option(f"requests to send (1..{MAX_REQUESTS})", 50)
+    concurrency: int = option(f"requests in flight (1..{MAX_CONCURRENCY})", 4)
+    max_seconds: float = option("start no request after this many seconds", 900.0)
+    request_timeout_s: float = option("client timeout per request in seconds", 300.0)
+    warmup: bool = option("send one uncounted warm-up request first", True)
+    title: str | None = option("video title (None: a short built-in one)", None)
+    transcript: str | None = option("transcript text (None: a short built-in one)", None)
+    num_comments: int = option("comments per request", 1)
+    max_new_tokens: int = option("new tokens per comment", 40)
+    preset: str = option("decoding preset", DEFAULT_PRESET)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if bool(self.url) == bool(self.model or self.run):
+            raise ConfigError("url", "give either a `url` (a running server) or a `model`/`run` (start one)")
+        if self.url:
+            self.url = require_loopback_url(self.url)
+        if self.checkpoint and not self.run:
+            raise ConfigError("checkpoint", "needs a `run` (it names a checkpoint of that run)")
+        check_range(self, "requests", low=1, high=MAX_REQUESTS)
+        check_range(self, "concurrency", low=1, high=MAX_CONCURRENCY)
+        check_range(self, "queue_size", low=0)
+        check_range(self, "threads", low=1)
+        check_positive(self, "max_seconds", "request_timeout_s")
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON body of every request."""
+        return {"title": DEFAULT_TITLE if self.title is None else self.title,
+                "transcript": self.transcript or DEFAULT_TRANSCRIPT, "num_comments": self.num_comments,
+                "max_new_tokens": self.max_new_tokens, "preset": self.preset}
+
+    def server_args(self) -> list[str]:
+        """Extra `vrp serve` flags of a started server."""
+        return ["--queue-size", str(self.queue_size)] + (["--threads", str(self.threads)] if self.threads else [])
+
+
 def require_loopback_url(url: str) -> str:
-    """Return `url` without a trailing slash if it is `http://<loopback host>:<port>`; raise VrpError otherwise.
-    A host name must resolve only to loopback addresses (checked with the local resolver)."""
+    """Return `url` without a trailing slash if it is `http://<loopback host>:<port>`; raise ConfigError('url')
+    otherwise. A host name must resolve only to loopback addresses (checked with the local resolver)."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise VrpError(f"--url: expected http://127.0.0.1:PORT, got {url!r}")
+        raise ConfigError("url", f"expected http://127.0.0.1:PORT, got {url!r}")
     host = parts.hostname
     try:
         addrs = {ipaddress.ip_address(host)}
     except ValueError:
         if host != "localhost":
-            raise VrpError(f"--url: only loopback targets are allowed (127.0.0.1, ::1, localhost), got {host!r}")
+            raise ConfigError("url", f"only loopback targets are allowed (127.0.0.1, ::1, localhost), got {host!r}")
         addrs = {ipaddress.ip_address(ai[4][0].split("%")[0]) for ai in socket.getaddrinfo(host, None)}
     if not addrs or not all(a.is_loopback for a in addrs):
-        raise VrpError(f"--url: {host} is not a loopback address; the load check only targets this machine")
+        raise ConfigError("url", f"{host} is not a loopback address; the load check only targets this machine")
     return url.rstrip("/")
 
 
@@ -96,14 +149,11 @@ def read_rss_kb(pid: int) -> int | None:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0..100) with linear interpolation between closest ranks; None for no values."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    """The q-th percentile (0..100) of `values` (`numpy.percentile`, linear interpolation between the closest
+    ranks); None for no values."""
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else None
 
 
 def free_port() -> int:
@@ -146,20 +196,17 @@ async def _send_all(url: str, payload: dict[str, Any], n: int, concurrency: int,
     return statuses, samples, not_sent
 
 
-def run_load(url: str, requests: int, concurrency: int, payload: dict[str, Any], server_pid: int | None = None,
-             request_timeout_s: float = 300.0, max_seconds: float = 900.0, warmup: bool = True,
-             progress: bool = False) -> LoadResult:
-    """Send `requests` predictions at `concurrency` to the loopback server at `url` and summarise them.
+def run_load(cfg: BenchServeConfig, url: str, server_pid: int | None = None, progress: bool = False) -> LoadResult:
+    """Send `cfg.requests` predictions (`cfg.payload()`) at `cfg.concurrency` to the loopback server at `url` and
+    summarise them.
 
-    One warm-up request (not counted) runs first unless `warmup` is False. No request starts after `max_seconds`;
-    those are counted in `not_sent`. `progress` prints a line to stderr per tenth of the requests. Raises VrpError
-    for a non-loopback url or out-of-range counts.
+    One warm-up request (not counted) runs first unless `cfg.warmup` is False. No request starts after
+    `cfg.max_seconds`; those are counted in `not_sent`. `progress` prints a line to stderr per tenth of the
+    requests. Raises ConfigError for a non-loopback url, VrpError when the warm-up request fails.
     """
     url = require_loopback_url(url)
-    if not 1 <= requests <= MAX_REQUESTS:
-        raise VrpError(f"--requests must be in 1..{MAX_REQUESTS}, got {requests}")
-    if not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise VrpError(f"--concurrency must be in 1..{MAX_CONCURRENCY}, got {concurrency}")
+    requests, concurrency, payload = cfg.requests, cfg.concurrency, cfg.payload()
+    request_timeout_s, max_seconds, warmup = cfg.request_timeout_s, cfg.max_seconds, cfg.warmup
     rss_start = read_rss_kb(server_pid) if server_pid else None
     if warmup:
         import httpx
@@ -251,14 +298,7 @@ def format_result(res: LoadResult) -> str:
 
 def markdown_section(res: LoadResult, command: str, model: str) -> str:
     """A BENCHMARKS.md section: machine, date, command and numbers."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
     return (f"\n## vrp bench serve ({time.strftime('%Y-%m-%d')})\n\n"
-            f"- machine: {cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}\n"
+            f"- machine: {cpu_model()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}\n"
             f"- model: {model}\n- command: `{command}`\n- request: {res.payload}\n\n"
             f"```\n{format_result(res)}\n```\n")

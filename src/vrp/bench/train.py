@@ -1,14 +1,14 @@
 """`vrp bench train`: training throughput of TRL's per-example SFTTrainer vs vrp's loop, unpacked and shared-prefix.
 
 Knows: how to build the benchmark's data from a real source (the first videos of e.g. the seed xlsx, prompts cut to
-`--max-prompt-tokens`; a video's comment count raised to K with real comments of the following videos, never the
+`max_prompt_tokens`; a video's comment count raised to K with real comments of the following videos, never the
 same text twice in a video), how many videos to use so that every configuration learns the same comments, how to
 run each configuration in its own process (`vrp.bench.train_worker`), and how to report comments/s, tokens/s,
-peak RSS and MFU as a table on stdout and a section appended to BENCHMARKS.md.
+peak RSS and MFU (the options: `BenchTrainConfig`).
 Does not know: FLOP formulas or the matmul peak (`vrp.bench.flops`), how a configuration is timed (the worker),
 how results are formatted (`vrp.bench.train_report`).
 
-Run time: `--quick` about 2 minutes on an idle 2-core machine; the full default run (3, 10 and 30 comments per video,
+Run time: `quick` about 2 minutes on an idle 2-core machine; the full default run (3, 10 and 30 comments per video,
 1,024-token prompts, batch 4) roughly 40 minutes there (the per-example configurations dominate: TRL ~115 tokens/s).
 
 Terms. comments/s: training comments (examples) learned per second of timed optimizer steps; tokens/s: real
@@ -16,7 +16,7 @@ Terms. comments/s: training comments (examples) learned per second of timed opti
 tokens needed for the same comments); peak RSS: the configuration process's peak resident memory (bytes, shown in
 MiB); MFU: model FLOPs per second / measured matmul peak (see `vrp.bench.flops` for the formula and both counts);
 packing: `none` = one row per comment (as TRL), `shared_prefix` = one row = one prompt + the comments of a video
-(split into rows of at most `--max-row-tokens` tokens that repeat the prompt).
+(split into rows of at most `max_row_tokens` tokens that repeat the prompt).
 The timings are only as good as the machine is quiet: the load average at start and end is recorded.
 """
 from __future__ import annotations
@@ -29,80 +29,94 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from vrp.artifacts import DatasetDir
 from vrp.bench.train_report import (
     CONFIGS,
     LABELS,
-    append_section,
     cpu_model,
-    format_table,
-    markdown_section,
-    summary_lines,
 )
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
+from vrp.model import LoraSettings
+from vrp.options import check_choice, check_range, coerce_fields, option, option_like
+from vrp.prompts import PromptConfig
 from vrp.records import Comment, Video
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class BenchOptions:
-    """Settings of one `vrp bench train` run. Token counts in tokens; `videos` 0 = choose automatically: the fewest
-    videos whose comments number >= `min_comments` and whose shared-prefix rows fill `steps` batches.
-    `max_row_tokens` 0 = automatic: 1.5 x `max_prompt_tokens` (at least prompt + one longest comment). Activation
-    memory (~1.3-2 MB per token for SmolLM2-135M with bf16 autocast and LoRA) dominates peak RSS, so capping
-    shared-prefix rows at 1.5x the prompt keeps the peak RSS at 30 comments/video within ~1.5x of that at 3."""
-
-    model: str = "smollm2-135m"
-    data: str = ""
-    comments_per_video: list[int] = field(default_factory=lambda: [3, 10, 30])
-    configs: list[str] = field(default_factory=lambda: list(CONFIGS))
-    videos: int = 0
-    steps: int = 1
-    min_comments: int = 24
-    batch_size: int = 4
-    max_prompt_tokens: int = 1024
-    max_comment_tokens: int = 128
-    max_row_tokens: int = 0
-    precision: str = "auto"
-    learning_rate: float = 2e-4
-    lora: dict[str, Any] = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05,
-                                                          "target_modules": "all-linear"})
-    val_check: bool = True
-    val_train_videos: int = 4
-    val_videos: int = 4
-    val_steps: int = 2
-    val_learning_rate: float = 1e-3
-    peak_size: int = 4096
-    peak_repeats: int = 5
-    threads: int = 0
-    quick: bool = False
-
-
-def resolved(opts: BenchOptions) -> BenchOptions:
-    """`opts` with the automatic `max_row_tokens` (0) replaced by its value."""
-    if opts.max_row_tokens:
-        return opts
-    return replace(opts, max_row_tokens=max(opts.max_prompt_tokens * 3 // 2,
-                                            opts.max_prompt_tokens + opts.max_comment_tokens + 1))
-
+from vrp.train.config import TrainConfig
 
 QUICK = {"comments_per_video": [3], "max_prompt_tokens": 256, "batch_size": 2, "min_comments": 6,
          "val_train_videos": 2, "val_videos": 1, "val_steps": 1, "peak_repeats": 3}
 
 
-def default_data() -> str:
-    """The real seed dataset next to the repository (`../shared/data/uos2023/train_dataset.xlsx`), or ''."""
-    p = REPO_ROOT.parent / "shared" / "data" / "uos2023" / "train_dataset.xlsx"
-    return str(p) if p.is_file() else ""
+@dataclass
+class BenchTrainConfig:
+    """Options of `vrp bench train`; the field docs are its `--help`, `__post_init__` their one validation. Token
+    counts in tokens. Activation memory (~1.3-2 MB per token for SmolLM2-135M with bf16 autocast and LoRA)
+    dominates peak RSS, so capping shared-prefix rows at 1.5x the prompt keeps the peak RSS at 30 comments/video
+    within ~1.5x of that at 3."""
+
+    model: str = option_like(TrainConfig, "model")
+    data: str | None = option("source of videos: any file `vrp prepare` reads (the command's default: the seed "
+                              "train_dataset.xlsx)", None)
+    comments_per_video: list[int] = option("comment counts K per video; above a video's own count, real comments of "
+                                           "the following videos are added", [3, 10, 30])
+    configs: list[str] = option("configurations to time: subset of " + ",".join(CONFIGS), list(CONFIGS))
+    videos: int = option("videos per comment count (0 = automatic: the fewest with >= `min_comments` comments whose "
+                         "shared-prefix rows fill `steps` batches)", 0)
+    steps: int = option("timed optimizer steps of shared_prefix at least; the other configurations learn the same "
+                        "comments", 1)
+    min_comments: int = option("comments per comment count at least (with `videos` 0)", 24)
+    batch_size: int = option("rows per optimizer step, all configurations", 4)
+    max_prompt_tokens: int = option_like(PromptConfig, "max_prompt_tokens")
+    max_comment_tokens: int = option_like(PromptConfig, "max_comment_tokens")
+    max_row_tokens: int = option("longest shared-prefix row in tokens; longer videos are split into rows (0 = "
+                                 "automatic: 1.5 x `max_prompt_tokens`, at least prompt + one longest comment)", 0)
+    precision: str = option("auto, bf16 or fp32", "auto")
+    learning_rate: float = option_like(TrainConfig, "learning_rate")
+    lora: dict[str, Any] = option("LoRA settings of every configuration (r, alpha, dropout, target_modules)",
+                                  asdict(LoraSettings()), cli=False)
+    val_check: bool = option("check that packing none and shared_prefix reach the same validation NLL", True)
+    val_train_videos: int = option("training videos of the validation check", 4)
+    val_videos: int = option("validation videos of the validation check", 4)
+    val_steps: int = option("epochs of the validation check", 2)
+    val_learning_rate: float = option("learning rate of the validation check", 1e-3)
+    peak_size: int = option("matrix size of the matmul-peak measurement", 4096)
+    peak_repeats: int = option("repeats of the matmul-peak measurement (the best counts)", 5)
+    threads: int = option("torch CPU threads in every configuration (0 = torch's own, one per core; on a busy "
+                          "machine 1 thread can be much faster)", 0)
+    quick: bool = option("small smoke run (" + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + "; about 2 "
+                         "minutes on an idle 2-core machine)", False)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if not self.max_row_tokens:
+            self.max_row_tokens = max(self.max_prompt_tokens * 3 // 2,
+                                      self.max_prompt_tokens + self.max_comment_tokens + 1)
+        check_range(self, "batch_size", "steps", "peak_size", "peak_repeats", "max_prompt_tokens",
+                    "max_comment_tokens", low=1)
+        check_range(self, "videos", "threads", "min_comments", low=0)
+        if not self.comments_per_video or min(self.comments_per_video) < 1:
+            raise ConfigError("comments_per_video", f"expected positive integers, got {self.comments_per_video}")
+        bad = [c for c in self.configs if c not in CONFIGS]
+        if bad or not self.configs:
+            raise ConfigError("configs", f"choose from {','.join(CONFIGS)}, got {','.join(self.configs)}")
+        check_choice(self, "precision", ("auto", "bf16", "fp32"))
+        if self.max_row_tokens < self.max_prompt_tokens + 2:
+            raise ConfigError("max_row_tokens", f"({self.max_row_tokens}) must exceed `max_prompt_tokens` "
+                                                f"({self.max_prompt_tokens}) so that a comment fits behind the prompt")
 
 
-def default_output() -> Path:
-    """BENCHMARKS.md at the repository root (a source checkout), else in the current directory."""
-    return REPO_ROOT / "BENCHMARKS.md" if (REPO_ROOT / "pyproject.toml").is_file() else Path("BENCHMARKS.md")
+def bench_train_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchTrainConfig:
+    """The config of one run: the defaults, then the `QUICK` values when `quick` is set (in the YAML `source` or in
+    `overrides`), then the YAML file, then `overrides`."""
+    from vrp.options import build_config, load_yaml
+
+    values = load_yaml(source) if source else {}
+    quick = bool((overrides or {}).get("quick", values.get("quick", False)))
+    return build_config(BenchTrainConfig, {**(QUICK if quick else {}), **values}, overrides,
+                        where=str(source) if source else "the quick preset")
 
 
 def expand_video(videos: list[Video], i: int, k: int) -> Video:
@@ -120,7 +134,7 @@ def expand_video(videos: list[Video], i: int, k: int) -> Video:
                 out.append(Comment(text=c.text, rank=len(out) + 1))
                 if len(out) == k:
                     return Video(video_id=v.video_id, title=v.title, transcript=v.transcript, comments=out)
-    raise VrpError(f"--comments-per-video {k}: the source has only {len(out)} distinct comments")
+    raise ConfigError("comments_per_video", f"{k}: the source has only {len(out)} distinct comments")
 
 
 def expand_comments(videos: list[Video], k: int, n: int) -> list[Video]:
@@ -128,11 +142,11 @@ def expand_comments(videos: list[Video], k: int, n: int) -> list[Video]:
     return [expand_video(videos, i, k) for i in range(min(n, len(videos)))]
 
 
-def select_videos(videos: list[Video], k: int, tok: Any, opts: BenchOptions) -> list[Any]:
+def select_videos(videos: list[Video], k: int, tok: Any, opts: BenchTrainConfig) -> list[Any]:
     """Encoded videos (`EncodedVideo`) for comment count `k`: `opts.videos` of them, or automatically the fewest
     with >= `min_comments` comments whose shared-prefix rows fill `steps` batches of `batch_size`."""
     from vrp.packing import make_rows
-    from vrp.prompts import PromptConfig, encode_video
+    from vrp.prompts import encode_video
 
     pcfg = PromptConfig(max_prompt_tokens=opts.max_prompt_tokens, max_comment_tokens=opts.max_comment_tokens)
     enc: list[Any] = []
@@ -145,7 +159,7 @@ def select_videos(videos: list[Video], k: int, tok: Any, opts: BenchOptions) -> 
               and len(make_rows(enc, "shared_prefix", opts.max_row_tokens)) >= opts.steps * opts.batch_size):
             return enc
     if opts.videos and len(enc) < opts.videos:
-        raise VrpError(f"--videos {opts.videos}: the source has only {len(enc)} videos")
+        raise ConfigError("videos", f"{opts.videos}: the source has only {len(enc)} videos")
     return enc
 
 
@@ -165,7 +179,7 @@ def _run_worker(spec: dict[str, Any], tmp: Path, name: str) -> dict[str, Any]:
     return json.loads(out_path.read_text())
 
 
-def _spec(opts: BenchOptions, kind: str, enc: list[Any]) -> dict[str, Any]:
+def _spec(opts: BenchTrainConfig, kind: str, enc: list[Any]) -> dict[str, Any]:
     return {"kind": kind, "model": opts.model, "precision": opts.precision, "batch_size": opts.batch_size,
             "threads": opts.threads, "lora": opts.lora, "learning_rate": opts.learning_rate,
             "max_row_tokens": opts.max_row_tokens, "seed": 0,
@@ -173,9 +187,8 @@ def _spec(opts: BenchOptions, kind: str, enc: list[Any]) -> dict[str, Any]:
                        for e in enc]}
 
 
-def _val_check(opts: BenchOptions, videos: list[Video], k: int, tok: Any, tmp: Path) -> dict[str, Any]:
+def _val_check(opts: BenchTrainConfig, videos: list[Video], k: int, tok: Any, tmp: Path) -> dict[str, Any]:
     """Validation NLL after the same training comments with `vrp.train.loop.train`, packing none vs shared_prefix."""
-    from vrp.io import write_jsonl_atomic
     from vrp.packing import make_rows
 
     n_train = opts.val_train_videos
@@ -186,9 +199,7 @@ def _val_check(opts: BenchOptions, videos: list[Video], k: int, tok: Any, tmp: P
     rows = len(make_rows(enc, "shared_prefix", opts.max_row_tokens))
     comments = sum(len(e.completions) for e in enc)
     data = tmp / "val-data"
-    data.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(data / "train.jsonl", (v.to_json() for v in train))
-    write_jsonl_atomic(data / "validation.jsonl", (v.to_json() for v in videos[-opts.val_videos:]))
+    DatasetDir(data).write(train, videos[-opts.val_videos:], {"source": "vrp bench train: validation check"})
     spec = _spec(opts, "val", [])
     spec.update(data_dir=str(data), val={
         "max_prompt_tokens": opts.max_prompt_tokens, "max_comment_tokens": opts.max_comment_tokens,
@@ -200,21 +211,30 @@ def _val_check(opts: BenchOptions, videos: list[Video], k: int, tok: Any, tmp: P
     return res
 
 
-def run_bench(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
-    """Run every (comments per video, configuration) pair and return the raw results (JSON-ready dict)."""
+def require_bench_extra() -> None:
+    """Raise VrpError saying what to install when TRL or datasets (the `bench` extra) is missing."""
+    import importlib.util
+
+    missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise VrpError(f"the TRL configuration of `vrp bench train` needs {' and '.join(missing)}: "
+                       f"pip install 'vrp[bench]'")
+
+
+def run_bench(opts: BenchTrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Run every (comments per video, configuration) pair and return the raw results (JSON-ready dict). Raises
+    ConfigError('data') when the config names no source, VrpError when the `trl` configuration is asked for
+    without the `bench` extra."""
     import torch
 
     from vrp.bench.flops import matmul_peak
     from vrp.dataset import load_source
     from vrp.model import load_tokenizer
 
-    opts = resolved(opts)
-    bad = [c for c in opts.configs if c not in CONFIGS]
-    if bad or not opts.configs:
-        raise VrpError(f"--configs: choose from {','.join(CONFIGS)}, got {','.join(opts.configs)}")
     if not opts.data:
-        raise VrpError("--data: no source given and the seed dataset ../shared/data/uos2023/train_dataset.xlsx "
-                       "is not there")
+        raise ConfigError("data", "no source of videos given")
+    if "trl" in opts.configs:
+        require_bench_extra()
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     t_start = time.perf_counter()
     videos, _ = load_source(opts.data)
@@ -254,69 +274,18 @@ def run_bench(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
                 val = {"error": str(e)}
                 say(f"    {e}")
             val["wall_s"] = time.perf_counter() - t0
+    import importlib.metadata
+
     import peft
     import transformers
-    import trl
 
+    try:
+        trl_version = importlib.metadata.version("trl")
+    except importlib.metadata.PackageNotFoundError:
+        trl_version = "not installed"
     env = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu_model(), "cores": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-           "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+           "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
            "peft": peft.__version__, "load_start": load_start, "load_end": os.getloadavg(),
            "wall_s": time.perf_counter() - t_start}
     return {"options": asdict(opts), "env": env, "peak_flops": peak, "results": results, "val": val}
-
-
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise VrpError(f"{flag}: expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise VrpError(f"{flag}: expected positive integers, got {text!r}")
-    return vals
-
-
-def options_from_args(args: Any) -> BenchOptions:
-    """`BenchOptions` from parsed `vrp bench train` flags: the defaults (or the `--quick` ones), then the flags
-    that were given. Raises VrpError naming the flag for an impossible value."""
-    opts = BenchOptions(data=default_data())
-    if getattr(args, "quick", False):
-        opts = replace(opts, quick=True, **QUICK)
-    over: dict[str, Any] = {k: getattr(args, k) for k in (
-        "model", "data", "videos", "steps", "batch_size", "max_prompt_tokens", "max_row_tokens", "precision",
-        "peak_size", "threads") if getattr(args, k, None) is not None}
-    if getattr(args, "comments_per_video", None):
-        over["comments_per_video"] = _int_list(args.comments_per_video, "--comments-per-video")
-    if getattr(args, "configs", None):
-        over["configs"] = [c.strip() for c in args.configs.split(",") if c.strip()]
-    if getattr(args, "no_val_check", False):
-        over["val_check"] = False
-    opts = resolved(replace(opts, **over))
-    for name in ("batch_size", "steps", "peak_size"):
-        if getattr(opts, name) < 1:
-            raise VrpError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
-    for name in ("videos", "threads"):
-        if getattr(opts, name) < 0:
-            raise VrpError(f"--{name} must be >= 0 (0 = automatic), got {getattr(opts, name)}")
-    if opts.max_row_tokens < opts.max_prompt_tokens + 2:
-        raise VrpError(f"--max-row-tokens ({opts.max_row_tokens}) must exceed --max-prompt-tokens "
-                       f"({opts.max_prompt_tokens}) so that a comment fits behind the prompt")
-    return opts
-
-
-def run_cli(args: Any, command: str) -> int:
-    """`vrp bench train`: run, print the table and summary (the last stdout line is the (c)/(a) comments/s
-    ratio), append the section to BENCHMARKS.md unless `--no-write`, optionally write the raw results as JSON."""
-    from vrp.io import write_json_atomic
-
-    bench = run_bench(options_from_args(args))
-    print(format_table(bench))
-    print()
-    print("\n".join(summary_lines(bench)), flush=True)
-    if getattr(args, "json_out", None):
-        write_json_atomic(args.json_out, bench)
-    if not getattr(args, "no_write", False):
-        path = Path(args.output) if getattr(args, "output", None) else default_output()
-        append_section(path, markdown_section(bench, command))
-        print(f"appended a section to {path}", file=sys.stderr)
-    return 0

@@ -2,13 +2,16 @@
 
 Each subcommand module defines `add_parser(subparsers) -> argparse.ArgumentParser` and `run(args) -> int`.
 Heavy imports (torch, transformers) happen inside `run`, so `vrp --help` is fast. A `VrpError` is printed as
-`error: <message>` with exit status 2 and no traceback.
+`error: <message>` with exit status 2 and no traceback; a `ConfigError` names the subcommand's flag for its field
+(`error: --max-steps: must be >= 1, got 0`), and so do the fields its message names in backticks.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+from typing import Any
 
 # Subcommands in the order the pipeline runs them: collect -> prepare -> train -> generate -> evaluate -> serve.
 SUBCOMMANDS = ["collect", "transcript", "prepare", "train", "generate", "evaluate", "serve", "bench"]
@@ -29,13 +32,53 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         p = mod.add_parser(sub)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _parser=p)
     return parser
 
 
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Field (argparse dest) -> how the user writes it: its first long flag, or the metavar of a positional."""
+    names: dict[str, str] = {}
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction) or a.dest in (argparse.SUPPRESS, "help"):
+            continue
+        longs = [o for o in a.option_strings if o.startswith("--")]
+        names.setdefault(a.dest, longs[0] if longs else (a.option_strings or [str(a.metavar or a.dest)])[0])
+    return names
+
+
+def config_error_message(e: Any, parser: argparse.ArgumentParser | None) -> str:
+    """`--flag: message` for a ConfigError: the field and the backticked fields in the message as flags."""
+    names = flag_names(parser) if parser is not None else {}
+    message = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: names.get(m.group(1), m.group(0)), e.message)
+    return f"{names.get(e.field, e.field)}: {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `vrp` console script. Returns the process exit status."""
-    from vrp.errors import VrpError
+    """Entry point of the `vrp` console script. Returns the process exit status.
+
+    Output piped into a reader that stops early (`vrp transcript long.vtt | head -1`) ends the command quietly:
+    as in the Python docs' "Note on SIGPIPE" (library/signal), stdout is flushed inside the `try` (so a closed
+    pipe raises here, not at interpreter exit) and then pointed at /dev/null. The status is then 141, what a
+    shell reports for a process ended by SIGPIPE (128 + 13)."""
+    try:
+        try:
+            return _main(argv)
+        finally:  # also after argparse's --help or usage error (SystemExit)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor (captured in tests): nothing to redirect
+            pass
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
+    """Parse `argv` and run the subcommand; VrpError and Ctrl-C become a message and a status."""
+    from vrp.errors import ConfigError, VrpError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -44,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
+    except ConfigError as e:
+        print(f"error: {config_error_message(e, getattr(args, '_parser', None))}", file=sys.stderr)
+        return 2
     except VrpError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,25 +5,27 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `vrp prepare`."""
+    """Register `vrp prepare`; every `PrepareConfig` field is a flag."""
+    from vrp.dataset import PrepareConfig
+    from vrp.options import add_dataclass_args
+
     p = sub.add_parser("prepare", help="import videos and comments into a dataset dir (train/validation split)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Read the seed xlsx (comments/titles/text), a CSV/JSONL/Parquet/xlsx table with "
                                    "title, transcript, comment [, video_id, like_count], or a `vrp collect` dir, "
                                    "group rows into videos and split by video.")
     p.add_argument("input", help="source file (.xlsx, .csv, .jsonl, .parquet) or collect dir")
     p.add_argument("--out", required=True, help="dataset directory to write")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of videos in validation.jsonl")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    add_dataclass_args(p, PrepareConfig)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `vrp prepare`; prints the counts."""
-    from vrp.dataset import prepare
+    from vrp.dataset import PrepareConfig, prepare
+    from vrp.options import build_config
 
-    m = prepare(args.input, args.out, args.val_fraction, args.seed, args.overwrite)
+    m = prepare(args.input, args.out, build_config(PrepareConfig, None, vars(args)), overwrite=args.overwrite)
     print(f"{m['format']}: {m['videos']['total']} videos -> train {m['videos']['train']} "
           f"({m['comments']['train']} comments), validation {m['videos']['validation']} "
           f"({m['comments']['validation']} comments); written to {args.out}")

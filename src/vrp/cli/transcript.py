@@ -1,4 +1,5 @@
-"""`vrp transcript FILE`: print the clean transcript of a caption file (.vtt, .srt, .json3, transcript-api JSON)."""
+"""`vrp transcript FILE`: print the clean transcript of a caption file (.vtt, .srt, .sbv, .json3, transcript-api
+JSON, .txt)."""
 from __future__ import annotations
 
 import argparse
@@ -8,11 +9,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp transcript`."""
     p = sub.add_parser("transcript", help="print the clean transcript text of a caption file",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Parse a WebVTT (.vtt), SubRip (.srt), YouTube json3 (.json3), "
-                                   "youtube-transcript-api JSON (.json) or plain text (.txt) file with the same "
-                                   "code `vrp collect` uses: tags and inline timings stripped, HTML entities "
-                                   "decoded, repeated lines of rolling automatic captions removed.")
-    p.add_argument("file", metavar="FILE", help="caption file (.vtt, .srt, .json3, .json, .txt)")
+                       description="Parse a WebVTT (.vtt), SubRip (.srt), YouTube Studio SubViewer (.sbv), YouTube "
+                                   "json3 (.json3), youtube-transcript-api JSON (.json) or plain text (.txt) file "
+                                   "with the same code `vrp collect` uses: tags, ASS override blocks and inline "
+                                   "timings stripped, HTML entities decoded, repeated lines of rolling automatic "
+                                   "captions removed. UTF-8, UTF-16 and UTF-32 files with a byte-order mark are "
+                                   "read as such; a file that is not UTF-8 is read in the encoding "
+                                   "charset-normalizer guesses, with a warning naming it.")
+    p.add_argument("file", metavar="FILE", help="caption file (.vtt, .srt, .sbv, .json3, .json, .txt)")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text: one line of clean text; json: the segments [{start, end, text}] (seconds)")
     p.add_argument("--keep-annotations", action="store_true",

@@ -5,15 +5,14 @@ sorted by "top" and capped at K top-level comments (`extractor_args={"youtube": 
 "max_comments": [K, K, "0", "0", "1"]}}`: max-comments, max-parents, max-replies, max-replies-per-thread,
 max-depth, as yt-dlp's YoutubeIE reads them; values are strings); downloading the chosen subtitle track with
 `YoutubeDL.urlopen`; youtube-transcript-api 1.x as the transcript fallback (`YouTubeTranscriptApi().fetch(video_id,
-languages=[...])`); retries with exponential backoff; and the resumable run loop appending to `videos.jsonl` /
-`skipped.jsonl` (format in `vrp.collect.videos`). Both libraries are injected (`ydl_factory`, `transcript_api`), so
-tests replace them with fakes.
+languages=[...])`); retries with exponential backoff; the options of `vrp collect` (`CollectConfig`); and the
+resumable run loop appending to the collect dir's `videos.jsonl` / `skipped.jsonl` (`vrp.artifacts.CollectDir`).
+Both libraries are injected (`ydl_factory`, `transcript_api`), so tests replace them with fakes.
 Does not know: URL forms, track choice and error classes (see `vrp.collect.youtube`), caption parsing (see
 `vrp.transcripts`), comment cleaning (see `vrp.collect.videos`).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from vrp.collect.videos import SKIPPED_FILE, VIDEOS_FILE, read_done_ids, read_skipped
+from vrp.artifacts import CollectDir
 from vrp.collect.youtube import (
     ACCEPTED_FORMS,
     VIDEO_ID_RE,
@@ -33,8 +32,8 @@ from vrp.collect.youtube import (
     select_subtitle_track,
     watch_url,
 )
-from vrp.errors import VrpError
-from vrp.io import append_jsonl_line, repair_torn_tail, write_json_atomic
+from vrp.errors import ConfigError, VrpError
+from vrp.options import check_choice, check_positive, check_range, coerce_fields, option
 from vrp.transcripts import parse_transcript_api, parse_transcript_bytes
 
 log = logging.getLogger(__name__)
@@ -44,25 +43,36 @@ UNAVAILABLE = {"private": "private", "subscriber_only": "members_only", "premium
 
 @dataclass
 class CollectConfig:
-    """Options of one `vrp collect` run. Times are seconds. `max_videos` counts videos in `out_dir`, earlier runs
-    included (None = no limit). `retries`: extra attempts after a transient error, waiting `backoff_s * 2**n`
-    (at most `backoff_max_s`). `use_transcript_api`: fall back to youtube-transcript-api when yt-dlp gives no
-    usable subtitle track."""
+    """Options of `vrp collect`; the field docs are its `--help`, `__post_init__` their one validation. Times are
+    seconds."""
 
-    out_dir: Path
-    max_videos: int | None = None
-    comments_per_video: int = 20
-    languages: tuple[str, ...] = ("en",)
-    comment_sort: str = "top"
-    sleep_s: float = 1.0
-    cookies: Path | None = None
-    proxy: str | None = None
-    retries: int = 3
-    backoff_s: float = 5.0
-    backoff_max_s: float = 300.0
-    socket_timeout_s: float = 30.0
-    use_transcript_api: bool = True
-    progress: bool = True
+    max_videos: int | None = option("stop once the dir holds N videos, earlier runs included (None: all listed "
+                                    "videos)", None, "N")
+    comments_per_video: int = option("top-level comments to fetch per video, sorted by 'top' (YouTube's relevance "
+                                     "order)", 20, "K")
+    languages: list[str] = option("transcript languages in order of preference (ISO 639-1, e.g. en,de)", ["en"],
+                                  "LANGS")
+    comment_sort: str = option("YouTube's comment order: top or new", "top")
+    sleep: float = option("pause between two videos", 1.0, "SECONDS")
+    cookies: str | None = option("Netscape-format cookies file for yt-dlp (e.g. for age-restricted videos; "
+                                 "youtube-transcript-api does not use it)", None, "FILE")
+    proxy: str | None = option("proxy for yt-dlp and youtube-transcript-api, e.g. http://host:port", None, "URL")
+    retries: int = option("extra attempts after a transient error (HTTP 429, bot check, timeout)", 3)
+    backoff: float = option("first wait before a retry; doubled after each attempt", 5.0, "SECONDS")
+    backoff_max: float = option("longest wait before a retry", 300.0, "SECONDS")
+    socket_timeout: float = option("network timeout of yt-dlp", 30.0, "SECONDS")
+    transcript_api: bool = option("fall back to youtube-transcript-api when yt-dlp gives no usable subtitle track",
+                                  True)
+    progress: bool = option("show a progress bar", True)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        check_range(self, "comments_per_video", "max_videos", low=1)
+        check_range(self, "sleep", "retries", "backoff", "backoff_max", low=0)
+        check_positive(self, "socket_timeout")
+        if not self.languages:
+            raise ConfigError("languages", "needs at least one language code, e.g. en")
+        check_choice(self, "comment_sort", ("top", "new"))
 
 
 class _YdlLogger:
@@ -76,9 +86,9 @@ class _YdlLogger:
 
 def _base_params(config: CollectConfig) -> dict[str, Any]:
     params: dict[str, Any] = {"quiet": True, "no_warnings": True, "noprogress": True, "skip_download": True,
-                              "socket_timeout": config.socket_timeout_s, "logger": _YdlLogger()}
+                              "socket_timeout": config.socket_timeout, "logger": _YdlLogger()}
     if config.cookies:
-        params["cookiefile"] = str(config.cookies)
+        params["cookiefile"] = config.cookies
     if config.proxy:
         params["proxy"] = config.proxy
     return params
@@ -90,12 +100,12 @@ def listing_params(config: CollectConfig) -> dict[str, Any]:
 
 
 def video_params(config: CollectConfig) -> dict[str, Any]:
-    """yt-dlp options for one video's info dict with comments sorted by `config.comment_sort` ("top" unless set)
-    and capped at `config.comments_per_video` top-level comments, no replies. Formats are not needed, so a video
-    without playable formats still gives its metadata (`ignore_no_formats_error`)."""
+    """yt-dlp options for one video's info dict with comments sorted by `config.comment_sort` and capped at
+    `config.comments_per_video` top-level comments, no replies. Formats are not needed, so a video without playable
+    formats still gives its metadata (`ignore_no_formats_error`)."""
     k = str(config.comments_per_video)
     return {**_base_params(config), "getcomments": True, "noplaylist": True, "ignore_no_formats_error": True,
-            "extractor_args": {"youtube": {"comment_sort": [config.comment_sort or "top"],
+            "extractor_args": {"youtube": {"comment_sort": [config.comment_sort],
                                            "max_comments": [k, k, "0", "0", "1"]}}}
 
 
@@ -147,27 +157,12 @@ class CollectStats:
     listing_failed: list[str] = field(default_factory=list)
 
 
-@contextlib.contextmanager
-def _dir_lock(out: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
-        yield
-        return
-    with open(out / ".collect.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise VrpError(f"{out}: another `vrp collect` is writing to this directory") from None
-        yield
-
-
 class Collector:
-    """One resumable collection run into `config.out_dir` (see `collect`)."""
+    """One resumable collection run into a collect dir (see `collect`)."""
 
-    def __init__(self, config: CollectConfig, ydl_factory: Callable[[dict[str, Any]], Any],
+    def __init__(self, out: CollectDir, config: CollectConfig, ydl_factory: Callable[[dict[str, Any]], Any],
                  transcript_api: Any, sleep: Callable[[float], None]):
-        self.config, self.ydl_factory, self.api, self.sleep = config, ydl_factory, transcript_api, sleep
+        self.out, self.config, self.ydl_factory, self.api, self.sleep = out, config, ydl_factory, transcript_api, sleep
         self.stats = CollectStats()
 
     def _retrying(self, fn: Callable[[], Any]) -> Any:
@@ -181,7 +176,7 @@ class Collector:
                 if not e.failure.retry or attempt == cfg.retries:
                     e.failure = Failure(**{**asdict(e.failure), "attempts": attempt + 1})
                     raise
-                delay = min(cfg.backoff_max_s, cfg.backoff_s * 2 ** attempt)
+                delay = min(cfg.backoff_max, cfg.backoff * 2 ** attempt)
                 log.info("%s; retrying in %.0f s", e.failure.detail, delay)
                 self.sleep(delay)
 
@@ -226,7 +221,7 @@ class Collector:
         if "transcript" not in cache:
             cache["transcript"] = self.fetch_transcript(ydl, info)
         return video_record(info, *cache["transcript"], max_comments=self.config.comments_per_video,
-                            comment_sort=self.config.comment_sort or "top")
+                            comment_sort=self.config.comment_sort)
 
     def fetch_transcript(self, ydl: Any, info: dict[str, Any]) -> tuple[list, str, str | None, str]:
         """(segments, source manual|auto, language, via) from the chosen yt-dlp track, else youtube-transcript-api.
@@ -259,12 +254,10 @@ class Collector:
         """Collect every video of `targets` not yet done or permanently skipped; stop at `max_videos`."""
         from tqdm import tqdm
 
-        cfg, out = self.config, Path(self.config.out_dir)
-        videos, skipped_file = out / VIDEOS_FILE, out / SKIPPED_FILE
-        repair_torn_tail(videos)
-        repair_torn_tail(skipped_file)
-        done = read_done_ids(videos)
-        permanent = {vid for vid, r in read_skipped(skipped_file).items() if r.get("permanent")}
+        cfg, out = self.config, self.out
+        out.repair()
+        done = out.done_ids()
+        permanent = {vid for vid, r in out.skipped().items() if r.get("permanent")}
         seen: set[str] = set()
         bar = tqdm(total=cfg.max_videos, initial=min(len(done), cfg.max_videos or len(done)), unit="video",
                    desc="collect", disable=not cfg.progress, dynamic_ncols=True)
@@ -281,13 +274,13 @@ class Collector:
                     self.stats.already_skipped += video_id in permanent
                     continue
                 if self.stats.collected or sum(self.stats.skipped.values()):
-                    self.sleep(cfg.sleep_s)
+                    self.sleep(cfg.sleep)
                 cache: dict[str, Any] = {}
                 try:
                     record = self._retrying(lambda: self.fetch_video(ydl, video_id, cache))
                 except _Failed as e:
                     f = e.failure
-                    append_jsonl_line(skipped_file, {"id": video_id, "url": watch_url(video_id), **asdict(f)})
+                    out.append_skipped({"id": video_id, "url": watch_url(video_id), **asdict(f)})
                     self.stats.skipped[f.reason] += 1
                     message = f"skipped {video_id}: {f.reason} ({f.detail})"
                     if cfg.progress:
@@ -295,7 +288,7 @@ class Collector:
                     else:
                         log.info(message)
                 else:
-                    append_jsonl_line(videos, record)
+                    out.append_video(record)
                     done.add(video_id)
                     self.stats.collected += 1
                     bar.update(1)
@@ -311,43 +304,40 @@ def _default_transcript_api(config: CollectConfig) -> Any:
     return YouTubeTranscriptApi(proxy_config=proxy)
 
 
-def collect(targets: Sequence[str], config: CollectConfig, ydl_factory: Callable[[dict[str, Any]], Any] | None = None,
-            transcript_api: Any = None, sleep: Callable[[float], None] = time.sleep) -> CollectStats:
-    """Collect `targets` (URLs, @handles, ids; all validated before any network call) into `config.out_dir`.
+def collect(targets: Sequence[str], out: str | Path | CollectDir, config: CollectConfig | None = None,
+            ydl_factory: Callable[[dict[str, Any]], Any] | None = None, transcript_api: Any = None,
+            sleep: Callable[[float], None] = time.sleep) -> CollectStats:
+    """Collect `targets` (URLs, @handles, ids; all validated before any network call) into the collect dir `out`.
 
     Appends one line per collected video to `videos.jsonl` and one per skipped video to `skipped.jsonl`
     (`{id, url, reason, permanent, retry, detail, attempts}`), and writes `collect.json` (options and counts)
-    atomically at the end. Resumable: ids already in `videos.jsonl`, or permanently skipped, are not fetched
-    again; transiently skipped ones are retried on the next run. `ydl_factory(params)` must return a context
-    manager with `extract_info(url, download=False)` and `urlopen(url)` (default `yt_dlp.YoutubeDL`);
-    `transcript_api` needs `fetch(video_id, languages=[...])` (default `YouTubeTranscriptApi()` unless
-    `config.use_transcript_api` is False). Raises VrpError on a bad target or option, or if another run holds
-    the directory.
+    atomically at the end (layout: `vrp.artifacts.CollectDir`). Resumable: ids already in `videos.jsonl`, or
+    permanently skipped, are not fetched again; transiently skipped ones are retried on the next run.
+    `ydl_factory(params)` must return a context manager with `extract_info(url, download=False)` and `urlopen(url)`
+    (default `yt_dlp.YoutubeDL`); `transcript_api` needs `fetch(video_id, languages=[...])` (default
+    `YouTubeTranscriptApi()` unless `config.transcript_api` is False). Raises VrpError on a bad target,
+    ConfigError on a missing cookies file, VrpError if another run holds the directory.
     """
+    config = config or CollectConfig()
+    out = out if isinstance(out, CollectDir) else CollectDir(out)
     parsed = [parse_target(t) for t in targets]
     if not parsed:
         raise VrpError("no URL given; " + ACCEPTED_FORMS)
-    if config.comments_per_video < 1 or (config.max_videos is not None and config.max_videos < 1):
-        raise VrpError("--comments-per-video and --max-videos must be at least 1")
-    if config.sleep_s < 0 or config.retries < 0 or config.backoff_s < 0:
-        raise VrpError("--sleep, --retries and --backoff must not be negative")
     if config.cookies and not Path(config.cookies).is_file():
-        raise VrpError(f"{config.cookies}: cookies file not found (export one in Netscape format)")
+        raise ConfigError("cookies", f"{config.cookies}: cookies file not found (export one in Netscape format)")
     if ydl_factory is None:
         from yt_dlp import YoutubeDL as ydl_factory
-    if transcript_api is None and config.use_transcript_api:
+    if transcript_api is None and config.transcript_api:
         transcript_api = _default_transcript_api(config)
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    collector = Collector(config, ydl_factory, transcript_api if config.use_transcript_api else None, sleep)
-    with _dir_lock(out):
+    collector = Collector(out, config, ydl_factory, transcript_api if config.transcript_api else None, sleep)
+    with out.lock():
         try:
             return collector.run(parsed)
         finally:
             s = collector.stats
-            write_json_atomic(out / "collect.json", {
+            out.write_summary({
                 "targets": [asdict(t) for t in parsed],
-                "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+                "options": {"out_dir": str(out), **asdict(config)},
                 "stats": {**asdict(s), "skipped": dict(s.skipped)},
                 "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             })

@@ -1,13 +1,13 @@
-"""The collect directory written by `vrp collect`, and how it becomes `Video` records.
+"""The records of a collect dir written by `vrp collect`, and how they become `Video` records.
 
-Knows: the layout of a collect dir — `videos.jsonl` (one JSON object per collected video: `id`, `url`, `title`,
+Knows: the fields of a `videos.jsonl` record (one JSON object per collected video: `id`, `url`, `title`,
 `description`, `channel`, `upload_date`, `duration`, `category`, `transcript_source`, `transcript`
 `[{start, end, text}]`, `comments` `[{id, text, like_count, author_is_uploader, is_pinned, parent, time_text}]`)
-and `skipped.jsonl` (`{id, url, reason, permanent, detail}`) — how lines are appended so that a kill leaves at
-most a torn last line, how that line is repaired, and how collected rows become `vrp.records.Video`s: transcript
-segments joined into clean text, comments cleaned (`vrp.clean`), filtered, de-duplicated and ranked by like count
-(rank 1 = most liked; ties keep YouTube's "top" order).
-Does not know: how the data is fetched (see `vrp.collect.fetch`) or how splits are made (see `vrp.dataset`).
+and of `skipped.jsonl` (`{id, url, reason, permanent, detail}`), and how collected rows become `vrp.records.Video`s:
+transcript segments joined into clean text, comments cleaned (`vrp.clean`), filtered, de-duplicated and ranked by
+like count (rank 1 = most liked; ties keep YouTube's "top" order).
+Does not know: the dir's files and how they are appended and repaired (`vrp.artifacts.CollectDir`), how the data is
+fetched (see `vrp.collect.fetch`) or how splits are made (see `vrp.dataset`).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vrp import clean
+from vrp.artifacts import CollectDir
 from vrp.errors import VrpError
 from vrp.io import iter_jsonl_rows
 from vrp.records import Comment, Video
@@ -25,32 +26,9 @@ from vrp.transcripts import Segment, segments_to_text
 
 log = logging.getLogger(__name__)
 
-VIDEOS_FILE = "videos.jsonl"
-SKIPPED_FILE = "skipped.jsonl"
 VIDEO_DROP_REASONS = ("no_transcript", "no_usable_comments", "duplicate_video_id")
 COMMENT_DROP_REASONS = ("duplicate_id", "reply", "by_uploader", "empty", "link_only", "timestamps_only",
                         "over_max_comments", "in_dropped_video")
-
-
-def read_done_ids(path: str | os.PathLike[str]) -> set[str]:
-    """Ids of the videos in a `videos.jsonl` (empty if the file does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        return set()
-    return {str(row.get("id")) for _, row in iter_jsonl_rows(path) if row is not None and row.get("id")}
-
-
-def read_skipped(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """The last `skipped.jsonl` record per video id (empty if the file does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    return {str(row["id"]): row for _, row in iter_jsonl_rows(path) if row is not None and row.get("id")}
-
-
-def is_collect_dir(path: str | os.PathLike[str]) -> bool:
-    """True when `path` is a directory holding a `videos.jsonl`."""
-    return (Path(path) / VIDEOS_FILE).is_file()
 
 
 def _transcript_text(value: Any, where: str, drop_annotations: bool) -> str:
@@ -113,7 +91,8 @@ def load_collect_dir(path: str | os.PathLike[str], drop_uploader_comments: bool 
     `transcript` or bad `comments`.
     """
     path = Path(path)
-    file = path / VIDEOS_FILE if path.is_dir() else path
+    collect_dir = CollectDir(path if path.is_dir() else path.parent)
+    file = collect_dir.videos_path if path.is_dir() else path
     if not file.is_file():
         raise VrpError(f"{file}: file not found (expected a collect dir written by `vrp collect`)")
     videos: list[Video] = []
@@ -151,8 +130,7 @@ def load_collect_dir(path: str | os.PathLike[str], drop_uploader_comments: bool 
     if n_dropped:
         reasons = ", ".join(f"{k}: {v}" for k, v in vdrop.items() if v)
         log.warning("%s: dropped %d of %d videos (%s)", file, n_dropped, read, reasons)
-    skipped_file = file.parent / SKIPPED_FILE
-    skipped = Counter(str(r.get("reason", "unknown")) for r in read_skipped(skipped_file).values())
+    skipped = Counter(str(r.get("reason", "unknown")) for r in collect_dir.skipped().values())
     stats: dict[str, Any] = {"source": str(file), "videos_read": read, "videos_kept": len(videos),
                              "videos_dropped": n_dropped}
     stats.update({f"videos_dropped_{k}": v for k, v in vdrop.items()})

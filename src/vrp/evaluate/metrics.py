@@ -18,6 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
+# Version of the metric definitions of `vrp evaluate` (in metrics.json and report.md's Definitions, as
+# lm-evaluation-harness versions its tasks): raise it whenever a number's definition changes, so that reports made
+# with different definitions are not compared. History: `vrp.evaluate.report.DEFINITIONS`.
+METRICS_VERSION = 2
+
 # A word (letters/digits, inner apostrophes), or one symbol character together with trailing variation selectors,
 # skin-tone modifiers and zero-width joiners (so "❤️" is one token and "❤️❤️❤️" three equal tokens).
 _TOKEN_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s][\ufe0e\ufe0f\u200d\U0001F3FB-\U0001F3FF]*")

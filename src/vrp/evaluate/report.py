@@ -1,47 +1,30 @@
 """Writing the `vrp evaluate` outputs: report.md, metrics.json, per-video/generation JSONL and PNG bar charts.
 
-Knows: the layout of the metrics dict built by `vrp.evaluate.run.evaluate_run`, how to render it as Markdown tables
-and matplotlib bar charts (Agg backend, no display), the training-curve files of a run dir (`metrics.jsonl` lines with
-`step`, `loss`, optional `val_nll`, or a ready `loss.png`), and atomic writing (`records.atomic_path`).
-Does not know: how any number is computed (see `evaluate`, `metrics`).
+Knows: the layout of the metrics dict built by `vrp.evaluate.run.evaluate_run` and how to render it as Markdown tables
+and bar charts (`vrp.charts`); a run's training curve is its `loss.png`, or drawn from its history by the function
+`vrp train` uses. The report dir's files are named by `vrp.artifacts.ReportDir`.
+Does not know: how any number is computed (see `vrp.evaluate.run`, `vrp.evaluate.metrics`).
 """
 from __future__ import annotations
 
-import json
 import shutil
-import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-from vrp.errors import VrpError
+from vrp.artifacts import ReportDir, RunDir
+from vrp.charts import bar_chart, loss_curve
+from vrp.evaluate.metrics import METRICS_VERSION
+from vrp.evaluate.tiers import tier_markdown
 from vrp.io import atomic_path, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
-GEN_METRICS = [("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("repetition_rate", "repetition rate"),
+GEN_METRICS = [("finished_rate", "finished rate"), ("median_new_tokens", "median new tokens"),
+               ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("repetition_rate", "repetition rate"),
                ("generic_rate", "generic rate"), ("length_mean", "length (tokens, mean)"),
-               ("on_topic_r1", "on-topic Recall@1")]
+               ("on_topic_r1", "on-topic Recall@1"), ("mauve", "MAUVE vs real comments")]
+RANKINGS = (("own video (likelihood)", "own_prompt"), ("own video (PMI)", "pmi"), ("title only", "title_only"),
+            ("random baseline", "random_baseline"))
 RANK_METRICS = [("recall_at_1", "Recall@1"), ("recall_at_5", "Recall@5"), ("recall_at_10", "Recall@10"),
                 ("mrr", "MRR"), ("mean_rank", "mean rank")]
-OWN_FILES = ("report.md", "metrics.json", "per_video.jsonl", "generations.jsonl")
-
-
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an existing non-empty `out` unless `overwrite` (VrpError naming --overwrite) or a file at `out`."""
-    if out.exists() and not out.is_dir():
-        raise VrpError(f"--out: {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise VrpError(f"--out: {out} is not empty; pass --overwrite to replace the report in it")
-
-
-def _remove_previous(out: Path) -> None:
-    """Delete the files a previous `vrp evaluate` listed in out/metrics.json (only those, never anything else)."""
-    try:
-        old = json.loads((out / "metrics.json").read_text()).get("files", [])
-    except (OSError, ValueError, AttributeError):
-        return
-    for name in old:
-        p = out / str(name)
-        if p.parent == out and p.is_file() and (p.suffix == ".png" or p.name in OWN_FILES):
-            p.unlink()
 
 
 def _gen_value(m: dict[str, Any], key: str) -> float | None:
@@ -60,84 +43,21 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def bar_chart(path: Path, labels: Sequence[str], series: dict[str, Sequence[float | None]], title: str,
-              ylabel: str, errors: dict[str, Sequence[tuple[float, float] | None]] | None = None,
-              hline: tuple[float, str] | None = None) -> None:
-    """Write a (grouped) bar chart PNG atomically: one group per label, one bar per series; None values are gaps.
-
-    errors: per series, `(lower, upper)` interval per label (drawn as error bars). hline: `(y, legend label)`.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n = max(len(series), 1)
-    width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) * max(1, n / 2) + 2), 4))
-    x = np.arange(len(labels))
-    for si, (name, vals) in enumerate(series.items()):
-        ys = [np.nan if v is None else float(v) for v in vals]
-        yerr = None
-        if errors and errors.get(name):
-            yerr = np.array([[y - lo, hi - y] if e else [0, 0] for y, e in zip(ys, errors[name])
-                             for lo, hi in [e or (0, 0)]]).T
-        ax.bar(x + (si - (n - 1) / 2) * width, ys, width, label=name, yerr=yerr, capsize=3)
-    if hline:
-        ax.axhline(hline[0], color="k", linestyle="--", linewidth=1, label=hline[1])
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(textwrap.fill(title, 60), fontsize=10)
-    if len(series) > 1 or hline:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-
-
-def loss_curve(run: Path, out_png: Path) -> bool:
-    """Plot `run/metrics.jsonl` (`step`, `loss`, optional `val_nll`) to `out_png`, or copy `run/loss.png`.
-    Returns False when the run has neither."""
-    rows = []
-    if (run / "metrics.jsonl").is_file():
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(d, dict) and "step" in d and ("loss" in d or "val_nll" in d):
-                rows.append(d)
-    if rows:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key, name in (("loss", "training loss"), ("val_nll", "validation NLL/token")):
-            pts = [(d["step"], d[key]) for d in rows if d.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="." if key == "val_nll" else None, label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("nats per token")
-        ax.set_title(f"training curve: {run.name}")
-        ax.legend()
-        fig.tight_layout()
+def run_loss_curve(run: RunDir, out_png: Path) -> bool:
+    """The training curve of `run` as `out_png`: a copy of its `loss.png`, else drawn from its `metrics.jsonl` with
+    the same function `vrp train` uses (`vrp.charts.loss_curve`). False when the run has neither."""
+    if run.loss_png.is_file():
         with atomic_path(out_png) as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)
+            shutil.copyfile(run.loss_png, tmp)
         return True
-    if (run / "loss.png").is_file():
-        with atomic_path(out_png) as tmp:
-            shutil.copyfile(run / "loss.png", tmp)
-        return True
-    return False
+    history = [h for h in run.history() if "step" in h]
+    if not history:
+        return False
+    loss_curve(history, out_png)
+    return True
 
 
-def _charts(out: Path, res: dict[str, Any], runs: dict[str, str | None]) -> list[str]:
+def _charts(out: Path, res: dict[str, Any], runs: dict[str, RunDir | None]) -> list[str]:
     files: list[str] = []
     models = list(res["models"])
     lik = {k: res["models"][k]["likelihood"] for k in models}
@@ -155,10 +75,9 @@ def _charts(out: Path, res: dict[str, Any], runs: dict[str, str | None]) -> list
     for key, name in RANK_METRICS:
         files.append(f"ranking_{key}.png")
         rk = {k: res["models"][k]["ranking"] for k in models}
-        bar_chart(out / files[-1], models, {p: [rk[k][f].get(key) for k in models] for p, f in
-                                            (("own video", "own_prompt"), ("title only", "title_only"),
-                                             ("random baseline", "random_baseline"))},
-                  f"ranking: {name} (candidates ranked by mean log-prob/token)", name)
+        shown = [(p, f) for p, f in RANKINGS if any(f in rk[k] and _shown(res, f) for k in models)]
+        bar_chart(out / files[-1], models, {p: [(rk[k].get(f) or {}).get(key) for k in models] for p, f in shown},
+                  f"ranking: {name} (likelihood: mean log-prob/token; PMI: minus λ × no-video)", name)
     for group, prefix in (("generation", "gen"), ("seed_generation", "seed")):
         entries: dict[str, dict[str, Any]] = {}
         if group == "seed_generation":
@@ -171,6 +90,8 @@ def _charts(out: Path, res: dict[str, Any], runs: dict[str, str | None]) -> list
         if not entries:
             continue
         for key, name in GEN_METRICS:
+            if all(_gen_value(m, key) is None for m in entries.values()):
+                continue
             files.append(f"{prefix}_{key}.png")
             chance = None
             if key == "on_topic_r1":
@@ -180,9 +101,15 @@ def _charts(out: Path, res: dict[str, Any], runs: dict[str, str | None]) -> list
             bar_chart(out / files[-1], list(entries), {name: [_gen_value(m, key) for m in entries.values()]},
                       f"{name} on {where}", name, hline=chance)
     for label, run in runs.items():
-        if run and loss_curve(Path(run), out / f"loss_{label}.png"):
+        if run is not None and run_loss_curve(run, out / f"loss_{label}.png"):
             files.append(f"loss_{label}.png")
     return files
+
+
+def _shown(res: dict[str, Any], key: str) -> bool:
+    """Whether ranking `key` is reported: `settings.ranking` likelihood hides PMI, pmi hides the likelihood."""
+    ranking = res.get("settings", {}).get("ranking", "both")
+    return not ((key == "pmi" and ranking == "likelihood") or (key == "own_prompt" and ranking == "pmi"))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -195,16 +122,36 @@ def _gen_rows(entries: dict[str, dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for name, m in entries.items():
         ot = m.get("on_topic") or {}
-        rows.append([name, m["outputs"], m["distinct_1"], m["distinct_2"], m["repetition_rate"], m["generic_rate"],
+        med, ratio = m.get("median_new_tokens"), m.get("length_ratio_to_real")
+        rows.append([name, m["outputs"], m.get("finished_rate"),
+                     None if med is None else f"{med:g}" + ("" if ratio is None else f" ({ratio:.2f}x)"),
+                     m["distinct_1"], m["distinct_2"], m["repetition_rate"], m["generic_rate"],
                      (m["length_tokens"] or {}).get("mean"), f"{_fmt(ot.get('recall_at_1'))} (chance "
-                     f"{_fmt(ot.get('chance'))})" if ot else None])
+                     f"{_fmt(ot.get('chance'))})" if ot else None, m.get("mauve")])
     return rows
 
 
-GEN_HEADER = ["outputs", "n", "distinct-1", "distinct-2", "repetition rate", "generic rate", "length (tokens)",
-              "on-topic Recall@1"]
+GEN_HEADER = ["outputs", "n", "finished", "median new tokens (x real)", "distinct-1", "distinct-2", "repetition rate",
+              "generic rate", "length (tokens)", "on-topic Recall@1", "MAUVE"]
 
-DEFINITIONS = """## Definitions
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: one line, `|` escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _examples(examples: Sequence[dict[str, Any]]) -> list[str]:
+    """The side-by-side table: one row per video, its first real comment and each setup's first comment."""
+    setups = list(dict.fromkeys(k for e in examples for k in e["predicted"]))
+    rows = [[_cell(e["video"]), _cell(e["real"])] + [_cell(e["predicted"].get(k, "")) for k in setups]
+            for e in examples]
+    return [_table(["video (title or transcript start)", "a real comment"] + [f"`{k}`" for k in setups], rows), ""]
+
+DEFINITIONS = f"""## Definitions (metrics version {METRICS_VERSION})
+
+Version history: 1 = likelihood ranking and reference-free metrics of generated comments; 2 = adds the PMI ranking
+with cross-fitted λ, the finished rate, the median length next to the real comments' and MAUVE; generated comments
+are 5 per video by default, and the real-comment reference holds every real comment of the generation videos.
 
 - **NLL per token** (nats): −Σ log p(token | prompt, earlier tokens) over the tokens of every real held-out comment
   *and its end-of-turn token*, divided by their number (token-weighted over all comments). **Perplexity** =
@@ -217,11 +164,16 @@ DEFINITIONS = """## Definitions
   training): each held-out video gets up to 100 candidates = its real comments + comments of the most similar other
   held-out videos (MiniLM cosine of title + transcript, up to 30) + the 20 most frequent training comments (ties in
   count broken by closeness to the mean training-comment embedding, i.e. the most typical ones) + random comments of
-  other held-out videos and of the training split. Candidates are ranked by mean log-prob per token
-  (length-normalised), computed with shared-prefix scoring. **Each real comment is ranked against the distractors
-  only** (the video's other real comments are removed); **Recall@k** = P(rank ≤ k), **MRR** = mean 1/rank, **mean
-  rank** (1 = best) are averaged over a video's real comments, then over videos; ties count as a uniformly random
-  tie-break (exact expectation). **Random baseline**: for n candidates, Recall@k = min(k, n)/n, MRR = H_n/n, mean
+  other held-out videos and of the training split. **Likelihood** ranks candidates by mean log-prob per token
+  (length-normalised) given the video's prompt, computed with shared-prefix scoring. **PMI** (domain-conditional
+  PMI, Holtzman et al. 2021) ranks them by that minus λ × their mean log-prob per token given the *no-video prompt*
+  (the same chat with an empty title and transcript, one prompt for all videos; for untitled videos it equals the
+  title-only prompt). λ comes from the grid 0, 0.1, …, 1.5 by 2-fold cross-fitting: the videos are split in two
+  halves (seeded), λ with the best MRR on one half (smaller λ on ties) ranks the other half, and vice versa; the two
+  λ are reported, and no video is ranked with a λ chosen on itself. **Each real comment is ranked against the
+  distractors only** (the video's other real comments are removed); **Recall@k** = P(rank ≤ k), **MRR** = mean
+  1/rank, **mean rank** (1 = best) are averaged over a video's real comments, then over videos; ties count as a
+  uniformly random tie-break (exact expectation). **Random baseline**: for n candidates, Recall@k = min(k, n)/n, MRR = H_n/n, mean
   rank = (n+1)/2, averaged the same way over exactly these candidate counts.
 - **distinct-n** (Li et al., NAACL 2016): distinct word n-grams / all word n-grams over all outputs of a row.
   **Repetition rate**: share of outputs in which some word n-gram or emoji occurs 3+ times in a row (punctuation-only
@@ -229,13 +181,22 @@ DEFINITIONS = """## Definitions
   frequent training comments. **Length**: tokens of the evaluated model's tokenizer. **On-topic Recall@1**: each
   output's MiniLM embedding retrieves, among the evaluated videos' title + transcript embeddings (mean of 128-word
   chunks of the first 768 words), its own video first; chance = 1/N.
+- **Finished rate**: share of generated comments that ended with a stop token (the chat template's end-of-turn
+  token or an EOS) within `max_new_tokens`. **Median new tokens**: median of the generated tokens per comment, stop
+  token included; **(x real)** divides it by the median of the real comments of the same videos, counted the same
+  way (their tokens + 1 end-of-turn token).
+- **MAUVE** (Pillutla et al., NeurIPS 2021; PyPI `mauve-text`): between the MiniLM embeddings of every real comment
+  of the generation videos (P) and of the generated comments (Q), quantised into min(|P|, |Q|)/10 k-means clusters
+  (at least 2), scaling factor 5; 1 = indistinguishable. Needs ≥ 10 comments on each side (else –) and is coarse
+  below ~100. A `+rerankN` setup samples N comments per video and keeps the best by PMI (`vrp.rerank`).
 """
 
 
 def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], charts: Sequence[str]) -> str:
     """The report.md text for the metrics dict `res` (see `evaluate.evaluate_run`)."""
     d, cand, models = res["data"], res["candidates"], res["models"]
-    out = ["# vrp evaluate report", "",
+    out = ["# vrp evaluate report", "", f"Metrics version {res.get('metrics_version', METRICS_VERSION)} (see "
+           "Definitions).", "",
            f"Held-out videos: **{d['videos']}** ({d['real_comments']} real comments) from `{d['source']}`; "
            f"{d['train_comments']} training comments. Models: " + ", ".join(
                f"`{k}` ({m['model']}{' + ' + m['adapter'] if m['adapter'] else ''}, {m['precision']}, prompt ≤ "
@@ -265,11 +226,16 @@ def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], cha
                if cand["videos_short"] else ""), ""]
     rows = []
     for k, m in models.items():
-        for name, key in (("own video", "own_prompt"), ("title only", "title_only"),
-                          ("random baseline", "random_baseline")):
-            r = m["ranking"][key]
-            rows.append([k, name] + [r.get(x) for x, _ in RANK_METRICS])
-    out += [_table(["model", "prompt"] + [n for _, n in RANK_METRICS], rows), ""]
+        for name, key in RANKINGS:
+            r = m["ranking"].get(key)
+            if r is None or not _shown(res, key):
+                continue
+            lams = f" (λ {', '.join(f'{x:g}' for x in r['lambdas'])})" if key == "pmi" else ""
+            rows.append([k, name + lams] + [r.get(x) for x, _ in RANK_METRICS])
+    out += [_table(["model", "scoring"] + [n for _, n in RANK_METRICS], rows), ""]
+    if any("pmi" in m["ranking"] for m in models.values()) and _shown(res, "pmi"):
+        out += ["PMI's λ was chosen on one half of the videos and applied to the other, and vice versa (the two λ "
+                "shown: chosen on half 1, on half 2); see Definitions.", ""]
     gen = {f"{k}/{p}": g for k, m in models.items() for p, g in m["generation"].items()}
     if gen:
         gen["real held-out comments"] = res["references"]["real_held_out"]
@@ -279,18 +245,15 @@ def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], cha
                 "`original/*` are the published outputs of the 2023 project (LLaMA-2-7B-chat base, and its fine-tune "
                 "with beam search / beam + do_sample), cut at 150 LLaMA tokens; the others are ours on the same "
                 "videos.", "", _table(GEN_HEADER, _gen_rows(res["seed_comparison"])), ""]
-    if gen_rows:
-        out += ["### Examples", ""]
-        first = list(dict.fromkeys(r["video_id"] for r in gen_rows if r["set"] == "held_out"))[:3]
-        for vid in first:
-            out.append(f"- video `{vid}`:")
-            out += [f"  - {r['model']}/{r['preset']}: {r['comment'][:200]!r}" for r in gen_rows
-                    if r["video_id"] == vid and r["set"] == "held_out" and r["comment_index"] == 1]
-        out.append("")
+    if res.get("examples"):
+        out += ["### Side by side (first comment of each setup)", ""] + _examples(res["examples"])
+    out += tier_markdown(res.get("tiers"))  # vrp.evaluate.tiers: only for runs trained with like tiers
     out += ["## 6. Timing (seconds)", "", _table(["model", "load", "ranking + likelihood (own prompts)",
-                                                 "title-only prompts", "ranking total", "per video", "generation"],
+                                                 "title-only prompts", "no-video prompt", "ranking total",
+                                                 "per video", "generation"],
                                                 [[k, t.get("load_s"), t.get("score_own_prompt_s"),
-                                                  t.get("score_title_only_s"), t.get("ranking_total_s"),
+                                                  t.get("score_title_only_s"), t.get("score_no_video_s"),
+                                                  t.get("ranking_total_s"),
                                                   t.get("seconds_per_video"),
                                                   sum((t.get("generation_s") or {}).values())
                                                   + sum((t.get("seed_generation_s") or {}).values())]
@@ -301,17 +264,18 @@ def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], cha
     return "\n".join(out) + "\n"
 
 
-def write_outputs(out: Path, res: dict[str, Any], per_video: list[dict[str, Any]], gen_rows: list[dict[str, Any]],
-                  runs: dict[str, str | None], overwrite: bool) -> list[str]:
+def write_outputs(report: ReportDir, res: dict[str, Any], per_video: list[dict[str, Any]],
+                  gen_rows: list[dict[str, Any]], runs: dict[str, RunDir | None], overwrite: bool) -> list[str]:
     """Write charts, per_video.jsonl, generations.jsonl, report.md and, last, metrics.json (its `files` lists them).
-    Each file is written atomically; files of a previous report in `out` are removed first. Returns file names."""
-    check_out_dir(out, overwrite)
+    Each file is written atomically; files of a previous report in the dir are removed first. Returns file names."""
+    report.check_new(overwrite)
+    out = report.path
     out.mkdir(parents=True, exist_ok=True)
-    _remove_previous(out)
+    report.remove_previous()
     charts = _charts(out, res, runs)
-    write_jsonl_atomic(out / "per_video.jsonl", per_video)
-    write_jsonl_atomic(out / "generations.jsonl", gen_rows)
-    write_text_atomic(out / "report.md", render_markdown(res, gen_rows, charts))
-    files = list(OWN_FILES) + charts
-    write_json_atomic(out / "metrics.json", {**res, "files": files})
+    write_jsonl_atomic(out / report.PER_VIDEO, per_video)
+    write_jsonl_atomic(out / report.GENERATIONS, gen_rows)
+    write_text_atomic(out / report.REPORT, render_markdown(res, gen_rows, charts))
+    files = list(report.OWN_FILES) + charts
+    write_json_atomic(out / report.METRICS, {**res, "files": files})
     return files

@@ -2,9 +2,11 @@
 
 Knows: which videos are evaluated (a dataset dir's `validation.jsonl`, its `train.jsonl` for the most frequent
 training comments, or any source `vrp.dataset.load_source` reads), how the 100 ranking candidates of a video are
-drawn, how real comments are scored with shared-prefix scoring (`vrp.scoring.score_candidates`) under three prompts
-(own video, another video, title only), and how generated comments are measured (`vrp.evaluate.metrics`).
-Does not know: metric formulas (`metrics`), report layout and charts (`report`), decoding (`predict`, `generate`).
+drawn, how real comments and candidates are scored with shared-prefix scoring (`vrp.scoring.score_candidates`) under
+four prompts (own video, another video, title only, and no video for the PMI ranking, whose lambda `vrp.evaluate.pmi`
+cross-fits), and which generated comments are measured (`vrp.evaluate.generation`).
+Does not know: metric formulas (`metrics`, `pmi`), report layout and charts (`report`), decoding (`predict`,
+`decoding`), its options' defaults and validation (`vrp.evaluate.config.EvaluateConfig`), a run's layout (`vrp.artifacts`).
 
 The definitions of every number (NLL, conditioning gain, the candidate sets, the per-comment ranking with the other
 real comments removed, the analytic random baseline) are `vrp.evaluate.report.DEFINITIONS`, which report.md repeats.
@@ -20,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from vrp.artifacts import DatasetDir, RunDir
 from vrp.errors import VrpError
 from vrp.evaluate import metrics as M
 from vrp.evaluate.candidates import (  # noqa: F401 (re-exported)
@@ -29,7 +32,16 @@ from vrp.evaluate.candidates import (  # noqa: F401 (re-exported)
     frequent_comments,
     norm_key,
 )
-from vrp.records import Video, read_videos
+from vrp.evaluate.config import EvaluateConfig
+from vrp.evaluate.generation import (  # noqa: F401 (re-exported)
+    generation_metrics,
+    read_seed_outputs,
+    real_reference,
+    run_generation,
+    side_by_side,
+)
+from vrp.evaluate.pmi import cross_fit
+from vrp.records import Video
 
 KS = (1, 5, 10)
 
@@ -50,11 +62,11 @@ def load_eval_data(path: str | Path, max_videos: int = 0) -> EvalData:
     usable videos (conditioning gain and ranking need another video)."""
     from vrp.dataset import load_source
 
-    path = Path(path)
+    path, data = Path(path), DatasetDir(path)
     notes: list[str] = []
-    if path.is_dir() and (path / "validation.jsonl").is_file():
-        videos, source = read_videos(path / "validation.jsonl"), str(path / "validation.jsonl")
-        train = read_videos(path / "train.jsonl") if (path / "train.jsonl").is_file() else []
+    if path.is_dir() and data.validation_path.is_file():
+        videos, source = data.validation_videos(), str(data.validation_path)
+        train = data.train_videos() if data.train_path.is_file() else []
     else:
         videos, _ = load_source(path, require_comments=True)
         source, train = str(path), []
@@ -103,15 +115,19 @@ def _nll(pairs: Sequence[tuple[float, int]]) -> float:
 
 def score_videos(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video], csets: Sequence[CandidateSet],
                  partner: Sequence[int], row_tokens: int = 512, rows_per_batch: int = 1, autocast: Any = None,
-                 progress: bool = True, label: str = "") -> tuple[list[dict[str, Any]], dict[str, float]]:
+                 progress: bool = True, label: str = "", no_video: bool = False
+                 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Score every video's candidates under its own prompt and its title-only prompt, and its real comments under
-    the prompt of `partner[video]`. Returns per-video dicts `{own, title, other: [(sum, n)] per real comment,
-    rank_full, rank_title: [RankStat] per real comment, candidates}` and timings in seconds."""
+    the prompt of `partner[video]`; with `no_video`, also every candidate under the no-video prompt
+    (`prompts.no_video_prompt_ids`: one prompt for all videos, so each distinct candidate text is scored once).
+    Returns per-video dicts `{own, title, other: [(sum, n)] per real comment, rank_full, rank_title: [RankStat] per
+    real comment, candidates, n_real, own_all (and no_video_all): [(sum, n)] for real comments then distractors}`
+    and timings in seconds."""
     import contextlib
 
     from tqdm.auto import tqdm
 
-    from vrp.prompts import build_completion_ids, build_prompt_ids
+    from vrp.prompts import build_completion_ids, build_prompt_ids, no_video_prompt_ids
 
     ids: dict[str, list[int]] = {}
 
@@ -123,7 +139,8 @@ def score_videos(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video], csets
     scorer = CachedScorer(model, max(row_tokens, pcfg.max_comment_tokens + 1), rows_per_batch)
     guests = {partner[i]: i for i in range(len(videos))}          # video j's prompt also scores guests[j]'s comments
     rows: list[dict[str, Any]] = [{} for _ in videos]
-    t_full = t_title = 0.0
+    t_full = t_title = t_none = 0.0
+    nv_prompt = no_video_prompt_ids(tok, pcfg) if no_video else None
     with autocast or contextlib.nullcontext():
         for j, v in enumerate(tqdm(videos, desc=f"score {label}".strip(), unit="video", disable=not progress)):
             cs = csets[j]
@@ -134,14 +151,19 @@ def score_videos(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video], csets
             t1 = time.perf_counter()
             st = scorer.score(build_prompt_ids(tok, v.title, "", pcfg), real + dis)
             t_full, t_title = t_full + t1 - t0, t_title + time.perf_counter() - t1
+            if nv_prompt is not None:
+                t2 = time.perf_counter()
+                rows[j]["no_video_all"] = scorer.score(nv_prompt, real + dis)
+                t_none += time.perf_counter() - t2
             rows[j].update(own=sc[:len(real)], title=st[:len(real)], candidates=len(real) + len(dis),
+                           n_real=len(real), own_all=sc[:len(real) + len(dis)],
                            rank_full=_ranks(sc[:len(real)], sc[len(real):len(real) + len(dis)]),
                            rank_title=_ranks(st[:len(real)], st[len(real):]))
             if guest:
                 rows[guests[j]]["other"] = sc[len(real) + len(dis):]
     n = max(len(videos), 1)
-    return rows, {"score_own_prompt_s": t_full, "score_title_only_s": t_title,
-                  "ranking_total_s": t_full + t_title, "seconds_per_video": (t_full + t_title) / n}
+    return rows, {"score_own_prompt_s": t_full, "score_title_only_s": t_title, "score_no_video_s": t_none,
+                  "ranking_total_s": t_full + t_title + t_none, "seconds_per_video": (t_full + t_title + t_none) / n}
 
 
 def _ranks(real: Sequence[tuple[float, int]], dis: Sequence[tuple[float, int]]) -> list[M.RankStat]:
@@ -167,61 +189,21 @@ def likelihood_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[st
     return out
 
 
-def ranking_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Ranking metrics for own prompts, title-only prompts and the analytic random baseline of the same sets."""
+def ranking_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """Ranking metrics for own prompts (likelihood), title-only prompts and the analytic random baseline of the same
+    sets; when the rows hold no-video scores, also the PMI ranking with lambda 2-fold cross-fitted over videos
+    (`vrp.evaluate.pmi.cross_fit`; its per-video ranks are stored in the rows as `rank_pmi`)."""
     base = [[M.random_rank_stat(s.num_candidates, KS) for s in r["rank_full"]] for r in rows]
-    return {"own_prompt": M.summarize_ranks([r["rank_full"] for r in rows], KS),
-            "title_only": M.summarize_ranks([r["rank_title"] for r in rows], KS),
-            "random_baseline": M.summarize_ranks(base, KS)}
-
-
-def generation_metrics(texts: Sequence[str], gold: Sequence[int], video_emb: np.ndarray, embedder: Any,
-                       generic_emb: np.ndarray | None, count_tokens: Callable[[str], int]) -> dict[str, Any]:
-    """Reference-free metrics of comments `texts` (gold[i] = index of text i's video in `video_emb`): distinct-1/2,
-    repetition rate, generic rate (cosine >= 0.9 to a frequent training comment), length in tokens, on-topic
-    retrieval (Recall@1 of the own video among all rows of `video_emb`, chance 1/N)."""
-    toks = [M.text_tokens(t) for t in texts]
-    emb = embedder.encode(list(texts)) if texts else np.zeros((0, video_emb.shape[1]))
-    return {"outputs": len(texts), "distinct_1": M.distinct_n(toks, 1), "distinct_2": M.distinct_n(toks, 2),
-            "repetition_rate": M.repetition_rate(toks),
-            "generic_rate": None if generic_emb is None or not len(texts) else M.generic_rate(emb, generic_emb, 0.9),
-            "length_tokens": M.length_stats([count_tokens(t) for t in texts]),
-            "empty_rate": float(np.mean([not t.strip() for t in texts])) if texts else None,
-            "on_topic": M.retrieval_at_1(emb, video_emb, list(gold)) if texts else None}
-
-
-def run_generation(loaded: tuple[Any, Any, dict[str, Any]], videos: Sequence[Video], run: str | None,
-                   presets: Sequence[str], num_comments: int, max_new_tokens: int, seed: int,
-                   max_prompt_tokens: int | None, progress: bool) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
-    """Generate comments for `videos` with each preset (via `vrp.predict.predict`); rows and seconds per preset."""
-    from vrp.predict import predict
-
-    rows, secs = {}, {}
-    for p in presets:
-        t0 = time.perf_counter()
-        rows[p] = predict(list(videos), run=run, presets=[p], num_comments=num_comments, max_new_tokens=max_new_tokens,
-                          seed=seed, max_prompt_tokens=max_prompt_tokens, progress=progress, loaded=loaded)
-        secs[p] = time.perf_counter() - t0
-    return rows, secs
-
-
-def read_seed_outputs(seed_dir: str | Path, n_videos: int) -> dict[str, list[str]]:
-    """The original project's outputs: `DIR/*.xlsx`, column `text`, one row per test video in order. Raises VrpError
-    for a missing dir, no xlsx, a missing column or a row count different from `n_videos`."""
-    import pandas as pd
-
-    d = Path(seed_dir)
-    files = sorted(d.glob("*.xlsx")) if d.is_dir() else []
-    if not files:
-        raise VrpError(f"--seed-results: no .xlsx files in {d}")
-    out = {}
-    for f in files:
-        df = pd.read_excel(f)
-        if "text" not in df.columns:
-            raise VrpError(f"{f}: no 'text' column (found {list(df.columns)})")
-        if len(df) != n_videos:
-            raise VrpError(f"{f}: {len(df)} rows, but --seed-test has {n_videos} videos")
-        out[f"original/{f.stem}"] = ["" if not isinstance(t, str) else t.strip() for t in df["text"].tolist()]
+    out = {"own_prompt": M.summarize_ranks([r["rank_full"] for r in rows], KS),
+           "title_only": M.summarize_ranks([r["rank_title"] for r in rows], KS),
+           "random_baseline": M.summarize_ranks(base, KS)}
+    if rows and all("no_video_all" in r for r in rows):
+        cf = cross_fit(rows, seed=seed)
+        for r, ranks in zip(rows, cf["ranks"]):
+            r["rank_pmi"] = ranks
+        out["pmi"] = {**M.summarize_ranks(cf["ranks"], KS), "lambdas": cf["lambdas"],
+                      "fold_videos": [len(f) for f in cf["folds"]],
+                      "grid_mrr_all_videos": {str(k): v for k, v in cf["grid_mrr_all"].items()}}
     return out
 
 
@@ -235,23 +217,26 @@ def _candidate_summary(csets: Sequence[CandidateSet], n_candidates: int, frequen
             "frequent_training_comments": list(frequent[:20])}
 
 
-def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | None]], embedder: Any,
-                 presets: Sequence[str] = ("nucleus", "beam"), num_comments: int = 1, max_new_tokens: int = 150,
-                 max_prompt_tokens: int | None = None, n_candidates: int = 100, seed: int = 0,
-                 precision: str = "auto", row_tokens: int = 512, rows_per_batch: int = 1, max_gen_videos: int = 0,
-                 seed_test: str | None = None, seed_results: str | None = None,
-                 progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Evaluate each `(label, model_spec, run_dir)`; return `(metrics, per_video_rows, generation_rows)`.
+def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir | None]], embedder: Any,
+                 cfg: EvaluateConfig | None = None
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Evaluate each `(label, model_spec, run)` (a base model, or a run dir with its adapter and prompt settings)
+    with the options `cfg`; return `(metrics, per_video_rows, generation_rows)`.
 
-    All models see the same candidate sets, partners and generation videos. Raises VrpError from loading or inputs.
+    All models see the same candidate sets, partners and generation videos. A run's config.yaml is read once (by its
+    `RunDir`). Raises ConfigError / VrpError from loading or inputs.
     """
     import torch
 
     from vrp.dataset import load_source
     from vrp.evaluate.embed import embed_videos
     from vrp.model import autocast_ctx, load_for_inference, resolve_precision
-    from vrp.predict import run_prompt_settings
+    from vrp.predict import prompt_settings
 
+    cfg = cfg or EvaluateConfig()
+    presets, num_comments, max_new_tokens, seed = cfg.preset_list(), cfg.num_comments, cfg.max_new_tokens, cfg.seed
+    n_candidates, precision, progress = cfg.num_candidates, cfg.precision, not cfg.quiet
+    seed_test, seed_results = cfg.seed_test, cfg.seed_results
     t_start = time.perf_counter()
     videos = data.videos
     video_emb = embed_videos(embedder, videos)
@@ -265,24 +250,28 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | N
     seed_outputs = read_seed_outputs(seed_results, len(seed_videos)) if seed_test and seed_results else {}
     timing: dict[str, Any] = {"embed_and_candidates_s": time.perf_counter() - t_start, "cpus": os.cpu_count(),
                               "load_average_start": list(os.getloadavg())}
-    gen_videos = videos[: max_gen_videos or None]          # a prefix: indices into `videos` stay valid
+    gen_videos = videos[: cfg.max_gen_videos or None]      # a prefix: indices into `videos` stay valid
     cand = _candidate_summary(csets, n_candidates, frequent)
     notes = list(data.notes)
     if len(gen_videos) < len(videos) and presets:
         notes.append(f"comments are generated for the first {len(gen_videos)} of {len(videos)} held-out videos "
-                     f"(--max-gen-videos); on-topic retrieval searches all {len(videos)}")
+                     f"(max_gen_videos); on-topic retrieval searches all {len(videos)}")
     if cand["videos_short"]:
         notes.append(f"{cand['videos_short']} of {len(videos)} videos have fewer than {n_candidates} candidates (pool "
                      f"too small); baselines use the actual counts")
     result: dict[str, Any] = {
+        "metrics_version": M.METRICS_VERSION,
         "data": {"source": data.source, "videos": len(videos), "real_comments": sum(len(c.real) for c in csets),
                  "train_comments": len(data.train_comments), "generation_videos": len(gen_videos),
                  "seed_test_videos": len(seed_videos), "notes": notes},
         "candidates": cand,
-        "settings": {"presets": list(presets), "num_comments": num_comments, "max_new_tokens": max_new_tokens,
-                     "seed": seed, "precision": precision, "score_row_tokens": row_tokens,
-                     "score_rows_per_batch": rows_per_batch, "torch_threads": torch.get_num_threads()},
+        "settings": {"presets": list(presets), "setups": [s[0] for s in cfg.setups()], "num_comments": num_comments,
+                     "max_new_tokens": max_new_tokens, "seed": seed, "precision": precision, "ranking": cfg.ranking,
+                     "rerank_lambda": cfg.rerank_lambda, "score_row_tokens": cfg.score_row_tokens,
+                     "score_rows_per_batch": cfg.score_rows_per_batch, "torch_threads": torch.get_num_threads()},
         "models": {}, "references": {}, "seed_comparison": {}}
+    real_texts = [(i, c) for i in range(len(gen_videos)) for c in csets[i].real]   # every real comment, for
+    real_ref: dict[str, Any] | None = None                                          # MAUVE and the length median
     tok_count: Callable[[str], int] | None = None
     per_video: list[dict[str, Any]] = []
     gen_rows: list[dict[str, Any]] = []
@@ -290,32 +279,38 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | N
         t0 = time.perf_counter()
         loaded = load_for_inference(spec, run, precision=precision)
         m, tok, info = loaded
-        pcfg = run_prompt_settings(run, max_prompt_tokens)
+        pcfg = prompt_settings(run, cfg.max_prompt_tokens)
         tm: dict[str, Any] = {"load_s": time.perf_counter() - t0}
         if tok_count is None:
             tok_count = lambda t, tok=tok: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
-        rows, st = score_videos(m, tok, pcfg, videos, csets, partner, row_tokens, rows_per_batch,
-                                autocast_ctx(resolve_precision(precision)), progress, label)
+            real_ref = real_reference([c for _, c in real_texts], embedder, tok_count)
+        rows, st = score_videos(m, tok, pcfg, videos, csets, partner, cfg.score_row_tokens, cfg.score_rows_per_batch,
+                                autocast_ctx(resolve_precision(precision)), progress, label,
+                                no_video="pmi" in cfg.ranking_list())
         tm.update(st)
         entry: dict[str, Any] = {"model": info["model"], "adapter": info["adapter"], "precision": info["precision"],
                                  "max_prompt_tokens": pcfg.max_prompt_tokens, "truncation": pcfg.truncation,
-                                 "likelihood": likelihood_summary(rows, seed), "ranking": ranking_summary(rows),
+                                 "likelihood": likelihood_summary(rows, seed), "ranking": ranking_summary(rows, seed),
                                  "generation": {}, "seed_generation": {}}
         per_video += [{"model": label, "video_id": v.video_id, "candidates": r["candidates"],
                        "nll_own": _nll(r["own"]), "nll_title_only": _nll(r["title"]),
                        "nll_other_video": _nll(r["other"]) if r.get("other") else None,
                        "rank_own": [s.mean_rank for s in r["rank_full"]],
-                       "rank_title_only": [s.mean_rank for s in r["rank_title"]]} for v, r in zip(videos, rows)]
+                       "rank_title_only": [s.mean_rank for s in r["rank_title"]],
+                       "rank_pmi": [s.mean_rank for s in r["rank_pmi"]] if "rank_pmi" in r else None}
+                      for v, r in zip(videos, rows)]
         for name, vids, emb, key in (("generation", gen_videos, video_emb, "held_out"),
                                      ("seed_generation", seed_videos, seed_emb, "seed_test")):
             if not vids or not presets:
                 continue
-            grows, tm[f"{name}_s"] = run_generation(loaded, vids, run, presets, num_comments, max_new_tokens, seed,
-                                                    max_prompt_tokens, progress)
+            grows, tm[f"{name}_s"] = run_generation(loaded, vids, pcfg, cfg, embedder)
             index = {v.video_id: i for i, v in enumerate(vids)}
+            ref = real_ref if key == "held_out" else {"median_new_tokens": (real_ref or {}).get("median_new_tokens")}
             for p, rr in grows.items():
                 entry[name][p] = generation_metrics([r["comment"] for r in rr], [index[r["video_id"]] for r in rr],
-                                                    emb, embedder, generic_emb, tok_count)
+                                                    emb, embedder, generic_emb, tok_count,
+                                                    [r["finished"] for r in rr], [r["new_tokens"] for r in rr], ref,
+                                                    seed)
                 if name == "seed_generation":
                     result["seed_comparison"][f"{label}/{p}"] = entry[name][p]
                 gen_rows += [{"set": key, "model": label, "preset": p, "video_id": r["video_id"],
@@ -324,10 +319,12 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, str | N
         entry["timing_s"] = tm
         result["models"][label] = entry
         del m, loaded
-    assert tok_count is not None
-    real = [(i, c) for i in range(len(gen_videos)) for c in csets[i].real[:num_comments]]
-    result["references"]["real_held_out"] = generation_metrics([c for _, c in real], [i for i, _ in real], video_emb,
-                                                               embedder, generic_emb, tok_count)
+    assert tok_count is not None and real_ref is not None
+    ref = generation_metrics([c for _, c in real_texts], [i for i, _ in real_texts], video_emb, embedder, generic_emb,
+                             tok_count)
+    ref.update(median_new_tokens=real_ref["median_new_tokens"], length_ratio_to_real=1.0)
+    result["references"]["real_held_out"] = ref
+    result["examples"] = side_by_side(gen_videos, [csets[i].real for i in range(len(gen_videos))], gen_rows)
     for label, texts in seed_outputs.items():
         result["seed_comparison"][label] = generation_metrics(texts, list(range(len(texts))), seed_emb, embedder,
                                                               generic_emb, tok_count)

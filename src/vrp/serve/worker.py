@@ -1,8 +1,10 @@
 """The generation worker behind `vrp serve`: one generation at a time, a bounded wait queue, deadlines, cancellation.
 
 Knows: how a prediction job (title + transcript text or an uploaded caption file, preset, number of comments, token
-budget, seed) becomes prompt token ids (`prompts.build_prompt_ids`, with the server's `PromptConfig`) and generated
-comments (`generate.generate_comments`) on a single worker thread; how many jobs may be admitted (the running one +
+budget, seed, like tier) becomes prompt token ids (`prompts.build_prompt_ids`, with the server's `PromptConfig`, then
+the tier's marker, `vrp.tiers.prompt_with_tier`) and generated
+comments (`rerank.comments_for_prompt`: plain decoding, or reranking from `rerank` samples by PMI, with the no-video
+prompt that `cad` and reranking need) on a single worker thread; how many jobs may be admitted (the running one +
 `queue_size` waiting, else `QueueFull` with a Retry-After estimate); and how a job that passed its deadline is
 stopped: a forward pre-hook on the model raises at the next forward pass (one decoding step), so a timed-out request
 frees the worker within one step instead of running to `max_new_tokens`.
@@ -20,14 +22,16 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from vrp.decoding import GeneratedComment, generate_comments
+from vrp.decoding import GeneratedComment
 from vrp.errors import VrpError
-from vrp.prompts import PromptConfig, build_prompt_ids
-
-UPLOAD_SUFFIXES = (".vtt", ".srt", ".json3", ".json", ".txt")
+from vrp.prompts import PromptConfig, build_prompt_ids, no_video_prompt_ids
+from vrp.rerank import DEFAULT_RERANK_LAMBDA, comments_for_prompt, needs_no_video_prompt
+from vrp.tiers import prompt_with_tier
+from vrp.transcripts import SUPPORTED_SUFFIXES as UPLOAD_SUFFIXES  # the caption formats an upload may have
+from vrp.transcripts import parse_transcript_bytes, segments_to_text
 
 GenerateFn = Callable[..., "list[GeneratedComment]"]
 
@@ -52,7 +56,8 @@ class JobCancelled(Exception):
 @dataclass
 class Job:
     """One prediction request, already validated. Exactly one of `transcript` / `upload` is set;
-    `upload` is `(file bytes, file name)`, the name used only for its suffix and in error messages."""
+    `upload` is `(file bytes, file name)`, the name used only for its suffix and in error messages. tier: `any` or
+    a like tier whose marker follows the prompt (`vrp.tiers`; the app admits a tier only for a tiered run)."""
 
     title: str
     preset: str
@@ -61,13 +66,16 @@ class Job:
     seed: int | None = None
     transcript: str | None = None
     upload: tuple[bytes, str] | None = None
+    tier: str = "any"
+    rerank: int = 0  # sample this many and keep the best `num_comments` by PMI (`vrp.rerank`); 0 = off
 
 
 @dataclass
 class JobResult:
     """What a job produced. seconds: prompt building + generation wall time; queue_seconds: time spent waiting
     for the worker; prompt_tokens: length of the rendered prompt; transcript_tokens: the whole transcript's
-    length before truncation (tokens); transcript_truncated: whether part of the transcript was cut."""
+    length before truncation (tokens); transcript_truncated: whether part of the transcript was cut; notes: what
+    was assumed about an uploaded file (e.g. the encoding guessed for a file that is not UTF-8)."""
 
     comments: list[GeneratedComment]
     seconds: float
@@ -75,29 +83,22 @@ class JobResult:
     prompt_tokens: int
     transcript_tokens: int
     transcript_truncated: bool
+    notes: list[str] = field(default_factory=list)
 
 
-def transcript_from_upload(data: bytes, filename: str) -> str:
-    """Transcript text of an uploaded caption file (`.vtt`, `.srt`, `.json3`, `.json`, `.txt`).
+def transcript_from_upload(data: bytes, filename: str, notes: list[str] | None = None) -> str:
+    """Transcript text of an uploaded caption file (`.vtt`, `.srt`, `.sbv`, `.json3`, `.json`, `.txt`).
 
-    Uses `vrp.transcripts` (cue parsing, tag stripping, rolling-caption de-duplication) when it is importable;
-    otherwise the bytes are taken as plain UTF-8 text. Only the suffix of `filename` is looked at; nothing is read
-    from the file system. Raises VrpError on an unsupported suffix, non-UTF-8 bytes or an empty transcript.
-    """
+    Uses `vrp.transcripts` (cue parsing, tag stripping, rolling-caption de-duplication, encoding detection).
+    Only the suffix of `filename` is looked at; nothing is read from the file system. What was assumed about the
+    file (a guessed encoding) is appended to `notes`. Raises VrpError on an unsupported suffix, undecodable bytes
+    or an empty transcript."""
     name = os.path.basename(filename.replace("\\", "/"))[:120] or "upload"
     suffix = os.path.splitext(name)[1].lower()
     if suffix not in UPLOAD_SUFFIXES:
         raise VrpError(f"{name}: unsupported transcript file type {suffix or '(none)'!r}; "
                        f"upload one of {', '.join(UPLOAD_SUFFIXES)}")
-    try:
-        from vrp.transcripts import parse_transcript_bytes, segments_to_text
-    except ImportError:
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise VrpError(f"{name}: not UTF-8 text (bad byte at offset {e.start})") from None
-    else:
-        text = segments_to_text(parse_transcript_bytes(data, name))
+    text = segments_to_text(parse_transcript_bytes(data, name, notes))
     if not text.strip():
         raise VrpError(f"{name}: the file holds no transcript text")
     return text
@@ -112,14 +113,16 @@ class GenerationWorker:
     """
 
     def __init__(self, model: Any, tokenizer: Any, prompt_config: PromptConfig, queue_size: int,
-                 generate_fn: GenerateFn | None = None) -> None:
+                 generate_fn: GenerateFn | None = None, rerank_lambda: float = DEFAULT_RERANK_LAMBDA) -> None:
         if queue_size < 0:
             raise VrpError(f"queue_size must be >= 0, got {queue_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.prompt_config = prompt_config
         self.queue_size = queue_size
-        self.generate_fn: GenerateFn = generate_fn or generate_comments
+        self.generate_fn: GenerateFn = generate_fn or comments_for_prompt
+        self.rerank_lambda = rerank_lambda
+        self._embedder: Any = None  # MiniLM, loaded on the first reranked job (worker thread)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vrp-generate")
         self._lock = threading.Lock()
         self._pending = 0
@@ -207,11 +210,13 @@ class GenerationWorker:
 
     def _predict(self, job: Job, cancel: threading.Event) -> JobResult:
         tok, cfg = self.tokenizer, self.prompt_config
-        transcript = job.transcript if job.upload is None else transcript_from_upload(*job.upload)
+        notes: list[str] = []
+        transcript = job.transcript if job.upload is None else transcript_from_upload(*job.upload, notes=notes)
         transcript = transcript or ""
         if not transcript.strip():
             raise VrpError("transcript: empty; paste the video's transcript or upload a caption file")
         prompt_ids = build_prompt_ids(tok, job.title, transcript, cfg)
+        fed = prompt_with_tier(tok, prompt_ids, job.tier)
         overhead = len(build_prompt_ids(tok, job.title, "", cfg))
         n_transcript = len(tok(transcript.strip(), add_special_tokens=False)["input_ids"])
         if cancel.is_set():
@@ -223,12 +228,21 @@ class GenerationWorker:
 
         register = getattr(self.model, "register_forward_pre_hook", None)
         hook = register(check_cancel) if register is not None else None
+        extra: dict[str, Any] = {}  # only what the job needs, so simple generate_fns keep working
+        if needs_no_video_prompt(job.preset, job.rerank):
+            extra["no_video_ids"] = prompt_with_tier(tok, no_video_prompt_ids(tok, cfg), job.tier)
+        if job.rerank:
+            if self._embedder is None:
+                from vrp.evaluate.embed import load_embedder
+
+                self._embedder = load_embedder()
+            extra.update(rerank=job.rerank, rerank_lambda=self.rerank_lambda, embedder=self._embedder)
         try:
-            comments = self.generate_fn(self.model, tok, prompt_ids, job.preset, job.num_comments,
-                                        job.max_new_tokens, job.seed)
+            comments = self.generate_fn(self.model, tok, fed, job.preset, job.num_comments, job.max_new_tokens,
+                                        job.seed, **extra)
         finally:
             if hook is not None:
                 hook.remove()
         return JobResult(comments=list(comments), seconds=0.0, queue_seconds=0.0, prompt_tokens=len(prompt_ids),
                          transcript_tokens=n_transcript,
-                         transcript_truncated=overhead + n_transcript > cfg.max_prompt_tokens)
+                         transcript_truncated=overhead + n_transcript > cfg.max_prompt_tokens, notes=notes)

@@ -1,8 +1,9 @@
 """Training checkpoints: adapter, optimizer, scheduler, RNG states and data position, written atomically.
 
-Knows: the layout `RUN/checkpoints/step-000050/{adapter/, optimizer.pt, scheduler.pt, rng.pt, state.json}`; a
-checkpoint directory is first written as `.tmp-step-...` and renamed when complete, so a kill never leaves a
-checkpoint that `--resume` would trust. Keeps the newest `keep` checkpoints.
+Knows: what a checkpoint holds — `step-000050/{adapter/, optimizer.pt, scheduler.pt, rng.pt, state.json}` under
+the run dir's checkpoints (`vrp.artifacts.RunDir.checkpoint_dir`); a checkpoint directory is first written as
+`.tmp-step-...` and renamed when complete (with its state.json, which makes it count as complete for
+`RunDir.checkpoints`), so a kill never leaves a checkpoint that a resume would trust. Keeps the newest `keep`.
 Does not know: how training proceeds.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from vrp.artifacts import RunDir
 from vrp.errors import VrpError
 
 
@@ -40,35 +42,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
+def save_checkpoint(run: RunDir, step: int, model: Any, optimizer: Any, scheduler: Any,
                     state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint `step` under `run_dir/checkpoints` and prune older ones beyond `keep`. Returns its path."""
+    """Write checkpoint `step` of `run` (`state` goes to its state.json with the step) and prune the older complete
+    ones beyond `keep` (0 = keep all). Returns its path."""
     import torch
 
-    root = run_dir / "checkpoints"
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
+    final = run.checkpoint_dir(step)
+    tmp = final.with_name(f".tmp-{final.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "adapter")
+    model.save_pretrained(tmp / RunDir.ADAPTER)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=2))
+    (tmp / RunDir.STATE).write_text(json.dumps(dict(state, step=step), indent=2))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    done = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in done[:-keep] if keep > 0 else []:
+    for old in run.checkpoints()[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
     return final
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint directory, or None."""
-    done = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if (p / "state.json").is_file())
-    return done[-1] if done else None
 
 
 def load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
@@ -77,11 +72,11 @@ def load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> d
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = ckpt / "adapter" / "adapter_model.safetensors"
+    weights = ckpt / RunDir.ADAPTER / "adapter_model.safetensors"
     if not weights.is_file():
         raise VrpError(f"{ckpt}: checkpoint has no adapter weights")
     set_peft_model_state_dict(model, load_file(str(weights)))
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
-    return json.loads((ckpt / "state.json").read_text())
+    return json.loads((ckpt / RunDir.STATE).read_text())

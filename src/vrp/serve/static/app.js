@@ -37,6 +37,9 @@ function describePreset() {
   const n = $("num-comments");
   if (name === "greedy") { n.value = "1"; n.max = "1"; }
   else if (info) n.max = String(info.limits.max_num_comments);
+  const rr = $("rerank");
+  if (name === "greedy") rr.value = "0";
+  rr.disabled = name === "greedy";  // greedy gives a single comment: nothing to choose from
 }
 
 async function loadInfo() {
@@ -58,10 +61,28 @@ async function loadInfo() {
     sel.appendChild(o);
   }
   const L = info.limits;
+  Object.assign($("rerank"), {max: L.max_rerank || 0});
+  $("rerank-box").hidden = $("rerank-help").hidden = !L.max_rerank;
   Object.assign($("num-comments"), {max: L.max_num_comments, value: L.default_num_comments});
   Object.assign($("max-new-tokens"), {max: L.max_new_tokens_limit, value: L.default_max_new_tokens});
   $("title").maxLength = L.max_title_chars;
+  if (Array.isArray(L.upload_suffixes)) $("file").accept = L.upload_suffixes.join(",");
   describePreset();
+  const T = info.tiers || {trained: false, choices: ["any"], labels: {}};
+  $("tier-box").hidden = !T.trained;
+  if (T.trained) {
+    const tier = $("tier");
+    tier.textContent = "";
+    for (const name of T.choices) {
+      const o = document.createElement("option");
+      o.value = name; o.textContent = T.labels[name] || name; o.selected = name === "any";
+      tier.appendChild(o);
+    }
+  }
+}
+
+function chosenTier() {
+  return $("tier-box").hidden ? "any" : $("tier").value;
 }
 
 function errorText(status, body) {
@@ -80,13 +101,19 @@ function render(res) {
     text.textContent = c.text || "(empty comment)";
     const meta = document.createElement("span");
     meta.className = "meta";
-    meta.textContent = `${c.tokens} tokens · log-prob ${c.logprob.toFixed(2)}` + (c.finished ? "" : " · cut at the token limit");
+    meta.textContent = `${c.tokens} tokens · log-prob ${c.logprob.toFixed(2)}` +
+      (c.pmi === null || c.pmi === undefined ? "" : ` · fit to the video (PMI) ${c.pmi.toFixed(2)}`) +
+      (c.finished ? "" : " · cut at the token limit");
     li.append(text, meta);
     list.appendChild(li);
   }
   const cut = res.transcript_truncated ? ` · transcript cut to fit ${res.prompt_tokens} prompt tokens` : "";
-  $("summary").textContent = `${res.comments.length} comments · preset ${res.preset} · ${res.seconds.toFixed(1)} s` +
-    (res.queue_seconds > 0.05 ? ` (+${res.queue_seconds.toFixed(1)} s waiting)` : "") + cut;
+  const notes = (res.notes || []).length ? " · " + res.notes.join(" · ") : "";
+  const T = info && info.tiers;
+  const tier = res.tier && res.tier !== "any" ? ` · ${(T && T.labels[res.tier]) || res.tier}` : "";
+  const best = res.rerank ? ` · best of ${res.rerank}` : "";
+  $("summary").textContent = `${res.comments.length} comments · preset ${res.preset}${tier}${best} · ${res.seconds.toFixed(1)} s` +
+    (res.queue_seconds > 0.05 ? ` (+${res.queue_seconds.toFixed(1)} s waiting)` : "") + cut + notes;
   $("results").hidden = false;
 }
 
@@ -98,18 +125,24 @@ async function submit(ev) {
   const num = parseInt($("num-comments").value, 10);
   const maxTok = parseInt($("max-new-tokens").value, 10);
   const preset = $("preset").value;
+  const tier = chosenTier();
+  const rerank = $("rerank-box").hidden || preset === "greedy" ? 0 : parseInt($("rerank").value || "0", 10);
   if (!chosenFile && !transcript.trim()) { showError("Paste a transcript or drop a transcript file first."); return; }
   if (!Number.isInteger(num) || !Number.isInteger(maxTok)) { showError("Comments and max tokens must be whole numbers."); return; }
+  if (!Number.isInteger(rerank) || (rerank > 0 && rerank < num)) {
+    showError(`Best of N must be 0 (off) or at least the number of comments (${num}).`); return;
+  }
   let req;
   if (chosenFile) {
     const fd = new FormData();
     fd.append("file", chosenFile, chosenFile.name);
     fd.append("title", title); fd.append("num_comments", String(num));
-    fd.append("preset", preset); fd.append("max_new_tokens", String(maxTok));
+    fd.append("preset", preset); fd.append("max_new_tokens", String(maxTok)); fd.append("tier", tier);
+    fd.append("rerank", String(rerank));
     req = fetch("/v1/predict/file", {method: "POST", body: fd});
   } else {
     req = fetch("/v1/predict", {method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({title, transcript, num_comments: num, preset, max_new_tokens: maxTok})});
+      body: JSON.stringify({title, transcript, num_comments: num, preset, max_new_tokens: maxTok, tier, rerank})});
   }
   setBusy(true);
   const t0 = performance.now();

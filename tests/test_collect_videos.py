@@ -8,13 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vrp.collect.videos import (
-    clean_comments,
-    is_collect_dir,
-    load_collect_dir,
-    read_done_ids,
-    read_skipped,
-)
+from vrp.artifacts import CollectDir
+from vrp.collect.videos import clean_comments, load_collect_dir
 from vrp.errors import VrpError
 from vrp.io import append_jsonl_line, repair_torn_tail
 from vrp.records import Comment
@@ -55,7 +50,7 @@ def test_load_fixture_collect_dir_ranks_by_likes_and_drops_unusable(caplog):
     assert stats["skipped_at_collection_private"] == 1 and stats["skipped_at_collection_rate_limited"] == 1
     assert stats["torn_last_line"] == 0
     assert "dropped 2 of 3 videos (no_transcript: 1, no_usable_comments: 1)" in caplog.text
-    assert is_collect_dir(FIX) and not is_collect_dir(FIX.parent)
+    assert CollectDir(FIX).exists() and not CollectDir(FIX.parent).exists()
 
 
 def test_options_keep_uploader_and_annotations_and_cap_comments():
@@ -111,7 +106,8 @@ def test_missing_collect_dir_file(tmp_path):
 
 
 def test_append_and_repair_torn_tail(tmp_path):
-    p = tmp_path / "videos.jsonl"
+    d = CollectDir(tmp_path)
+    p = d.videos_path
     append_jsonl_line(p, {"id": "AAAAAAAAAAA", "text": "é"})
     append_jsonl_line(p, {"id": "BBBBBBBBBBB"})
     assert p.read_text(encoding="utf-8") == '{"id": "AAAAAAAAAAA", "text": "é"}\n{"id": "BBBBBBBBBBB"}\n'
@@ -119,12 +115,12 @@ def test_append_and_repair_torn_tail(tmp_path):
     with open(p, "ab") as f:
         f.write(b'{"id": "CCCCCCCCCCC", "tex')
     assert repair_torn_tail(p) is True
-    assert read_done_ids(p) == {"AAAAAAAAAAA", "BBBBBBBBBBB"}
+    assert d.done_ids() == {"AAAAAAAAAAA", "BBBBBBBBBBB"}
     assert p.read_bytes().endswith(b'{"id": "BBBBBBBBBBB"}\n')
     with open(p, "ab") as f:  # killed right before the newline: the record is complete and kept
         f.write(b'{"id": "DDDDDDDDDDD"}')
     assert repair_torn_tail(p) is True
-    assert read_done_ids(p) == {"AAAAAAAAAAA", "BBBBBBBBBBB", "DDDDDDDDDDD"}
+    assert d.done_ids() == {"AAAAAAAAAAA", "BBBBBBBBBBB", "DDDDDDDDDDD"}
     one = tmp_path / "one.jsonl"
     one.write_bytes(b'{"id": "torn')
     assert repair_torn_tail(one) is True and one.read_bytes() == b""
@@ -134,6 +130,6 @@ def test_read_skipped_keeps_the_last_record_per_id(tmp_path):
     d = tmp_path / "c"
     shutil.copytree(FIX, d)
     append_jsonl_line(d / "skipped.jsonl", {"id": "EEEEEEEEEEE", "reason": "private", "permanent": True})
-    skipped = read_skipped(d / "skipped.jsonl")
+    skipped = CollectDir(d).skipped()
     assert skipped["EEEEEEEEEEE"]["reason"] == "private" and skipped["DDDDDDDDDDD"]["permanent"] is True
-    assert read_skipped(tmp_path / "none.jsonl") == {}
+    assert CollectDir(tmp_path / "none").skipped() == {}

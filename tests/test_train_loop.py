@@ -1,4 +1,5 @@
-"""The training loop on a tiny random Llama: overfitting, adapter format, exact resume, run-dir safety."""
+"""The training loop on a tiny random Llama: overfitting, adapter format, frozen base weights, exact resume,
+run-dir safety."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 from vrp.io import write_jsonl_atomic
 from vrp.records import Comment, Video
 from vrp.train.config import TrainConfig
@@ -40,7 +41,7 @@ def data(tmp_path: Path) -> Path:
 
 
 def test_overfit_then_generate_trained_comment_and_stop(tmp_path: Path, data: Path, tokenizer) -> None:
-    from conftest import tiny_llama
+    from helpers import tiny_llama
 
     from vrp.decoding import generate_comments
     from vrp.model import load_for_inference
@@ -111,7 +112,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data: Path, tiny_m
     with pytest.raises(Killed):
         train(c, data, tmp_path / "resumed", on_step=kill_at_3, progress=False)
     assert not (tmp_path / "resumed" / "adapter").exists()
-    with pytest.raises(VrpError, match="--resume"):
+    with pytest.raises(VrpError, match="pass `resume` to continue it"):
         train(c, data, tmp_path / "resumed", progress=False)
     resumed = train(c, data, tmp_path / "resumed", resume=True, progress=False)
     a, b = _adapter_tensors(tmp_path / "full"), _adapter_tensors(tmp_path / "resumed")
@@ -130,12 +131,33 @@ def test_packing_none_and_shared_prefix_learn_the_same(tmp_path: Path, data: Pat
 
 
 def test_config_errors(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
-    with pytest.raises(VrpError, match="--quantization 4bit"):
+    with pytest.raises(ConfigError, match="quantization: 4bit"):
         train(cfg(tiny_model_dir, quantization="4bit", device="cpu"), data, tmp_path / "r1", progress=False)
-    with pytest.raises(VrpError, match="--precision fp16"):
+    with pytest.raises(ConfigError, match="precision: fp16"):
         train(cfg(tiny_model_dir, precision="fp16", device="cpu"), data, tmp_path / "r2", progress=False)
-    with pytest.raises(VrpError, match="--packing"):
+    with pytest.raises(ConfigError, match="packing: choose from shared_prefix, none, got 'zip'"):
         cfg(tiny_model_dir, packing="zip")
-    with pytest.raises(VrpError, match="no train.jsonl"):
+    with pytest.raises(ConfigError, match="data: .*nowhere has no train.jsonl"):
         train(cfg(tiny_model_dir), tmp_path / "nowhere", tmp_path / "r3", progress=False)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r3").exists()
+
+
+def test_training_changes_only_the_adapter(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
+    """The base model's weights are frozen: after the optimizer steps every base tensor is bit-identical, while
+    every LoRA tensor moved (lora_B starts at zero, so a B still zero would mean the adapter learned nothing)."""
+    from vrp.artifacts import DatasetDir, RunDir
+    from vrp.train.loop import fit
+    from vrp.train.setup import setup, starting_state
+
+    s = setup(cfg(tiny_model_dir, max_steps=3), DatasetDir(data), RunDir(tmp_path / "run"), False, False)
+    before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+    fit(s, starting_state(s, False, False), progress=False)
+    after = dict(s.model.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    base = [n for n in before if "lora_" not in n]
+    assert lora and base and not any(after[n].requires_grad for n in base)
+    for n in base:
+        assert torch.equal(before[n], after[n].detach()), n
+    for n in lora:
+        assert not torch.equal(before[n], after[n].detach()), n
+    assert all(before[n].abs().max() == 0 for n in lora if "lora_B" in n)

@@ -3,27 +3,24 @@ HTTP behaviour matters), the `vrp serve` CLI wiring, schemathesis against /opena
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
-import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
-from conftest import tiny_llama
+from helpers import VTT, live_server, tiny_llama
 
 from vrp.decoding import PRESETS, GeneratedComment
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 from vrp.prompts import PromptConfig
-from vrp.serve.app import ServeSettings, create_app, is_loopback
+from vrp.serve.app import create_app, is_loopback
+from vrp.serve.config import ServeConfig
 
 INFO = {"model": "tiny-llama", "adapter": "runs/demo/adapter", "precision": "cpu-fp32"}
 BODY = {"title": "Three sourdough tips", "transcript": "Feed the starter, use less water, bake it hot."}
-VTT = (b"WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nhello <b>viewers</b>\n\n"
-       b"00:00:02.000 --> 00:00:04.000\ntoday we bake bread\n")
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +29,10 @@ def tiny(tokenizer):
     return tiny_llama(tokenizer)
 
 
-def make_app(model: Any, tokenizer: Any, generate_fn: Any = None, **kw: Any):
-    """An app with small test limits; `kw` overrides ServeSettings fields."""
-    settings = ServeSettings(**{"default_max_new_tokens": 4, "max_new_tokens_limit": 32, **kw})
-    return create_app(settings, (model, tokenizer, INFO), generate_fn=generate_fn)
+def make_app(model: Any, tokenizer: Any, generate_fn: Any = None, prompt: PromptConfig | None = None, **kw: Any):
+    """An app with small test limits; `kw` overrides ServeConfig fields."""
+    config = ServeConfig(**{"default_max_new_tokens": 4, "max_new_tokens": 32, **kw})
+    return create_app(config, (model, tokenizer, INFO), prompt, generate_fn=generate_fn)
 
 
 def client(app):
@@ -58,28 +55,6 @@ class Recorder:
         if self.release is not None:
             assert self.release.wait(20), "test never released the fake generator"
         return [GeneratedComment(text=f"comment {i}", tokens=3, logprob=-1.5, finished=True) for i in range(n)]
-
-
-@contextlib.contextmanager
-def live_server(app) -> Iterator[str]:
-    """Run `app` with uvicorn on 127.0.0.1:<free port> in a thread; yield its base URL."""
-    import uvicorn
-
-    from vrp.bench.serve import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 # --- info, page, schema ----------------------------------------------------------------------------------------
@@ -184,7 +159,7 @@ def test_transcript_is_cut_to_the_prompt_budget(tiny, tokenizer):
 # --- limits: 413, 503, 504, 500, cross-origin ------------------------------------------------------------------------
 def test_body_limit_413_on_content_length_and_on_streamed_body(tiny, tokenizer):
     rec = Recorder()
-    app = make_app(tiny, tokenizer, generate_fn=rec, max_body_bytes=2048)
+    app = make_app(tiny, tokenizer, generate_fn=rec, max_body_mb=0.002048)
     c = client(app)
     r = c.post("/v1/predict", json={**BODY, "transcript": "x" * 3000})
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large" and "2048" in r.json()["message"]
@@ -236,7 +211,7 @@ def test_timeout_gives_504_and_stops_generation(tokenizer):
         time.sleep(0.05)
 
     model.register_forward_pre_hook(slow_forward)
-    app = make_app(model, tokenizer, request_timeout_s=0.4)
+    app = make_app(model, tokenizer, timeout_s=0.4)
     c = client(app)
     t0 = time.monotonic()
     r = c.post("/v1/predict", json={**BODY, "num_comments": 1, "max_new_tokens": 32, "preset": "nucleus"})
@@ -286,7 +261,7 @@ def test_file_upload_parses_captions(tiny, tokenizer):
 
 @pytest.mark.parametrize("files, data, status, words", [
     ({"file": ("slides.pdf", b"%PDF")}, {}, 422, "unsupported transcript file type"),
-    ({"file": ("talk.txt", b"caf\xe9 au lait \x80")}, {}, 422, "talk.txt"),
+    ({"file": ("talk.txt", b"caf\xe9 au lait \x00\x81\xff")}, {}, 422, "talk.txt"),  # fits no encoding
     ({"file": ("empty.vtt", b"WEBVTT\n\n")}, {}, 422, "empty.vtt"),
     ({"file": ("t.txt", b"hi there")}, {"preset": "greedy", "num_comments": "2"}, 422, "greedy"),
     ({"file": ("t.txt", b"hi there")}, {"num_comments": "21"}, 422, "num_comments"),
@@ -302,26 +277,14 @@ def test_bad_uploads_give_clear_errors(tiny, tokenizer, files, data, status, wor
     assert words in r.json()["message"] and rec.prompts == []
 
 
-def test_upload_falls_back_to_plain_text_without_transcripts_module(monkeypatch):
-    from vrp.serve.worker import transcript_from_upload
-
-    parsed = transcript_from_upload(VTT, "a.vtt")
-    assert parsed == "hello viewers today we bake bread"
-    monkeypatch.setitem(sys.modules, "vrp.transcripts", None)  # makes `import vrp.transcripts` raise ImportError
-    raw = transcript_from_upload(VTT, "a.vtt")
-    assert raw.startswith("WEBVTT") and "-->" in raw
-    with pytest.raises(VrpError, match="not UTF-8"):
-        transcript_from_upload(b"\xff\xfe\x00\xd8", "b.txt")
-
-
 # --- schemathesis: no 500s -----------------------------------------------------------------------------------------
 def test_schemathesis_finds_no_server_errors(tiny, tokenizer):
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from schemathesis.checks import not_a_server_error
 
-    app = make_app(tiny, tokenizer, max_num_comments=3, default_num_comments=2, max_new_tokens_limit=2,
-                   default_max_new_tokens=2, max_title_chars=60, max_body_bytes=20_000,
+    app = make_app(tiny, tokenizer, max_num_comments=3, default_num_comments=2, max_new_tokens=2,
+                   default_max_new_tokens=2, max_title_chars=60, max_body_mb=0.02,
                    prompt=PromptConfig(max_prompt_tokens=96))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     t0 = time.monotonic()
@@ -368,17 +331,35 @@ def test_cli_serve_builds_settings_from_run_and_warns_off_loopback(tmp_path, mon
                                       "--queue-size", "2", "--max-body-mb", "0.5", "--timeout-s", "9",
                                       "--threads", "1"])
     assert args._run(args) == 0
-    s = seen["app"].state.settings
-    assert (s.prompt.max_prompt_tokens, s.prompt.truncation) == (300, "head_tail")
-    assert (s.queue_size, s.max_body_bytes, s.request_timeout_s) == (2, 500_000, 9.0)
-    assert (seen["host"], seen["port"]) == ("0.0.0.0", 8123) and seen["load"][0][1] == str(run)
+    s, prompt = seen["app"].state.settings, seen["app"].state.prompt
+    assert (prompt.max_prompt_tokens, prompt.truncation) == (300, "head_tail")
+    assert (s.queue_size, s.max_body_bytes, s.timeout_s) == (2, 500_000, 9.0)
+    assert (seen["host"], seen["port"]) == ("0.0.0.0", 8123) and str(seen["load"][0][1]) == str(run)
     assert seen["threads"] == 1
     assert "warning: binding to 0.0.0.0" in capsys.readouterr().err
     args = build_parser().parse_args(["serve", "--model", "x", "--max-prompt-tokens", "64"])
     args._run(args)
-    assert seen["app"].state.settings.prompt.max_prompt_tokens == 64 and seen["host"] == "127.0.0.1"
+    assert seen["app"].state.prompt.max_prompt_tokens == 64 and seen["host"] == "127.0.0.1"
     assert seen["threads"] == 3  # 4 usable cores - 1 for the event loop and clients
     assert "warning" not in capsys.readouterr().err
+
+
+def test_serve_options_are_checked_by_the_config(capsys):
+    from helpers import one_line_error
+
+    with pytest.raises(ConfigError, match=r"default_num_comments: must be <= 3 \(`max_num_comments`\), got 5"):
+        ServeConfig(max_num_comments=3, default_num_comments=5)
+    assert ServeConfig(max_num_comments=3).default_num_comments == 3 and ServeConfig().default_max_new_tokens == 150
+    assert ServeConfig(max_body_mb=0.5).max_body_bytes == 500_000
+    one_line_error(capsys, ["serve", "--model", "m", "--port", "0"], "error: --port: must be >= 1, got 0")
+    one_line_error(capsys, ["serve", "--model", "m", "--max-new-tokens", "8", "--default-max-new-tokens", "9"],
+                   "error: --default-max-new-tokens: must be <= 8 (--max-new-tokens), got 9")
+    one_line_error(capsys, ["serve", "--checkpoint", "latest", "--model", "m"], "error: --checkpoint: needs a --run")
+    one_line_error(capsys, ["serve"], "error: --model: give a --model or a --run")
+    one_line_error(capsys, ["bench", "serve", "--requests", "5"],
+                   "error: --url: give either a --url (a running server) or a --model/--run (start one)")
+    one_line_error(capsys, ["bench", "serve", "--model", "m", "--concurrency", "0"],
+                   "error: --concurrency: must be >= 1, got 0")
 
 
 # --- vrp bench serve ---------------------------------------------------------------------------------------------

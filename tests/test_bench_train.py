@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from vrp.bench.flops import FlopDims, executed_flops, useful_flops
-from vrp.bench.train import BenchOptions, expand_comments, options_from_args, resolved
+from vrp.bench.train import BenchTrainConfig, bench_train_config, expand_comments
 from vrp.bench.train_report import (
     append_section,
     format_table,
     markdown_section,
     summary_lines,
 )
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 from vrp.io import write_jsonl_atomic
 from vrp.records import Comment, Video
 
@@ -33,7 +33,7 @@ def test_flop_formula_by_hand() -> None:
 
 def test_dims_from_tiny_lora_model(tokenizer) -> None:
     import torch
-    from conftest import tiny_llama
+    from helpers import tiny_llama
 
     from vrp.bench.flops import dims_from_model
     from vrp.model import LoraSettings, Precision, attach_lora
@@ -130,18 +130,25 @@ def test_append_section_keeps_old_text(tmp_path: Path) -> None:
     assert (tmp_path / "fresh.md").read_text() == "# Benchmarks\n\n## a\n"
 
 
-def test_options() -> None:
+def test_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from helpers import one_line_error
+
     from vrp.cli import build_parser
 
     parse = build_parser().parse_args
-    o = options_from_args(parse(["bench", "train", "--quick", "--comments-per-video", "3,10", "--configs", "none"]))
+    o = bench_train_config(None, vars(parse(["bench", "train", "--quick", "--comments-per-video", "3,10", "--configs",
+                                             "none"])))
     assert o.quick and o.comments_per_video == [3, 10] and o.configs == ["none"] and o.batch_size == 2
     assert o.max_row_tokens == 256 + 128 + 1
-    assert resolved(BenchOptions()).max_row_tokens == 1536
-    with pytest.raises(VrpError, match="--comments-per-video"):
-        options_from_args(parse(["bench", "train", "--comments-per-video", "3,0"]))
-    with pytest.raises(VrpError, match="--max-row-tokens"):
-        options_from_args(parse(["bench", "train", "--max-row-tokens", "100"]))
+    assert BenchTrainConfig().max_row_tokens == 1536 and BenchTrainConfig().lora["r"] == 16
+    (tmp_path / "b.yaml").write_text("quick: true\nbatch_size: 3\n")         # quick < YAML < flags
+    o = bench_train_config(tmp_path / "b.yaml", vars(parse(["bench", "train", "--steps", "2"])))
+    assert (o.batch_size, o.steps, o.max_prompt_tokens) == (3, 2, 256)
+    with pytest.raises(ConfigError, match="comments_per_video: expected positive integers"):
+        bench_train_config(None, vars(parse(["bench", "train", "--comments-per-video", "3,0"])))
+    one_line_error(capsys, ["bench", "train", "--max-row-tokens", "100"],
+                   "error: --max-row-tokens: (100) must exceed --max-prompt-tokens (1024)")
+    one_line_error(capsys, ["bench", "train", "--configs", "trl,fast"], "error: --configs: choose from")
 
 
 def test_bench_end_to_end_tiny(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -172,3 +179,15 @@ def test_bench_end_to_end_tiny(tiny_model_dir: Path, tmp_path: Path, capsys: pyt
     md = out.read_text()
     assert md.startswith("# Benchmarks") and "## vrp bench train (" in md and "| 2 | (a) TRL SFTTrainer" in md
     assert "command: `vrp bench train" in md
+
+
+def test_trl_baseline_without_the_bench_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    import importlib.util
+
+    from vrp.bench.train import run_bench
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
+    with pytest.raises(VrpError, match=r"needs trl: pip install 'vrp\[bench\]'"):
+        run_bench(BenchTrainConfig(data=str(tmp_path / "none.xlsx"), configs=["trl", "none"]))

@@ -11,6 +11,7 @@ import pytest
 
 from vrp.evaluate import run as E
 from vrp.evaluate.metrics import random_rank_stat
+from vrp.evaluate.pmi import LAMBDA_GRID
 from vrp.io import write_jsonl_atomic
 from vrp.records import Comment, Video
 
@@ -112,10 +113,15 @@ def _run(argv):
     return main(argv)
 
 
-def test_cli_end_to_end_tiny_model(tmp_path, tiny_model_dir, tokenizer):
+def test_cli_end_to_end_tiny_model(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
+    import vrp.evaluate.generation as G
+
     ds = write_dataset(tmp_path / "ds")
     seed_test, seed_res = write_seed_files(tmp_path / "seed")
     out = tmp_path / "report"
+    mauve_calls = []
+    real_mauve = G.mauve_score
+    monkeypatch.setattr(G, "mauve_score", lambda p, q, seed=0: mauve_calls.append((p, q)) or real_mauve(p, q, seed))
     argv = ["evaluate", "--data", str(ds), "--model", str(tiny_model_dir), "--out", str(out), "--presets", "nucleus",
             "--max-new-tokens", "6", "--num-candidates", "10", "--seed-test", str(seed_test),
             "--seed-results", str(seed_res), "--quiet", "--precision", "fp32"]
@@ -136,13 +142,29 @@ def test_cli_end_to_end_tiny_model(tmp_path, tiny_model_dir, tokenizer):
     assert rk["random_baseline"]["recall_at_1"] == pytest.approx(base.recall[1])
     assert rk["random_baseline"]["mrr"] == pytest.approx(base.rr)
     assert 1 <= rk["own_prompt"]["mean_rank"] <= 9
-    assert mm["generation"]["nucleus"]["outputs"] == 8
-    assert mm["generation"]["nucleus"]["on_topic"]["chance"] == pytest.approx(1 / 8)
+    # PMI ranking next to likelihood, lambda cross-fitted on 4 + 4 videos; the random baseline is the same
+    assert sorted(rk["pmi"]["fold_videos"]) == [4, 4] and all(lam in LAMBDA_GRID for lam in rk["pmi"]["lambdas"])
+    assert 1 <= rk["pmi"]["mean_rank"] <= 9 and m["metrics_version"] == 2
+    gen = mm["generation"]["nucleus"]
+    assert gen["outputs"] == 40                                               # 5 comments for each of 8 videos
+    assert gen["on_topic"]["chance"] == pytest.approx(1 / 8)
+    rows = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    held = [r for r in rows if r["set"] == "held_out"]
+    assert gen["finished_rate"] == pytest.approx(np.mean([r["finished"] for r in held]))
+    assert gen["median_new_tokens"] == pytest.approx(np.median([r["new_tokens"] for r in held]))
+    real_med = m["references"]["real_held_out"]["median_new_tokens"]
+    assert gen["length_ratio_to_real"] == pytest.approx(gen["median_new_tokens"] / real_med)
+    # MAUVE compares the embeddings of all 16 real comments (P) with those of the 40 generated ones (Q)
+    (p, q), = mauve_calls
+    fake = FakeEmbedder()
+    real_texts = [c.text for v in E.load_eval_data(ds).videos for c in v.comments]
+    assert np.allclose(p, fake.encode(real_texts)) and np.allclose(q, fake.encode([r["comment"] for r in held]))
+    assert 0 <= gen["mauve"] <= 1
     sc = m["seed_comparison"]
     assert set(sc) == {"original/beam", f"{label}/nucleus"}
     assert sc["original/beam"]["repetition_rate"] == pytest.approx(1 / 3)
     assert sc["original/beam"]["on_topic"]["documents"] == 3
-    assert m["references"]["real_held_out"]["outputs"] == 8                 # first real comment per video
+    assert m["references"]["real_held_out"]["outputs"] == 16                # every real comment of the videos
     assert mm["timing_s"]["ranking_total_s"] > 0
     per = [json.loads(x) for x in (out / "per_video.jsonl").read_text().splitlines()]
     assert len(per) == 8 and all(p["nll_other_video"] is not None for p in per)
@@ -150,6 +172,9 @@ def test_cli_end_to_end_tiny_model(tmp_path, tiny_model_dir, tokenizer):
     _check_plain_forward(tiny_model_dir, tokenizer, ds, per[0])
     report = (out / "report.md").read_text()
     assert "Recall@1" in report and "random baseline" in report and "original/beam" in report
+    assert "own video (PMI) (λ" in report and "Metrics version 2" in report and "MAUVE" in report
+    assert "| Video 0 | I loved the part about pasta number 00 |" in report          # the side-by-side table
+    assert {"gen_finished_rate.png", "gen_mauve.png"} <= set(m["files"])
     # a non-empty out dir is refused without --overwrite, replaced with it
     assert _run(argv) == 2
     (out / "stale.png").write_bytes(b"")
@@ -158,6 +183,12 @@ def test_cli_end_to_end_tiny_model(tmp_path, tiny_model_dir, tokenizer):
     m2 = json.loads((out / "metrics.json").read_text())
     assert not (out / "gen_distinct_2.png").exists() and (out / "stale.png").exists()
     assert m2["models"][label]["generation"] == {} and not m2["seed_comparison"]
+    assert "pmi" in m2["models"][label]["ranking"]                                   # --ranking both (default)
+    assert _run(["evaluate", "--data", str(ds), "--model", str(tiny_model_dir), "--out", str(out), "--presets", "none",
+                 "--num-candidates", "10", "--quiet", "--overwrite", "--ranking", "likelihood"]) == 0
+    m3 = json.loads((out / "metrics.json").read_text())
+    assert "pmi" not in m3["models"][label]["ranking"] and m3["models"][label]["timing_s"]["score_no_video_s"] == 0
+    assert "(PMI)" not in (out / "report.md").read_text()
 
 
 def _check_plain_forward(model_dir, tokenizer, ds, row):
@@ -186,7 +217,7 @@ def input_blind_model_dir(tmp_path_factory, tokenizer):
     """A real 1-layer Llama whose attention output projection is zero: every position's logits depend only on its
     own token, so a comment's likelihood cannot depend on the video (it sees only the previous token)."""
     import torch
-    from conftest import tiny_llama
+    from helpers import tiny_llama
 
     model = tiny_llama(tokenizer, seed=1, num_hidden_layers=1)
     with torch.no_grad():
@@ -216,26 +247,42 @@ def test_input_ignoring_model_has_zero_gain_and_random_ranking(tmp_path, input_b
     for k in ("recall_at_1", "recall_at_5", "recall_at_10", "mrr", "mean_rank"):
         assert rk["own_prompt"][k] == pytest.approx(rk["random_baseline"][k], abs=1e-9), k
         assert rk["title_only"][k] == pytest.approx(rk["random_baseline"][k], abs=1e-9), k
+    # PMI divides by the no-video likelihood, which for this model is the same: (1 - lambda) x likelihood keeps or
+    # reverses the one fixed order, or ties everything (lambda 1), so over all videos every lambda gives chance MRR
+    for lam, mrr in rk["pmi"]["grid_mrr_all_videos"].items():
+        assert mrr == pytest.approx(rk["random_baseline"]["mrr"], abs=1e-9), lam
     assert rk["random_baseline"]["mean_rank"] == pytest.approx(4.5)
 
 
-def test_cli_errors(tmp_path, tiny_model_dir):
+def test_cli_errors(tmp_path, tiny_model_dir, capsys):
+    from helpers import one_line_error
+
     ds = write_dataset(tmp_path / "ds")
-    assert _run(["evaluate", "--data", str(ds), "--out", str(tmp_path / "o")]) == 2              # no model
-    assert _run(["evaluate", "--data", str(ds), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
-                 "--presets", "nope"]) == 2
-    assert _run(["evaluate", "--data", str(ds), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
-                 "--seed-results", str(tmp_path)]) == 2
+    model = ["evaluate", "--data", str(ds), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]
+    one_line_error(capsys, ["evaluate", "--data", str(ds), "--out", str(tmp_path / "o")],
+                   "error: --model: give a --model and/or a --run")
+    one_line_error(capsys, [*model, "--presets", "nope"], "error: --presets: unknown preset 'nope'")
+    one_line_error(capsys, [*model, "--rerank", "0,3"], "error: --rerank: must be at least --num-comments (5), got 3")
+    one_line_error(capsys, [*model, "--ranking", "best"], "error: --ranking:")
+    one_line_error(capsys, [*model, "--seed-results", str(tmp_path)], "error: --seed-results: needs --seed-test")
+    one_line_error(capsys, [*model, "--num-candidates", "1"], "error: --num-candidates: must be >= 2, got 1")
+    (tmp_path / "e.yaml").write_text("num_candidates: 1\n")
+    one_line_error(capsys, [*model, "--config", str(tmp_path / "e.yaml")],
+                   "error: --num-candidates: must be >= 2, got 1 (options from", "e.yaml and the command line)")
     one = tmp_path / "one.jsonl"
     write_jsonl_atomic(one, [Video("a", "t", "x", [Comment("hi")]).to_json()])
-    assert _run(["evaluate", "--data", str(one), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys, ["evaluate", "--data", str(one), "--model", str(tiny_model_dir), "--out",
+                            str(tmp_path / "o")], "one.jsonl: need at least 2 held-out videos")
+    assert not (tmp_path / "o").exists()
 
 
-def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_dir, tokenizer):
+def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
     """A `vrp train`-style run dir (config.yaml + adapter/ + metrics.jsonl): evaluated with its adapter, chart made."""
     import torch
-    from conftest import tiny_llama
+    from helpers import tiny_llama
     from peft import LoraConfig, get_peft_model
+
+    import vrp.options
 
     run = tmp_path / "run-a"
     model = get_peft_model(tiny_llama(tokenizer), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
@@ -249,9 +296,13 @@ def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_
         {"step": 0, "val_nll": 3.0}, {"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0, "val_nll": 2.2}]) + "\n")
     ds = write_dataset(tmp_path / "ds")
     out = tmp_path / "report"
+    reads: list[str] = []
+    load_yaml = vrp.options.load_yaml
+    monkeypatch.setattr(vrp.options, "load_yaml", lambda path: reads.append(str(path)) or load_yaml(path))
     assert _run(["evaluate", "--data", str(ds / "validation.jsonl"), "--run", str(run), "--out", str(out),
                  "--presets", "greedy", "--max-new-tokens", "4", "--max-gen-videos", "3", "--num-candidates", "6",
                  "--quiet", "--precision", "fp32"]) == 0
+    assert reads == [str(run / "config.yaml")]  # the run's config is parsed once, by its RunDir
     m = json.loads((out / "metrics.json").read_text())
     assert list(m["models"]) == ["base:" + tiny_model_dir.name, "run-a"]
     base, ft = m["models"].values()

@@ -20,7 +20,7 @@ from vrp.cli import main
 from vrp.collect.fetch import CollectConfig, collect, listing_params, video_params
 from vrp.collect.videos import load_collect_dir
 from vrp.collect.youtube import watch_url
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 
 FIX = Path(__file__).parent / "fixtures" / "collect"
 INFO = json.loads((FIX / "ytdlp_info.json").read_text(encoding="utf-8"))
@@ -114,8 +114,8 @@ def fetched(is_generated: bool) -> yta.FetchedTranscript:
                                  is_generated=is_generated)
 
 
-def config(tmp_path: Path, **kw: Any) -> CollectConfig:
-    return CollectConfig(out_dir=tmp_path / "out", progress=False, **kw)
+def config(**kw: Any) -> CollectConfig:
+    return CollectConfig(progress=False, **kw)
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -125,7 +125,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
 def test_bad_target_is_rejected_before_any_network_call(tmp_path):
     world = World({})
     with pytest.raises(VrpError, match="unsupported"):
-        collect([VID, "https://example.com/watch?v=x"], config(tmp_path), ydl_factory=world.factory,
+        collect([VID, "https://example.com/watch?v=x"], tmp_path / "out", config(), ydl_factory=world.factory,
                 transcript_api=FakeTranscriptApi(), sleep=lambda s: None)
     assert world.params == [] and world.calls == [] and not (tmp_path / "out").exists()
     assert main(["collect", "https://example.com/watch?v=x", "--out", str(tmp_path / "cli")]) == 2
@@ -135,20 +135,20 @@ def test_bad_target_is_rejected_before_any_network_call(tmp_path):
 # --- yt-dlp options -------------------------------------------------------------------------------------------
 
 def test_default_config_asks_yt_dlp_for_top_comments(tmp_path):
-    params = video_params(CollectConfig(out_dir=tmp_path))
+    params = video_params(CollectConfig())
     assert params["extractor_args"] == {"youtube": {"comment_sort": ["top"], "max_comments": ["20", "20", "0", "0",
                                                                                                "1"]}}
     assert params["getcomments"] is True and params["skip_download"] is True
-    assert video_params(CollectConfig(out_dir=tmp_path, comment_sort=""))["extractor_args"]["youtube"][
-        "comment_sort"] == ["top"]
+    with pytest.raises(ConfigError, match="comment_sort: choose from top, new, got ''"):
+        CollectConfig(comment_sort="")
     # The installed yt-dlp's YouTube extractor reads these arguments as intended (no network: only the options).
     from yt_dlp import YoutubeDL
 
-    with YoutubeDL(video_params(CollectConfig(out_dir=tmp_path, comments_per_video=7))) as ydl:
+    with YoutubeDL(video_params(CollectConfig(comments_per_video=7))) as ydl:
         ie = ydl.get_info_extractor("Youtube")
         assert ie._configuration_arg("comment_sort", [""])[0] == "top"
         assert ie._configuration_arg("max_comments") == ["7", "7", "0", "0", "1"]
-    assert listing_params(CollectConfig(out_dir=tmp_path))["extract_flat"] == "in_playlist"
+    assert listing_params(CollectConfig())["extract_flat"] == "in_playlist"
 
 
 # --- collecting -----------------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_default_config_asks_yt_dlp_for_top_comments(tmp_path):
 def test_collect_one_video_writes_the_record(tmp_path):
     world = World({watch_url(VID): INFO})
     api = FakeTranscriptApi(fetched(True))
-    stats = collect([f"https://youtu.be/{VID}?si=x"], config(tmp_path), ydl_factory=world.factory,
+    stats = collect([f"https://youtu.be/{VID}?si=x"], tmp_path / "out", config(), ydl_factory=world.factory,
                     transcript_api=api, sleep=lambda s: None)
     assert stats.collected == 1 and api.calls == []
     (rec,) = lines(tmp_path / "out" / "videos.jsonl")
@@ -184,7 +184,8 @@ def test_collect_one_video_writes_the_record(tmp_path):
 def test_transcript_api_fallback_when_no_track(tmp_path):
     world = World({watch_url(VID): make_info(VID, automatic_captions={})})
     api = FakeTranscriptApi(fetched(False))
-    collect([VID], config(tmp_path, languages=("en", "de")), ydl_factory=world.factory, transcript_api=api,
+    collect([VID], tmp_path / "out", config(languages=["en", "de"]), ydl_factory=world.factory,
+            transcript_api=api,
             sleep=lambda s: None)
     (rec,) = lines(tmp_path / "out" / "videos.jsonl")
     assert api.calls == [(VID, ["en", "de"])]
@@ -196,7 +197,7 @@ def test_transcript_api_fallback_when_no_track(tmp_path):
 def test_transcript_api_fallback_when_the_track_download_fails(tmp_path):
     world = World({watch_url(VID): INFO}, files={})  # the json3 URL is not served: urlopen raises
     api = FakeTranscriptApi(fetched(True))
-    collect([VID], config(tmp_path), ydl_factory=world.factory, transcript_api=api, sleep=lambda s: None)
+    collect([VID], tmp_path / "out", config(), ydl_factory=world.factory, transcript_api=api, sleep=lambda s: None)
     (rec,) = lines(tmp_path / "out" / "videos.jsonl")
     assert (rec["transcript_source"], rec["transcript_via"]) == ("auto", "youtube-transcript-api")
     assert world.calls == [watch_url(VID), JSON3_URL] and len(api.calls) == 1
@@ -214,7 +215,7 @@ def test_transcript_api_fallback_when_the_track_download_fails(tmp_path):
 def test_transcript_api_errors_are_told_apart(tmp_path, error, reason, permanent):
     world = World({watch_url(VID): make_info(VID, automatic_captions={})})
     api, sleeps = FakeTranscriptApi(error), []
-    stats = collect([VID], config(tmp_path, retries=2), ydl_factory=world.factory, transcript_api=api,
+    stats = collect([VID], tmp_path / "out", config(retries=2), ydl_factory=world.factory, transcript_api=api,
                     sleep=sleeps.append)
     (skip,) = lines(tmp_path / "out" / "skipped.jsonl")
     assert (skip["id"], skip["reason"], skip["permanent"]) == (VID, reason, permanent)
@@ -232,7 +233,7 @@ def test_transient_error_is_retried_with_exponential_backoff(tmp_path):
     busy = DownloadError("ERROR: [youtube] x: HTTP Error 429: Too Many Requests")
     world = World({watch_url(VID): [busy, busy, INFO]})
     sleeps: list[float] = []
-    stats = collect([VID], config(tmp_path, backoff_s=2.0), ydl_factory=world.factory,
+    stats = collect([VID], tmp_path / "out", config(backoff=2.0), ydl_factory=world.factory,
                     transcript_api=FakeTranscriptApi(),
                     sleep=sleeps.append)
     assert stats.collected == 1 and sleeps == [2.0, 4.0]
@@ -243,13 +244,13 @@ def test_transient_error_gives_up_then_next_run_retries(tmp_path):
     busy = DownloadError("ERROR: [youtube] x: HTTP Error 429: Too Many Requests")
     world = World({watch_url(VID): [busy, busy, busy, busy, INFO]})
     sleeps: list[float] = []
-    cfg = config(tmp_path, retries=3, backoff_s=100.0, backoff_max_s=300.0)
-    stats = collect([VID], cfg, ydl_factory=world.factory, transcript_api=FakeTranscriptApi(),
+    cfg = config(retries=3, backoff=100.0, backoff_max=300.0)
+    stats = collect([VID], tmp_path / "out", cfg, ydl_factory=world.factory, transcript_api=FakeTranscriptApi(),
                     sleep=sleeps.append)
     assert sleeps == [100.0, 200.0, 300.0] and stats.skipped == {"rate_limited": 1}
     (skip,) = lines(tmp_path / "out" / "skipped.jsonl")
     assert (skip["reason"], skip["permanent"], skip["attempts"]) == ("rate_limited", False, 4)
-    stats = collect([VID], cfg, ydl_factory=world.factory, transcript_api=FakeTranscriptApi(),
+    stats = collect([VID], tmp_path / "out", cfg, ydl_factory=world.factory, transcript_api=FakeTranscriptApi(),
                     sleep=sleeps.append)
     assert stats.collected == 1  # not permanent: the next run tries again
 
@@ -258,13 +259,13 @@ def test_permanent_skips_are_not_retried_by_a_rerun(tmp_path):
     world = World({watch_url(IDS[0]): make_info(IDS[0], comments=None),
                    watch_url(IDS[1]): make_info(IDS[1], availability="subscriber_only"),
                    watch_url(IDS[2]): make_info(IDS[2], automatic_captions={})})
-    cfg = config(tmp_path, use_transcript_api=False)
-    stats = collect(IDS, cfg, ydl_factory=world.factory, sleep=lambda s: None)
+    cfg = config(transcript_api=False)
+    stats = collect(IDS, tmp_path / "out", cfg, ydl_factory=world.factory, sleep=lambda s: None)
     assert stats.skipped == {"comments_disabled": 1, "members_only": 1, "no_transcript": 1}
     assert [(s["id"], s["reason"], s["permanent"]) for s in lines(tmp_path / "out" / "skipped.jsonl")] == [
         (IDS[0], "comments_disabled", True), (IDS[1], "members_only", True), (IDS[2], "no_transcript", True)]
     world.calls.clear()
-    stats = collect(IDS, cfg, ydl_factory=world.factory, sleep=lambda s: None)
+    stats = collect(IDS, tmp_path / "out", cfg, ydl_factory=world.factory, sleep=lambda s: None)
     assert world.calls == [] and stats.already_skipped == 3
 
 
@@ -274,9 +275,9 @@ def test_resume_after_interrupt_completes_without_duplicates(tmp_path):
     pages = {PLAYLIST: listing, **{watch_url(i): make_info(i) for i in IDS}}
     pages[watch_url(IDS[1])] = [KeyboardInterrupt(), make_info(IDS[1])]
     world = World(pages)
-    cfg, sleeps = config(tmp_path), []
+    cfg, sleeps = config(), []
     with pytest.raises(KeyboardInterrupt):
-        collect([PLAYLIST], cfg, ydl_factory=world.factory, transcript_api=FakeTranscriptApi(),
+        collect([PLAYLIST], tmp_path / "out", cfg, ydl_factory=world.factory, transcript_api=FakeTranscriptApi(),
                     sleep=sleeps.append)
     out = tmp_path / "out" / "videos.jsonl"
     assert [r["id"] for r in lines(out)] == [IDS[0]]
@@ -284,7 +285,7 @@ def test_resume_after_interrupt_completes_without_duplicates(tmp_path):
         f.write(b'{"id": "' + IDS[1].encode() + b'", "title": "vid')
     assert json.loads((tmp_path / "out" / "collect.json").read_text())["stats"]["collected"] == 1
     world.calls.clear()
-    stats = collect([PLAYLIST], cfg, ydl_factory=world.factory, transcript_api=FakeTranscriptApi(),
+    stats = collect([PLAYLIST], tmp_path / "out", cfg, ydl_factory=world.factory, transcript_api=FakeTranscriptApi(),
                     sleep=sleeps.append)
     assert [r["id"] for r in lines(out)] == IDS
     assert (stats.collected, stats.already_done, stats.listed) == (2, 1, 3)
@@ -296,9 +297,9 @@ def test_resume_after_interrupt_completes_without_duplicates(tmp_path):
 def test_max_videos_counts_videos_already_in_the_dir(tmp_path):
     listing = {"entries": [{"id": i} for i in IDS] + [{"id": "not-a-video-id"}]}
     world = World({PLAYLIST: listing, **{watch_url(i): make_info(i) for i in IDS}})
-    collect([PLAYLIST], config(tmp_path, max_videos=1), ydl_factory=world.factory,
+    collect([PLAYLIST], tmp_path / "out", config(max_videos=1), ydl_factory=world.factory,
             transcript_api=FakeTranscriptApi(), sleep=lambda s: None)
-    stats = collect([PLAYLIST], config(tmp_path, max_videos=2), ydl_factory=world.factory,
+    stats = collect([PLAYLIST], tmp_path / "out", config(max_videos=2), ydl_factory=world.factory,
                     transcript_api=FakeTranscriptApi(), sleep=lambda s: None)
     assert stats.collected == 1
     assert [r["id"] for r in lines(tmp_path / "out" / "videos.jsonl")] == IDS[:2]
@@ -307,7 +308,8 @@ def test_max_videos_counts_videos_already_in_the_dir(tmp_path):
 def test_failed_listing_is_reported_and_other_targets_continue(tmp_path):
     world = World({"https://www.youtube.com/@gone/videos": DownloadError("ERROR: This channel does not exist."),
                    watch_url(VID): INFO})
-    stats = collect(["@gone", VID], config(tmp_path), ydl_factory=world.factory, transcript_api=FakeTranscriptApi(),
+    stats = collect(["@gone", VID], tmp_path / "out", config(), ydl_factory=world.factory,
+                    transcript_api=FakeTranscriptApi(),
                     sleep=lambda s: None)
     assert stats.listing_failed == ["https://www.youtube.com/@gone/videos: unavailable"] and stats.collected == 1
 
@@ -315,16 +317,18 @@ def test_failed_listing_is_reported_and_other_targets_continue(tmp_path):
 def test_bad_options_and_locked_dir(tmp_path):
     world = World({})
     with pytest.raises(VrpError, match="cookies file not found"):
-        collect([VID], config(tmp_path, cookies=tmp_path / "c.txt"), ydl_factory=world.factory)
-    with pytest.raises(VrpError, match="at least 1"):
-        collect([VID], config(tmp_path, comments_per_video=0), ydl_factory=world.factory)
+        collect([VID], tmp_path / "out", config(cookies=str(tmp_path / "c.txt")), ydl_factory=world.factory)
+    with pytest.raises(ConfigError, match="comments_per_video: must be >= 1, got 0"):
+        config(comments_per_video=0)
+    with pytest.raises(ConfigError, match="languages: needs at least one language code"):
+        config(languages=" , ")
     import fcntl
 
     (tmp_path / "out").mkdir()
     with open(tmp_path / "out" / ".collect.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(VrpError, match="another `vrp collect`"):
-            collect([VID], config(tmp_path), ydl_factory=world.factory, transcript_api=FakeTranscriptApi())
+            collect([VID], tmp_path / "out", config(), ydl_factory=world.factory, transcript_api=FakeTranscriptApi())
 
 
 def test_cli_collect_end_to_end_with_fake_yt_dlp(tmp_path, monkeypatch, capsys):

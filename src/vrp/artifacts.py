@@ -1,0 +1,376 @@
+"""The directories vrp writes and reads, as typed objects: `CollectDir`, `DatasetDir`, `RunDir`, `ReportDir`.
+
+Knows: each directory's file names and layout, what "the latest checkpoint" of a run is (the newest complete one, a
+`checkpoints/step-NNNNNN/` holding its `state.json`), how a run's `config.yaml` is read (once per object, cached) and
+turned into its base model and prompt settings, the one fingerprint of a dataset's split files, and how each file is
+written (atomically, append-only for the collector's JSONL files, a lock for one collector per dir).
+Does not know: what the records mean (`vrp.records`, `vrp.collect.videos`), how a run is trained, scored or served.
+Errors: a missing or wrong directory is a `ConfigError` naming the argument that gave it (`run`, `checkpoint`,
+`data`, `out`), so that the CLI can name its flag.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from vrp.errors import ConfigError, VrpError
+from vrp.io import (
+    append_jsonl_line,
+    check_writable,
+    current_umask,
+    iter_jsonl_rows,
+    repair_torn_tail,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from vrp.records import Video, read_videos
+
+
+class _In:
+    """A file or subdirectory of a `_Dir`, as an attribute: `config_path = _In("config.yaml")` -> `dir.path / name`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else obj.path / self.name
+
+
+class _Dir:
+    """A directory given by its path; `str()` and `os.fspath()` give the path."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    def is_nonempty(self) -> bool:
+        """True when the path is a directory with at least one entry."""
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def check_new(self, overwrite: bool, field: str = "out", hint: str = "pass `overwrite` to replace it") -> None:
+        """Refuse a path that is a file, or a non-empty directory unless `overwrite`; then check it can be written.
+        Raises ConfigError(`field`)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(field, f"{self.path} exists and is not a directory")
+        if self.is_nonempty() and not overwrite:
+            raise ConfigError(field, f"{self.path} exists and is not empty; {hint}")
+        check_writable(self.path, field)
+
+
+# --- collect dir ----------------------------------------------------------------------------------------------
+class CollectDir(_Dir):
+    """What `vrp collect` writes: `videos.jsonl` (one line per video), `skipped.jsonl` (one line per skip, the last
+    per id counts), `collect.json` (options and counts of the last run), `.collect.lock`. Each JSONL line is
+    appended in one write and flushed (`vrp.io.append_jsonl_line`), so a kill leaves at most a torn last line."""
+
+    VIDEOS, SKIPPED, SUMMARY, LOCK = "videos.jsonl", "skipped.jsonl", "collect.json", ".collect.lock"
+
+    videos_path, skipped_path = _In(VIDEOS), _In(SKIPPED)
+
+    def exists(self) -> bool:
+        """True when the path is a directory holding a `videos.jsonl`."""
+        return (self.path / self.VIDEOS).is_file()
+
+    def done_ids(self) -> set[str]:
+        """Ids of the collected videos (empty when there is no `videos.jsonl`)."""
+        if not self.videos_path.is_file():
+            return set()
+        return {str(row.get("id")) for _, row in iter_jsonl_rows(self.videos_path) if row is not None and row.get("id")}
+
+    def skipped(self) -> dict[str, dict[str, Any]]:
+        """The last `skipped.jsonl` record per video id (empty when there is none)."""
+        if not self.skipped_path.is_file():
+            return {}
+        return {str(r["id"]): r for _, r in iter_jsonl_rows(self.skipped_path) if r is not None and r.get("id")}
+
+    def repair(self) -> None:
+        """Cut a torn last line (a kill while appending) off both JSONL files."""
+        repair_torn_tail(self.videos_path)
+        repair_torn_tail(self.skipped_path)
+
+    def append_video(self, record: dict[str, Any]) -> None:
+        append_jsonl_line(self.videos_path, record)
+
+    def append_skipped(self, record: dict[str, Any]) -> None:
+        append_jsonl_line(self.skipped_path, record)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.path / self.SUMMARY, summary)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the dir (creating it); VrpError when another collector holds it."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / self.LOCK, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise VrpError(f"{self.path}: another `vrp collect` is writing to this directory") from None
+            yield
+
+
+# --- dataset dir ----------------------------------------------------------------------------------------------
+class DatasetDir(_Dir):
+    """What `vrp prepare` writes: `train.jsonl`, `validation.jsonl` (one `Video` per line) and `manifest.json`."""
+
+    TRAIN, VALIDATION, MANIFEST = "train.jsonl", "validation.jsonl", "manifest.json"
+    FILES = (TRAIN, VALIDATION, MANIFEST)
+
+    train_path, validation_path = _In(TRAIN), _In(VALIDATION)
+
+    def exists(self) -> bool:
+        """True when the path is a directory with a `train.jsonl` or a `validation.jsonl`."""
+        return self.train_path.is_file() or self.validation_path.is_file()
+
+    def train_videos(self) -> list[Video]:
+        """The training split. Raises ConfigError('data') when the dir has none."""
+        if not self.train_path.is_file():
+            raise ConfigError("data", f"{self.path} has no {self.TRAIN}; run `vrp prepare` first")
+        return read_videos(self.train_path)
+
+    def validation_videos(self) -> list[Video]:
+        """The validation split ([] when the dir has none)."""
+        return read_videos(self.validation_path) if self.validation_path.is_file() else []
+
+    def fingerprint(self) -> str:
+        """Hex sha256 over the split files' names and bytes (a missing file counts as empty): the same data gives the
+        same value, so a checkpoint can refuse to resume on other data, and a manifest can name its source."""
+        h = hashlib.sha256()
+        for name in (self.TRAIN, self.VALIDATION):
+            h.update(name.encode() + b"\0")
+            if (self.path / name).is_file():
+                with open(self.path / name, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            h.update(b"\0")
+        return h.hexdigest()
+
+    def write(self, train: Iterable[Video], validation: Iterable[Video], manifest: dict[str, Any]) -> None:
+        """Write the three files so that the dir never holds a mix of old and new files or a dataset without its
+        manifest: they are written into a temporary directory, which is renamed to the dir when it does not exist,
+        else moved into it one by one with `manifest.json` last (an old manifest is removed first)."""
+        import tempfile
+
+        out = self.path.absolute()
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            # next to a new `out` (renamed into place), inside an existing one (its files are moved out of it)
+            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out if out.is_dir() else out.parent))
+        except OSError as e:
+            blocker = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
+            why = f"{blocker} is a file, not a directory" if blocker else (e.strerror or str(e))
+            raise ConfigError("out", f"cannot create {out} ({why})") from None
+        try:
+            os.chmod(stage, 0o777 & ~current_umask())
+            write_jsonl_atomic(stage / self.TRAIN, (v.to_json() for v in train))
+            write_jsonl_atomic(stage / self.VALIDATION, (v.to_json() for v in validation))
+            write_json_atomic(stage / self.MANIFEST, manifest)
+            try:
+                if not out.exists():
+                    os.replace(stage, out)
+                else:
+                    (out / self.MANIFEST).unlink(missing_ok=True)  # a half-replaced dir has no manifest
+                    for name in self.FILES:
+                        os.replace(stage / name, out / name)
+            except OSError as e:
+                raise VrpError(f"{out}: cannot write the dataset ({e.strerror or e})") from None
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+
+
+# --- run dir --------------------------------------------------------------------------------------------------
+class RunDir(_Dir):
+    """What `vrp train` writes: `config.yaml` (the resolved `TrainConfig`), `adapter/` (PEFT adapter + tokenizer),
+    `checkpoints/step-NNNNNN/{adapter/, optimizer.pt, scheduler.pt, rng.pt, state.json}`, `metrics.json` (final),
+    `metrics.jsonl` (one line per optimizer step), `logs/` (TensorBoard) and `loss.png`."""
+
+    CONFIG, ADAPTER, CHECKPOINTS, STATE = "config.yaml", "adapter", "checkpoints", "state.json"
+    METRICS, HISTORY, LOGS, LOSS_PNG = "metrics.json", "metrics.jsonl", "logs", "loss.png"
+    # Named checkpoints besides `step-NNNNNN`: name -> the checkpoint dir it stands for (None: the run has none).
+    NAMED_CHECKPOINTS: dict[str, Callable[[RunDir], Path | None]] = {
+        "latest": lambda run: run.latest_checkpoint(),
+    }
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        self._config: dict[str, Any] | None = None
+
+    config_path, adapter_dir, checkpoints_dir = _In(CONFIG), _In(ADAPTER), _In(CHECKPOINTS)
+    metrics_path, history_path, logs_dir, loss_png = _In(METRICS), _In(HISTORY), _In(LOGS), _In(LOSS_PNG)
+
+    def exists(self) -> bool:
+        """True when the path holds a `config.yaml` (a run was started here)."""
+        return self.config_path.is_file()
+
+    # reading
+    def config(self) -> dict[str, Any]:
+        """The `config.yaml` mapping, read once. Raises ConfigError('run') when there is none, VrpError naming the
+        file when it is not a YAML mapping."""
+        if self._config is None:
+            from vrp.options import load_yaml
+
+            if not self.exists():
+                raise ConfigError("run", f"{self.path} is not a vrp run directory (no {self.CONFIG})")
+            self._config = load_yaml(self.config_path)
+        return self._config
+
+    def model_spec(self) -> str:
+        """The base model the run was trained on (`model` in config.yaml)."""
+        spec = self.config().get("model") or "smollm2-135m"
+        if not isinstance(spec, str):
+            raise VrpError(f"{self.config_path}: option 'model' must be a string, got {spec!r}")
+        return spec
+
+    def prompt_config(self, max_prompt_tokens: int | None = None) -> Any:
+        """The `PromptConfig` the run was trained with (its `max_prompt_tokens`, `truncation`), `max_prompt_tokens`
+        overriding when given. Raises VrpError naming config.yaml for a value of the wrong type."""
+        from vrp.options import coerce_values
+        from vrp.prompts import PromptConfig
+
+        saved = self.config()
+        kw = coerce_values(PromptConfig, {k: saved[k] for k in ("max_prompt_tokens", "truncation") if k in saved},
+                           str(self.config_path))
+        if max_prompt_tokens:
+            kw["max_prompt_tokens"] = max_prompt_tokens
+        return PromptConfig(**kw)
+
+    def checkpoint_dir(self, step: int) -> Path:
+        """Where the checkpoint of optimizer step `step` lives (`checkpoints/step-000050`)."""
+        return self.checkpoints_dir / f"step-{step:06d}"
+
+    def checkpoints(self) -> list[Path]:
+        """The complete checkpoints (those with their `state.json`), oldest first."""
+        return sorted(p for p in self.checkpoints_dir.glob("step-*") if (p / self.STATE).is_file())
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        done = self.checkpoints()
+        return done[-1] if done else None
+
+    def checkpoint_state(self, ckpt: Path) -> dict[str, Any]:
+        """The `state.json` of checkpoint `ckpt` (step, counters, data fingerprint, history)."""
+        return json.loads((ckpt / self.STATE).read_text())
+
+    def adapter(self, checkpoint: str | None = None) -> Path:
+        """The adapter dir: `adapter/` for None, else that of checkpoint `checkpoint` (`step-000050`, or a name of
+        `NAMED_CHECKPOINTS` such as `latest`). Raises ConfigError('run' / 'checkpoint') when it is missing."""
+        if checkpoint is None:
+            if not self.adapter_dir.is_dir():
+                self.config()  # not a run at all: say so
+                raise ConfigError("run", f"{self.path} has no {self.ADAPTER}/ (training not finished?); use "
+                                         f"`checkpoint` latest")
+            return self.adapter_dir
+        done = self.checkpoints()
+        named = self.NAMED_CHECKPOINTS.get(checkpoint)
+        ckpt = named(self) if named else next((p for p in done if p.name == checkpoint), None)
+        if ckpt is None or not (ckpt / self.ADAPTER).is_dir():
+            raise ConfigError("checkpoint", f"{checkpoint} not found in {self.checkpoints_dir}; available: "
+                                            f"{[p.name for p in done] + list(self.NAMED_CHECKPOINTS)}")
+        return ckpt / self.ADAPTER
+
+    def history(self) -> list[dict[str, Any]]:
+        """The rows of `metrics.jsonl` (`step`, `loss`, `lr`, ..., `val_nll` on validation steps); a torn last
+        line (a kill while writing) is left out. [] when there is no file."""
+        if not self.history_path.is_file():
+            return []
+        return [row for _, row in iter_jsonl_rows(self.history_path) if row is not None]
+
+    def metrics(self) -> dict[str, Any] | None:
+        """`metrics.json` (written when training finished), or None."""
+        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else None
+
+    # writing
+    def check_target(self, resume: bool, overwrite: bool) -> None:
+        """Raise ConfigError when the dir cannot be used as asked (a new run needs an absent or empty dir, or
+        `overwrite`; `resume` needs a run); changes nothing, so a failure later leaves no trace."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError("out", f"{self.path} exists and is not a directory")
+        if self.is_nonempty():
+            if resume and not self.exists():
+                raise ConfigError("resume", f"{self.path} is not a vrp run directory (no {self.CONFIG})")
+            if not resume and not overwrite:
+                raise ConfigError("out", f"{self.path} is a run directory that is not empty; pass `resume` to "
+                                         f"continue it or `overwrite` to start over")
+        elif resume:
+            raise ConfigError("resume", f"{self.path} has no run to resume")
+        check_writable(self.path, "out")
+
+    def create(self, resume: bool, overwrite: bool) -> None:
+        """`check_target` again, then empty the dir when overwriting a run and create it."""
+        self.check_target(resume, overwrite)
+        if self.is_nonempty() and not resume:
+            shutil.rmtree(self.path)  # overwrite (checked above)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError("out", f"cannot create {self.path} ({e.strerror or e})") from None
+        self._config = None
+
+    def save_config(self, cfg: Any) -> None:
+        """Write the resolved config dataclass as `config.yaml`."""
+        from vrp.options import save_config
+
+        save_config(cfg, self.config_path)
+        self._config = None
+
+    def save_adapter(self, model: Any, tokenizer: Any, dest: Path | None = None) -> None:
+        """Save a PEFT model's adapter and the tokenizer to `dest` (default `adapter/`) via a temporary sibling
+        directory, so that a kill while saving never leaves a half-written adapter that would be loaded."""
+        dest = dest or self.adapter_dir
+        tmp = dest.with_name(f".tmp-{dest.name}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+
+    def restart_history(self, rows: Iterable[dict[str, Any]]) -> Any:
+        """Rewrite `metrics.jsonl` with `rows` (atomically) and return it opened for appending one line per step."""
+        write_jsonl_atomic(self.history_path, rows)
+        return open(self.history_path, "a", encoding="utf-8")
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json_atomic(self.metrics_path, metrics)
+
+
+# --- report dir -----------------------------------------------------------------------------------------------
+class ReportDir(_Dir):
+    """What `vrp evaluate` writes: `report.md`, `metrics.json` (whose `files` lists every file of the report),
+    `per_video.jsonl`, `generations.jsonl` and PNG charts."""
+
+    REPORT, METRICS, PER_VIDEO, GENERATIONS = "report.md", "metrics.json", "per_video.jsonl", "generations.jsonl"
+    OWN_FILES = (REPORT, METRICS, PER_VIDEO, GENERATIONS)
+
+    def check_new(self, overwrite: bool, field: str = "out",
+                  hint: str = "pass `overwrite` to replace the report in it") -> None:
+        super().check_new(overwrite, field, hint)
+
+    def remove_previous(self) -> None:
+        """Delete the files a previous report listed in its metrics.json (only those, never anything else)."""
+        try:
+            old = json.loads((self.path / self.METRICS).read_text()).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            return
+        for name in old:
+            p = self.path / str(name)
+            if p.parent == self.path and p.is_file() and (p.suffix == ".png" or p.name in self.OWN_FILES):
+                p.unlink()

@@ -1,0 +1,82 @@
+"""Charts as PNG files (matplotlib, Agg backend, no display), written atomically.
+
+Knows: the training curve of a run (`loss_curve`: training loss per optimizer step and validation NLL per comment
+token, from a run's history rows), drawn once here for `vrp train` (RUN/loss.png) and `vrp evaluate` (a run whose
+loss.png is missing), and grouped bar charts with optional error bars and a reference line (`bar_chart`).
+Does not know: where the numbers come from.
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+from vrp.io import atomic_path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    _pyplot().close(fig)
+
+
+def loss_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Plot training loss (rows with `loss`) and validation NLL (rows with `val_nll`) per optimizer `step`, in nats
+    per comment token, to the PNG `path`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    tr = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
+    va = [(h["step"], h["val_nll"]) for h in history if h.get("val_nll") is not None]
+    if tr:
+        ax.plot(*zip(*tr), label="train loss (NLL/token)", alpha=0.8)
+    if va:
+        ax.plot(*zip(*va), "o-", label="validation NLL/token")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("nats per comment token")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, dpi=100)
+
+
+def bar_chart(path: Path, labels: Sequence[str], series: dict[str, Sequence[float | None]], title: str,
+              ylabel: str, errors: dict[str, Sequence[tuple[float, float] | None]] | None = None,
+              hline: tuple[float, str] | None = None) -> None:
+    """Write a (grouped) bar chart PNG atomically: one group per label, one bar per series; None values are gaps.
+
+    errors: per series, `(lower, upper)` interval per label (drawn as error bars). hline: `(y, legend label)`.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+
+    n = max(len(series), 1)
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) * max(1, n / 2) + 2), 4))
+    x = np.arange(len(labels))
+    for si, (name, vals) in enumerate(series.items()):
+        ys = [np.nan if v is None else float(v) for v in vals]
+        yerr = None
+        if errors and errors.get(name):
+            yerr = np.array([[y - lo, hi - y] if e else [0, 0] for y, e in zip(ys, errors[name])
+                             for lo, hi in [e or (0, 0)]]).T
+        ax.bar(x + (si - (n - 1) / 2) * width, ys, width, label=name, yerr=yerr, capsize=3)
+    if hline:
+        ax.axhline(hline[0], color="k", linestyle="--", linewidth=1, label=hline[1])
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)
+    if len(series) > 1 or hline:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)

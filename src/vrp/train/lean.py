@@ -1,0 +1,116 @@
+"""Memory-lean LoRA training: what a PEFT LoRA model keeps for backward, cut without changing the maths.
+
+Knows: three sources of waste in a training step of a PEFT LoRA model under bf16 autocast, measured with
+`vrp bench train --memory` (see `vrp.bench.memory`), and how to remove them:
+- PEFT casts each LoRA layer's input to the adapter's dtype (fp32) before the dropout, so every layer input gets an
+  fp32 copy and autocast then makes a bf16 copy of that for `lora_A`; under autocast the matmul runs in bf16
+  anyway, so `keep_lora_inputs_in_compute_dtype` turns PEFT's cast off (`cast_input_dtype_enabled`) and the LoRA
+  path reads the layer input itself;
+- `nn.Dropout` on the LoRA input stores its scaled noise (one number per input element, for each of the 7 LoRA
+  layers of a decoder layer) and hands `lora_A` a new tensor, which `lora_A` stores as well.
+  `fuse_lora_dropout` replaces dropout + `lora_A` by one autograd function (`DropoutLinear`) that stores only the
+  layer input (shared with the other layers reading it) and a seed, and regenerates the keep-mask from the seed in
+  backward (Bernoulli(1 - p) keep, scale 1/(1 - p), as `nn.Dropout`; the seed is drawn from torch's default
+  generator, so a run stays a function of its seed and resumes exactly);
+- the LM head's logits (see `vrp.loss`, chunked there).
+Does not know: which model is loaded or how it is trained (`vrp.model`, `vrp.train`).
+
+Regenerating the mask costs one `torch.rand` per LoRA input in backward, about what `nn.Dropout`'s own noise costs
+in forward on a CPU; with `lora_dropout` 0 there is no mask at all (PEFT then uses `nn.Identity`).
+"""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+
+
+def _keep_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """Bool keep-mask of x's shape: True with probability 1 - p, a pure function of `seed`."""
+    gen = torch.Generator(device=x.device)
+    gen.manual_seed(seed)
+    return torch.rand(x.shape, generator=gen, device=x.device) >= p
+
+
+class DropoutLinear(torch.autograd.Function):
+    """`y = dropout(x, p) @ weight.T` storing x (not a dropped copy) and the mask's seed.
+
+    x: (..., in) in the compute dtype (bf16 under autocast); weight: (out, in), typically fp32 (a LoRA A matrix),
+    used in x's dtype; returns (..., out) in x's dtype. The weight's gradient is returned in its own dtype.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+        scale = 1.0 / (1.0 - p)
+        dropped = torch.where(_keep_mask(x, p, seed), x * scale, 0)
+        ctx.save_for_backward(x, weight)
+        ctx.p, ctx.seed = p, seed
+        return torch.nn.functional.linear(dropped, weight.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight = ctx.saved_tensors
+        scale = 1.0 / (1.0 - ctx.p)
+        keep = _keep_mask(x, ctx.p, ctx.seed)
+        grad = grad.to(x.dtype)
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.where(keep, (grad @ weight.to(x.dtype)) * scale, 0)
+        if ctx.needs_input_grad[1]:
+            dropped = torch.where(keep, x * scale, 0)
+            gw = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, x.shape[-1])).to(weight.dtype)
+        return gx, gw, None, None
+
+
+def _dropout_linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`forward` of a LoRA A layer whose dropout was fused into it (bound to the layer by `fuse_lora_dropout`)."""
+    p = self.vrp_dropout_p
+    if self.training and p > 0 and torch.is_grad_enabled():
+        seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+        return DropoutLinear.apply(x, self.weight, p, seed)
+    if self.training and p > 0:  # training mode without gradients: plain dropout
+        x = torch.nn.functional.dropout(x, p, True)
+    return torch.nn.functional.linear(x, self.weight)
+
+
+def lora_layers(model: Any) -> list[Any]:
+    """PEFT LoRA layers of `model` (modules with `lora_A`, `lora_B` and `lora_dropout` dicts)."""
+    return [m for m in model.modules()
+            if all(isinstance(getattr(m, a, None), torch.nn.ModuleDict) for a in ("lora_A", "lora_B", "lora_dropout"))]
+
+
+def keep_lora_inputs_in_compute_dtype(model: Any) -> int:
+    """Turn off PEFT's cast of each LoRA layer's input to the adapter dtype (use only under autocast, where the
+    LoRA matmuls run in the autocast dtype anyway). Returns the number of layers changed."""
+    n = 0
+    for m in lora_layers(model):
+        if hasattr(m, "cast_input_dtype_enabled"):
+            m.cast_input_dtype_enabled = False
+            n += 1
+    return n
+
+
+def fuse_lora_dropout(model: Any) -> int:
+    """Replace each LoRA layer's `nn.Dropout` + `lora_A` (a bias-free `nn.Linear`) by `DropoutLinear`: the dropout
+    module becomes `nn.Identity` and `lora_A`'s forward applies the dropout itself. Parameter names, the state dict
+    and the saved adapter are unchanged. Returns the number of adapters fused."""
+    n = 0
+    for m in lora_layers(model):
+        for name, drop in list(m.lora_dropout.items()):
+            a = m.lora_A[name] if name in m.lora_A else None
+            if (not isinstance(drop, torch.nn.Dropout) or drop.p <= 0 or type(a) is not torch.nn.Linear
+                    or a.bias is not None):
+                continue
+            a.vrp_dropout_p = float(drop.p)
+            a.forward = types.MethodType(_dropout_linear_forward, a)
+            m.lora_dropout[name] = torch.nn.Identity()
+            n += 1
+    return n
+
+
+def make_lean(model: Any, autocast: bool) -> dict[str, int]:
+    """Apply the cuts of this module to a PEFT LoRA model for training: dropout fused into `lora_A` always, the
+    input cast turned off when `autocast` (the run computes under `torch.autocast`). Returns counts per change."""
+    return {"fused_dropout": fuse_lora_dropout(model),
+            "uncast_inputs": keep_lora_inputs_in_compute_dtype(model) if autocast else 0}

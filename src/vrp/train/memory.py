@@ -1,0 +1,270 @@
+"""Memory budgets of training: what a step needs, how a run fits a budget, and what a run used.
+
+Knows:
+- budget strings (`max_memory`): `8GB`, `7.5 GiB`, `512MB`, a byte count, or `auto` (`AUTO_RAM_SHARE` of the
+  RAM the kernel reports as available plus what this process already holds; on CUDA `AUTO_GPU_SHARE` of the free
+  device memory plus what torch already allocated). kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024;
+- how many bytes a step's tensors need beyond what is already allocated (`allocated_peak`): on CUDA torch's peak
+  counter (`torch.cuda.max_memory_allocated`); on a CPU the allocation events of the torch profiler
+  (`profile_memory=True`: every allocation and free of the CPU allocator while profiling, with its running total),
+  so the measure is exact and repeatable, unlike the process's resident set;
+- the cost model: peak = fixed + rows x cost of one row of the run's longest row length. fixed = what the process
+  holds after the model is loaded (resident set on a CPU, allocated bytes on CUDA) + LoRA gradients + AdamW's two
+  moments (3 x the trainable fp32 bytes). A row's cost is measured at startup on one real row of the longest length
+  (`measure_row_bytes`: forward + backward, RNG state restored, gradients dropped) and multiplied by `RSS_FACTOR`
+  on a CPU, where the allocator's fragmentation adds to the tensors' bytes (measured with SmolLM2-135M;
+  see /work/tools/bench-notes-13.md). Every term grows linearly with the rows of a micro-batch at a fixed row
+  length, so the worst micro-batch is `rows` rows of the longest length;
+- the plan (`plan_micro_batch`): the most rows per micro-batch that divide `batch_size` and fit, with the
+  configured micro-batch split into `batch_size / rows` pieces, so an optimizer step still sees the same rows and
+  the loss (normalised by the targets of the whole step) is the same up to float rounding; dropout masks differ;
+- what the run used (`peak_memory`: peak RSS and CUDA's peak allocated bytes) and how an out-of-memory error reads
+  (`out_of_memory_as_config_error`).
+Does not know: the training loop (`vrp.train.loop`), how rows are built (`vrp.packing`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from vrp.errors import ConfigError
+
+AUTO_RAM_SHARE = 0.8
+AUTO_GPU_SHARE = 0.9
+RSS_FACTOR = 1.15
+UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+         "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as `8GB`, `7.5 GiB`, `512mb` or `1000000` (units: `UNITS`, case-insensitive).
+    Raises ValueError for anything else or a size below 1 byte."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m[2].lower() not in UNITS:
+        raise ValueError(f"not a size: {text!r} (write e.g. 8GB, 6GiB, 512MB or auto)")
+    n = int(float(m[1]) * UNITS[m[2].lower()])
+    if n < 1:
+        raise ValueError(f"not a size: {text!r} (must be at least 1 byte)")
+    return n
+
+
+def check_budget(spec: str) -> None:
+    """Raise ConfigError('max_memory') unless `spec` is '' (no budget), `auto` or a size (`parse_size`)."""
+    if spec in ("", "auto"):
+        return
+    try:
+        parse_size(spec)
+    except ValueError as e:
+        raise ConfigError("max_memory", str(e)) from None
+
+
+def fmt_bytes(n: float) -> str:
+    """`n` bytes as GB with two decimals below 10 GB (`3.42 GB`), else one (`11.7 GB`); MB below 1 GB."""
+    if abs(n) < 1e9:
+        return f"{n / 1e6:.0f} MB"
+    return f"{n / 1e9:.2f} GB" if abs(n) < 1e10 else f"{n / 1e9:.1f} GB"
+
+
+def resident_bytes() -> int:
+    """This process's resident set size now (bytes; /proc/self/statm, else the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (bytes): `ru_maxrss` (KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def available_ram_bytes() -> int:
+    """RAM the kernel can give without swapping (`MemAvailable` of /proc/meminfo), else free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def in_use_bytes(device: str) -> int:
+    """What this process holds now: the resident set on a CPU, torch's allocated bytes on CUDA."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.memory_allocated())
+    return resident_bytes()
+
+
+def resolve_budget(spec: str, device: str) -> int | None:
+    """The budget in bytes of `max_memory` value `spec` ('' = None: no budget). `auto` = what the process holds
+    now + `AUTO_RAM_SHARE` of the available RAM (CPU) or `AUTO_GPU_SHARE` of the free device memory (CUDA)."""
+    check_budget(spec)
+    if not spec:
+        return None
+    if spec != "auto":
+        return parse_size(spec)
+    if device == "cuda":
+        import torch
+
+        return in_use_bytes(device) + int(AUTO_GPU_SHARE * torch.cuda.mem_get_info()[0])
+    return in_use_bytes(device) + int(AUTO_RAM_SHARE * available_ram_bytes())
+
+
+def allocated_peak(fn: Callable[[], Any], device: str) -> int:
+    """Peak bytes of tensors allocated while `fn()` runs, above what was allocated before it (see the module
+    docstring: CUDA's peak counter, or the CPU allocator's running total in the torch profiler's events)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return max(0, int(torch.cuda.max_memory_allocated()) - base)
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    peak, stack = 0, list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation:
+            peak = max(peak, int(event.extra_fields.total_allocated))
+        stack.extend(event.children)
+    return peak
+
+
+def trainable_bytes(model: Any) -> int:
+    """Bytes of the trainable parameters (the LoRA weights)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def fixed_bytes(model: Any, device: str) -> int:
+    """The part of a step's peak that does not grow with the batch: what the process holds now + gradients and
+    AdamW's two moments of the trainable parameters (allocated at the first step)."""
+    return in_use_bytes(device) + 3 * trainable_bytes(model)
+
+
+def measure_row_bytes(model: Any, row: Any, pad_id: int, packing: str, prec: Any) -> int:
+    """Peak bytes a training forward + backward of the single row `row` (`vrp.packing.Row`) allocates, times
+    `RSS_FACTOR` on a CPU. Runs in train mode under the run's autocast; the RNG state is restored and the
+    gradients are dropped afterwards, so the run that follows is the same as without the measurement."""
+    import torch
+
+    from vrp.loss import loss_sum
+    from vrp.model import autocast_ctx
+    from vrp.packing import collate
+
+    batch = {k: v.to(prec.device) if hasattr(v, "to") else v for k, v in collate([row], pad_id, packing).items()}
+    was_training = model.training
+    model.train()
+
+    def step() -> None:
+        with autocast_ctx(prec):
+            loss, n = loss_sum(model, batch)
+        (loss / max(n, 1)).backward()
+        del loss
+
+    devices = [torch.cuda.current_device()] if prec.device == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        peak = allocated_peak(step, prec.device)
+    for p in model.parameters():
+        p.grad = None
+    model.train(was_training)
+    return int(peak * (RSS_FACTOR if prec.device == "cpu" else 1.0))
+
+
+@dataclass
+class MemoryPlan:
+    """Rows per micro-batch under a budget. budget/fixed/row bytes in bytes; row_tokens: the longest row the cost
+    was measured at; micro_rows: rows per micro-batch; batch_size: the configured rows per micro-batch (a divisor
+    multiple of micro_rows); splits: micro-batches each configured micro-batch becomes."""
+
+    budget: int
+    fixed: int
+    row: int
+    row_tokens: int
+    micro_rows: int
+    batch_size: int
+
+    @property
+    def splits(self) -> int:
+        """Micro-batches each configured micro-batch of `batch_size` rows is cut into."""
+        return self.batch_size // self.micro_rows
+
+    @property
+    def predicted_peak(self) -> int:
+        """fixed + micro_rows x row, bytes."""
+        return self.fixed + self.micro_rows * self.row
+
+    def describe(self, grad_accum: int) -> str:
+        """One line saying what was chosen and why."""
+        return (f"max_memory {fmt_bytes(self.budget)}: {self.micro_rows} row(s) per micro-batch x "
+                f"{self.splits * grad_accum} accumulation step(s) (global batch {self.batch_size * grad_accum} "
+                f"rows), predicted peak {fmt_bytes(self.predicted_peak)} = {fmt_bytes(self.fixed)} fixed + "
+                f"{self.micro_rows} x {fmt_bytes(self.row)} per row of {self.row_tokens} tokens")
+
+    def to_json(self) -> dict[str, int]:
+        """The plan as a JSON-ready dict (bytes and counts)."""
+        return {"budget_bytes": self.budget, "fixed_bytes": self.fixed, "row_bytes": self.row,
+                "row_tokens": self.row_tokens, "micro_rows": self.micro_rows, "splits": self.splits,
+                "predicted_peak_bytes": self.predicted_peak}
+
+
+def plan_micro_batch(budget: int, fixed: int, row: int, row_tokens: int, batch_size: int) -> MemoryPlan:
+    """The most rows per micro-batch (a divisor of `batch_size`) with fixed + rows x row <= budget (bytes).
+
+    Raises ConfigError('max_memory') when not even one row of `row_tokens` tokens fits, saying what it needs."""
+    fits = [d for d in range(batch_size, 0, -1) if batch_size % d == 0 and fixed + d * row <= budget]
+    if not fits:
+        need = fixed + row
+        raise ConfigError("max_memory", f"{fmt_bytes(budget)} cannot fit one row of {row_tokens} tokens: that needs "
+                                        f"about {fmt_bytes(need)} ({fmt_bytes(fixed)} for the model and optimizer + "
+                                        f"{fmt_bytes(row)} for the row); raise it, or lower `max_row_tokens` / "
+                                        f"`max_prompt_tokens`, or turn on `gradient_checkpointing`")
+    return MemoryPlan(budget, fixed, row, row_tokens, fits[0], batch_size)
+
+
+def peak_memory(device: str) -> dict[str, int]:
+    """What the process used at its peak so far: `peak_rss_bytes`, plus `cuda_max_allocated_bytes` on CUDA."""
+    out = {"peak_rss_bytes": peak_rss_bytes()}
+    if device == "cuda":
+        import torch
+
+        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+OOM_PATTERNS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+@contextlib.contextmanager
+def out_of_memory_as_config_error(rows: int, tokens: int, budget: str) -> Iterator[None]:
+    """Turn torch's out-of-memory errors (CUDA `OutOfMemoryError`, the CPU allocator's `can't allocate memory`,
+    MemoryError) raised inside the block into ConfigError('max_memory') naming the micro-batch (`rows` x `tokens`)
+    and what to change. Other errors pass unchanged."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        text = str(e).lower()
+        if not isinstance(e, MemoryError) and not any(p in text for p in OOM_PATTERNS):
+            raise
+        what = ("set a budget (e.g. auto or 8GB) so that micro-batches are cut to fit" if not budget
+                else f"the budget {budget} was more than this machine could give: set a smaller one")
+        raise ConfigError("max_memory", f"out of memory in a micro-batch of {rows} row(s) x {tokens} tokens; "
+                                        f"{what}, or lower `batch_size` (raising `grad_accum` keeps the global "
+                                        f"batch), or turn on `gradient_checkpointing`") from None
+

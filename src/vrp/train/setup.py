@@ -1,0 +1,167 @@
+"""Setting up a training run: checks, data, model + LoRA, optimizer and schedule, the run dir, the starting state.
+
+Knows: the order in which a run starts (everything that can fail on bad input — run dir, data, precision, model,
+context length, LoRA targets, optimizer — is checked before the run dir is created or emptied, so a failed start
+leaves nothing behind), the seeding (`torch.manual_seed(cfg.seed)` before the model is loaded, so the LoRA init is a
+function of the seed), and where a run starts from: its newest checkpoint on resume (`RunDir.latest_checkpoint`),
+else step 0 after the base model's validation NLL.
+Does not know: the optimizer step loop (`vrp.train.loop`), how checkpoints are written (`vrp.train.checkpoint`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vrp.artifacts import DatasetDir, RunDir
+from vrp.errors import ConfigError, VrpError
+from vrp.train.config import TrainConfig
+
+
+def micro_batches(rows: list[Any], batch_size: int) -> list[list[Any]]:
+    """`rows` cut into consecutive micro-batches of `batch_size` (the last may be shorter)."""
+    return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+@dataclass
+class TrainSetup:
+    """Everything a run needs once it has started. rows/val_rows: packed rows (`vrp.packing.Row`); per_epoch:
+    optimizer steps per epoch; total_steps: optimizer steps of the whole run; data_sha: `DatasetDir.fingerprint`."""
+
+    cfg: TrainConfig
+    run: RunDir
+    data_sha: str
+    prec: Any
+    model: Any
+    tokenizer: Any
+    train_videos: list[Any]
+    val_videos: list[Any]
+    rows: list[Any]
+    val_rows: list[Any]
+    optimizer: Any
+    scheduler: Any
+    per_epoch: int
+    total_steps: int
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: optimizer steps done, comments and tokens trained on, seconds spent in optimizer steps,
+    the base model's validation result (`{nll, perplexity, tokens}` or None) and the per-step history."""
+
+    step: int = 0
+    comments_seen: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    base_val: dict[str, float] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def checkpoint_fields(self, data_sha: str) -> dict[str, Any]:
+        """What a checkpoint's state.json holds besides its step."""
+        return {"comments_seen": self.comments_seen, "tokens_seen": self.tokens_seen, "data_sha256": data_sha,
+                "train_seconds": self.train_seconds, "base_val": self.base_val, "history": self.history}
+
+
+def _optimizer(model: Any, cfg: TrainConfig, prec: Any) -> Any:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "paged_adamw_32bit":
+        if prec.device != "cuda":
+            raise ConfigError("optimizer", "paged_adamw_32bit needs CUDA (bitsandbytes); use adamw on a CPU")
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW32bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _read_data(cfg: TrainConfig, data: DatasetDir) -> tuple[list[Any], list[Any]]:
+    """The training and validation videos (cut to `max_train_videos` / `max_eval_videos`); every video must have a
+    comment. Raises VrpError naming the file."""
+    train_videos = data.train_videos()[: cfg.max_train_videos or None]
+    val_videos = data.validation_videos()[: cfg.max_eval_videos or None]
+    if not train_videos:
+        raise VrpError(f"{data.train_path}: empty dataset")
+    for path, videos in ((data.train_path, train_videos), (data.validation_path, val_videos)):
+        empty = next((v.video_id for v in videos if not any(c.text.strip() for c in v.comments)), None)
+        if empty is not None:
+            raise VrpError(f"{path}: video {empty!r} has no comment (prepare the dataset with `vrp prepare`)")
+    return train_videos, val_videos
+
+
+def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwrite: bool) -> TrainSetup:
+    """Check everything, load and wrap the model, build optimizer and schedule, then create the run dir (emptied
+    with `overwrite`) and save `config.yaml` (not on resume). Raises ConfigError / VrpError before anything is
+    written: a bad run dir, data that differs from a resumed run's, an impossible precision, an unloadable model,
+    a prompt longer than the model's context, unknown LoRA target modules."""
+    import torch
+    from transformers import get_scheduler
+
+    from vrp.model import attach_lora, check_context, load_base_model, resolve_precision
+    from vrp.packing import make_rows
+    from vrp.prompts import encode_videos
+    from vrp.tiers import encode_tiered_video, longest_marker
+
+    if Path(cfg.model).expanduser().exists():  # a local path is saved absolute so `generate --run` works anywhere
+        cfg = replace(cfg, model=str(Path(cfg.model).expanduser().resolve()))
+    if not data.train_path.is_file():
+        data.train_videos()  # raises ConfigError('data') naming the missing file
+    run.check_target(resume, overwrite)
+    data_sha = data.fingerprint()
+    if resume and (ckpt := run.latest_checkpoint()) is not None:
+        saved_sha = run.checkpoint_state(ckpt).get("data_sha256")
+        if saved_sha and saved_sha != data_sha:
+            raise ConfigError("data", f"{data} is not the data this run was trained on (its train.jsonl/"
+                                      f"validation.jsonl changed); resume with the same data or start a new run")
+    prec = resolve_precision(cfg.precision, cfg.quantization, cfg.device)
+    train_videos, val_videos = _read_data(cfg, data)
+    if cfg.tiers:  # checked before anything is loaded or written; config.yaml records the resolved source
+        from vrp.tiers import dataset_format, resolve_tier_source
+
+        cfg = replace(cfg, tier_source=resolve_tier_source(cfg.tier_source, train_videos, dataset_format(data)))
+    torch.manual_seed(cfg.seed)
+
+    model, tok = load_base_model(cfg.model, prec, cfg.attn_implementation)
+    marker = longest_marker(tok) if cfg.tiers else 0
+    check_context(model, cfg.model, cfg.max_prompt_tokens + cfg.max_comment_tokens + 1 + marker,
+                  "`max_prompt_tokens` + `max_comment_tokens` + 1" + (" + the tier marker" if marker else ""))
+    pcfg = cfg.prompt_config()
+    if cfg.tiers:  # validation rows carry every tiered comment's true marker (no dropout)
+        train_enc = [encode_tiered_video(tok, v, pcfg, cfg.tier_source, cfg.tier_marker_dropout, cfg.seed)
+                     for v in train_videos]
+        val_enc = [encode_tiered_video(tok, v, pcfg, cfg.tier_source) for v in val_videos]
+    else:
+        train_enc, val_enc = encode_videos(tok, train_videos, pcfg), encode_videos(tok, val_videos, pcfg)
+    rows = make_rows(train_enc, cfg.packing, cfg.max_row_tokens)
+    val_rows = make_rows(val_enc, "shared_prefix", cfg.max_row_tokens)
+    per_epoch = math.ceil(len(micro_batches(rows, cfg.batch_size)) / cfg.grad_accum)
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * per_epoch
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
+
+    model = attach_lora(model, cfg.lora(), prec, cfg.gradient_checkpointing)
+    optimizer = _optimizer(model, cfg, prec)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    run.create(resume, overwrite)
+    if not resume:
+        run.save_config(cfg)
+    return TrainSetup(cfg, run, data_sha, prec, model, tok, train_videos, val_videos, rows, val_rows, optimizer,
+                      scheduler, per_epoch, total_steps)
+
+
+def starting_state(s: TrainSetup, resume: bool, progress: bool) -> TrainState:
+    """The state a run continues from: its newest checkpoint on resume (adapter, optimizer, scheduler and RNG states
+    restored), else step 0 with the base model's validation NLL (when there are validation rows)."""
+    from vrp.train.checkpoint import load_checkpoint
+    from vrp.train.validate import evaluate_nll
+
+    if resume and (ckpt := s.run.latest_checkpoint()) is not None:
+        st = load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler)
+        return TrainState(st["step"], st["comments_seen"], st["tokens_seen"], st["train_seconds"],
+                          st.get("base_val"), st["history"])
+    state = TrainState()
+    if s.val_rows:
+        state.base_val = evaluate_nll(s.model, s.val_rows, s.tokenizer.pad_token_id, s.prec, s.cfg.batch_size,
+                                      progress)
+        state.history.append({"step": 0, "val_nll": state.base_val["nll"]})
+    return state

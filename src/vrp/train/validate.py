@@ -1,0 +1,40 @@
+"""Validation during training: mean NLL per comment token of the validation rows, without gradients.
+
+Knows: how packed rows are scored for validation (always shared-prefix packed, in micro-batches of the training
+batch size, under the run's autocast), and that NLL is the summed loss over all comment tokens (and their end-of-turn
+tokens) divided by their number, perplexity = exp(NLL).
+Does not know: where the rows come from (`vrp.train.setup`) or when validation runs (`vrp.train.loop`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from vrp.model import autocast_ctx
+from vrp.train.setup import micro_batches
+
+
+def evaluate_nll(model: Any, rows: list[Any], pad_id: int, prec: Any, batch_size: int = 4,
+                 progress: bool = False) -> dict[str, float]:
+    """`{nll, perplexity, tokens}` over `rows`: mean NLL per comment token (nats), exp(NLL) (capped at exp(50)) and
+    the number of target tokens; the model's train/eval mode is restored afterwards."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from vrp.loss import loss_sum
+    from vrp.packing import collate
+
+    total, n = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast_ctx(prec):
+        for b in tqdm(micro_batches(rows, batch_size), desc="validation", unit="batch", leave=False,
+                      disable=not progress):
+            batch = {k: v.to(prec.device) if hasattr(v, "to") else v
+                     for k, v in collate(b, pad_id, "shared_prefix").items()}
+            s, k = loss_sum(model, batch)
+            total += float(s)
+            n += int(k)
+    model.train(was_training)
+    nll = total / max(n, 1)
+    return {"nll": nll, "perplexity": math.exp(min(nll, 50.0)), "tokens": n}
