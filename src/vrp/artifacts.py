@@ -197,22 +197,31 @@ class DatasetDir(_Dir):
 # --- run dir --------------------------------------------------------------------------------------------------
 class RunDir(_Dir):
     """What `vrp train` writes: `config.yaml` (the resolved `TrainConfig`), `adapter/` (PEFT adapter + tokenizer),
-    `checkpoints/step-NNNNNN/{adapter/, optimizer.pt, scheduler.pt, rng.pt, state.json}`, `metrics.json` (final),
-    `metrics.jsonl` (one line per optimizer step), `logs/` (TensorBoard) and `loss.png`."""
+    `checkpoints/step-NNNNNN/{adapter/, optimizer.pt, scheduler.pt, rng.pt, state.json}`, the best checkpoint by
+    validation NLL `checkpoints/best-NNNNNN/{adapter/, state.json}` (one, the newest complete one counts),
+    `metrics.json` (final), `metrics.jsonl` (a step-0 validation line, then one line per optimizer step),
+    `logs/` (TensorBoard), `loss.png` and `curve.png` (the learning curve).
+
+    `adapter/` is the last step's adapter; `checkpoint` (e.g. `best`) makes `adapter()` without an argument give that
+    checkpoint's adapter instead (how `vrp evaluate --checkpoint` reaches every `--run`)."""
 
     CONFIG, ADAPTER, CHECKPOINTS, STATE = "config.yaml", "adapter", "checkpoints", "state.json"
-    METRICS, HISTORY, LOGS, LOSS_PNG = "metrics.json", "metrics.jsonl", "logs", "loss.png"
+    METRICS, HISTORY, LOGS, LOSS_PNG, CURVE_PNG = "metrics.json", "metrics.jsonl", "logs", "loss.png", "curve.png"
+    BEST_PREFIX = "best-"
     # Named checkpoints besides `step-NNNNNN`: name -> the checkpoint dir it stands for (None: the run has none).
     NAMED_CHECKPOINTS: dict[str, Callable[[RunDir], Path | None]] = {
         "latest": lambda run: run.latest_checkpoint(),
+        "best": lambda run: run.best_checkpoint(),
     }
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], checkpoint: str | None = None) -> None:
         super().__init__(path)
+        self.checkpoint = checkpoint
         self._config: dict[str, Any] | None = None
 
     config_path, adapter_dir, checkpoints_dir = _In(CONFIG), _In(ADAPTER), _In(CHECKPOINTS)
     metrics_path, history_path, logs_dir, loss_png = _In(METRICS), _In(HISTORY), _In(LOGS), _In(LOSS_PNG)
+    curve_png = _In(CURVE_PNG)
 
     def exists(self) -> bool:
         """True when the path holds a `config.yaml` (a run was started here)."""
@@ -263,13 +272,25 @@ class RunDir(_Dir):
         done = self.checkpoints()
         return done[-1] if done else None
 
+    def best_checkpoint_dir(self, step: int) -> Path:
+        """Where the best checkpoint is kept when it is that of step `step` (`checkpoints/best-000050`)."""
+        return self.checkpoints_dir / f"{self.BEST_PREFIX}{step:06d}"
+
+    def best_checkpoint(self) -> Path | None:
+        """The best checkpoint by validation NLL (the newest complete `best-NNNNNN`: a new best is written before
+        the old one is removed), or None."""
+        done = sorted(p for p in self.checkpoints_dir.glob(f"{self.BEST_PREFIX}*") if (p / self.STATE).is_file())
+        return done[-1] if done else None
+
     def checkpoint_state(self, ckpt: Path) -> dict[str, Any]:
         """The `state.json` of checkpoint `ckpt` (step, counters, data fingerprint, history)."""
         return json.loads((ckpt / self.STATE).read_text())
 
     def adapter(self, checkpoint: str | None = None) -> Path:
-        """The adapter dir: `adapter/` for None, else that of checkpoint `checkpoint` (`step-000050`, or a name of
-        `NAMED_CHECKPOINTS` such as `latest`). Raises ConfigError('run' / 'checkpoint') when it is missing."""
+        """The adapter dir: that of checkpoint `checkpoint` (`step-000050`, or a name of `NAMED_CHECKPOINTS`: `latest`,
+        `best`), by default the dir's own `checkpoint`, and `adapter/` (the last step's) when both are None. Raises
+        ConfigError('run' / 'checkpoint') when it is missing."""
+        checkpoint = checkpoint or self.checkpoint
         if checkpoint is None:
             if not self.adapter_dir.is_dir():
                 self.config()  # not a run at all: say so

@@ -2,7 +2,8 @@
 
 Knows: the training curve of a run (`loss_curve`: training loss per optimizer step and validation NLL per comment
 token, from a run's history rows), drawn once here for `vrp train` (RUN/loss.png) and `vrp evaluate` (a run whose
-loss.png is missing), and grouped bar charts with optional error bars and a reference line (`bar_chart`).
+loss.png is missing), the learning curve of a run (`learning_curve`: its validation metrics against training
+comments seen, RUN/curve.png), and grouped bar charts with optional error bars and a reference line (`bar_chart`).
 Does not know: where the numbers come from.
 """
 from __future__ import annotations
@@ -46,6 +47,41 @@ def loss_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path, dpi=100)
+
+
+CURVE_PANELS = (  # (title, y label, [(history key, legend)], random-baseline key of `baselines` or None)
+    ("validation NLL (all validation videos)", "nats per comment token", [("val_nll", None)], None),
+    ("conditioning gain", "nats per comment token", [("val_gain", None)], None),
+    ("Recall@10 of real comments", "Recall@10", [("val_recall_at_10", "likelihood"),
+                                                 ("val_pmi_recall_at_10", "PMI")], "random_recall_at_10"),
+    ("MRR of real comments", "MRR", [("val_mrr", "likelihood"), ("val_pmi_mrr", "PMI")], "random_mrr"),
+    ("sampled comments that end", "finished rate", [("val_finished_rate", None)], None),
+    ("median length of sampled comments", "new tokens", [("val_median_new_tokens", None)], None),
+)
+
+
+def learning_curve(history: Sequence[dict[str, Any]], path: Path, baselines: dict[str, Any] | None = None) -> None:
+    """Plot the learning curve of a run, one panel per validation metric of `CURVE_PANELS` against `comments_seen`
+    (the training comments seen so far), to the PNG `path`. history: rows with `comments_seen` and `val_*` keys
+    (`vrp.train.probes`); a metric no row has is drawn as an empty panel. baselines: `random_recall_at_10` and
+    `random_mrr` (the ranking's random level), drawn as dashed lines."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (title, ylabel, series, base) in zip(axes.flat, CURVE_PANELS):
+        for key, label in series:
+            pts = [(h.get("comments_seen", h.get("step")), h[key]) for h in history if h.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), "o-", markersize=3, label=label)
+        if base and baselines and baselines.get(base) is not None:
+            ax.axhline(baselines[base], color="k", linestyle="--", linewidth=1, label="random")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training comments seen")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1 or base:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, dpi=90)
 
 
 def bar_chart(path: Path, labels: Sequence[str], series: dict[str, Sequence[float | None]], title: str,

@@ -287,7 +287,7 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=prec.autocast_dtype or torch.float16,
             bnb_4bit_use_double_quant=False)
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # GPU LOCAL_RANK under torchrun
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
@@ -326,7 +326,9 @@ def attach_lora(model: Any, lora: LoraSettings, prec: Precision, gradient_checkp
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if prec.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        # non-reentrant checkpointing, as below: reentrant checkpointing breaks DDP's gradient hooks
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

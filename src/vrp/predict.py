@@ -4,8 +4,9 @@ Knows: the options of `vrp generate` (`GenerateConfig`: model or run, presets, c
 accepts (dataset dirs and tables via `vrp.dataset`, transcript files via `vrp.transcripts`, or a title + transcript
 string) and the output columns `video_id, title, model, adapter, preset, comment_index, comment, new_tokens, logprob,
 finished, prompt_tokens, seconds, tier` (the like tier asked for, `vrp.tiers`: `any` or, for a run trained with tiers,
-`top` / `typical` / `low`, whose marker opens the assistant turn before generation). Does not know: decoding internals (`vrp.decoding`), a run's layout (`vrp.artifacts.RunDir`, which
-also gives the run's prompt settings).
+`top` / `typical` / `low`, whose marker opens the assistant turn before generation), and with `rerank` also `pmi`
+(`vrp.rerank`). Does not know: decoding internals (`vrp.decoding`, `vrp.rerank`), a run's layout
+(`vrp.artifacts.RunDir`, which also gives the run's prompt settings).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ class GenerateConfig:
 
     model: str | None = option("base model (smollm2-135m, .gguf, HF dir or id); overrides the run's", None)
     run: str | None = option("run dir from `vrp train` (its base model + adapter)", None)
-    checkpoint: str | None = option("use a checkpoint of the run instead of RUN/adapter: step-000050 or latest", None)
+    checkpoint: str | None = option("use a checkpoint of the run instead of RUN/adapter (the last step's): "
+                                    "step-000050, latest or best (the lowest validation NLL)", None)
     preset: str = option("decoding preset, or several separated by commas", DEFAULT_PRESET)
     num_comments: int = option("comments per video (greedy always gives one)", 1)
     max_new_tokens: int = option("new tokens per comment at most", MAX_NEW_TOKENS)

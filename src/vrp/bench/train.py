@@ -4,20 +4,25 @@ Knows: how to build the benchmark's data from a real source (the first videos of
 `max_prompt_tokens`; a video's comment count raised to K with real comments of the following videos, never the
 same text twice in a video), how many videos to use so that every configuration learns the same comments, how to
 run each configuration in its own process (`vrp.bench.train_worker`), and how to report comments/s, tokens/s,
-peak RSS and MFU (the options: `BenchTrainConfig`).
+peak RSS and MFU (the options: `BenchTrainConfig`), and how to build the equal-shape rows of the memory profile
+(`memory_rows`).
 Does not know: FLOP formulas or the matmul peak (`vrp.bench.flops`), how a configuration is timed (the worker),
 how results are formatted (`vrp.bench.train_report`).
 
-Run time: `quick` about 2 minutes on an idle 2-core machine; the full default run (3, 10 and 30 comments per video,
-1,024-token prompts, batch 4) roughly 40 minutes there (the per-example configurations dominate: TRL ~115 tokens/s).
+Run time: `quick` about 2 minutes on an idle 2-core machine; the default run (3, 10 and 30 comments per video for
+all three configurations and 100 for (b) and (c), 1,024-token prompts, batch 4, 3 timed steps each) about 20
+minutes there (TRL's steps dominate: ~45 s each). `memory` profiles one step of each configuration at one shape
+instead (`vrp.bench.memory`; a few minutes).
 
 Terms. comments/s: training comments (examples) learned per second of timed optimizer steps; tokens/s: real
 (non-pad) tokens run through the model per second (prompt tokens count once per row, so packing lowers the
 tokens needed for the same comments); peak RSS: the configuration process's peak resident memory (bytes, shown in
-MiB); MFU: model FLOPs per second / measured matmul peak (see `vrp.bench.flops` for the formula and both counts);
+MiB; compared between configurations only at equal shapes, i.e. in the memory profile); MFU: model FLOPs per second / measured matmul peak (see `vrp.bench.flops` for the formula and both counts);
 packing: `none` = one row per comment (as TRL), `shared_prefix` = one row = one prompt + the comments of a video
 (split into rows of at most `max_row_tokens` tokens that repeat the prompt).
-The timings are only as good as the machine is quiet: the load average at start and end is recorded.
+The timings are only as good as the machine is quiet: the load average at start and end is recorded, and the
+report refuses to be appended to BENCHMARKS.md when the load at the start exceeded the core count (see
+`write_when_busy`).
 """
 from __future__ import annotations
 
@@ -46,8 +51,10 @@ from vrp.prompts import PromptConfig
 from vrp.records import Comment, Video
 from vrp.train.config import TrainConfig
 
-QUICK = {"comments_per_video": [3], "max_prompt_tokens": 256, "batch_size": 2, "min_comments": 6,
-         "val_train_videos": 2, "val_videos": 1, "val_steps": 1, "peak_repeats": 3}
+QUICK = {"comments_per_video": [3], "vrp_only_comments_per_video": [], "max_prompt_tokens": 256, "batch_size": 2,
+         "min_comments": 6, "steps": 2, "val_train_videos": 2, "val_videos": 1, "val_steps": 1, "peak_repeats": 3,
+         "memory_row_tokens": 300}
+VRP_CONFIGS = ("none", "shared_prefix")
 
 
 @dataclass
@@ -62,11 +69,13 @@ class BenchTrainConfig:
                               "train_dataset.xlsx)", None)
     comments_per_video: list[int] = option("comment counts K per video; above a video's own count, real comments of "
                                            "the following videos are added", [3, 10, 30])
+    vrp_only_comments_per_video: list[int] = option("more comment counts, timed for (b) and (c) only (TRL's rows are "
+                                                    "the same per-example rows at any count)", [100])
     configs: list[str] = option("configurations to time: subset of " + ",".join(CONFIGS), list(CONFIGS))
     videos: int = option("videos per comment count (0 = automatic: the fewest with >= `min_comments` comments whose "
                          "shared-prefix rows fill `steps` batches)", 0)
-    steps: int = option("timed optimizer steps of shared_prefix at least; the other configurations learn the same "
-                        "comments", 1)
+    steps: int = option("timed optimizer steps per configuration, after one warm-up step (the table shows their "
+                        "median and spread)", 3)
     min_comments: int = option("comments per comment count at least (with `videos` 0)", 24)
     batch_size: int = option("rows per optimizer step, all configurations", 4)
     max_prompt_tokens: int = option_like(PromptConfig, "max_prompt_tokens")
@@ -74,6 +83,14 @@ class BenchTrainConfig:
     max_row_tokens: int = option("longest shared-prefix row in tokens; longer videos are split into rows (0 = "
                                  "automatic: 1.5 x `max_prompt_tokens`, at least prompt + one longest comment)", 0)
     precision: str = option("auto, bf16 or fp32", "auto")
+    attn_implementation: str = option_like(TrainConfig, "attn_implementation")
+    lean: bool = option("memory-lean LoRA of `vrp train` (vrp.train.lean); off = PEFT's own LoRA forward, for "
+                        "before/after comparisons", True)
+    memory: bool = option("profile the memory of one training step of each configuration at one shape "
+                          "(`batch_size` rows x `memory_row_tokens` tokens) instead of timing", False)
+    memory_row_tokens: int = option("row length of the memory profile, tokens", 1100)
+    write_when_busy: bool = option("append to the Markdown file even when the 1-minute load average at the start "
+                                   "exceeded the core count (the section then says so in bold)", False)
     learning_rate: float = option_like(TrainConfig, "learning_rate")
     lora: dict[str, Any] = option("LoRA settings of every configuration (r, alpha, dropout, target_modules)",
                                   asdict(LoraSettings()), cli=False)
@@ -86,6 +103,9 @@ class BenchTrainConfig:
     peak_repeats: int = option("repeats of the matmul-peak measurement (the best counts)", 5)
     threads: int = option("torch CPU threads in every configuration (0 = torch's own, one per core; on a busy "
                           "machine 1 thread can be much faster)", 0)
+    nproc: int = option("N >= 2: instead of the configurations, time `vrp train` (shared_prefix) in 1 process and "
+                        "in N processes (torchrun, `threads` threads each, default 1) on the same global batch and "
+                        "report the scaling efficiency (vrp.bench.scaling)", 1)
     quick: bool = option("small smoke run (" + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + "; about 2 "
                          "minutes on an idle 2-core machine)", False)
 
@@ -95,10 +115,14 @@ class BenchTrainConfig:
             self.max_row_tokens = max(self.max_prompt_tokens * 3 // 2,
                                       self.max_prompt_tokens + self.max_comment_tokens + 1)
         check_range(self, "batch_size", "steps", "peak_size", "peak_repeats", "max_prompt_tokens",
-                    "max_comment_tokens", low=1)
+                    "max_comment_tokens", "memory_row_tokens", low=1)
         check_range(self, "videos", "threads", "min_comments", low=0)
+        check_range(self, "nproc", low=1)
         if not self.comments_per_video or min(self.comments_per_video) < 1:
             raise ConfigError("comments_per_video", f"expected positive integers, got {self.comments_per_video}")
+        if self.vrp_only_comments_per_video and min(self.vrp_only_comments_per_video) < 1:
+            raise ConfigError("vrp_only_comments_per_video", f"expected positive integers, got "
+                                                             f"{self.vrp_only_comments_per_video}")
         bad = [c for c in self.configs if c not in CONFIGS]
         if bad or not self.configs:
             raise ConfigError("configs", f"choose from {','.join(CONFIGS)}, got {','.join(self.configs)}")
@@ -182,7 +206,8 @@ def _run_worker(spec: dict[str, Any], tmp: Path, name: str) -> dict[str, Any]:
 def _spec(opts: BenchTrainConfig, kind: str, enc: list[Any]) -> dict[str, Any]:
     return {"kind": kind, "model": opts.model, "precision": opts.precision, "batch_size": opts.batch_size,
             "threads": opts.threads, "lora": opts.lora, "learning_rate": opts.learning_rate,
-            "max_row_tokens": opts.max_row_tokens, "seed": 0,
+            "max_row_tokens": opts.max_row_tokens, "seed": 0, "steps": opts.steps,
+            "attn_implementation": opts.attn_implementation, "lean": opts.lean,
             "videos": [{"video_id": e.video_id, "prompt_ids": e.prompt_ids, "completions": e.completions}
                        for e in enc]}
 
@@ -209,6 +234,45 @@ def _val_check(opts: BenchTrainConfig, videos: list[Video], k: int, tok: Any, tm
     res = _run_worker(spec, tmp, "val")
     res.update(k=k, train_videos=n_train, comments=comments)
     return res
+
+
+def memory_rows(videos: list[Video], tok: Any, opts: BenchTrainConfig, mode: str) -> list[dict[str, Any]]:
+    """`batch_size` rows of exactly `memory_row_tokens` tokens each, for the memory profile of packing `mode`: the
+    first videos' real comments (K = the first of `comments_per_video` for shared_prefix, one for none and trl)
+    behind their real prompt, cut (or repeated) to fill the row. Every configuration thus has the same shape.
+    Raises ConfigError('memory_row_tokens') when K comments leave no room for a prompt."""
+    from vrp.prompts import encode_video
+
+    pcfg = PromptConfig(max_prompt_tokens=opts.max_prompt_tokens, max_comment_tokens=opts.max_comment_tokens)
+    k = opts.comments_per_video[0] if mode == "shared_prefix" else 1
+    rows = []
+    for i in range(opts.batch_size):
+        e = encode_video(tok, expand_video(videos, i % len(videos), k), pcfg)
+        comments = [list(c) for c in e.completions[:k]]
+        room = opts.memory_row_tokens - sum(map(len, comments))
+        if room < 1:
+            raise ConfigError("memory_row_tokens", f"{opts.memory_row_tokens} tokens leave no room for a prompt "
+                                                   f"before {k} comments of {sum(map(len, comments))} tokens")
+        prompt = (list(e.prompt_ids) * (room // len(e.prompt_ids) + 1))[:room]
+        rows.append({"prompt_ids": prompt, "completions": comments})
+    return rows
+
+
+def run_memory_bench(opts: BenchTrainConfig, videos: list[Video], tok: Any, tmp: Path,
+                     say: Any) -> list[dict[str, Any]]:
+    """The memory profile of each configuration (`vrp.bench.train_worker.run_memory`) at the same shape."""
+    out = []
+    for kind in opts.configs:
+        say(f"memory profile: {LABELS[kind]}, {opts.batch_size} rows x {opts.memory_row_tokens} tokens ...")
+        spec = _spec(opts, "memory", [])
+        spec.update(mode=kind, rows=memory_rows(videos, tok, opts, kind))
+        try:
+            r = _run_worker(spec, tmp, f"memory-{kind}")
+        except VrpError as e:
+            r = {"kind": "memory", "mode": kind, "error": str(e)}
+            say(f"    {e}")
+        out.append(r)
+    return out
 
 
 def require_bench_extra() -> None:
@@ -242,27 +306,32 @@ def run_bench(opts: BenchTrainConfig, progress: bool = True) -> dict[str, Any]:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     load_start = os.getloadavg()
+    if opts.memory:
+        with tempfile.TemporaryDirectory(prefix="vrp-bench-memory-") as tmpdir:
+            memory = run_memory_bench(opts, videos, tok, Path(tmpdir), say)
+        return {"options": asdict(opts), "env": _env(load_start, t_start), "memory": memory}
     say(f"matmul peak ({opts.peak_size}x{opts.peak_size}, best of {opts.peak_repeats}) ...")
     peak = {d: matmul_peak(d, opts.peak_size, opts.peak_repeats) for d in ("bfloat16", "float32")}
     results: list[dict[str, Any]] = []
-    total = len(opts.comments_per_video) * len(opts.configs)
+    plan = [(k, kind) for k in opts.comments_per_video for kind in opts.configs]
+    plan += [(k, kind) for k in opts.vrp_only_comments_per_video for kind in opts.configs if kind in VRP_CONFIGS]
+    encoded: dict[int, list[Any]] = {}
     with tempfile.TemporaryDirectory(prefix="vrp-bench-train-") as tmpdir:
         tmp = Path(tmpdir)
-        for k in opts.comments_per_video:
-            enc = select_videos(videos, k, tok, opts)
-            for kind in opts.configs:
-                say(f"[{len(results) + 1}/{total}] {k} comments/video, {len(enc)} videos: {LABELS[kind]} ...")
-                t0 = time.perf_counter()
-                try:
-                    r = _run_worker(_spec(opts, kind, enc), tmp, f"{kind}-{k}")
-                except VrpError as e:        # e.g. killed for memory: report it, measure the rest
-                    r = {"kind": kind, "error": str(e)}
-                    say(f"    {e}")
-                r.update(k=k, videos=len(enc), wall_s=time.perf_counter() - t0)
-                results.append(r)
-                if "error" not in r:
-                    say(f"    {r['comments'] / r['seconds']:.3f} comments/s, {r['tokens'] / r['seconds']:.1f} "
-                        f"tokens/s ({r['steps_timed']} timed steps, {r['seconds']:.1f} s)")
+        for k, kind in plan:
+            enc = encoded[k] = encoded.get(k) or select_videos(videos, k, tok, opts)
+            say(f"[{len(results) + 1}/{len(plan)}] {k} comments/video, {len(enc)} videos: {LABELS[kind]} ...")
+            t0 = time.perf_counter()
+            try:
+                r = _run_worker(_spec(opts, kind, enc), tmp, f"{kind}-{k}")
+            except VrpError as e:        # e.g. killed for memory: report it, measure the rest
+                r = {"kind": kind, "error": str(e)}
+                say(f"    {e}")
+            r.update(k=k, videos=len(enc), wall_s=time.perf_counter() - t0)
+            results.append(r)
+            if "error" not in r:
+                say(f"    {r['comments'] / r['seconds']:.3f} comments/s, {r['tokens'] / r['seconds']:.1f} "
+                    f"tokens/s ({r['steps_timed']} timed steps, {r['seconds']:.1f} s)")
         val = None
         if opts.val_check and "none" in opts.configs and "shared_prefix" in opts.configs:
             say(f"validation check: vrp.train.loop.train, packing none vs shared_prefix, {opts.comments_per_video[0]} "
@@ -274,18 +343,24 @@ def run_bench(opts: BenchTrainConfig, progress: bool = True) -> dict[str, Any]:
                 val = {"error": str(e)}
                 say(f"    {e}")
             val["wall_s"] = time.perf_counter() - t0
+    return {"options": asdict(opts), "env": _env(load_start, t_start), "peak_flops": peak, "results": results,
+            "val": val}
+
+
+def _env(load_start: tuple[float, float, float], t_start: float) -> dict[str, Any]:
+    """Date, machine, versions, load averages at start and now, wall seconds since `t_start`."""
     import importlib.metadata
 
     import peft
+    import torch
     import transformers
 
     try:
         trl_version = importlib.metadata.version("trl")
     except importlib.metadata.PackageNotFoundError:
         trl_version = "not installed"
-    env = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu_model(), "cores": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-           "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
-           "peft": peft.__version__, "load_start": load_start, "load_end": os.getloadavg(),
-           "wall_s": time.perf_counter() - t_start}
-    return {"options": asdict(opts), "env": env, "peak_flops": peak, "results": results, "val": val}
+    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
+            "peft": peft.__version__, "load_start": load_start, "load_end": os.getloadavg(),
+            "wall_s": time.perf_counter() - t_start}

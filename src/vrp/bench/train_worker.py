@@ -7,17 +7,21 @@ Knows: how to time LoRA training steps of one configuration on already-tokenized
   backward + gradient clipping + AdamW step), the work `vrp.train.loop.train` does per optimizer step, timed from the
   collate to the end of the optimizer step;
 - `val`: `vrp.train.loop.train` with packing `none` and `shared_prefix` on the same comments and the same optimizer
-  steps, returning the validation NLL per comment token of both.
-Each timed configuration first runs one warm-up step on its first batch (not timed) and then every batch once. The
-process's peak resident set size (peak RSS: `getrusage(RUSAGE_SELF).ru_maxrss`, KiB on Linux, reported in bytes)
-is therefore that of this configuration alone.
+  steps, returning the validation NLL per comment token of both;
+- `memory`: one training step of packing `spec['mode']` (`none`, `shared_prefix`) profiled by
+  `vrp.bench.memory.profile_step`, or for `trl` the peak RSS of one SFTTrainer step, on the rows of the spec (the
+  bench gives every configuration the same shape).
+Each timed configuration first runs one warm-up step on its first batch (not timed) and then its first `steps`
+batches (all when `steps` is 0), each timed on its own (per-step seconds, comments and tokens are returned). The
+vrp configurations train as `vrp train` does (lean LoRA, `TrainConfig`'s attention implementation). The process's
+peak resident set size (peak RSS: `getrusage(RUSAGE_SELF).ru_maxrss`, reported in bytes) is that of this
+configuration alone.
 Does not know: how configurations are chosen, compared or reported (see `vrp.bench.train`).
 """
 from __future__ import annotations
 
 import json
 import math
-import resource
 import sys
 import tempfile
 import time
@@ -27,11 +31,23 @@ from typing import Any
 from vrp.bench.flops import FlopDims, dims_from_model, executed_flops, useful_flops
 
 
-def _load(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
+def _load(spec: dict[str, Any], attn: str | None = None) -> tuple[Any, Any, Any]:
     from vrp.model import load_base_model, resolve_precision
 
     prec = resolve_precision(spec["precision"], "none", "cpu")
-    model, tok = load_base_model(spec["model"], prec, spec.get("attn_implementation") or "sdpa")
+    model, tok = load_base_model(spec["model"], prec, attn or spec.get("attn_implementation") or "sdpa")
+    return prec, model, tok
+
+
+def _vrp_model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """`(prec, model, tokenizer)`: the base model with LoRA attached as `vrp train` does it."""
+    import torch
+
+    from vrp.model import LoraSettings, attach_lora
+
+    prec, model, tok = _load(spec)
+    torch.manual_seed(int(spec.get("seed", 0)))
+    model = attach_lora(model, LoraSettings(**spec["lora"]), prec, lean=bool(spec.get("lean", True)))
     return prec, model, tok
 
 
@@ -49,11 +65,16 @@ def _account(dims: FlopDims, lengths: list[tuple[int, int]], head_positions: int
 
 
 def _summary(step_seconds: list[float], per_step: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
-    """Totals over the timed steps (the first entry of `step_seconds` is the warm-up and is left out)."""
+    """Totals over the timed steps (the first entry of `step_seconds` is the warm-up and is left out), and each
+    timed step's seconds, comments, tokens and padded shape in `per_step`."""
+    from vrp.train.memory import peak_rss_bytes
+
     timed = step_seconds[1:]
     out = {k: sum(s[k] for s in per_step) for k in per_step[0]} if per_step else {}
     out.update({"step_seconds": step_seconds, "steps_timed": len(timed), "seconds": sum(timed),
-                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+                "per_step": [{"seconds": t, "comments": s["comments"], "tokens": s["tokens"], "rows": s["rows"],
+                              "row_tokens": s["padded_tokens"] // max(s["rows"], 1)} for t, s in zip(timed, per_step)],
+                "peak_rss_bytes": peak_rss_bytes()})
     out.update(extra)
     return out
 
@@ -63,16 +84,14 @@ def run_vrp(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from vrp.loss import loss_sum
-    from vrp.model import LoraSettings, attach_lora, autocast_ctx
+    from vrp.model import autocast_ctx
     from vrp.packing import collate, make_rows
 
     mode, bs = spec["kind"], int(spec["batch_size"])
-    prec, model, tok = _load(spec)
-    torch.manual_seed(int(spec.get("seed", 0)))
-    model = attach_lora(model, LoraSettings(**spec["lora"]), prec)
+    prec, model, tok = _vrp_model(spec)
     dims = dims_from_model(model)
     rows = make_rows(_encoded(spec), mode, int(spec["max_row_tokens"]))
-    batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
+    batches = [rows[i:i + bs] for i in range(0, len(rows), bs)][:int(spec.get("steps") or 0) or None]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(spec["learning_rate"]))
     model.train()
@@ -113,9 +132,10 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     bs = int(spec["batch_size"])
-    prec, model, tok = _load(spec)
+    prec, model, tok = _load(spec, "sdpa")
     examples = [(list(v.prompt_ids), list(c)) for v in _encoded(spec) for c in v.completions]
-    plan = examples[:bs] + examples                   # warm-up batch, then every example once, in order
+    examples = examples[:int(spec.get("steps") or 0) * bs or None]
+    plan = examples[:bs] + examples                   # warm-up batch, then the timed examples once, in order
     ds = Dataset.from_dict({"input_ids": [p + c for p, c in plan],
                             "completion_mask": [[0] * len(p) + [1] * len(c) for p, c in plan]})
 
@@ -187,6 +207,35 @@ def run_val(spec: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+def run_memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """Memory of one training step on the rows of `spec` (all in one micro-batch): for packing `spec['mode']`
+    `none` / `shared_prefix` the `vrp.bench.memory.profile_step` breakdown, for `trl` the peak RSS of a TRL
+    SFTTrainer run of a warm-up and one step on the same examples."""
+    import torch
+
+    from vrp.packing import Row, collate
+    from vrp.train.memory import peak_rss_bytes
+
+    mode = spec["mode"]
+    rows = [Row(list(r["prompt_ids"]), [list(c) for c in r["completions"]]) for r in spec["rows"]]
+    if mode == "trl":
+        sub = dict(spec, kind="trl", batch_size=len(rows), steps=1,
+                   videos=[{"video_id": str(i), "prompt_ids": r.prompt_ids, "completions": r.completions}
+                           for i, r in enumerate(rows)])
+        res = run_trl(sub)
+        return {"kind": "memory", "mode": mode, "peak_rss_bytes": res["peak_rss_bytes"],
+                "rows": len(rows), "row_tokens": max(r.num_tokens for r in rows)}
+    from vrp.bench.memory import profile_step
+
+    prec, model, tok = _vrp_model(spec)
+    batch = {k: v.to(prec.device) if hasattr(v, "to") else v for k, v in collate(rows, tok.pad_token_id, mode).items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(spec["learning_rate"]))
+    prof = profile_step(model, batch, prec, opt)
+    return {"kind": "memory", "mode": mode, "profile": prof, "peak_rss_bytes": peak_rss_bytes(),
+            "rows": prof["rows"], "row_tokens": prof["row_tokens"], "precision": prec.name,
+            "attn_implementation": spec.get("attn_implementation"), "lean": bool(spec.get("lean", True))}
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m vrp.bench.train_worker SPEC.json OUT.json`: run the configuration in SPEC, write OUT."""
     spec_path, out_path = (argv if argv is not None else sys.argv[1:])[:2]
@@ -195,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(int(spec["threads"]))
-    run = {"trl": run_trl, "none": run_vrp, "shared_prefix": run_vrp, "val": run_val}[spec["kind"]]
+    run = {"trl": run_trl, "none": run_vrp, "shared_prefix": run_vrp, "val": run_val, "memory": run_memory}[spec["kind"]]
     from vrp.io import write_json_atomic
 
     write_json_atomic(out_path, run(spec))

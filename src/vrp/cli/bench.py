@@ -101,22 +101,43 @@ def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from vrp.bench.train import bench_train_config, run_bench
-    from vrp.bench.train_report import append_section, format_table, markdown_section, summary_lines
+    from vrp.bench.train_report import (
+        append_section,
+        busy,
+        format_table,
+        markdown_section,
+        memory_section,
+        summary_lines,
+    )
     from vrp.io import write_json_atomic
 
     cfg = bench_train_config(args.config, vars(args))
     if cfg.data is None and SEED_TRAIN.is_file():
         cfg = dataclasses.replace(cfg, data=str(SEED_TRAIN))
-    bench = run_bench(cfg)
-    print(format_table(bench))
-    print()
-    print("\n".join(summary_lines(bench)), flush=True)
+    if cfg.nproc > 1:  # 1 vs N processes of `vrp train` instead of the configurations
+        from vrp.bench.scaling import format_scaling, run_scaling, scaling_busy, scaling_section
+
+        bench = run_scaling(cfg)
+        section, why = scaling_section(bench, _command("train")), scaling_busy(bench)
+        print(format_scaling(bench), flush=True)
+    elif "memory" in (bench := run_bench(cfg)):
+        section, why = memory_section(bench, _command("train")), None   # memory figures do not depend on the load
+        print(section, flush=True)
+    else:
+        section, why = markdown_section(bench, _command("train")), busy(bench)
+        print(format_table(bench))
+        print()
+        print("\n".join(summary_lines(bench)), flush=True)
     if args.json_out:
         write_json_atomic(args.json_out, bench)
     if not args.no_write:
         path = Path(args.output) if args.output else (REPO_ROOT / "BENCHMARKS.md" if (
             REPO_ROOT / "pyproject.toml").is_file() else Path("BENCHMARKS.md"))
-        append_section(path, markdown_section(bench, _command("train")))
+        if why and not cfg.write_when_busy:
+            print(f"not appended to {path}: {why} Rerun on an idle machine, or pass --write-when-busy.",
+                  file=sys.stderr)
+            return 1
+        append_section(path, section)
         print(f"appended a section to {path}", file=sys.stderr)
     return 0
 

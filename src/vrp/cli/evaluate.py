@@ -27,24 +27,28 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def models_to_evaluate(model: str | None, runs: list[str]) -> list[tuple[str, str | None, object]]:
-    """`(label, model spec, RunDir)` of the base model (`model`, else the first run's base) and each run; every run
-    dir is checked (config.yaml and adapter) before anything is computed."""
+def models_to_evaluate(model: str | None, runs: list[str], checkpoint: str | None = None
+                       ) -> list[tuple[str, str | None, object]]:
+    """`(label, model spec, RunDir)` of the base model (`model`, else the first run's base) and each run, evaluated
+    with its `checkpoint` (`step-000050`, `latest`, `best`; None = its adapter/, the last step's) and labelled
+    `NAME@CHECKPOINT` then; every run dir is checked (config.yaml and adapter) before anything is computed."""
     import os
     from pathlib import Path
 
     from vrp.artifacts import RunDir
     from vrp.errors import ConfigError
 
-    dirs = [RunDir(r) for r in runs]
+    dirs = [RunDir(r, checkpoint) for r in runs]
     if not model and not dirs:
         raise ConfigError("model", "give a `model` and/or a `run`")
+    if checkpoint and not dirs:
+        raise ConfigError("checkpoint", "needs a `run` (it names a checkpoint of each run)")
     base = model or dirs[0].model_spec()
     models: list[tuple[str, str | None, object]] = [(f"base:{Path(base).name if os.sep in base else base}", base,
                                                      None)]
     for d in dirs:
         d.adapter()  # fail early on a bad run dir
-        models.append((d.path.resolve().name, None, d))
+        models.append((d.path.resolve().name + (f"@{checkpoint}" if checkpoint else ""), None, d))
     if len({m[0] for m in models}) != len(models):
         raise ConfigError("run", "two run dirs have the same name; give them different names")
     return models
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.threads)
     report = ReportDir(args.out)
     report.check_new(args.overwrite)
-    models = models_to_evaluate(cfg.model, args.run)
+    models = models_to_evaluate(cfg.model, args.run, cfg.checkpoint)
     data = load_eval_data(args.data, cfg.max_videos)
     t0 = time.perf_counter()
     embedder = load_embedder()

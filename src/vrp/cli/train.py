@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-RESUMABLE = ("max_steps", "epochs")  # options a resumed run may change
+# options a resumed run may change; the data position is global, so also the number of processes, and grad_accum
+# keeps the global batch (batch_size x grad_accum x processes) when that changes
+RESUMABLE = ("max_steps", "epochs", "distributed_strategy", "grad_accum")
 
 
 def resumed_config(args: argparse.Namespace) -> object:
@@ -47,19 +49,24 @@ def resumed_config(args: argparse.Namespace) -> object:
     changed = {k: v for k, v in given.items() if k not in RESUMABLE and v != getattr(cfg, k)}
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')} {v!r} (run: {getattr(cfg, k)!r})" for k, v in changed.items())
-        raise VrpError(f"--resume cannot change the run's options ({flags}); only --max-steps and --epochs "
-                       f"may differ. Start a new run with --out, or --overwrite this one")
+        raise VrpError(f"--resume cannot change the run's options ({flags}); only --max-steps, --epochs, "
+                       f"--grad-accum and --distributed-strategy may differ (and the number of processes). Start a new run with --out, or --overwrite this one")
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `vrp train`; on --resume the run dir's config.yaml is used and flags are not allowed to change it."""
+    """Run `vrp train`; on --resume the run dir's config.yaml is used and flags are not allowed to change it. Under
+    torchrun / accelerate launch every process runs it (`vrp.train.distributed`) and rank 0 prints the summary."""
+    import os
+
     from vrp.options import config_from_args
     from vrp.train.config import TrainConfig
     from vrp.train.loop import train
 
     cfg = resumed_config(args) if args.resume else config_from_args(TrainConfig, args)
     m = train(cfg, args.data, args.out, resume=args.resume, overwrite=args.overwrite)
+    if m.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
+        return 0  # in a launched run rank 0 reports
     base, final = m["base_val_nll"], m["final_val_nll"]
     print(f"done: {m['steps']} steps, {m['comments_seen']} comments, {m['tokens_per_s']} tokens/s, "
           f"validation NLL/token {base if base is None else round(base, 4)} (base) -> "

@@ -23,6 +23,8 @@ class EvaluateConfig:
     """Options of `vrp evaluate`; the field docs are its `--help`, `__post_init__` their one validation."""
 
     model: str | None = option("base model (smollm2-135m, .gguf, HF dir or id); default: the first run's base", None)
+    checkpoint: str | None = option("evaluate this checkpoint of every run instead of its adapter/ (the last "
+                                    "step's): step-000050, latest or best (the lowest validation NLL)", None)
     presets: str = option("comma-separated decoding presets for the generation metrics ('none' = skip generation)",
                           "nucleus,beam")
     num_comments: int = option("generated comments per video and preset (MAUVE wants >= 5 per video; greedy gives "

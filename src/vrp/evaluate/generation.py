@@ -30,18 +30,22 @@ from vrp.records import Video
 MAUVE_MIN_COMMENTS = 10
 
 
+def mauve_available() -> bool:
+    """True when the optional `mauve-text` package (extra `vrp[mauve]`, GPL-3.0) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("mauve") is not None
+
+
 def mauve_score(real_emb: np.ndarray, gen_emb: np.ndarray, seed: int = 0) -> float | None:
     """MAUVE in [0, 1] (1 = the two distributions cannot be told apart) between real-comment features `real_emb`
     (N, D) and generated-comment features `gen_emb` (M, D), or None when either has fewer than
-    `MAUVE_MIN_COMMENTS` rows. Deterministic given `seed` (k-means initialisation). Raises VrpError when the
-    `mauve-text` package is missing."""
+    `MAUVE_MIN_COMMENTS` rows or the optional `mauve-text` package is not installed (`mauve_available`; the
+    evaluation report then says so). Deterministic given `seed` (k-means initialisation)."""
     real_emb, gen_emb = np.asarray(real_emb, dtype=np.float32), np.asarray(gen_emb, dtype=np.float32)
-    if min(len(real_emb), len(gen_emb)) < MAUVE_MIN_COMMENTS:
+    if min(len(real_emb), len(gen_emb)) < MAUVE_MIN_COMMENTS or not mauve_available():
         return None
-    try:
-        import mauve
-    except ImportError:
-        raise VrpError("MAUVE needs the mauve-text package: pip install mauve-text faiss-cpu scikit-learn") from None
+    import mauve
     out = mauve.compute_mauve(p_features=real_emb, q_features=gen_emb, num_buckets="auto", seed=seed, verbose=False,
                               device_id=-1)
     return float(out.mauve)

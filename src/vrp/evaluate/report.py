@@ -173,8 +173,8 @@ are 5 per video by default, and the real-comment reference holds every real comm
   λ are reported, and no video is ranked with a λ chosen on itself. **Each real comment is ranked against the
   distractors only** (the video's other real comments are removed); **Recall@k** = P(rank ≤ k), **MRR** = mean
   1/rank, **mean rank** (1 = best) are averaged over a video's real comments, then over videos; ties count as a
-  uniformly random tie-break (exact expectation). **Random baseline**: for n candidates, Recall@k = min(k, n)/n, MRR = H_n/n, mean
-  rank = (n+1)/2, averaged the same way over exactly these candidate counts.
+  uniformly random tie-break (exact expectation). **Random baseline**: for n candidates, Recall@k = min(k, n)/n,
+  MRR = H_n/n, mean rank = (n+1)/2, averaged the same way over exactly these candidate counts.
 - **distinct-n** (Li et al., NAACL 2016): distinct word n-grams / all word n-grams over all outputs of a row.
   **Repetition rate**: share of outputs in which some word n-gram or emoji occurs 3+ times in a row (punctuation-only
   runs such as "!!!" excluded). **Generic rate**: share of outputs with MiniLM cosine ≥ 0.9 to one of the 50 most

@@ -6,7 +6,8 @@ drawn, how real comments and candidates are scored with shared-prefix scoring (`
 four prompts (own video, another video, title only, and no video for the PMI ranking, whose lambda `vrp.evaluate.pmi`
 cross-fits), and which generated comments are measured (`vrp.evaluate.generation`).
 Does not know: metric formulas (`metrics`, `pmi`), report layout and charts (`report`), decoding (`predict`,
-`decoding`), its options' defaults and validation (`vrp.evaluate.config.EvaluateConfig`), a run's layout (`vrp.artifacts`).
+`decoding`), its options' defaults and validation (`vrp.evaluate.config.EvaluateConfig`), a run's layout
+(`vrp.artifacts`).
 
 The definitions of every number (NLL, conditioning gain, the candidate sets, the per-comment ranking with the other
 real comments removed, the analytic random baseline) are `vrp.evaluate.report.DEFINITIONS`, which report.md repeats.
@@ -35,6 +36,7 @@ from vrp.evaluate.candidates import (  # noqa: F401 (re-exported)
 from vrp.evaluate.config import EvaluateConfig
 from vrp.evaluate.generation import (  # noqa: F401 (re-exported)
     generation_metrics,
+    mauve_available,
     read_seed_outputs,
     real_reference,
     run_generation,
@@ -253,6 +255,8 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
     gen_videos = videos[: cfg.max_gen_videos or None]      # a prefix: indices into `videos` stay valid
     cand = _candidate_summary(csets, n_candidates, frequent)
     notes = list(data.notes)
+    if not mauve_available():
+        notes.append("MAUVE not computed: the optional package mauve-text is not installed (pip install 'vrp[mauve]')")
     if len(gen_videos) < len(videos) and presets:
         notes.append(f"comments are generated for the first {len(gen_videos)} of {len(videos)} held-out videos "
                      f"(max_gen_videos); on-topic retrieval searches all {len(videos)}")

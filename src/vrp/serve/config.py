@@ -23,7 +23,8 @@ class ServeConfig:
     """Options of `vrp serve`; the field docs are its `--help`, `__post_init__` their one validation."""
 
     run: str | None = option("run dir from `vrp train` (its base model + adapter)", None)
-    checkpoint: str | None = option("use a checkpoint of the run instead of RUN/adapter: step-000050 or latest", None)
+    checkpoint: str | None = option("use a checkpoint of the run instead of RUN/adapter (the last step's): "
+                                    "step-000050, latest or best (the lowest validation NLL)", None)
     model: str | None = option("base model (smollm2-135m, .gguf, HF dir or id); alone: serve the base model", None)
     precision: str = option("auto, bf16 or fp32", "auto")
     threads: int | None = option("torch CPU threads for generation (None: CPU cores - 1, at least 1, leaving a core "

@@ -13,7 +13,9 @@ from vrp.errors import ConfigError
 from vrp.model import PRECISIONS, QUANTIZATIONS, LoraSettings
 from vrp.options import check_choice, check_positive, check_range, coerce_fields, option, option_like
 from vrp.prompts import PromptConfig
+from vrp.train.memory import check_budget
 from vrp.tiers import TIER_SOURCES
+from vrp.train.distributed import STRATEGIES, resolve_strategy
 
 # transformers.get_scheduler names that need no extra arguments (reduce_lr_on_plateau needs a metric per step,
 # the *_min_lr ones a min_lr, warmup_stable_decay its phase lengths).
@@ -73,9 +75,25 @@ class TrainConfig:
     device: str = option("auto, cpu or cuda", "auto")
     attn_implementation: str = option("attention kernel: sdpa or eager", "sdpa")
     gradient_checkpointing: bool = option("recompute activations in backward (less memory, slower)", False)
+    max_memory: str = option("memory budget of the run: a size (8GB, 6GiB, 512MB) or auto (80% of the available RAM, "
+                             "90% of the free GPU memory); rows per micro-batch are lowered to a divisor of "
+                             "`batch_size` (with more accumulation, so each optimizer step sees the same rows) until "
+                             "the peak measured at startup fits. Empty = no budget", "", metavar="SIZE")
+    # several processes (torchrun / accelerate launch; vrp.train.distributed)
+    distributed_strategy: str = option("when started by torchrun or accelerate launch: ddp (every process holds the "
+                                       "model, LoRA gradients are all-reduced), fsdp (FSDP2: the base model and LoRA "
+                                       "are sharded across the processes, for models that do not fit one device), "
+                                       "or auto (fsdp under `accelerate launch --use_fsdp`, else ddp); `batch_size` "
+                                       "is per process, so a step takes batch_size x grad_accum x processes rows",
+                                       "auto")
     # evaluation and checkpoints
-    eval_every: int = option("validation NLL every N steps (and at the start and the end)", 50)
+    eval_every: int = option("validation (NLL, learning-curve probes, best checkpoint) every N steps (and at the "
+                             "start and the end)", 50)
     max_eval_videos: int = option("validate on the first N validation videos (0 = all)", 0)
+    curve_videos: int = option("learning-curve probes at each validation on the first N validation videos: "
+                               "conditioning gain, Recall@10 and MRR by likelihood and by PMI among at most 50 "
+                               "candidates, finished rate and median length of one sampled comment per video "
+                               "(0 = off; see vrp.train.probes)", 16)
     save_every: int = option("checkpoint every N steps (and at the end)", 50)
     save_total_limit: int = option("keep the newest N checkpoints (0 = all)", 2)
 
@@ -85,7 +103,7 @@ class TrainConfig:
         check_range(self, "batch_size", "grad_accum", "eval_every", "save_every", "lora_r", "lora_alpha", "epochs",
                     low=1)
         check_range(self, "warmup_steps", "max_train_videos", "max_eval_videos", "save_total_limit", "weight_decay",
-                    low=0)
+                    "curve_videos", low=0)
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError("max_steps", f"must be >= 1, or -1 to run `epochs` epochs; got {self.max_steps}")
         check_positive(self, "learning_rate", "max_grad_norm")
@@ -101,6 +119,10 @@ class TrainConfig:
         check_choice(self, "precision", PRECISIONS)
         check_choice(self, "quantization", QUANTIZATIONS)
         check_choice(self, "device", ("auto", "cpu", "cuda"))
+        check_budget(self.max_memory)
+        check_choice(self, "distributed_strategy", STRATEGIES)
+        if self.distributed_strategy == "fsdp" and self.quantization == "4bit":
+            resolve_strategy("fsdp", "4bit")  # raises ConfigError('distributed_strategy') saying why
         if not self.model.strip():
             raise ConfigError("model", "is empty")
         tm = self.target_modules

@@ -12,7 +12,14 @@ Knows: three sources of waste in a training step of a PEFT LoRA model under bf16
   layer input (shared with the other layers reading it) and a seed, and regenerates the keep-mask from the seed in
   backward (Bernoulli(1 - p) keep, scale 1/(1 - p), as `nn.Dropout`; the seed is drawn from torch's default
   generator, so a run stays a function of its seed and resumes exactly);
+- Llama-style RMSNorm (`x * rsqrt(mean(x^2) + eps)` in fp32, cast back, times the weight) keeps an fp32 copy of
+  its input for backward; `LeanRMSNorm` keeps the input in its own dtype and the fp32 reciprocal RMS (one number
+  per token) and recomputes the rest in backward;
+- a SwiGLU MLP (`down(silu(gate(x)) * up(x))`) keeps gate(x), silu(gate(x)) and up(x) for the product's backward;
+  `SwiGLU` keeps gate(x) and up(x) and recomputes silu in backward;
 - the LM head's logits (see `vrp.loss`, chunked there).
+The norm and MLP replacements are applied to a module only when its own forward and the replacement agree on a
+random input (`_agrees`), so a model whose norm or MLP differs (Gemma's `1 + weight`, GELU MLPs) keeps its own.
 Does not know: which model is loaded or how it is trained (`vrp.model`, `vrp.train`).
 
 Regenerating the mask costs one `torch.rand` per LoRA input in backward, about what `nn.Dropout`'s own noise costs
@@ -63,6 +70,97 @@ class DropoutLinear(torch.autograd.Function):
         return gx, gw, None, None
 
 
+class LeanRMSNorm(torch.autograd.Function):
+    """`weight * (x * rsqrt(mean(x^2, -1) + eps)).to(x.dtype)` with the mean in fp32, as Llama's RMSNorm, storing
+    x in its own dtype and the fp32 reciprocal RMS (..., 1) instead of an fp32 copy of x. x: (..., H); weight (H,)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.float()
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (xf * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight, rstd = ctx.saved_tensors
+        normed = x.float() * rstd                                        # (..., H) fp32
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            dn = (grad * weight).to(x.dtype).float()                       # through the cast back to x's dtype
+            gx = (rstd * (dn - normed * (dn * normed).mean(-1, keepdim=True))).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            gw = (grad * normed.to(x.dtype)).reshape(-1, grad.shape[-1]).sum(0).to(weight.dtype)
+        return gx, gw, None
+
+
+class SwiGLU(torch.autograd.Function):
+    """`silu(gate) * up`, storing gate and up (not silu(gate)); gate, up: (..., I) of one dtype."""
+
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return torch.nn.functional.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        gate, up = ctx.saved_tensors
+        g = gate.float()
+        sig = torch.sigmoid(g)
+        gg = gu = None
+        if ctx.needs_input_grad[0]:
+            gg = (grad.float() * up.float() * sig * (1 + g * (1 - sig))).to(gate.dtype)
+        if ctx.needs_input_grad[1]:
+            gu = (grad * torch.nn.functional.silu(gate)).to(up.dtype)
+        return gg, gu
+
+
+def _norm_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return LeanRMSNorm.apply(x, self.weight, self.vrp_eps)
+
+
+def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+def _agrees(module: Any, forward: Any, width: int) -> bool:
+    """Whether `forward` bound to `module` gives the module's own output on a random (2, 3, width) input (in the
+    module's parameter dtype, no gradients, tolerance 1e-3 relative: bf16 rounding)."""
+    p = next(module.parameters())
+    x = torch.randn(2, 3, width, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
+    was_training = module.training
+    module.eval()  # no dropout in the comparison
+    try:
+        with torch.no_grad():
+            want, got = module(x), types.MethodType(forward, module)(x)
+    except Exception:  # a module of another shape or signature: leave it alone
+        return False
+    finally:
+        module.train(was_training)
+    return want.shape == got.shape and bool(torch.allclose(want.float(), got.float(), rtol=1e-3, atol=1e-5))
+
+
+def lean_norms_and_mlps(model: Any) -> tuple[int, int]:
+    """Give every Llama-style RMSNorm the `LeanRMSNorm` forward and every SwiGLU MLP the `SwiGLU` product, where
+    `_agrees` confirms the module computes the same. Returns (norms, MLPs) changed."""
+    norms = mlps = 0
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        eps = getattr(m, "variance_epsilon", getattr(m, "eps", None))
+        if (type(m).__name__.endswith("RMSNorm") and isinstance(w, torch.nn.Parameter) and w.ndim == 1
+                and isinstance(eps, float)):
+            m.vrp_eps = eps
+            if _agrees(m, _norm_forward, w.shape[0]):
+                m.forward = types.MethodType(_norm_forward, m)
+                norms += 1
+        elif all(hasattr(m, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            width = getattr(getattr(m.gate_proj, "base_layer", m.gate_proj), "in_features", None)
+            if width and _agrees(m, _mlp_forward, width):
+                m.forward = types.MethodType(_mlp_forward, m)
+                mlps += 1
+    return norms, mlps
+
+
 def _dropout_linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`forward` of a LoRA A layer whose dropout was fused into it (bound to the layer by `fuse_lora_dropout`)."""
     p = self.vrp_dropout_p
@@ -110,7 +208,9 @@ def fuse_lora_dropout(model: Any) -> int:
 
 
 def make_lean(model: Any, autocast: bool) -> dict[str, int]:
-    """Apply the cuts of this module to a PEFT LoRA model for training: dropout fused into `lora_A` always, the
-    input cast turned off when `autocast` (the run computes under `torch.autocast`). Returns counts per change."""
-    return {"fused_dropout": fuse_lora_dropout(model),
+    """Apply the cuts of this module to a PEFT LoRA model for training: dropout fused into `lora_A`, lean RMSNorms
+    and SwiGLU products always, the input cast turned off when `autocast` (the run computes under
+    `torch.autocast`). Returns counts per change."""
+    norms, mlps = lean_norms_and_mlps(model)
+    return {"fused_dropout": fuse_lora_dropout(model), "norms": norms, "mlps": mlps,
             "uncast_inputs": keep_lora_inputs_in_compute_dtype(model) if autocast else 0}

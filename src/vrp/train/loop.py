@@ -8,10 +8,14 @@ loop keeps the collator (`packing.collate`) and the loss (`loss.loss_sum`) repla
 (data position = epoch + step, restored RNG) exact and testable.
 
 Knows: the order of a run — `vrp.train.setup` (checks, model, optimizer, run dir, starting state), `fit` (the
-optimizer steps, validation every `eval_every` steps, checkpoints every `save_every` steps, one `metrics.jsonl` line
-and TensorBoard scalars per step), `finish` (adapter, `metrics.json`, `loss.png`) — and the epoch order.
+optimizer steps, validation every `eval_every` steps with the learning-curve probes and the best checkpoint,
+checkpoints every `save_every` steps, one `metrics.jsonl` line and TensorBoard scalars per step), `finish` (the last
+step's adapter as `adapter/`, `metrics.json`, `loss.png`, `curve.png`) — and the epoch order. In a launched run
+(torchrun, accelerate launch) every process runs this loop on its share of each step (`vrp.train.distributed`) and
+only rank 0 writes the run dir, the logs and the progress bar.
 Does not know: file formats of sources (`dataset`), prompt text (`prompts`), mask building (`packing`), the run-dir
-layout (`vrp.artifacts.RunDir`), validation (`vrp.train.validate`).
+layout (`vrp.artifacts.RunDir`), validation (`vrp.train.validate`, `vrp.train.probes`), which checkpoint is the best
+(`vrp.train.checkpoint.keep_best`).
 """
 from __future__ import annotations
 
@@ -24,8 +28,11 @@ from typing import Any, Callable
 
 from vrp.artifacts import DatasetDir, RunDir
 from vrp.model import autocast_ctx
-from vrp.train.checkpoint import save_checkpoint
+from vrp.train.checkpoint import advance, keep_best, save_checkpoint
 from vrp.train.config import TrainConfig
+from vrp.train.distributed import Discard
+from vrp.train.memory import out_of_memory_as_config_error, peak_memory
+from vrp.train.probes import curve_summary, validate, validation_scalars
 from vrp.train.setup import TrainSetup, TrainState, micro_batches, setup, starting_state
 from vrp.train.validate import evaluate_nll
 
@@ -51,31 +58,40 @@ def epoch_order(rows: list[Any], epoch: int, cfg: TrainConfig) -> list[list[Any]
 
 def _step(s: TrainSetup, micro: list[list[Any]], state: TrainState) -> dict[str, Any]:
     """One optimizer step over the micro-batches `micro` (gradient accumulation, loss normalised by the comment
-    tokens of the whole window); updates the counters of `state` and returns the step's record (without timing)."""
+    tokens of the whole window); updates the counters of `state` and returns the step's record (without timing).
+    In a launched run each process takes its share of `micro` and the counts are summed over all processes
+    (`vrp.train.distributed.Dist.share`, `grad_scale`), so the step is that of one process."""
     import torch
 
-    from vrp.loss import loss_sum
     from vrp.packing import collate
 
-    cfg, prec = s.cfg, s.prec
+    cfg, prec, d = s.cfg, s.prec, s.dist
+    if s.memory is not None:  # `max_memory`: each micro-batch cut into micro-batches of the planned rows
+        micro = [b[i:i + s.memory.micro_rows] for b in micro for i in range(0, len(b), s.memory.micro_rows)]
+    mine, calls = d.share(micro)  # this process's micro-batches; every process makes `calls` forward/backward calls
     collated = [{k: v.to(prec.device) if hasattr(v, "to") else v
-                 for k, v in collate(b, s.tokenizer.pad_token_id, cfg.packing).items()} for b in micro]
-    n_total = sum(int(b["target_ids"].numel()) for b in collated)
+                 for k, v in collate(b, s.tokenizer.pad_token_id, cfg.packing).items()} for b in mine or micro[:1]]
+    own = collated[:len(mine)]  # summed over all processes before backward: the step's targets, comments, tokens
+    n_total, comments, tokens = d.all_sum([sum(int(b["target_ids"].numel()) for b in own),
+                                           sum(int(b["num_comments"]) for b in own),
+                                           sum(int(b["num_tokens"]) for b in own)])
     loss_val = 0.0
-    for batch in collated:
-        with autocast_ctx(prec):
-            loss, _ = loss_sum(s.model, batch)
-        (loss / n_total).backward()
-        loss_val += float(loss.detach()) / n_total
-        state.comments_seen += int(batch["num_comments"])
-        state.tokens_seen += int(batch["num_tokens"])
+    for i in range(calls):  # a process with fewer micro-batches repeats its first one at weight 0
+        batch, weight = (collated[i], d.grad_scale) if i < len(mine) else (collated[0], 0)
+        with d.sync(i == calls - 1):
+            with autocast_ctx(prec):
+                loss, _ = d.loss(s.model, batch)
+            (loss * weight / n_total).backward()
+        loss_val += float(loss.detach()) if weight else 0.0
+    loss_val = d.all_sum([loss_val])[0] / n_total
+    state.comments_seen += int(comments)
+    state.tokens_seen += int(tokens)
     gnorm = torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], cfg.max_grad_norm)
     lr_used = s.scheduler.get_last_lr()[0]  # the rate this step was taken with
     s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss_val, "lr": lr_used, "grad_norm": float(gnorm),
-            "tokens": sum(int(b["num_tokens"]) for b in collated)}
+    return {"loss": loss_val, "lr": lr_used, "grad_norm": float(gnorm), "tokens": int(tokens)}
 
 
 def fit(s: TrainSetup, state: TrainState, on_step: Callable[[int], None] | None = None,
@@ -87,35 +103,47 @@ def fit(s: TrainSetup, state: TrainState, on_step: Callable[[int], None] | None 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    cfg = s.cfg
-    writer = SummaryWriter(str(s.run.logs_dir))
+    cfg, d = s.cfg, s.dist
+    writer = SummaryWriter(str(s.run.logs_dir)) if d.is_main else Discard()  # rank 0 alone writes the run dir
     # metrics.jsonl holds exactly the steps of `history`: after a kill it may hold steps past the checkpoint that
     # the resumed run repeats, so it is rewritten from the checkpoint's history before appending.
-    log = s.run.restart_history(h for h in state.history if "loss" in h)
+    log = s.run.restart_history(state.history) if d.is_main else Discard()
+    progress = progress and d.is_main
+    if state.step == 0:  # the step-0 validation row (`starting_state`)
+        for h in state.history:
+            for tag, v in validation_scalars(h).items():
+                writer.add_scalar(tag, v, 0)
     bar = tqdm(total=s.total_steps, initial=state.step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
     s.model.train()
     order_epoch, batches = -1, []
     try:
         while state.step < s.total_steps:
-            epoch, pos = divmod(state.step, s.per_epoch)
+            epoch = state.epoch  # the data position is global: the same order for any number of processes
             if epoch != order_epoch:  # the order is a pure function of (seed, epoch): computed once per epoch
                 order_epoch, batches = epoch, epoch_order(s.rows, epoch, cfg)
             t0 = time.perf_counter()
-            done = _step(s, batches[pos * cfg.grad_accum:(pos + 1) * cfg.grad_accum], state)
+            take = batches[state.micro_batch:state.micro_batch + cfg.grad_accum * d.world_size]
+            with out_of_memory_as_config_error(s.memory.micro_rows if s.memory else cfg.batch_size,
+                                               max(r.num_tokens for b in take for r in b), cfg.max_memory):
+                done = _step(s, take, state)
             state.step += 1
+            state.epoch, state.micro_batch = advance(state.epoch, state.micro_batch, len(take), len(batches))
             dt = time.perf_counter() - t0
             state.train_seconds += dt
             rec: dict[str, Any] = {"step": state.step, "epoch": epoch, "loss": done["loss"], "lr": done["lr"],
-                                   "grad_norm": done["grad_norm"], "tokens_per_s": done["tokens"] / dt,
+                                   "grad_norm": done["grad_norm"], "tokens_per_s": done["tokens"] / dt, "seconds": dt,
                                    "comments_seen": state.comments_seen}
             if s.val_rows and (state.step % cfg.eval_every == 0 or state.step == s.total_steps):
-                rec["val_nll"] = evaluate_nll(s.model, s.val_rows, s.tokenizer.pad_token_id, s.prec, cfg.batch_size,
-                                              progress)["nll"]
+                rec.update(validate(s, progress)[1])
+                view = d.adapter_view(s.model)  # every process: FSDP gathers the LoRA weights
+                if d.is_main:
+                    state.best = keep_best(s.run, state.best, state.step, rec["val_nll"], view)
             state.history.append(rec)
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s", "val_nll"):
-                if k in rec:
-                    writer.add_scalar(f"train/{k}" if k != "val_nll" else "validation/nll", rec[k], state.step)
+            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                writer.add_scalar(f"train/{k}", rec[k], state.step)
+            for tag, v in validation_scalars(rec).items():
+                writer.add_scalar(tag, v, state.step)
             log.write(json.dumps(rec) + "\n")
             log.flush()
             bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}",
@@ -123,7 +151,7 @@ def fit(s: TrainSetup, state: TrainState, on_step: Callable[[int], None] | None 
             bar.update(1)
             if state.step % cfg.save_every == 0 or state.step == s.total_steps:
                 save_checkpoint(s.run, state.step, s.model, s.optimizer, s.scheduler,
-                                state.checkpoint_fields(s.data_sha), keep=cfg.save_total_limit)
+                                state.checkpoint_fields(s.data_sha, cfg.batch_size), keep=cfg.save_total_limit, dist=d)
             if on_step:
                 on_step(state.step)
     finally:
@@ -133,10 +161,11 @@ def fit(s: TrainSetup, state: TrainState, on_step: Callable[[int], None] | None 
 
 
 def finish(s: TrainSetup, state: TrainState) -> dict[str, Any]:
-    """Save the adapter (with the tokenizer), `metrics.json` and `loss.png`; return the metrics."""
+    """Save the last step's adapter (with the tokenizer) as `adapter/` (the best one stays in its checkpoint),
+    `metrics.json`, `loss.png` and `curve.png`; return the metrics."""
     from vrp.charts import loss_curve
 
-    s.run.save_adapter(s.model, s.tokenizer)
+    view = s.dist.adapter_view(s.model)  # every process: FSDP gathers the LoRA weights; rank 0 writes
     history, base_val, secs = state.history, state.base_val, state.train_seconds
     metrics = {
         "model": s.cfg.model, "precision": s.prec.name, "packing": s.cfg.packing, "steps": state.step,
@@ -148,8 +177,13 @@ def finish(s: TrainSetup, state: TrainState) -> dict[str, Any]:
         "base_val_nll": base_val["nll"] if base_val else None,
         "final_val_nll": next((h["val_nll"] for h in reversed(history) if "val_nll" in h), None),
         "val_videos": len(s.val_videos), "val_tokens": base_val["tokens"] if base_val else 0,
-        "config": asdict(s.cfg),
+        "world_size": s.dist.world_size, "distributed_strategy": s.dist.strategy, "config": asdict(s.cfg),
+        **peak_memory(s.prec.device), "memory_plan": s.memory.to_json() if s.memory else None,
     }
+    if not s.dist.is_main:
+        return metrics
+    s.run.save_adapter(view, s.tokenizer)
+    metrics.update(curve_summary(s, state))  # best step and NLL, last probe values; draws curve.png
     s.run.write_metrics(metrics)
     loss_curve(history, s.run.loss_png)
     return metrics
@@ -168,6 +202,6 @@ def train(cfg: TrainConfig, data_dir: str | Path | DatasetDir, out: str | Path |
     data = data_dir if isinstance(data_dir, DatasetDir) else DatasetDir(data_dir)
     run = out if isinstance(out, RunDir) else RunDir(out)
     s = setup(cfg, data, run, resume, overwrite)
-    state = starting_state(s, resume, progress)
+    state = starting_state(s, resume, progress and s.dist.is_main)
     fit(s, state, on_step, progress)
     return finish(s, state)

@@ -12,8 +12,9 @@ Knows:
   holds after the model is loaded (resident set on a CPU, allocated bytes on CUDA) + LoRA gradients + AdamW's two
   moments (3 x the trainable fp32 bytes). A row's cost is measured at startup on one real row of the longest length
   (`measure_row_bytes`: forward + backward, RNG state restored, gradients dropped) and multiplied by `RSS_FACTOR`
-  on a CPU, where the allocator's fragmentation adds to the tensors' bytes (measured with SmolLM2-135M;
-  see /work/tools/bench-notes-13.md). Every term grows linearly with the rows of a micro-batch at a fixed row
+  on a CPU, where glibc's heap fragments (freed activations interleaved with kept ones) and the resident set of a
+  step grows 1.4-1.55x the step's peak of tensor bytes (measured with SmolLM2-135M, 4 rows x 1,103 tokens), or by
+  `CUDA_FACTOR` for the caching allocator's slack. Every term grows linearly with the rows of a micro-batch at a fixed row
   length, so the worst micro-batch is `rows` rows of the longest length;
 - the plan (`plan_micro_batch`): the most rows per micro-batch that divide `batch_size` and fit, with the
   configured micro-batch split into `batch_size / rows` pieces, so an optimizer step still sees the same rows and
@@ -36,7 +37,8 @@ from vrp.errors import ConfigError
 
 AUTO_RAM_SHARE = 0.8
 AUTO_GPU_SHARE = 0.9
-RSS_FACTOR = 1.15
+RSS_FACTOR = 1.6
+CUDA_FACTOR = 1.1
 UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
 
@@ -160,7 +162,7 @@ def fixed_bytes(model: Any, device: str) -> int:
 
 def measure_row_bytes(model: Any, row: Any, pad_id: int, packing: str, prec: Any) -> int:
     """Peak bytes a training forward + backward of the single row `row` (`vrp.packing.Row`) allocates, times
-    `RSS_FACTOR` on a CPU. Runs in train mode under the run's autocast; the RNG state is restored and the
+    `RSS_FACTOR` on a CPU (`CUDA_FACTOR` on CUDA). Runs in train mode under the run's autocast; the RNG state is restored and the
     gradients are dropped afterwards, so the run that follows is the same as without the measurement."""
     import torch
 
@@ -184,7 +186,7 @@ def measure_row_bytes(model: Any, row: Any, pad_id: int, packing: str, prec: Any
     for p in model.parameters():
         p.grad = None
     model.train(was_training)
-    return int(peak * (RSS_FACTOR if prec.device == "cpu" else 1.0))
+    return int(peak * (RSS_FACTOR if prec.device == "cpu" else CUDA_FACTOR))
 
 
 @dataclass
@@ -236,6 +238,36 @@ def plan_micro_batch(budget: int, fixed: int, row: int, row_tokens: int, batch_s
                                         f"{fmt_bytes(row)} for the row); raise it, or lower `max_row_tokens` / "
                                         f"`max_prompt_tokens`, or turn on `gradient_checkpointing`")
     return MemoryPlan(budget, fixed, row, row_tokens, fits[0], batch_size)
+
+
+def plan_memory(model: Any, rows: list[Any], pad_id: int, cfg: Any, prec: Any) -> MemoryPlan:
+    """The plan of a training run with `cfg.max_memory` set: the fixed part measured now, one row of the longest
+    training row measured (`measure_row_bytes`), the rows per micro-batch chosen (`plan_micro_batch`) and said on
+    stderr. Raises ConfigError('max_memory') when one row does not fit."""
+    budget = resolve_budget(cfg.max_memory, prec.device)
+    assert budget is not None
+    fixed = fixed_bytes(model, prec.device)
+    longest = max(rows, key=lambda r: r.num_tokens)
+    row = measure_row_bytes(model, longest, pad_id, cfg.packing, prec)
+    release_freed_memory()
+    plan = plan_micro_batch(budget, fixed, row, longest.num_tokens, cfg.batch_size)
+    print(plan.describe(cfg.grad_accum), file=sys.stderr, flush=True)
+    return plan
+
+
+def release_freed_memory() -> bool:
+    """Give the heap memory glibc's malloc holds free back to the system now (`malloc_trim(0)`), e.g. after the
+    startup measurement, so that it does not stay in the resident set. Returns False where glibc is not the
+    allocator. (Mapping every block of 1 MiB or more instead, `mallopt(M_MMAP_THRESHOLD)`, would also remove the
+    fragmentation inside a step, but costs ~14 s of page faults per SmolLM2 step of 4 x 1,103 tokens.)"""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def peak_memory(device: str) -> dict[str, int]:

@@ -4,7 +4,10 @@ Knows: the order in which a run starts (everything that can fail on bad input â€
 context length, LoRA targets, optimizer â€” is checked before the run dir is created or emptied, so a failed start
 leaves nothing behind), the seeding (`torch.manual_seed(cfg.seed)` before the model is loaded, so the LoRA init is a
 function of the seed), and where a run starts from: its newest checkpoint on resume (`RunDir.latest_checkpoint`),
-else step 0 after the base model's validation NLL.
+else step 0 after the base model's validation NLL. In a launched run (`vrp.train.distributed`) the process group is
+joined before the model is loaded, rank 0 alone checks, reads and creates the run dir (its errors reach every rank),
+the model is wrapped in DDP / FSDP before the optimizer is built, and an epoch has ceil(micro-batches / (grad_accum x
+world size)) optimizer steps.
 Does not know: the optimizer step loop (`vrp.train.loop`), how checkpoints are written (`vrp.train.checkpoint`).
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from vrp.artifacts import DatasetDir, RunDir
 from vrp.errors import ConfigError, VrpError
 from vrp.train.config import TrainConfig
+from vrp.train.distributed import Dist
 
 
 def micro_batches(rows: list[Any], batch_size: int) -> list[list[Any]]:
@@ -27,7 +31,9 @@ def micro_batches(rows: list[Any], batch_size: int) -> list[list[Any]]:
 @dataclass
 class TrainSetup:
     """Everything a run needs once it has started. rows/val_rows: packed rows (`vrp.packing.Row`); per_epoch:
-    optimizer steps per epoch; total_steps: optimizer steps of the whole run; data_sha: `DatasetDir.fingerprint`."""
+    optimizer steps per epoch; total_steps: optimizer steps of the whole run; data_sha: `DatasetDir.fingerprint`;
+    probes: the learning-curve probe data (`vrp.train.probes.ProbeSet`, None when `curve_videos` is 0 or there is no
+    validation video)."""
 
     cfg: TrainConfig
     run: RunDir
@@ -43,12 +49,16 @@ class TrainSetup:
     scheduler: Any
     per_epoch: int
     total_steps: int
+    probes: Any = None
+    dist: Dist = field(default_factory=Dist)
+    memory: Any = None  # `vrp.train.memory.MemoryPlan` when `max_memory` is set: rows per micro-batch
 
 
 @dataclass
 class TrainState:
     """Where a run stands: optimizer steps done, comments and tokens trained on, seconds spent in optimizer steps,
-    the base model's validation result (`{nll, perplexity, tokens}` or None) and the per-step history."""
+    the base model's validation result (`{nll, perplexity, tokens}` or None), the per-step history and the best
+    validation so far (`{step, val_nll}` or None, `vrp.train.checkpoint.keep_best`)."""
 
     step: int = 0
     comments_seen: int = 0
@@ -56,11 +66,18 @@ class TrainState:
     train_seconds: float = 0.0
     base_val: dict[str, float] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    epoch: int = 0
+    micro_batch: int = 0
 
-    def checkpoint_fields(self, data_sha: str) -> dict[str, Any]:
-        """What a checkpoint's state.json holds besides its step."""
+    def checkpoint_fields(self, data_sha: str, batch_size: int) -> dict[str, Any]:
+        """What a checkpoint's state.json holds besides its step (`data_position`: `epoch` and `micro_batch`, the
+        micro-batches of `batch_size` rows of that epoch's order trained, `vrp.train.checkpoint.data_position`)."""
+        from vrp.train.checkpoint import data_position
+
         return {"comments_seen": self.comments_seen, "tokens_seen": self.tokens_seen, "data_sha256": data_sha,
-                "train_seconds": self.train_seconds, "base_val": self.base_val, "history": self.history}
+                "train_seconds": self.train_seconds, "base_val": self.base_val, "history": self.history,
+                "best": self.best, "data_position": data_position(self.epoch, self.micro_batch, batch_size)}
 
 
 def _optimizer(model: Any, cfg: TrainConfig, prec: Any) -> Any:
@@ -90,6 +107,26 @@ def _read_data(cfg: TrainConfig, data: DatasetDir) -> tuple[list[Any], list[Any]
     return train_videos, val_videos
 
 
+def _check_run(run: RunDir, data: DatasetDir, resume: bool, overwrite: bool) -> tuple[str, dict[str, Any] | None]:
+    """`(the data's fingerprint, the state.json of the checkpoint a resume starts from, or None)`. Raises ConfigError
+    for a run dir that may not be written or data that differs from the resumed run's."""
+    run.check_target(resume, overwrite)
+    data_sha = data.fingerprint()
+    if resume and (ckpt := run.latest_checkpoint()) is not None:
+        saved = run.checkpoint_state(ckpt)
+        if saved.get("data_sha256") and saved["data_sha256"] != data_sha:
+            raise ConfigError("data", f"{data} is not the data this run was trained on (its train.jsonl/"
+                                      f"validation.jsonl changed); resume with the same data or start a new run")
+        return data_sha, saved
+    return data_sha, None
+
+
+def _create_run(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    run.create(resume, overwrite)
+    if not resume:
+        run.save_config(cfg)
+
+
 def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwrite: bool) -> TrainSetup:
     """Check everything, load and wrap the model, build optimizer and schedule, then create the run dir (emptied
     with `overwrite`) and save `config.yaml` (not on resume). Raises ConfigError / VrpError before anything is
@@ -102,19 +139,19 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     from vrp.packing import make_rows
     from vrp.prompts import encode_videos
     from vrp.tiers import encode_tiered_video, longest_marker
+    from vrp.train.checkpoint import position_of, steps_until
+    from vrp.train.distributed import start
+    from vrp.train.memory import plan_memory
+    from vrp.train.probes import build_probe_set
 
     if Path(cfg.model).expanduser().exists():  # a local path is saved absolute so `generate --run` works anywhere
         cfg = replace(cfg, model=str(Path(cfg.model).expanduser().resolve()))
     if not data.train_path.is_file():
         data.train_videos()  # raises ConfigError('data') naming the missing file
-    run.check_target(resume, overwrite)
-    data_sha = data.fingerprint()
-    if resume and (ckpt := run.latest_checkpoint()) is not None:
-        saved_sha = run.checkpoint_state(ckpt).get("data_sha256")
-        if saved_sha and saved_sha != data_sha:
-            raise ConfigError("data", f"{data} is not the data this run was trained on (its train.jsonl/"
-                                      f"validation.jsonl changed); resume with the same data or start a new run")
     prec = resolve_precision(cfg.precision, cfg.quantization, cfg.device)
+    # a launched run (torchrun, accelerate launch) joins its process group; only rank 0 reads and writes the run dir
+    dist = start(cfg.distributed_strategy, cfg.quantization, prec.device)
+    data_sha, saved = dist.main_only(_check_run, run, data, resume, overwrite)
     train_videos, val_videos = _read_data(cfg, data)
     if cfg.tiers:  # checked before anything is loaded or written; config.yaml records the resolved source
         from vrp.tiers import dataset_format, resolve_tier_source
@@ -135,33 +172,49 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
         train_enc, val_enc = encode_videos(tok, train_videos, pcfg), encode_videos(tok, val_videos, pcfg)
     rows = make_rows(train_enc, cfg.packing, cfg.max_row_tokens)
     val_rows = make_rows(val_enc, "shared_prefix", cfg.max_row_tokens)
-    per_epoch = math.ceil(len(micro_batches(rows, cfg.batch_size)) / cfg.grad_accum)
+    n_batches = len(micro_batches(rows, cfg.batch_size))
+    per_step = cfg.grad_accum * dist.world_size  # micro-batches of one optimizer step, all processes together
+    per_epoch = math.ceil(n_batches / per_step)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * per_epoch
+    if cfg.max_steps < 0 and saved is not None:  # resumed, maybe by another number of processes
+        at = position_of(saved, n_batches, cfg.grad_accum, cfg.batch_size)
+        total_steps = int(saved["step"]) + steps_until(*at, n_batches, per_step, cfg.epochs)
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
 
     model = attach_lora(model, cfg.lora(), prec, cfg.gradient_checkpointing)
+    dist.seed_rank(cfg.seed)
+    dist.wrap(model)  # DDP / FSDP2 in a launched run; the optimizer must see FSDP's sharded parameters
     optimizer = _optimizer(model, cfg, prec)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    run.create(resume, overwrite)
-    if not resume:
-        run.save_config(cfg)
+    plan = plan_memory(model, rows, tok.pad_token_id, cfg, prec) if cfg.max_memory else None
+    # the probes call the model directly, which FSDP's sharded weights do not allow
+    probes = (build_probe_set(tok, val_videos, train_videos, pcfg, cfg.curve_videos, cfg.seed)
+              if dist.strategy != "fsdp" else None)
+    dist.main_only(_create_run, run, cfg, resume, overwrite)
     return TrainSetup(cfg, run, data_sha, prec, model, tok, train_videos, val_videos, rows, val_rows, optimizer,
-                      scheduler, per_epoch, total_steps)
+                      scheduler, per_epoch, total_steps, probes, dist, plan)
 
 
 def starting_state(s: TrainSetup, resume: bool, progress: bool) -> TrainState:
     """The state a run continues from: its newest checkpoint on resume (adapter, optimizer, scheduler and RNG states
-    restored), else step 0 with the base model's validation NLL (when there are validation rows)."""
-    from vrp.train.checkpoint import load_checkpoint
-    from vrp.train.validate import evaluate_nll
+    restored, and the best validation so far, `vrp.train.checkpoint.resumed_best`), else step 0 with the base model's
+    validation row (NLL and learning-curve probes, `vrp.train.probes.validate`) when there are validation rows, which
+    is also the first best checkpoint."""
+    from vrp.train.checkpoint import keep_best, load_checkpoint, position_of, resumed_best
+    from vrp.train.probes import validate
 
-    if resume and (ckpt := s.run.latest_checkpoint()) is not None:
-        st = load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler)
+    ckpt = s.dist.main_only(s.run.latest_checkpoint) if resume else None
+    if ckpt is not None:
+        st = load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler, s.dist)
+        epoch, micro = position_of(st, len(micro_batches(s.rows, s.cfg.batch_size)), s.cfg.grad_accum,
+                                   s.cfg.batch_size)
         return TrainState(st["step"], st["comments_seen"], st["tokens_seen"], st["train_seconds"],
-                          st.get("base_val"), st["history"])
+                          st.get("base_val"), st["history"], resumed_best(s.run, st.get("best")), epoch, micro)
     state = TrainState()
     if s.val_rows:
-        state.base_val = evaluate_nll(s.model, s.val_rows, s.tokenizer.pad_token_id, s.prec, s.cfg.batch_size,
-                                      progress)
-        state.history.append({"step": 0, "val_nll": state.base_val["nll"]})
+        state.base_val, row = validate(s, progress)
+        state.history.append({"step": 0, "comments_seen": 0, **row})
+        view = s.dist.adapter_view(s.model)  # every rank: FSDP gathers the LoRA weights
+        if s.dist.is_main:
+            state.best = keep_best(s.run, None, 0, row["val_nll"], view)
     return state

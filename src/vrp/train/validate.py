@@ -3,6 +3,7 @@
 Knows: how packed rows are scored for validation (always shared-prefix packed, in micro-batches of the training
 batch size, under the run's autocast), and that NLL is the summed loss over all comment tokens (and their end-of-turn
 tokens) divided by their number, perplexity = exp(NLL).
+In a launched run the micro-batches are shared out among the processes and the sums all-reduced.
 Does not know: where the rows come from (`vrp.train.setup`) or when validation runs (`vrp.train.loop`).
 """
 from __future__ import annotations
@@ -15,26 +16,36 @@ from vrp.train.setup import micro_batches
 
 
 def evaluate_nll(model: Any, rows: list[Any], pad_id: int, prec: Any, batch_size: int = 4,
-                 progress: bool = False) -> dict[str, float]:
+                 progress: bool = False, dist: Any = None) -> dict[str, float]:
     """`{nll, perplexity, tokens}` over `rows`: mean NLL per comment token (nats), exp(NLL) (capped at exp(50)) and
-    the number of target tokens; the model's train/eval mode is restored afterwards."""
+    the number of target tokens; the model's train/eval mode is restored afterwards.
+
+    In a launched run (`dist`, `vrp.train.distributed.Dist`) every process must call it: each scores its share of
+    the micro-batches (the same number of forward calls on every process, a short share repeating a batch that is
+    not counted) and the summed NLL and token counts are all-reduced, so the result is that of one process."""
     import torch
     from tqdm.auto import tqdm
 
     from vrp.loss import loss_sum
     from vrp.packing import collate
 
+    batches = micro_batches(rows, batch_size)
+    mine, calls = dist.share(batches) if dist is not None else (batches, len(batches))
     total, n = 0.0, 0
     was_training = model.training
     model.eval()
     with torch.no_grad(), autocast_ctx(prec):
-        for b in tqdm(micro_batches(rows, batch_size), desc="validation", unit="batch", leave=False,
-                      disable=not progress):
+        for i in tqdm(range(calls), desc="validation", unit="batch", leave=False, disable=not progress):
+            b = mine[i] if i < len(mine) else batches[0]
             batch = {k: v.to(prec.device) if hasattr(v, "to") else v
                      for k, v in collate(b, pad_id, "shared_prefix").items()}
-            s, k = loss_sum(model, batch)
-            total += float(s)
-            n += int(k)
+            s, k = dist.loss(model, batch) if dist is not None else loss_sum(model, batch)
+            if i < len(mine):
+                total += float(s)
+                n += int(k)
     model.train(was_training)
+    if dist is not None:
+        total, n = dist.all_sum([total, n])
+        n = int(n)
     nll = total / max(n, 1)
     return {"nll": nll, "perplexity": math.exp(min(nll, 50.0)), "tokens": n}
