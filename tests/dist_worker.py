@@ -1,11 +1,12 @@
-"""One process of the distributed tests, started by torchrun: `torchrun --nproc-per-node 2 dist_worker.py SPEC.json`.
+"""One process of the distributed tests, started by torchrun: `torchrun --nproc-per-node 2 dist_worker.py SPEC`.
 
 SPEC is a JSON list of runs, done in order; each is `{"cfg": TrainConfig kwargs, "data": dir, "out": run dir,
 "resume": bool, "kill_at": step or null}`, `{"argv": [...], "out": run dir}` for the command line `vrp ARGV`, or
-`{"copy": run dir, "out": run dir}`: rank 0 copies a run dir (a killed run, to be resumed twice). Every run goes through `vrp.train.loop.train`, which finds the launch in
-the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), creates the gloo process group and
-destroys it at the end. `kill_at` raises in every process after that step (and its checkpoint), as a kill would
-stop the job there. Rank 0 appends one line per run to SPEC + '.done' (the test checks that all of them ran).
+`{"copy": run dir, "out": run dir}`: rank 0 copies a run dir (a killed run, to be resumed twice). Every run goes
+through `vrp.train.loop.train`, which finds the launch in the environment torchrun sets (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR/PORT) and creates the gloo process group (later runs join it). `kill_at` raises in every
+process after that step (and its checkpoint), as a kill would stop the job there. Rank 0 appends one line per run to
+SPEC + '.done' (the test checks that all of them ran).
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def main(spec_path: str) -> int:
     from vrp.train.config import TrainConfig
     from vrp.train.loop import train
 
-    for job in json.loads(open(spec_path).read()):
+    with open(spec_path) as f:
+        jobs = json.load(f)
+    for job in jobs:
         if "copy" in job:
             if os.environ["RANK"] == "0":
                 shutil.copytree(job["copy"], job["out"])

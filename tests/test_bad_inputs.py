@@ -317,7 +317,7 @@ def test_resume_after_a_kill_keeps_metrics_and_refuses_other_data(tmp_path, tiny
         train(cfg, other, tmp_path / "run", resume=True, progress=False)
     train(cfg, ds, tmp_path / "run", resume=True, progress=False)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [0, 1, 2, 3, 4]  # the base model's validation row, then one row per step (none twice)
 
 
 def test_kill_while_saving_the_final_adapter_leaves_no_half_adapter(tmp_path, tiny_model_dir, monkeypatch) -> None:

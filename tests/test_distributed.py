@@ -115,7 +115,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict
         env.pop(var, None)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(Path(__file__).with_name("dist_worker.py")), str(r["spec.json"])],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
     done = Path(str(r["spec.json"]) + ".done")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert done.read_text().split() == [str(j["out"]) for j in jobs]
@@ -171,16 +171,51 @@ def test_fsdp_trains_and_saves_a_standard_peft_adapter(runs: dict[str, Path], ti
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    assert metrics(runs["fsdp"])["distributed_strategy"] == "fsdp"
+    m = metrics(runs["fsdp"])
+    assert m["distributed_strategy"] == "fsdp" and m["world_size"] == 2
     assert max_diff(runs["fsdp"], runs["ref_sp"]) <= 1e-5
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(runs["fsdp"] / "adapter"))
+    assert m["final_val_nll"] == pytest.approx(metrics(runs["ref_sp"])["final_val_nll"], abs=1e-6)
+    def load(run: Path) -> Any:
+        return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(run / "adapter"))
+
+    model, ref = load(runs["fsdp"]), load(runs["ref_sp"])
     ids = torch.tensor([[1, 5, 9, 200, 3000, 2]])
-    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(runs["ref_sp"] / "adapter"))
     with torch.no_grad():
         a, b = model.eval()(ids).logits, ref.eval()(ids).logits
         plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits
     torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
     assert (a - plain).abs().max() > 1e-3
+
+
+def test_bench_train_nproc_times_one_and_two_processes(tiny_model_dir: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """`vrp bench train --nproc 2`: `vrp train` in 1 process (grad_accum 2) and under torchrun in 2 (grad_accum 1)
+    do the same optimizer steps (the same last loss), and the efficiency is the speedup over 2."""
+    from test_bench_train import _videos
+
+    from vrp.cli import main
+
+    data, out, raw = tmp_path / "videos.jsonl", tmp_path / "BENCH.md", tmp_path / "raw.json"
+    write_jsonl_atomic(data, (v.to_json() for v in _videos()))
+    conf = tmp_path / "bench.yaml"  # no LoRA dropout: the ranks' own dropout masks would change the loss
+    conf.write_text("lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear}\n")
+    rc = main(["bench", "train", "--config", str(conf), "--nproc", "2", "--quick", "--model", str(tiny_model_dir),
+               "--precision", "fp32",
+               "--data", str(data), "--comments-per-video", "2", "--max-prompt-tokens", "64", "--output", str(out),
+               "--write-when-busy", "--json-out", str(raw)])
+    assert rc == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    bench = json.loads(raw.read_text())
+    one, two = bench["runs"]
+    assert (one["nproc"], one["world_size"], two["nproc"], two["world_size"]) == (1, 1, 2, 2)
+    assert one["steps_timed"] == two["steps_timed"] == 2 and one["comments"] == two["comments"] > 0
+    assert two["loss_last"] == pytest.approx(one["loss_last"], abs=1e-5)
+    sc = bench["scaling"]
+    assert sc["speedup"] == pytest.approx((two["tokens"] / two["seconds"]) / (one["tokens"] / one["seconds"]))
+    assert sc["efficiency"] == pytest.approx(sc["speedup"] / 2)
+    assert last == (f"scaling efficiency with 2 processes: {sc['efficiency']:.2f} (speedup {sc['speedup']:.2f}x "
+                    f"over 1 process)")
+    assert "## Training in several processes (" in out.read_text()
 
 
 # --- no processes started ----------------------------------------------------------------------------------------

@@ -73,11 +73,13 @@ def test_run_dir_contents_and_peft_adapter_roundtrip(tmp_path: Path, data: Path,
     for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "config.yaml", "metrics.json",
                  "metrics.jsonl", "loss.png"):
         assert (run / name).is_file(), name
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [f"best-{m['best_step']:06d}", "step-000004", "step-000006"]  # best: vrp.train.checkpoint
     assert any((run / "logs").iterdir())  # TensorBoard events
     assert m["steps"] == 6 and m["comments_seen"] == 12 and m["base_val_nll"] is not None
     hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in hist] == [1, 2, 3, 4, 5, 6] and "val_nll" in hist[2] and "val_nll" not in hist[1]
+    assert [h["step"] for h in hist] == [0, 1, 2, 3, 4, 5, 6] and "val_nll" in hist[3] and "val_nll" not in hist[2]
+    assert "loss" not in hist[0] and hist[0]["val_nll"] == m["base_val_nll"]  # the base model's validation row
     # plain PEFT loading of the adapter gives the logits of the trained model
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     peft_model = PeftModel.from_pretrained(base, str(run / "adapter")).eval()

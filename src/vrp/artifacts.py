@@ -301,8 +301,8 @@ class RunDir(_Dir):
         named = self.NAMED_CHECKPOINTS.get(checkpoint)
         ckpt = named(self) if named else next((p for p in done if p.name == checkpoint), None)
         if ckpt is None or not (ckpt / self.ADAPTER).is_dir():
-            raise ConfigError("checkpoint", f"{checkpoint} not found in {self.checkpoints_dir}; available: "
-                                            f"{[p.name for p in done] + list(self.NAMED_CHECKPOINTS)}")
+            there = [p.name for p in done] + [n for n, find in self.NAMED_CHECKPOINTS.items() if find(self)]
+            raise ConfigError("checkpoint", f"{checkpoint} not found in {self.checkpoints_dir}; available: {there}")
         return ckpt / self.ADAPTER
 
     def history(self) -> list[dict[str, Any]]:

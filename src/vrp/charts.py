@@ -51,7 +51,7 @@ def loss_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
 
 CURVE_PANELS = (  # (title, y label, [(history key, legend)], random-baseline key of `baselines` or None)
     ("validation NLL (all validation videos)", "nats per comment token", [("val_nll", None)], None),
-    ("conditioning gain", "nats per comment token", [("val_gain", None)], None),
+    ("conditioning gain", "nats per comment token", [("val_gain", None)], "no_gain"),
     ("Recall@10 of real comments", "Recall@10", [("val_recall_at_10", "likelihood"),
                                                  ("val_pmi_recall_at_10", "PMI")], "random_recall_at_10"),
     ("MRR of real comments", "MRR", [("val_mrr", "likelihood"), ("val_pmi_mrr", "PMI")], "random_mrr"),
@@ -64,7 +64,7 @@ def learning_curve(history: Sequence[dict[str, Any]], path: Path, baselines: dic
     """Plot the learning curve of a run, one panel per validation metric of `CURVE_PANELS` against `comments_seen`
     (the training comments seen so far), to the PNG `path`. history: rows with `comments_seen` and `val_*` keys
     (`vrp.train.probes`); a metric no row has is drawn as an empty panel. baselines: `random_recall_at_10` and
-    `random_mrr` (the ranking's random level), drawn as dashed lines."""
+    `random_mrr` (the ranking's random level), drawn as dashed lines, as is a gain of 0 (no use of the video)."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (title, ylabel, series, base) in zip(axes.flat, CURVE_PANELS):
@@ -72,8 +72,10 @@ def learning_curve(history: Sequence[dict[str, Any]], path: Path, baselines: dic
             pts = [(h.get("comments_seen", h.get("step")), h[key]) for h in history if h.get(key) is not None]
             if pts:
                 ax.plot(*zip(*pts), "o-", markersize=3, label=label)
-        if base and baselines and baselines.get(base) is not None:
-            ax.axhline(baselines[base], color="k", linestyle="--", linewidth=1, label="random")
+        levels = {"no_gain": 0.0, **(baselines or {})}
+        if base and levels.get(base) is not None:
+            ax.axhline(levels[base], color="k", linestyle="--", linewidth=1,
+                       label="no use of the video" if base == "no_gain" else "random")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training comments seen")
         ax.set_ylabel(ylabel)

@@ -31,8 +31,9 @@ Two counts:
 - executed FLOPs: what the kernels run: every padded position of the (B, T) batch through the layers; attention
   on all T x T query-key pairs (torch 2.13's CPU SDPA with an explicit mask skips no masked blocks: measured, a
   boolean causal mask costs as much as no mask and ~1.8x `is_causal=True`), only T(T+1)/2 when transformers can
-  pass `is_causal` (no padding and no 4D mask); the LM head where it is applied (vrp: target positions; TRL
-  1.16's fused head on a CPU: every position but the last of each row).
+  pass `is_causal` (no padding and no 4D mask), and p(p+1)/2 + (T-p)T with `split_sdpa` (`vrp.attention`: the
+  causal kernel on the first p queries, whose mask rows are plain causal); the LM head where it is applied (vrp:
+  target positions; TRL 1.16's fused head on a CPU: every position but the last of each row).
 """
 from __future__ import annotations
 
@@ -94,13 +95,19 @@ def useful_flops(dims: FlopDims, prompt_len: int, comment_len: int) -> float:
     return n * dims.per_token() + dims.per_key() * n * (n + 1) / 2 + dims.per_head_position() * comment_len
 
 
-def executed_flops(dims: FlopDims, row_lengths: list[int], head_positions: int, dense_attention: bool) -> float:
+def executed_flops(dims: FlopDims, row_lengths: list[int], head_positions: int, dense_attention: bool,
+                   causal_prefix: int = 0) -> float:
     """FLOPs a (B, T) batch executes: B*T positions through the layers (pads included), B*T*T scored pairs
     (`dense_attention`, an explicit mask) or B*T(T+1)/2 (causal kernel), and `head_positions` LM-head positions.
+    With `causal_prefix` p > 0 and an explicit mask (`vrp.attention`'s `split_sdpa`), the first p queries run the
+    causal kernel and the rest the masked one: B*(p(p+1)/2 + (T-p)*T) pairs.
 
     row_lengths: real tokens of each row (T = the longest)."""
     b, t = len(row_lengths), max(row_lengths)
-    pairs = b * t * t if dense_attention else b * t * (t + 1) / 2
+    if dense_attention and causal_prefix > 0:
+        pairs = b * (causal_prefix * (causal_prefix + 1) / 2 + (t - causal_prefix) * t)
+    else:
+        pairs = b * t * t if dense_attention else b * t * (t + 1) / 2
     return b * t * dims.per_token() + dims.per_key() * pairs + dims.per_head_position() * head_positions
 
 

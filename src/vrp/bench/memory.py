@@ -13,7 +13,7 @@ Knows: how to break the memory of one vrp training step (forward, backward, Adam
   casts (copies of a tensor in another dtype: autocast's bf16 copies, PEFT's fp32 copies, the norms' fp32 copies);
 - the step's peak of tensor bytes (`vrp.train.memory.allocated_peak`) and what was live at the peak besides the
   saved tensors (transient: backward buffers, a logits chunk, attention workspace), and the process's resident set
-  (RSS) before the step and at its peak (Linux: the peak is reset through /proc/self/clear_refs first).
+  (RSS) before the step and at its peak (`VmHWM`, reset before the step through /proc/self/clear_refs on Linux).
 The profiled step is the second one (the first allocates AdamW's state). Saved tensors of activation-checkpointed
 regions are not seen by the hooks (checkpointing keeps only their inputs).
 Does not know: how the batch was chosen (`vrp.bench.train`), how results are laid out in BENCHMARKS.md
@@ -86,7 +86,7 @@ class SavedTensorTracker:
             self.casts[kind] += st.nbytes()
         return t
 
-    def __enter__(self) -> "SavedTensorTracker":
+    def __enter__(self) -> SavedTensorTracker:
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils._pytree import tree_leaves
 
@@ -119,7 +119,7 @@ class SavedTensorTracker:
         self._mode.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._mode.__exit__(*exc)
         self._saved.__exit__(*exc)
         for h in self._handles:
@@ -146,13 +146,18 @@ def profile_step(model: Any, batch: dict[str, Any], prec: Any, optimizer: Any, m
     everywhere: `weights`, `lora_weights`, `lora_grads`, `optimizer_state`, `saved` ({kind: bytes}), `saved_per_layer`
     ([{kind: bytes}] per decoder layer), `saved_total`, `step_peak` (tensor bytes the step allocated at its peak),
     `saved_casts` ({kind: bytes} of dtype-cast copies among the saved), `transient` (step_peak - saved_total -
-    lora_grads, at least 0), `rss_before`, `peak_rss`, `layers`, `tokens`
-    (B*T positions), `rows`, `row_tokens`, `targets`."""
+    lora_grads, at least 0), `checkpointing` (gradient checkpointing on: the hooks do not see what it keeps),
+    `rss_before`, `peak_rss`, `layers`, `tokens` (B*T positions), `rows`, `row_tokens`, `targets`."""
     import torch
 
     from vrp.loss import loss_sum
     from vrp.model import autocast_ctx
-    from vrp.train.memory import allocated_peak, peak_rss_bytes, resident_bytes
+    from vrp.train.memory import (
+        allocated_peak,
+        reset_peak_rss,
+        resident_bytes,
+        rss_high_water_bytes,
+    )
 
     params = [p for p in model.parameters() if p.requires_grad]
     tracker = SavedTensorTracker(model)
@@ -171,11 +176,7 @@ def profile_step(model: Any, batch: dict[str, Any], prec: Any, optimizer: Any, m
 
     model.train()
     step(False)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:   # reset the peak RSS to the current RSS
-            f.write("5")
-    except OSError:
-        pass
+    reset_peak_rss()
     before = resident_bytes()
     peak = allocated_peak(lambda: step(True), prec.device)
     state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.ndim > 0]
@@ -189,7 +190,8 @@ def profile_step(model: Any, batch: dict[str, Any], prec: Any, optimizer: Any, m
             "saved": saved, "saved_total": total, "saved_casts": dict(tracker.casts),
             "saved_per_layer": [{k: int(v) for k, v in tracker.by_layer[i].items()} for i in layers],
             "step_peak": int(peak), "transient": max(0, int(peak) - total - lora), "rss_before": before,
-            "peak_rss": peak_rss_bytes(), "layers": len(layers), "rows": int(b), "row_tokens": int(t),
+            "checkpointing": any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()),
+            "peak_rss": rss_high_water_bytes(), "layers": len(layers), "rows": int(b), "row_tokens": int(t),
             "tokens": int(b * t), "targets": int(batch["num_targets"])}
 
 
@@ -224,7 +226,9 @@ def format_profile(p: dict[str, Any], label: str) -> str:
         if p["saved"].get(k):
             row(f"saved: {k}", p["saved"][k], True, casts.get(k, 0))
     row("saved for backward, total", p["saved_total"], True, sum(casts.values()))
-    row("transient at the peak (backward buffers, logits chunk, workspace)", p["transient"])
+    row("layer inputs kept by activation checkpointing, recomputed layer, transient at the peak"
+        if p.get("checkpointing") else "transient at the peak (backward buffers, logits chunk, workspace)",
+        p["transient"])
     row("peak of tensors (weights + optimizer + step)", top)
     lines += ["", f"Process RSS: {p['rss_before'] / mib:,.0f} MiB before the step, peak {p['peak_rss'] / mib:,.0f} "
                   f"MiB (Python, libraries and allocator slack on top of the tensors)."]

@@ -17,7 +17,8 @@ instead (`vrp.bench.memory`; a few minutes).
 Terms. comments/s: training comments (examples) learned per second of timed optimizer steps; tokens/s: real
 (non-pad) tokens run through the model per second (prompt tokens count once per row, so packing lowers the
 tokens needed for the same comments); peak RSS: the configuration process's peak resident memory (bytes, shown in
-MiB; compared between configurations only at equal shapes, i.e. in the memory profile); MFU: model FLOPs per second / measured matmul peak (see `vrp.bench.flops` for the formula and both counts);
+MiB; compared between configurations only at equal shapes, i.e. in the memory profile); MFU: model FLOPs per
+second / measured matmul peak (see `vrp.bench.flops` for the formula and both counts);
 packing: `none` = one row per comment (as TRL), `shared_prefix` = one row = one prompt + the comments of a video
 (split into rows of at most `max_row_tokens` tokens that repeat the prompt).
 The timings are only as good as the machine is quiet: the load average at start and end is recorded, and the
@@ -86,6 +87,7 @@ class BenchTrainConfig:
     attn_implementation: str = option_like(TrainConfig, "attn_implementation")
     lean: bool = option("memory-lean LoRA of `vrp train` (vrp.train.lean); off = PEFT's own LoRA forward, for "
                         "before/after comparisons", True)
+    gradient_checkpointing: bool = option_like(TrainConfig, "gradient_checkpointing")
     memory: bool = option("profile the memory of one training step of each configuration at one shape "
                           "(`batch_size` rows x `memory_row_tokens` tokens) instead of timing", False)
     memory_row_tokens: int = option("row length of the memory profile, tokens", 1100)
@@ -97,7 +99,7 @@ class BenchTrainConfig:
     val_check: bool = option("check that packing none and shared_prefix reach the same validation NLL", True)
     val_train_videos: int = option("training videos of the validation check", 4)
     val_videos: int = option("validation videos of the validation check", 4)
-    val_steps: int = option("epochs of the validation check", 2)
+    val_steps: int = option("epochs of the validation check", 1)
     val_learning_rate: float = option("learning rate of the validation check", 1e-3)
     peak_size: int = option("matrix size of the matmul-peak measurement", 4096)
     peak_repeats: int = option("repeats of the matmul-peak measurement (the best counts)", 5)
@@ -208,6 +210,7 @@ def _spec(opts: BenchTrainConfig, kind: str, enc: list[Any]) -> dict[str, Any]:
             "threads": opts.threads, "lora": opts.lora, "learning_rate": opts.learning_rate,
             "max_row_tokens": opts.max_row_tokens, "seed": 0, "steps": opts.steps,
             "attn_implementation": opts.attn_implementation, "lean": opts.lean,
+            "gradient_checkpointing": opts.gradient_checkpointing,
             "videos": [{"video_id": e.video_id, "prompt_ids": e.prompt_ids, "completions": e.completions}
                        for e in enc]}
 

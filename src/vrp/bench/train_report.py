@@ -190,7 +190,8 @@ def memory_section(bench: dict[str, Any], command: str) -> str:
            f"- versions: Python {e['python']}, torch {e['torch']}, transformers {e['transformers']}, peft {e['peft']}",
            f"- model {o['model']}, precision {o['precision']}, LoRA r={lora['r']} alpha={lora['alpha']} "
            f"{lora['target_modules']} dropout {lora['dropout']}, attention {o.get('attn_implementation')}, lean LoRA "
-           f"{'on' if o.get('lean', True) else 'off (PEFT forward)'}; every configuration at {o['batch_size']} rows x "
+           f"{'on' if o.get('lean', True) else 'off (PEFT forward)'}, gradient checkpointing "
+           f"{'on' if o.get('gradient_checkpointing') else 'off'}; every configuration at {o['batch_size']} rows x "
            f"{o['memory_row_tokens']} tokens ((c): {o['comments_per_video'][0]} comments per row)", "",
            "| configuration | rows x T | peak RSS MiB |", "|---|---|---|"]
     for r in bench["memory"]:

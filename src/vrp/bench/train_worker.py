@@ -47,7 +47,8 @@ def _vrp_model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
 
     prec, model, tok = _load(spec)
     torch.manual_seed(int(spec.get("seed", 0)))
-    model = attach_lora(model, LoraSettings(**spec["lora"]), prec, lean=bool(spec.get("lean", True)))
+    model = attach_lora(model, LoraSettings(**spec["lora"]), prec, bool(spec.get("gradient_checkpointing")),
+                        lean=bool(spec.get("lean", True)))
     return prec, model, tok
 
 
@@ -58,10 +59,10 @@ def _encoded(spec: dict[str, Any]) -> list[Any]:
 
 
 def _account(dims: FlopDims, lengths: list[tuple[int, int]], head_positions: int, dense: bool,
-             row_lengths: list[int]) -> dict[str, float]:
+             row_lengths: list[int], causal_prefix: int = 0) -> dict[str, float]:
     """Useful and executed FLOPs of one batch. lengths: (prompt tokens, comment tokens) of each comment."""
     return {"useful_flops": sum(useful_flops(dims, p, c) for p, c in lengths),
-            "executed_flops": executed_flops(dims, row_lengths, head_positions, dense)}
+            "executed_flops": executed_flops(dims, row_lengths, head_positions, dense, causal_prefix)}
 
 
 def _summary(step_seconds: list[float], per_step: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +114,17 @@ def run_vrp(spec: dict[str, Any]) -> dict[str, Any]:
             continue
         lens = [r.num_tokens for r in b]
         dense = mode == "shared_prefix" or len(set(lens)) > 1
-        acc = _account(dims, [(len(r.prompt_ids), len(c)) for r in b for c in r.completions], n, dense, lens)
+        prefix = 0
+        if dense and spec.get("attn_implementation") == "split_sdpa":
+            from vrp.attention import MIN_PREFIX, causal_prefix
+
+            mask = batch["attention_mask"]
+            if mask.ndim == 2:  # padded `none` rows: transformers' causal + padding mask, causal up to the shortest
+                prefix = min(lens)
+            else:
+                prefix = causal_prefix(mask)
+            prefix = prefix if prefix >= MIN_PREFIX else 0
+        acc = _account(dims, [(len(r.prompt_ids), len(c)) for r in b for c in r.completions], n, dense, lens, prefix)
         per_step.append({"comments": batch["num_comments"], "tokens": batch["num_tokens"], "rows": len(b),
                          "padded_tokens": len(b) * max(lens), **acc})
     return _summary(times, per_step, {"kind": mode, "precision": prec.name, "threads": torch.get_num_threads(),
@@ -200,7 +211,7 @@ def run_val(spec: dict[str, Any]) -> dict[str, Any]:
                           lora_dropout=0.0, target_modules=lora["target_modules"], learning_rate=v["learning_rate"],
                           lr_scheduler="constant", warmup_ratio=0.0, batch_size=int(spec["batch_size"]),
                           grad_accum=int(v["grad_accum"][mode]), epochs=int(v["steps"]), max_steps=-1,
-                          eval_every=10 ** 6, save_every=10 ** 6, save_total_limit=1, seed=0,
+                          eval_every=10 ** 6, save_every=10 ** 6, save_total_limit=1, seed=0, curve_videos=0,
                           attn_implementation=spec.get("attn_implementation") or "sdpa")
         m = train(cfg, spec["data_dir"], Path(spec["data_dir"]) / f"run-{mode}", overwrite=True, progress=False)
         res[mode] = {k: m[k] for k in ("steps", "comments_seen", "base_val_nll", "final_val_nll", "val_tokens")}
@@ -244,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(int(spec["threads"]))
-    run = {"trl": run_trl, "none": run_vrp, "shared_prefix": run_vrp, "val": run_val, "memory": run_memory}[spec["kind"]]
+    runs = {"trl": run_trl, "none": run_vrp, "shared_prefix": run_vrp, "val": run_val, "memory": run_memory}
+    run = runs[spec["kind"]]
     from vrp.io import write_json_atomic
 
     write_json_atomic(out_path, run(spec))

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 # options a resumed run may change; the data position is global, so also the number of processes, and grad_accum
 # keeps the global batch (batch_size x grad_accum x processes) when that changes
-RESUMABLE = ("max_steps", "epochs", "distributed_strategy", "grad_accum")
+RESUMABLE = ("max_steps", "epochs", "distributed_strategy", "grad_accum", "max_memory")
 
 
 def resumed_config(args: argparse.Namespace) -> object:
@@ -50,7 +50,7 @@ def resumed_config(args: argparse.Namespace) -> object:
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')} {v!r} (run: {getattr(cfg, k)!r})" for k, v in changed.items())
         raise VrpError(f"--resume cannot change the run's options ({flags}); only --max-steps, --epochs, "
-                       f"--grad-accum and --distributed-strategy may differ (and the number of processes). Start a new run with --out, or --overwrite this one")
+                       f"--grad-accum, --distributed-strategy and --max-memory may differ (and the number of processes). Start a new run with --out, or --overwrite this one")
     return cfg
 
 
@@ -71,4 +71,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"done: {m['steps']} steps, {m['comments_seen']} comments, {m['tokens_per_s']} tokens/s, "
           f"validation NLL/token {base if base is None else round(base, 4)} (base) -> "
           f"{final if final is None else round(final, 4)} (fine-tuned); run dir {args.out}")
+    if m.get("best_step") is not None:
+        print(f"best validation NLL/token {m['best_val_nll']:.4f} at step {m['best_step']} ({m['best_checkpoint']}, "
+              f"--checkpoint best); adapter/ is the last step's; learning curve: {args.out}/curve.png")
     return 0

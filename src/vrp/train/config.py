@@ -73,7 +73,9 @@ class TrainConfig:
                             "(CUDA only) or fp32", "auto")
     quantization: str = option("none, or 4bit (NF4 QLoRA, CUDA + bitsandbytes)", "none")
     device: str = option("auto, cpu or cuda", "auto")
-    attn_implementation: str = option("attention kernel: sdpa or eager", "sdpa")
+    attn_implementation: str = option("attention kernel: split_sdpa (PyTorch SDPA, with the causal kernel on the part "
+                                      "of a masked batch that is plain causal attention; vrp.attention), sdpa or "
+                                      "eager", "split_sdpa")
     gradient_checkpointing: bool = option("recompute activations in backward (less memory, slower)", False)
     max_memory: str = option("memory budget of the run: a size (8GB, 6GiB, 512MB) or auto (80% of the available RAM, "
                              "90% of the free GPU memory); rows per micro-batch are lowered to a divisor of "

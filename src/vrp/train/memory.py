@@ -7,15 +7,15 @@ Knows:
 - how many bytes a step's tensors need beyond what is already allocated (`allocated_peak`): on CUDA torch's peak
   counter (`torch.cuda.max_memory_allocated`); on a CPU the allocation events of the torch profiler
   (`profile_memory=True`: every allocation and free of the CPU allocator while profiling, with its running total),
-  so the measure is exact and repeatable, unlike the process's resident set;
+  so the measure counts tensors only and repeats within ~1%, unlike the process's resident set;
 - the cost model: peak = fixed + rows x cost of one row of the run's longest row length. fixed = what the process
   holds after the model is loaded (resident set on a CPU, allocated bytes on CUDA) + LoRA gradients + AdamW's two
   moments (3 x the trainable fp32 bytes). A row's cost is measured at startup on one real row of the longest length
   (`measure_row_bytes`: forward + backward, RNG state restored, gradients dropped) and multiplied by `RSS_FACTOR`
   on a CPU, where glibc's heap fragments (freed activations interleaved with kept ones) and the resident set of a
-  step grows 1.4-1.55x the step's peak of tensor bytes (measured with SmolLM2-135M, 4 rows x 1,103 tokens), or by
-  `CUDA_FACTOR` for the caching allocator's slack. Every term grows linearly with the rows of a micro-batch at a fixed row
-  length, so the worst micro-batch is `rows` rows of the longest length;
+  step grows 1.4-1.75x the step's peak of tensor bytes (measured with SmolLM2-135M, 4 rows x 1,100 tokens), or
+  by `CUDA_FACTOR` for the caching allocator's slack. Every term grows linearly with the rows of a micro-batch at a
+  fixed row length, so the worst micro-batch is `rows` rows of the longest length;
 - the plan (`plan_micro_batch`): the most rows per micro-batch that divide `batch_size` and fit, with the
   configured micro-batch split into `batch_size / rows` pieces, so an optimizer step still sees the same rows and
   the loss (normalised by the targets of the whole step) is the same up to float rounding; dropout masks differ;
@@ -30,14 +30,15 @@ import os
 import re
 import resource
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from vrp.errors import ConfigError
 
 AUTO_RAM_SHARE = 0.8
 AUTO_GPU_SHARE = 0.9
-RSS_FACTOR = 1.6
+RSS_FACTOR = 1.8
 CUDA_FACTOR = 1.1
 UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
@@ -85,6 +86,30 @@ def peak_rss_bytes() -> int:
     """This process's peak resident set size (bytes): `ru_maxrss` (KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Set this process's resident high-water mark (`VmHWM`) to its current resident set (Linux: writing 5 to
+    /proc/self/clear_refs). Returns False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def rss_high_water_bytes() -> int:
+    """This process's resident high-water mark since the start or the last `reset_peak_rss` (`VmHWM` of
+    /proc/self/status), else the lifetime peak (`peak_rss_bytes`)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return peak_rss_bytes()
 
 
 def available_ram_bytes() -> int:
@@ -162,8 +187,9 @@ def fixed_bytes(model: Any, device: str) -> int:
 
 def measure_row_bytes(model: Any, row: Any, pad_id: int, packing: str, prec: Any) -> int:
     """Peak bytes a training forward + backward of the single row `row` (`vrp.packing.Row`) allocates, times
-    `RSS_FACTOR` on a CPU (`CUDA_FACTOR` on CUDA). Runs in train mode under the run's autocast; the RNG state is restored and the
-    gradients are dropped afterwards, so the run that follows is the same as without the measurement."""
+    `RSS_FACTOR` on a CPU (`CUDA_FACTOR` on CUDA). Runs in train mode under the run's autocast; the RNG state is
+    restored and the gradients are dropped afterwards, so the run that follows is the same as without the
+    measurement."""
     import torch
 
     from vrp.loss import loss_sum

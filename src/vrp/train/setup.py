@@ -182,11 +182,12 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
 
     model = attach_lora(model, cfg.lora(), prec, cfg.gradient_checkpointing)
+    # measured on the whole model before DDP / FSDP wrap it (its forward + backward would bypass their hooks)
+    plan = plan_memory(model, rows, tok.pad_token_id, cfg, prec) if cfg.max_memory else None
     dist.seed_rank(cfg.seed)
     dist.wrap(model)  # DDP / FSDP2 in a launched run; the optimizer must see FSDP's sharded parameters
     optimizer = _optimizer(model, cfg, prec)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    plan = plan_memory(model, rows, tok.pad_token_id, cfg, prec) if cfg.max_memory else None
     # the probes call the model directly, which FSDP's sharded weights do not allow
     probes = (build_probe_set(tok, val_videos, train_videos, pcfg, cfg.curve_videos, cfg.seed)
               if dist.strategy != "fsdp" else None)

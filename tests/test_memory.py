@@ -1,0 +1,171 @@
+"""Memory budgets (`vrp.train.memory`, `max_memory`): sizes, the micro-batch plan, the startup measurement, training
+under a budget (same loss as the unconstrained run with accumulation), the clear errors, the reported peak."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vrp.errors import ConfigError
+from vrp.io import write_jsonl_atomic
+from vrp.records import Comment, Video
+from vrp.train import memory
+from vrp.train.config import TrainConfig
+from vrp.train.loop import train
+
+EOS = 2
+
+
+def test_parse_size_and_budget_values() -> None:
+    assert memory.parse_size("8GB") == 8 * 10 ** 9
+    assert memory.parse_size("7.5 GiB") == int(7.5 * 2 ** 30)
+    assert memory.parse_size("512mb") == 512 * 10 ** 6 and memory.parse_size("1000") == 1000
+    for bad in ("lots", "8 GB RAM", "-1GB", "0", "GB"):
+        with pytest.raises(ValueError, match="not a size"):
+            memory.parse_size(bad)
+    assert memory.resolve_budget("", "cpu") is None and memory.resolve_budget("2GB", "cpu") == 2 * 10 ** 9
+    auto = memory.resolve_budget("auto", "cpu")
+    assert memory.resident_bytes() < auto <= memory.resident_bytes() + memory.available_ram_bytes()
+    with pytest.raises(ConfigError, match="max_memory: not a size: 'lots'") as e:
+        TrainConfig(max_memory="lots")
+    assert e.value.field == "max_memory"
+
+
+def test_plan_micro_batch_picks_the_most_rows_that_divide_and_fit() -> None:
+    gb = 10 ** 9
+    assert memory.plan_micro_batch(10 * gb, 1 * gb, 2 * gb, 1100, 4).micro_rows == 4    # 9 GB
+    p = memory.plan_micro_batch(8 * gb, 1 * gb, 2 * gb, 1100, 4)    # 4 rows: 9 GB; 3 rows do not divide 4
+    assert (p.micro_rows, p.splits, p.predicted_peak) == (2, 2, 5 * gb)
+    assert "2 row(s) per micro-batch x 6 accumulation step(s) (global batch 12 rows)" in p.describe(3)
+    assert memory.plan_micro_batch(4 * gb, 1 * gb, 2 * gb, 1100, 6).micro_rows == 1
+    with pytest.raises(ConfigError, match=r"max_memory: 2.50 GB cannot fit one row of 1100 tokens: that needs about "
+                                          r"3.00 GB") as e:
+        memory.plan_micro_batch(int(2.5 * gb), 1 * gb, 2 * gb, 1100, 4)
+    assert "`max_row_tokens`" in e.value.message and "`gradient_checkpointing`" in e.value.message
+
+
+def test_allocated_peak_counts_the_tensors_of_a_step() -> None:
+    def step() -> None:
+        a = torch.ones(2 ** 21)            # 8 MiB
+        b = a * 2                          # 16 MiB live here
+        del a, b
+        torch.ones(2 ** 20)                # 4 MiB after the others are freed
+
+    peak = memory.allocated_peak(step, "cpu")
+    assert 16 * 2 ** 20 <= peak < 17 * 2 ** 20
+
+
+def test_measure_row_bytes_grows_with_the_row_and_leaves_no_trace(tokenizer) -> None:
+    from helpers import tiny_llama
+
+    from vrp.model import LoraSettings, Precision, attach_lora
+    from vrp.packing import Row
+
+    prec = Precision("cpu", torch.float32, None)
+    model = attach_lora(tiny_llama(tokenizer), LoraSettings(r=4, dropout=0.1), prec).eval()
+    short, long = Row(list(range(3, 40)), [[5, 6, EOS]]), Row(list(range(3, 400)), [[5, 6, EOS]])
+    state = torch.random.get_rng_state()
+    a = memory.measure_row_bytes(model, short, EOS, "none", prec)
+    assert torch.equal(torch.random.get_rng_state(), state)       # the run's randomness is untouched
+    assert all(p.grad is None for p in model.parameters()) and not model.training
+    assert memory.measure_row_bytes(model, short, EOS, "none", prec) == pytest.approx(a, rel=0.02)  # repeatable
+    assert memory.measure_row_bytes(model, long, EOS, "none", prec) > 1.3 * a   # 10x the tokens (the head is fixed)
+
+
+def _dataset(path: Path) -> Path:
+    texts = ["great video", "i love this song", "first!", "so helpful thanks", "what camera is this", "nice"]
+    train_v = [Video(f"v{i}", f"title {i}", f"transcript number {i} " * (3 + i), [Comment(c), Comment(c + " 2")])
+               for i, c in enumerate(texts)]
+    val = [Video("w", "t", "held out " * 5, [Comment("cool")])]
+    write_jsonl_atomic(path / "train.jsonl", (v.to_json() for v in train_v))
+    write_jsonl_atomic(path / "validation.jsonl", (v.to_json() for v in val))
+    return path
+
+
+def _cfg(model_dir: Path, **kw) -> TrainConfig:
+    base = dict(model=str(model_dir), precision="fp32", max_prompt_tokens=64, max_row_tokens=256, lora_r=8,
+                lora_alpha=16, lora_dropout=0.0, learning_rate=1e-2, batch_size=4, max_steps=3, eval_every=3,
+                save_every=3, warmup_steps=1, lr_scheduler="constant_with_warmup", seed=0, packing="none")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_budget_cuts_micro_batches_and_reaches_the_same_loss(tmp_path: Path, tiny_model_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A budget for 2 of the 4 rows of a micro-batch: micro-batches of 2 with twice the accumulation, the same
+    losses and adapter as the unconstrained run (the fixed part and the row cost are pinned: the test process's
+    resident set is not this test's to control)."""
+    from safetensors.torch import load_file
+
+    data = _dataset(tmp_path / "data")
+    free = train(_cfg(tiny_model_dir), data, tmp_path / "free", progress=False)
+    monkeypatch.setattr(memory, "in_use_bytes", lambda device: 10 ** 9)
+    monkeypatch.setattr(memory, "measure_row_bytes", lambda *a: 10 ** 8)
+    calls = []
+    from vrp.train import loop
+
+    real_step = loop._step
+    monkeypatch.setattr(loop, "_step", lambda s, micro, state: calls.append(
+        [len(b) for b in micro]) or real_step(s, micro, state))
+    budget = train(_cfg(tiny_model_dir, max_memory="1.25GB"), data, tmp_path / "budget", progress=False)
+    plan = budget["memory_plan"]
+    assert (plan["micro_rows"], plan["splits"], plan["budget_bytes"]) == (2, 2, 1_250_000_000)
+    assert calls == [[4]] * 3                  # the same configured micro-batches reach the step ...
+    assert budget["comments_seen"] == free["comments_seen"] == 12
+    got, want = ([h["loss"] for h in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+                  if "loss" in h] for run in ("budget", "free"))
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6) and len(got) == 3
+    assert budget["final_val_nll"] == pytest.approx(free["final_val_nll"], rel=1e-5)
+    a = load_file(tmp_path / "budget" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "free" / "adapter" / "adapter_model.safetensors")
+    # Adam divides by sqrt(v): float differences of 1e-7 in a gradient reach ~1e-5 in a weight; a step of lr 1e-2
+    # moves every weight by ~1e-2, so a different gradient would show
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in b)
+    metrics = json.loads((tmp_path / "budget" / "metrics.json").read_text())
+    assert metrics["peak_rss_bytes"] > 10 ** 8
+    assert metrics["memory_plan"]["predicted_peak_bytes"] == pytest.approx(1.2e9, rel=1e-3)
+    assert free["memory_plan"] is None and free["peak_rss_bytes"] > 10 ** 8
+
+
+def test_split_step_really_runs_smaller_micro_batches(tmp_path: Path, tiny_model_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import vrp.loss
+
+    monkeypatch.setattr(memory, "in_use_bytes", lambda device: 10 ** 9)
+    monkeypatch.setattr(memory, "measure_row_bytes", lambda *a: 10 ** 8)
+    rows_seen = []
+    real = vrp.loss.loss_sum
+    monkeypatch.setattr(vrp.loss, "loss_sum", lambda m, b: rows_seen.append(b["input_ids"].shape[0]) or real(m, b))
+    train(_cfg(tiny_model_dir, max_memory="1.15GB", eval_every=100), _dataset(tmp_path / "data"),
+          tmp_path / "run", progress=False)
+    training = rows_seen[:12]  # 3 steps x 4 micro-batches of one row (validation runs after the last step)
+    assert training == [1] * 12
+
+
+def test_budget_that_cannot_fit_is_a_clear_error_before_anything_is_written(tmp_path: Path,
+                                                                             tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"max_memory: 1 MB cannot fit one row of \d+ tokens") as e:
+        train(_cfg(tiny_model_dir, max_memory="1MB"), _dataset(tmp_path / "data"), tmp_path / "run", progress=False)
+    assert e.value.field == "max_memory" and not (tmp_path / "run").exists()
+
+
+def test_out_of_memory_becomes_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"max_memory: out of memory in a micro-batch of 4 row\(s\) x 1536 tokens; "
+                                          r"set a budget") as e:
+        with memory.out_of_memory_as_config_error(4, 1536, ""):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes")
+    assert "`batch_size`" in e.value.message and "`gradient_checkpointing`" in e.value.message
+    with pytest.raises(ConfigError, match="the budget 8GB was more than this machine could give"):
+        with memory.out_of_memory_as_config_error(2, 100, "8GB"):
+            raise MemoryError()
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with memory.out_of_memory_as_config_error(2, 100, ""):
+            raise RuntimeError("shape mismatch")
+
+
+def test_cli_names_the_flag(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from helpers import one_line_error
+
+    one_line_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--max-memory", "lots"],
+                   "error: --max-memory: not a size: 'lots'")
