@@ -177,3 +177,17 @@ def test_chunked_lm_head_equals_full_and_keeps_no_logits(tokenizer) -> None:
     torch.testing.assert_close(nll, full)
     torch.testing.assert_close(hidden.grad, want)
     assert sum(tracker.totals().values()) < 10 * len(tokenizer) * 4 / 10   # no (N, vocab) logits kept
+
+
+def test_compile_decoder_layers_compiles_each_layer_once(tokenizer) -> None:
+    """Structure only (compiling a forward takes ~30 s on a busy CPU): every decoder layer gets a compiled call."""
+    from vrp.errors import VrpError
+    from vrp.train.compile import compile_decoder_layers
+
+    model = _model(tokenizer, FP32, lean=True)
+    layers = model.get_base_model().model.layers
+    assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in layers)
+    assert compile_decoder_layers(model) == 2
+    assert all(getattr(layer, "_compiled_call_impl", None) is not None for layer in layers)
+    with pytest.raises(VrpError, match="not a causal LM with a decoder"):
+        compile_decoder_layers(torch.nn.Linear(2, 2))

@@ -3,6 +3,7 @@ under a budget (same loss as the unconstrained run with accumulation), the clear
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,9 @@ def test_cli_names_the_flag(capsys: pytest.CaptureFixture, tmp_path: Path) -> No
 
     one_line_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--max-memory", "lots"],
                    "error: --max-memory: not a size: 'lots'")
+
+
+def test_freed_memory_is_given_back_every_step_under_a_budget_else_every_eighth() -> None:
+    assert [s for s in range(1, 25) if memory.trim_after_step(s, False)] == [8, 16, 24]
+    assert all(memory.trim_after_step(s, True) for s in range(1, 25))
+    assert memory.release_freed_memory() is sys.platform.startswith("linux")   # glibc's malloc_trim

@@ -88,6 +88,7 @@ class BenchTrainConfig:
     lean: bool = option("memory-lean LoRA of `vrp train` (vrp.train.lean); off = PEFT's own LoRA forward, for "
                         "before/after comparisons", True)
     gradient_checkpointing: bool = option_like(TrainConfig, "gradient_checkpointing")
+    compile_layers: bool = option_like(TrainConfig, "compile_layers")
     memory: bool = option("profile the memory of one training step of each configuration at one shape "
                           "(`batch_size` rows x `memory_row_tokens` tokens) instead of timing", False)
     memory_row_tokens: int = option("row length of the memory profile, tokens", 1100)
@@ -210,7 +211,7 @@ def _spec(opts: BenchTrainConfig, kind: str, enc: list[Any]) -> dict[str, Any]:
             "threads": opts.threads, "lora": opts.lora, "learning_rate": opts.learning_rate,
             "max_row_tokens": opts.max_row_tokens, "seed": 0, "steps": opts.steps,
             "attn_implementation": opts.attn_implementation, "lean": opts.lean,
-            "gradient_checkpointing": opts.gradient_checkpointing,
+            "gradient_checkpointing": opts.gradient_checkpointing, "compile_layers": opts.compile_layers,
             "videos": [{"video_id": e.video_id, "prompt_ids": e.prompt_ids, "completions": e.completions}
                        for e in enc]}
 

@@ -4,8 +4,8 @@ Knows: how to time LoRA training steps of one configuration on already-tokenized
 - `trl`: TRL's `SFTTrainer`, one example per row (prompt ids + completion ids, `completion_mask`, completion-only
   loss), sequential sampler, timed by a `TrainerCallback` from the end of one optimizer step to the end of the next;
 - `none` / `shared_prefix`: the vrp training step (`vrp.packing.collate` + `loss_sum` under `autocast_ctx` +
-  backward + gradient clipping + AdamW step), the work `vrp.train.loop.train` does per optimizer step, timed from the
-  collate to the end of the optimizer step;
+  backward + gradient clipping + AdamW step + giving freed heap memory back every 8th step), the work
+  `vrp.train.loop.train` does per optimizer step, timed from the collate to the end of the optimizer step;
 - `val`: `vrp.train.loop.train` with packing `none` and `shared_prefix` on the same comments and the same optimizer
   steps, returning the validation NLL per comment token of both;
 - `memory`: one training step of packing `spec['mode']` (`none`, `shared_prefix`) profiled by
@@ -49,6 +49,10 @@ def _vrp_model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
     torch.manual_seed(int(spec.get("seed", 0)))
     model = attach_lora(model, LoraSettings(**spec["lora"]), prec, bool(spec.get("gradient_checkpointing")),
                         lean=bool(spec.get("lean", True)))
+    if spec.get("compile_layers"):  # compiled in the untimed warm-up step
+        from vrp.train.compile import compile_decoder_layers
+
+        compile_decoder_layers(model)
     return prec, model, tok
 
 
@@ -87,6 +91,7 @@ def run_vrp(spec: dict[str, Any]) -> dict[str, Any]:
     from vrp.loss import loss_sum
     from vrp.model import autocast_ctx
     from vrp.packing import collate, make_rows
+    from vrp.train.memory import release_freed_memory, trim_after_step
 
     mode, bs = spec["kind"], int(spec["batch_size"])
     prec, model, tok = _vrp_model(spec)
@@ -94,7 +99,7 @@ def run_vrp(spec: dict[str, Any]) -> dict[str, Any]:
     rows = make_rows(_encoded(spec), mode, int(spec["max_row_tokens"]))
     batches = [rows[i:i + bs] for i in range(0, len(rows), bs)][:int(spec.get("steps") or 0) or None]
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=float(spec["learning_rate"]))
+    opt = torch.optim.AdamW(params, lr=float(spec["learning_rate"]), fused=True)  # as `vrp train`
     model.train()
     times: list[float] = []
     per_step: list[dict[str, float]] = []
@@ -108,6 +113,8 @@ def run_vrp(spec: dict[str, Any]) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if trim_after_step(i + 1, False):  # as `vrp train` does on a CPU (without a memory budget)
+            release_freed_memory()
         times.append(time.perf_counter() - t0)
         losses.append(float(s.detach()) / n)
         if i == 0:
@@ -240,7 +247,8 @@ def run_memory(spec: dict[str, Any]) -> dict[str, Any]:
 
     prec, model, tok = _vrp_model(spec)
     batch = {k: v.to(prec.device) if hasattr(v, "to") else v for k, v in collate(rows, tok.pad_token_id, mode).items()}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(spec["learning_rate"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(spec["learning_rate"]),
+                            fused=True)
     prof = profile_step(model, batch, prec, opt)
     return {"kind": "memory", "mode": mode, "profile": prof, "peak_rss_bytes": peak_rss_bytes(),
             "rows": prof["rows"], "row_tokens": prof["row_tokens"], "precision": prec.name,

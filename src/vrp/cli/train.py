@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     base, final = m["base_val_nll"], m["final_val_nll"]
     print(f"done: {m['steps']} steps, {m['comments_seen']} comments, {m['tokens_per_s']} tokens/s, "
           f"validation NLL/token {base if base is None else round(base, 4)} (base) -> "
-          f"{final if final is None else round(final, 4)} (fine-tuned); run dir {args.out}")
+          f"{final if final is None else round(final, 4)} (fine-tuned), peak memory "
+          f"{m.get('peak_rss_bytes', 0) / 1e9:.2f} GB RSS; run dir {args.out}")
     if m.get("best_step") is not None:
         print(f"best validation NLL/token {m['best_val_nll']:.4f} at step {m['best_step']} ({m['best_checkpoint']}, "
               f"--checkpoint best); adapter/ is the last step's; learning curve: {args.out}/curve.png")

@@ -31,7 +31,7 @@ from vrp.model import autocast_ctx
 from vrp.train.checkpoint import advance, keep_best, save_checkpoint
 from vrp.train.config import TrainConfig
 from vrp.train.distributed import Discard
-from vrp.train.memory import out_of_memory_as_config_error, peak_memory
+from vrp.train.memory import out_of_memory_as_config_error, peak_memory, release_freed_memory, trim_after_step
 from vrp.train.probes import curve_summary, validate, validation_scalars
 from vrp.train.setup import TrainSetup, TrainState, micro_batches, setup, starting_state
 from vrp.train.validate import evaluate_nll
@@ -128,6 +128,8 @@ def fit(s: TrainSetup, state: TrainState, on_step: Callable[[int], None] | None 
                                                max(r.num_tokens for b in take for r in b), cfg.max_memory):
                 done = _step(s, take, state)
             state.step += 1
+            if s.prec.device == "cpu" and trim_after_step(state.step, s.memory is not None):
+                release_freed_memory()  # rows of varying length fragment glibc's heap: give freed memory back
             state.epoch, state.micro_batch = advance(state.epoch, state.micro_batch, len(take), len(batches))
             dt = time.perf_counter() - t0
             state.train_seconds += dt

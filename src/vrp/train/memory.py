@@ -13,7 +13,8 @@ Knows:
   moments (3 x the trainable fp32 bytes). A row's cost is measured at startup on one real row of the longest length
   (`measure_row_bytes`: forward + backward, RNG state restored, gradients dropped) and multiplied by `RSS_FACTOR`
   on a CPU, where glibc's heap fragments (freed activations interleaved with kept ones) and the resident set of a
-  step grows 1.4-1.75x the step's peak of tensor bytes (measured with SmolLM2-135M, 4 rows x 1,100 tokens), or
+  step grows 1.4-1.9x the step's peak of tensor bytes (measured with SmolLM2-135M: 4 rows x 1,100 tokens, and the
+  demo config's 2-row micro-batches of up to 802 tokens, whose 3.35 GB peak the plan must not undershoot), or
   by `CUDA_FACTOR` for the caching allocator's slack. Every term grows linearly with the rows of a micro-batch at a
   fixed row length, so the worst micro-batch is `rows` rows of the longest length;
 - the plan (`plan_micro_batch`): the most rows per micro-batch that divide `batch_size` and fit, with the
@@ -26,6 +27,7 @@ Does not know: the training loop (`vrp.train.loop`), how rows are built (`vrp.pa
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import resource
@@ -38,7 +40,8 @@ from vrp.errors import ConfigError
 
 AUTO_RAM_SHARE = 0.8
 AUTO_GPU_SHARE = 0.9
-RSS_FACTOR = 1.8
+RSS_FACTOR = 2.0
+TRIM_EVERY = 8
 CUDA_FACTOR = 1.1
 UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
@@ -281,19 +284,39 @@ def plan_memory(model: Any, rows: list[Any], pad_id: int, cfg: Any, prec: Any) -
     return plan
 
 
+def trim_after_step(step: int, budgeted: bool) -> bool:
+    """Whether training on a CPU gives freed heap memory back (`release_freed_memory`) after optimizer step `step`
+    (1, 2, ...): after every step when the run has a memory budget, else after every `TRIM_EVERY`-th. Rows of varying
+    length leave freed activations scattered in glibc's heap and the resident set creeps up step after step
+    (SmolLM2-135M, rows of 500-1,000 tokens: 4.1 GB after one step, 5.8 GB after 8, a 2-epoch run past 10 GB);
+    trimming after every step keeps it at ~0.9 GB between steps and lowers the peak by ~1 GB (5.0 instead of
+    5.95 GB), but the pages are then faulted in again: +9% CPU time per step (measured, see
+    /work/tools/bench-notes-13.md)."""
+    return budgeted or step % TRIM_EVERY == 0
+
+
 def release_freed_memory() -> bool:
-    """Give the heap memory glibc's malloc holds free back to the system now (`malloc_trim(0)`), e.g. after the
-    startup measurement, so that it does not stay in the resident set. Returns False where glibc is not the
-    allocator. (Mapping every block of 1 MiB or more instead, `mallopt(M_MMAP_THRESHOLD)`, would also remove the
-    fragmentation inside a step, but costs ~14 s of page faults per SmolLM2 step of 4 x 1,103 tokens.)"""
+    """Give the heap memory glibc's malloc holds free back to the system now (`malloc_trim(0)`; see
+    `trim_after_step`). Returns False where glibc is not the allocator. (Mapping every block of 1 MiB or more instead,
+    `mallopt(M_MMAP_THRESHOLD)`, would also remove the fragmentation inside a step, but costs ~14 s of page faults
+    per SmolLM2 step of 4 x 1,103 tokens.)"""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    """The C library (ctypes), or None where it cannot be loaded."""
     import ctypes
     import ctypes.util
 
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return True
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def peak_memory(device: str) -> dict[str, int]:

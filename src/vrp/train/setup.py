@@ -90,7 +90,10 @@ def _optimizer(model: Any, cfg: TrainConfig, prec: Any) -> Any:
         import bitsandbytes as bnb
 
         return bnb.optim.PagedAdamW32bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # the fused kernel: one pass over all LoRA weights (5 ms instead of 15 ms per step for SmolLM2's 5.9M on a CPU
+    # thread); plain fp32 tensors only (FSDP's sharded DTensor parameters keep the default implementation)
+    fused = all(type(p.data) is torch.Tensor and p.dtype == torch.float32 for p in params)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def _read_data(cfg: TrainConfig, data: DatasetDir) -> tuple[list[Any], list[Any]]:
@@ -184,6 +187,10 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     model = attach_lora(model, cfg.lora(), prec, cfg.gradient_checkpointing)
     # measured on the whole model before DDP / FSDP wrap it (its forward + backward would bypass their hooks)
     plan = plan_memory(model, rows, tok.pad_token_id, cfg, prec) if cfg.max_memory else None
+    if cfg.compile_layers:  # after the memory probe, which should not pay for the compilation
+        from vrp.train.compile import compile_decoder_layers
+
+        compile_decoder_layers(model)
     dist.seed_rank(cfg.seed)
     dist.wrap(model)  # DDP / FSDP2 in a launched run; the optimizer must see FSDP's sharded parameters
     optimizer = _optimizer(model, cfg, prec)
