@@ -32,7 +32,6 @@ from vrp.rerank import check_rerank
 from vrp.serve.config import ServeConfig
 from vrp.serve.guard import Guard, error_response
 from vrp.serve.uploads import plain_message
-from vrp.tiers import LABELS, TIER_CHOICES
 from vrp.serve.worker import (
     UPLOAD_SUFFIXES,
     GenerateFn,
@@ -43,6 +42,7 @@ from vrp.serve.worker import (
     JobTimeout,
     QueueFull,
 )
+from vrp.tiers import LABELS, TIER_CHOICES
 
 log = logging.getLogger("vrp.serve.app")
 SEED_MAX = 2**32 - 1
