@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import VTT, live_server, tiny_llama
 
-from vrp.decoding import generate_comments
+from vrp.decoding import PRESETS, generate_comments
 from vrp.serve.app import create_app
 from vrp.serve.config import ServeConfig
 
@@ -67,7 +67,7 @@ def test_page_predicts_comments_in_chromium(tokenizer, tmp_path):
             expect(page.locator("#loaded")).to_contain_text(f"Model: {loaded[2]['model']}")
             if not real:
                 expect(page.locator("#loaded")).to_contain_text("adapter runs/demo/adapter")
-            expect(page.locator("#preset option")).to_have_count(5)
+            expect(page.locator("#preset option")).to_have_count(len(PRESETS))
 
             # 1. nothing typed: a readable error, no request
             page.click("#submit")

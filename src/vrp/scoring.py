@@ -41,10 +41,13 @@ def _check(prompt_ids: list[int], candidates: list[list[int]], rows_per_batch: i
             raise VrpError(f"score_candidates: candidate {i} has no tokens")
 
 
-def _score_packed(model: Any, prompt_ids: list[int], candidates: list[list[int]], max_row_tokens: int,
-                  rows_per_batch: int) -> list[float]:
-    """Sum of log-probs per candidate, shared-prefix rows (prompt repeated once per row)."""
-    rows = make_rows([EncodedVideo("candidates", prompt_ids, candidates)], "shared_prefix", max_row_tokens)
+def score_packed(model: Any, prompt_ids: list[int], candidates: list[list[int]], max_row_tokens: int,
+                 rows_per_batch: int, contexts: list[list[int]] | None = None) -> list[float]:
+    """Sum of log-probs (nats, float64) of each candidate after the prompt, in shared-prefix rows (prompt repeated
+    once per row of at most `max_row_tokens`). `contexts[i]` (optional) are tokens placed between the prompt and
+    candidate i that condition it but are not scored (e.g. a like-tier marker). Returns one float per candidate, in
+    order. Runs under the caller's grad mode; raises whatever `packing.make_rows` raises for a candidate too long."""
+    rows = make_rows([EncodedVideo("candidates", prompt_ids, candidates, contexts or [])], "shared_prefix", max_row_tokens)
     sums: list[float] = []
     for i in range(0, len(rows), rows_per_batch):
         batch = collate(rows[i:i + rows_per_batch], pad_id=0, mode="shared_prefix")
@@ -146,6 +149,6 @@ def score_candidates(model: Any, prompt_ids: list[int], candidates: list[list[in
     _check(prompt_ids, candidates, rows_per_batch)
     if not candidates:
         return []
-    score = _score_cached if use_prompt_cache else _score_packed
+    score = _score_cached if use_prompt_cache else score_packed
     sums = score(model, list(prompt_ids), [list(c) for c in candidates], max_row_tokens, rows_per_batch)
     return [(s, len(c)) for s, c in zip(sums, candidates)]

@@ -55,9 +55,8 @@ def score_under_markers(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video]
     import torch
     from tqdm.auto import tqdm
 
-    from vrp.loss import target_logprobs
-    from vrp.packing import collate, make_rows
-    from vrp.prompts import EncodedVideo, build_completion_ids, build_prompt_ids
+    from vrp.prompts import build_completion_ids, build_prompt_ids
+    from vrp.scoring import score_packed
     from vrp.tiers import marker_ids
 
     model.eval()
@@ -73,15 +72,8 @@ def score_under_markers(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video]
         comps = [c for c in ids for _ in VARIANTS]
         ctxs = [markers[name] for _ in ids for name in VARIANTS]
         budget = len(prompt) + max(row_tokens, max(len(a) + len(b) for a, b in zip(ctxs, comps)))
-        rows = make_rows([EncodedVideo(v.video_id, prompt, comps, ctxs)], "shared_prefix", budget)
-        sums: list[float] = []
         with torch.no_grad():
-            for i in range(0, len(rows), rows_per_batch):
-                batch = collate(rows[i:i + rows_per_batch], pad_id=0, mode="shared_prefix")
-                logp = target_logprobs(model, batch)
-                per = torch.zeros(batch["num_comments"], dtype=torch.float64, device=logp.device)
-                per.index_add_(0, batch["target_comment"].to(logp.device), logp.double())
-                sums += per.tolist()
+            sums = score_packed(model, prompt, comps, budget, rows_per_batch, contexts=ctxs)
         for j, (c, t) in enumerate(items):
             k = j * len(VARIANTS)
             out.append({"video": vi, "video_id": v.video_id, "tier": t, "text": c.text, "tokens": len(ids[j]),

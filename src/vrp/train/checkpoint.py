@@ -50,6 +50,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _fresh_tmp(final: Path) -> Path:
+    """An empty hidden sibling `.tmp-<name>` of `final`, where a checkpoint is written before its atomic rename
+    (a leftover from an interrupted save is removed first)."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def save_checkpoint(run: RunDir, step: int, model: Any, optimizer: Any, scheduler: Any,
                     state: dict[str, Any], keep: int = 2, dist: Any = None) -> Path | None:
     """Write checkpoint `step` of `run` (`state` goes to its state.json with the step) and prune the older complete
@@ -68,10 +78,7 @@ def save_checkpoint(run: RunDir, step: int, model: Any, optimizer: Any, schedule
     else:
         adapter, opt_state, rngs = model, optimizer.state_dict(), [rng_state()]
     final = run.checkpoint_dir(step)
-    tmp = final.with_name(f".tmp-{final.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = _fresh_tmp(final)
     adapter.save_pretrained(tmp / RunDir.ADAPTER)
     torch.save(opt_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -172,10 +179,7 @@ def save_best(run: RunDir, step: int, model: Any, val_nll: float) -> Path:
     """Write `model`'s adapter as the best checkpoint of `run` (step `step`, validation NLL `val_nll` in nats per
     comment token, both in its state.json), then remove the earlier best ones. Returns its path."""
     final = run.best_checkpoint_dir(step)
-    tmp = final.with_name(f".tmp-{final.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = _fresh_tmp(final)
     model.save_pretrained(tmp / RunDir.ADAPTER)
     (tmp / RunDir.STATE).write_text(json.dumps({"step": step, "val_nll": val_nll}, indent=2))
     if final.exists():
