@@ -1,12 +1,14 @@
 """Helpers shared by several test modules (fixtures live in conftest.py): a tiny random Llama, seed-format xlsx
-files, a caption file, a live uvicorn server and the one-line CLI error check."""
+files, a caption file, dataset dirs and training configs for tiny runs, a live uvicorn server and the one-line CLI
+error check."""
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 VTT = (b"WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nhello <b>viewers</b>\n\n"
        b"00:00:02.000 --> 00:00:04.000\ntoday we bake bread\n")
@@ -84,3 +86,23 @@ def one_line_error(capsys: Any, argv: list[str], *needles: str) -> str:
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
+
+
+def write_splits(path: Path, train: list[Any], validation: list[Any]) -> Path:
+    """Write `train` and `validation` (lists of `vrp.records.Video`) as a dataset dir's two JSONL splits."""
+    from vrp.io import write_jsonl_atomic
+
+    write_jsonl_atomic(path / "train.jsonl", (v.to_json() for v in train))
+    write_jsonl_atomic(path / "validation.jsonl", (v.to_json() for v in validation))
+    return path
+
+
+def tiny_train_config(model_dir: Path, **overrides: Any) -> Any:
+    """A `TrainConfig` for a seconds-long CPU run of the tiny model saved at `model_dir`: fp32, 64-token prompts,
+    LoRA r8 without dropout, learning rate 1e-2 after one warm-up step, seed 0; `overrides` set any field."""
+    from vrp.train.config import TrainConfig
+
+    base = dict(model=str(model_dir), precision="fp32", max_prompt_tokens=64, max_row_tokens=256, lora_r=8,
+                lora_alpha=16, lora_dropout=0.0, learning_rate=1e-2, warmup_steps=1,
+                lr_scheduler="constant_with_warmup", seed=0)
+    return TrainConfig(**{**base, **overrides})

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import write_splits
 
 from vrp.errors import ConfigError, VrpError
 from vrp.io import write_jsonl_atomic
@@ -37,8 +38,7 @@ def write_data(path: Path) -> None:
         k += n
     val = [Video(f"val{i}", "t", f"held out {i} " * (4 + i), [Comment("nice one"), Comment("cool stuff")][:1 + i % 2])
            for i in range(3)]
-    write_jsonl_atomic(path / "train.jsonl", (v.to_json() for v in videos))
-    write_jsonl_atomic(path / "validation.jsonl", (v.to_json() for v in val))
+    write_splits(path, videos, val)
 
 
 def base_cfg(model_dir: Path, **kw: Any) -> dict[str, Any]:

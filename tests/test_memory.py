@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_line_error, tiny_llama, tiny_train_config, write_splits
 
 from vrp.errors import ConfigError
-from vrp.io import write_jsonl_atomic
 from vrp.records import Comment, Video
 from vrp.train import memory
 from vrp.train.config import TrainConfig
@@ -59,7 +59,6 @@ def test_allocated_peak_counts_the_tensors_of_a_step() -> None:
 
 
 def test_measure_row_bytes_grows_with_the_row_and_leaves_no_trace(tokenizer) -> None:
-    from helpers import tiny_llama
 
     from vrp.model import LoraSettings, Precision, attach_lora
     from vrp.packing import Row
@@ -80,16 +79,12 @@ def _dataset(path: Path) -> Path:
     train_v = [Video(f"v{i}", f"title {i}", f"transcript number {i} " * (3 + i), [Comment(c), Comment(c + " 2")])
                for i, c in enumerate(texts)]
     val = [Video("w", "t", "held out " * 5, [Comment("cool")])]
-    write_jsonl_atomic(path / "train.jsonl", (v.to_json() for v in train_v))
-    write_jsonl_atomic(path / "validation.jsonl", (v.to_json() for v in val))
+    write_splits(path, train_v, val)
     return path
 
 
 def _cfg(model_dir: Path, **kw) -> TrainConfig:
-    base = dict(model=str(model_dir), precision="fp32", max_prompt_tokens=64, max_row_tokens=256, lora_r=8,
-                lora_alpha=16, lora_dropout=0.0, learning_rate=1e-2, batch_size=4, max_steps=3, eval_every=3,
-                save_every=3, warmup_steps=1, lr_scheduler="constant_with_warmup", seed=0, packing="none")
-    return TrainConfig(**{**base, **kw})
+    return tiny_train_config(model_dir, **{**dict(batch_size=4, max_steps=3, eval_every=3, save_every=3, packing="none"), **kw})
 
 
 def test_budget_cuts_micro_batches_and_reaches_the_same_loss(tmp_path: Path, tiny_model_dir: Path,
@@ -166,8 +161,6 @@ def test_out_of_memory_becomes_a_config_error() -> None:
 
 
 def test_cli_names_the_flag(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    from helpers import one_line_error
-
     one_line_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--max-memory", "lots"],
                    "error: --max-memory: not a size: 'lots'")
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_llama
+from helpers import tiny_llama, tiny_train_config, write_splits
 
 from vrp.artifacts import DatasetDir, RunDir
 from vrp.errors import ConfigError
-from vrp.io import write_jsonl_atomic
 from vrp.records import Comment, Video
 from vrp.train import probes as P
 from vrp.train.config import TrainConfig
@@ -39,17 +38,12 @@ def write_data(path: Path, val_equals_train: bool = False) -> Path:
         val_v = [Video(f"v{i}", f"Video {i}", f"today we are {t}. " * 4,
                        [Comment(f"I loved the part about {t.split()[-1]}"), Comment(f"more {t} please {i}")])
                  for i, t in enumerate(TOPICS)]
-    write_jsonl_atomic(path / "train.jsonl", (v.to_json() for v in train_v))
-    write_jsonl_atomic(path / "validation.jsonl", (v.to_json() for v in val_v))
+    write_splits(path, train_v, val_v)
     return path
 
 
 def cfg(model_dir: Path, **kw) -> TrainConfig:
-    base = dict(model=str(model_dir), precision="fp32", max_prompt_tokens=64, max_row_tokens=256, lora_r=8,
-                lora_alpha=16, lora_dropout=0.0, learning_rate=1e-2, batch_size=2, max_steps=4, eval_every=2,
-                save_every=2, warmup_steps=1, lr_scheduler="constant_with_warmup", seed=0, curve_videos=3)
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(model_dir, **{**dict(batch_size=2, max_steps=4, eval_every=2, save_every=2, curve_videos=3), **kw})
 
 
 def rows(run: Path) -> list[dict]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_train_config, write_splits
 
 from vrp.errors import ConfigError, VrpError
-from vrp.io import write_jsonl_atomic
 from vrp.records import Comment, Video
 from vrp.train.config import TrainConfig
 from vrp.train.loop import train
@@ -20,17 +20,12 @@ COMMENTS = ["great video", "i love this song", "first!", "so helpful thanks"]
 def write_dataset(path: Path, n_val: int = 2) -> list[Video]:
     videos = [Video(f"v{i}", f"title {i}", f"transcript number {i} " * 5, [Comment(c)]) for i, c in enumerate(COMMENTS)]
     val = [Video(f"val{i}", "t", f"held out {i} " * 5, [Comment("nice one"), Comment("cool")]) for i in range(n_val)]
-    write_jsonl_atomic(path / "train.jsonl", (v.to_json() for v in videos))
-    write_jsonl_atomic(path / "validation.jsonl", (v.to_json() for v in val))
+    write_splits(path, videos, val)
     return videos
 
 
 def cfg(model_dir: Path, **kw) -> TrainConfig:
-    base = dict(model=str(model_dir), precision="fp32", max_prompt_tokens=64, max_row_tokens=256, lora_r=8,
-                lora_alpha=16, lora_dropout=0.0, learning_rate=1e-2, batch_size=2, max_steps=6, eval_every=3,
-                save_every=2, warmup_steps=1, lr_scheduler="constant_with_warmup", seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(model_dir, **{**dict(batch_size=2, max_steps=6, eval_every=3, save_every=2), **kw})
 
 
 @pytest.fixture()
