@@ -122,3 +122,68 @@ def test_report_dir_removes_only_its_own_previous_files(tmp_path: Path) -> None:
     r.check_new(overwrite=True)
     r.remove_previous()
     assert sorted(p.name for p in r.path.iterdir()) == ["b.png", "keep.txt"]
+
+
+def test_overwrite_replaces_only_a_recognisable_output_that_holds_no_input(tmp_path: Path, monkeypatch) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "precious.txt").write_text("x")
+    with pytest.raises(ConfigError, match=r"out: .*other is not empty and is not a run directory \(no config.yaml "
+                                          r"or checkpoints\); choose another directory$"):
+        RunDir(other).check_target(resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match=r"out: .*other is not a run directory .* it will not be deleted"):
+        RunDir(other).create(resume=False, overwrite=True)
+    with pytest.raises(ConfigError, match=r"out: .*other is not a dataset directory .* it will not be deleted"):
+        DatasetDir(other).check_new(overwrite=True)
+    (other / "metrics.json").write_text(json.dumps({"steps": 2}))  # a run's metrics.json is not a report's
+    with pytest.raises(ConfigError, match=r"out: .*other is not a report directory"):
+        ReportDir(other).check_new(overwrite=True)
+    assert (other / "precious.txt").read_text() == "x"
+
+    run = make_run(tmp_path / "run")
+    (run.path / "data").mkdir()
+    with pytest.raises(ConfigError, match=r"out: .*run is or holds an input of the command, `data` .* will not be deleted"):
+        run.create(resume=False, overwrite=True, inputs=[("data", run.path / "data"), ("model", "smollm2-135m")])
+    monkeypatch.chdir(run.path / "data")
+    with pytest.raises(ConfigError, match=r"out: .*run is the current directory or holds it"):
+        run.create(resume=False, overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(run.path))
+    with pytest.raises(ConfigError, match=r"out: .*run is the filesystem root or the home directory"):
+        run.create(resume=False, overwrite=True)
+    assert run.latest_checkpoint() == run.checkpoint_dir(4)  # nothing was deleted
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run.create(resume=False, overwrite=True, inputs=[("data", tmp_path / "ds")])
+    assert run.path.is_dir() and not any(run.path.iterdir()) and list(tmp_path.glob(".run.old-*")) == []
+
+
+def test_train_overwrite_of_its_own_data_dir_deletes_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    from helpers import one_line_error
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "train.jsonl").write_text("")
+    one_line_error(capsys, ["train", "--data", str(ds), "--out", str(ds), "--overwrite"], "error: --out: ",
+                   "is or holds an input of the command, --data", "will not be deleted")
+    (tmp_path / "notrun").mkdir()
+    (tmp_path / "notrun" / "notes.txt").write_text("x")
+    one_line_error(capsys, ["train", "--data", str(ds), "--out", str(tmp_path / "notrun"), "--overwrite"],
+                   "error: --out: ", "notrun is not a run directory (no config.yaml or checkpoints); it will not be "
+                                     "deleted")
+    monkeypatch.chdir(ds)
+    (ds / "config.yaml").write_text("model: x\n")
+    one_line_error(capsys, ["train", "--data", str(tmp_path / "ds"), "--out", ".", "--overwrite"],
+                   "error: --out: . is the current directory or holds it")
+    assert sorted(p.name for p in ds.iterdir()) == ["config.yaml", "train.jsonl"]
+
+
+def test_prepare_overwrite_never_replaces_its_own_input(tmp_path: Path, capsys) -> None:
+    from helpers import one_line_error
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "train.jsonl").write_text("")
+    (ds / "manifest.json").write_text("{}")
+    one_line_error(capsys, ["prepare", str(ds), "--out", str(ds), "--overwrite"],
+                   "error: --out: ", "is or holds an input of the command, input (")
+    assert sorted(p.name for p in ds.iterdir()) == ["manifest.json", "train.jsonl"]

@@ -91,11 +91,20 @@ def test_truncate_never_cuts_inside_a_grapheme_cluster():
 
 
 @pytest.mark.parametrize("display, count", [
-    ("1.2K likes", 1200), ("2.3M", 2_300_000), ("3,1K", 3100), ("1,234", 1234), ("", 0), ("Like", 0),
-    ("15", 15), ("1.5B", 1_500_000_000), ("5 bananas", 5), ("12k", 12_000), ("1 234", 1234), (None, 0), (57, 57), (-3, 0),
+    ("1.2K likes", 1200), ("2.3M", 2_300_000), ("3,1K", 3100), ("1,234", 1234), ("", None), ("Like", None),
+    ("15", 15), ("1.5B", 1_500_000_000), ("5 bananas", 5), ("12k", 12_000), ("1 234", 1234), (None, None), (57, 57),
+    (-3, None), (float("nan"), None), ("1e400", None), ("1e10000000", None), (10**13, None),
 ])
 def test_parse_like_count_reads_display_text(display, count):
     assert clean.parse_like_count(display) == count
+
+
+@pytest.mark.parametrize("value", ["1e5000", "1e10000000", "1e400", 10**5000, 1e300, "1000000000001", "2000B"],
+                         ids=["1e5000", "1e10000000", "1e400", "int-5000-digits", "float-1e300", "10^12+1", "2000B"])
+def test_huge_like_counts_are_rejected_before_an_int_is_built(value):
+    with pytest.raises(ValueError, match="larger than 10\\^12"):
+        clean.parse_like_count(value, strict=True)
+    assert clean.parse_like_count(10**12, strict=True) == 10**12  # the bound itself is a count
 
 
 def test_dedupe_by_id_keeps_a_pinned_comment_once():

@@ -83,3 +83,77 @@ def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(VrpError, match=r"unknown option\(s\) \['lora_rank'\]"):
         build_config(TrainConfig, tmp_path / "c.yaml")
+
+
+def test_resume_with_the_same_relative_model_of_a_finished_run_rewrites_nothing(tmp_path: Path, tiny_model_dir: Path,
+                                                                                   capsys, monkeypatch) -> None:
+    write_seed_xlsx(tmp_path / "seed.xlsx", 4)
+    assert main(["prepare", str(tmp_path / "seed.xlsx"), "--out", str(tmp_path / "ds"), "--val-fraction", "0.5"]) == 0
+    monkeypatch.chdir(tiny_model_dir.parent)
+    args = ["train", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--model",
+            f"./{tiny_model_dir.name}", "--max-steps", "2", "--precision", "fp32", "--max-prompt-tokens", "64",
+            "--max-row-tokens", "256", "--lora-r", "2", "--curve-videos", "0", "--lr-scheduler", "constant"]
+    assert main(args) == 0
+    metrics = tmp_path / "run" / "metrics.json"
+    before = (metrics.read_bytes(), metrics.stat().st_mtime_ns)
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2  # the same relative --model is not a change
+    err = capsys.readouterr().err
+    assert "cannot change" not in err and "already at step 2 of 2: nothing to resume" in err, err
+    assert main([*args, "--resume", "--max-steps", "1"]) == 2
+    assert "error: --max-steps: " in capsys.readouterr().err
+    assert (metrics.read_bytes(), metrics.stat().st_mtime_ns) == before
+    assert main([*args[:-2], "--lr-scheduler", "cosine", "--resume"]) == 2
+    assert "--lr-scheduler 'cosine' (run: 'constant')" in capsys.readouterr().err
+
+
+def test_train_summary_says_there_is_no_validation_split_and_never_prints_none(tmp_path: Path, capsys,
+                                                                               monkeypatch) -> None:
+    import vrp.train.loop
+
+    metrics = {"steps": 2, "comments_seen": 6, "tokens_per_s": 10.0, "base_val_nll": None, "final_val_nll": None,
+               "peak_rss_bytes": None}
+    monkeypatch.setattr(vrp.train.loop, "train", lambda *a, **k: metrics)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "no validation split (no validation videos), so no validation NLL/token and no best checkpoint" in out
+    assert "None" not in out and "best validation" not in out
+    metrics.update(base_val_nll=3.21, final_val_nll=None)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "validation NLL/token 3.2100 (base) -> - (fine-tuned)" in out and "None" not in out
+
+
+def test_cli_runs_hugging_face_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Every command sets HF_HUB_OFFLINE=1 (unless the user set it), so a model id that is not cached is an error
+    instead of a download; a value the user chose is kept."""
+    import os
+
+    vtt = tmp_path / "a.vtt"
+    vtt.write_text("WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhello\n", encoding="utf-8")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert main(["transcript", str(vtt)]) == 0 and os.environ["HF_HUB_OFFLINE"] == "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert main(["transcript", str(vtt)]) == 0 and os.environ["HF_HUB_OFFLINE"] == "0"
+
+
+def test_generate_names_the_prompt_budget_flag(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    from helpers import one_line_error
+
+    one_line_error(capsys, ["generate", "--model", str(tiny_model_dir), "--title", "a title " * 20, "--transcript",
+                            "words", "--max-prompt-tokens", "16", "--precision", "fp32", "--out",
+                            str(tmp_path / "o.jsonl")],
+                   "error: --max-prompt-tokens: ", "more than the prompt budget of 16")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_warnings_are_one_line_without_source_location(tmp_path: Path) -> None:
+    """A library warning (a video skipped for having no usable comment) reaches the user as one `warning:` line,
+    not Python's `file.py:123: UserWarning:` form with the source line (a real process: pytest records warnings)."""
+    src = tmp_path / "w.csv"
+    src.write_text("title,transcript,comment\nA,talk one,\nB,talk two,nice\nC,talk three,cool\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "vrp", "prepare", str(src), "--out", str(tmp_path / "ds")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: {src}: skipped 1 video(s) with zero usable comments" in proc.stderr
+    assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr

@@ -70,7 +70,7 @@ def test_display_text_like_counts_and_truncation(tmp_path):
         {"id": "c", "text": "third", "like_count": "2,3M"},
     ], "x", max_comment_graphemes=2)
     assert [(c.text, c.like_count, c.rank) for c in comments] == [
-        ("th", 2_300_000, 1), ("\U0001F468\u200d\U0001F4BB", 1200, 2), ("se", 0, 3)]
+        ("th", 2_300_000, 1), ("\U0001F468\u200d\U0001F4BB", 1200, 2), ("se", None, 3)]
     assert sum(dropped.values()) == 0
 
 
@@ -133,3 +133,15 @@ def test_read_skipped_keeps_the_last_record_per_id(tmp_path):
     skipped = CollectDir(d).skipped()
     assert skipped["EEEEEEEEEEE"]["reason"] == "private" and skipped["DDDDDDDDDDD"]["permanent"] is True
     assert CollectDir(tmp_path / "none").skipped() == {}
+
+
+def test_missing_or_garbage_like_count_is_unknown_not_zero():
+    comments, _ = clean_comments([
+        {"id": "a", "text": "no count", "like_count": None},
+        {"id": "b", "text": "garbage", "like_count": "abc"},
+        {"id": "c", "text": "zero", "like_count": 0},
+        {"id": "d", "text": "huge", "like_count": "1e400"},
+        {"id": "e", "text": "missing"},
+    ], "x")
+    assert [(c.text, c.like_count, c.rank) for c in comments] == [
+        ("zero", 0, 1), ("no count", None, 2), ("garbage", None, 3), ("huge", None, 4), ("missing", None, 5)]

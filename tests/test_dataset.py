@@ -110,3 +110,22 @@ def test_prepare_refuses_to_clobber_and_leaves_no_partial_output(tmp_path: Path)
     with pytest.raises(VrpError):
         prepare(tmp_path / "bad.csv", fresh)
     assert not fresh.exists() or not any(fresh.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["table", "videos", "collect"])
+def test_deeply_nested_json_in_any_jsonl_source_is_one_line_error(tmp_path, kind):
+    deep = "[" * 100_000 + "]" * 100_000
+    line = {"table": '{"title": "t", "transcript": "x", "comment": %s}',
+            "videos": '{"video_id": "v", "transcript": "x", "comments": %s}',
+            "collect": '{"id": "AAAAAAAAAAA", "transcript": %s, "comments": []}'}[kind] % deep
+    path = tmp_path / ("c" if kind == "collect" else "in.jsonl")
+    if kind == "collect":
+        path.mkdir()
+        (path / "videos.jsonl").write_text('{"id": "BBBBBBBBBBB", "transcript": "ok", "comments": []}\n'
+                                           + line + "\n")
+        want = r"videos\.jsonl:2: invalid JSON \(nested too deeply to read\)"
+    else:
+        path.write_text(line + "\n")
+        want = r"in\.jsonl:1: invalid JSON \(nested too deeply to read\)"
+    with pytest.raises(VrpError, match=want):
+        load_source(path)

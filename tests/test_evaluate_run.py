@@ -306,7 +306,7 @@ def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_
     m = json.loads((out / "metrics.json").read_text())
     assert list(m["models"]) == ["base:" + tiny_model_dir.name, "run-a"]
     base, ft = m["models"].values()
-    assert ft["adapter"].endswith("adapter") and ft["max_prompt_tokens"] == 256 and base["max_prompt_tokens"] == 1024
+    assert ft["adapter"].endswith("adapter") and ft["max_prompt_tokens"] == 256 and base["max_prompt_tokens"] == 256  # one budget: the run's
     assert ft["likelihood"]["nll_own"] != pytest.approx(base["likelihood"]["nll_own"], abs=1e-4)
     assert ft["generation"]["greedy"]["outputs"] == 3 and ft["generation"]["greedy"]["on_topic"]["documents"] == 8
     assert "loss_run-a.png" in m["files"] and (out / "loss_run-a.png").stat().st_size > 1000

@@ -187,3 +187,81 @@ def test_another_command_writing_to_a_closed_pipe(tmp_path):
     err = p.stderr.decode()
     assert p.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
     assert (tmp_path / "ds" / "manifest.json").is_file()  # the work was done before the summary line
+
+
+# --- malformed timing lines are errors naming file, line and the line ------------------------------------------
+SRT_OK = "1\n00:00:01,000 --> 00:00:02,000\nfirst\n\n2\n00:00:02,000 --> 00:00:02,500\nsecond\n\n"
+
+
+@pytest.mark.parametrize("name, text, line, shown", [
+    ("a.sbv", "0:00:01.000,0:00:03.000\nhello\n\nbad,line\nworld\n", 4, "bad,line"),
+    ("b.sbv", "0:00:01.000,0:00:03.000\nhello\n\n0:00:04.000-0:00:05.000\nworld\n", 4, "0:00:04.000-0:00:05.000"),
+    ("a.vtt", "WEBVTT\n\n00:00:00.500 --> 00:00:01.000\nok\n\n00:00:01.000 --> 00:00:0x.000\nlost\n", 6,
+     "00:00:01.000 --> 00:00:0x.000"),
+    ("b.vtt", "WEBVTT\n\n00:00:01.000 --> garbage\nonly\n", 3, "00:00:01.000 --> garbage"),
+    ("c.vtt", "WEBVTT\n\n00:00:01.000 --> 00:00:02.000\nhello\n\nworld\n", 6, "world"),  # text outside any cue
+    ("d.vtt", "WEBVTT\n\n00:00:01.000 --> 00:01:70.000\nseventy seconds\n", 3, "00:00:01.000 --> 00:01:70.000"),
+    ("a.srt", SRT_OK + "3\n00:00:02,000 -> 00:00:03,000\nthird\n", 10, "00:00:02,000 -> 00:00:03,000"),
+    ("b.srt", "1\n00:00:05,000 --> 00:00:02,000\nbackwards\n", 2, "00:00:05,000 --> 00:00:02,000"),
+    ("c.srt", "1\n-00:00:01,000 --> 00:00:02,000\nnegative\n", 2, "-00:00:01,000 --> 00:00:02,000"),
+    ("d.srt", "\ufeff\n1\n00:00:01,000 --> 00:00:02,000\nok\n\n2\n00:00:03,000 ---> 00:00:04,000\nx\n", 7,
+     "00:00:03,000 ---> 00:00:04,000"),  # a blank line before the first cue still counts
+])
+def test_a_malformed_timing_line_names_file_line_and_the_line(name, text, line, shown):
+    with pytest.raises(VrpError) as e:
+        parse_transcript_bytes(text.encode(), name)
+    assert str(e.value).startswith(f"{name}:{line}: ") and repr(shown) in str(e.value)
+
+
+def test_valid_captions_around_the_timing_checks_still_parse():
+    srt = "1\n00:00:01,000 --> 00:00:02,000\nhello\n\nsame cue after a blank line\n\n2\n00:00:03.000 --> 00:00:04,000\nbye\n"
+    assert text_of(srt.encode(), "ok.srt") == "hello same cue after a blank line bye"
+    vtt = ("WEBVTT\nKind: captions\n\nNOTE a --> inside a note\n\nSTYLE\n::cue { color: red }\n\n"
+           "intro\n00:01.000 --> 00:02.000 align:start\nhi\n")
+    assert text_of(vtt.encode(), "ok.vtt") == "hi"
+
+
+@pytest.mark.parametrize("event, message", [
+    ({"tStartMs": "1000", "segs": [{"utf8": "a"}]}, "events[0].tStartMs must be a number"),
+    ({"tStartMs": 0, "dDurationMs": True, "segs": [{"utf8": "a"}]}, "events[0].dDurationMs must be a number"),
+    ({"tStartMs": -5, "segs": [{"utf8": "a"}]}, "events[0].tStartMs must be a number of milliseconds >= 0"),
+    ({"tStartMs": 0, "segs": [{"utf8": "a"}, {"utf8": 5}]}, "events[0].segs[1].utf8 must be text, got 5"),
+])
+def test_json3_with_bad_types_names_the_event(event, message):
+    with pytest.raises(VrpError, match=r"^y\.json3: " + message.replace("[", r"\[").replace("]", r"\]")):
+        parse_transcript_bytes(json.dumps({"events": [event]}).encode(), "y.json3")
+
+
+# --- deeply nested JSON ----------------------------------------------------------------------------------------
+def test_deeply_nested_json_is_one_line_error_in_transcript_and_generate(tmp_path, capsys):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["transcript", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {path}: invalid JSON (nested too deeply to read)"
+    from vrp.predict import load_inputs
+
+    with pytest.raises(VrpError, match="deep.json: invalid JSON"):
+        load_inputs(str(path))
+    with pytest.raises(VrpError, match=r"deep\.json3: invalid JSON \(nested"):
+        parse_transcript_bytes(b'{"events": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "deep.json3")
+
+
+# --- NUL bytes and mostly-UTF-8 files ----------------------------------------------------------------------------
+def test_a_nul_byte_in_utf8_keeps_utf8_and_is_removed_with_a_note():
+    notes: list[str] = []
+    data = b"WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nh\xc3\xa9llo caf\xc3\xa9 \x00\n"
+    assert " ".join(s.text for s in parse_transcript_bytes(data, "nul2.vtt", notes)) == "héllo café"
+    assert len(notes) == 1 and "nul2.vtt: removed 1 NUL" in notes[0] and "UTF-16" not in notes[0]
+    srt = "1\n00:00:01,000 --> 00:00:02,000\nna\x00ïve\x00\n".encode()
+    assert text_of(srt, "n.srt") == "naïve"
+
+
+def test_utf8_with_one_windows_1252_byte_is_an_error_naming_the_line():
+    data = "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhéllo\n".encode() + b"caf\xe9\n"
+    with pytest.raises(VrpError, match=r"^m\.vtt: line 5 \(byte offset 48\): byte 0xE9 is not UTF-8"):
+        parse_transcript_bytes(data, "m.vtt")
+    legacy = "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhéllo café\n".encode("cp1252")  # no UTF-8 at all: a guess
+    notes: list[str] = []
+    assert " ".join(s.text for s in parse_transcript_bytes(legacy, "l.vtt", notes)) == "héllo café"
+    assert "cp1252" in notes[0]

@@ -110,3 +110,21 @@ def test_sbv_upload_and_guessed_encoding_are_reported(tokenizer):
     assert re.search(r'accept="[^"]*\.sbv', page)
     ok = c.post("/v1/predict/file", files={"file": ("t.vtt", VTT.encode())}, data={"num_comments": "1"})
     assert ok.json()["notes"] == []  # UTF-8: nothing assumed
+
+
+def test_deeply_nested_json_upload_is_422_naming_the_file(tokenizer):
+    c, rec = serve(tokenizer)
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    r = c.post("/v1/predict/file", files={"file": ("deep.json", deep)}, data={"num_comments": "1"})
+    assert r.status_code == 422, r.text
+    assert "deep.json" in r.json()["message"] and "nested too deeply" in r.json()["message"]
+    assert rec.prompts == []
+
+
+@pytest.mark.parametrize("transcript", ["\x00\x00\x00", "\u200b\u200b", "\ufeff \u200b\x00", "   "])
+def test_transcript_of_only_invisible_characters_is_422_like_whitespace(tokenizer, transcript):
+    c, rec = serve(tokenizer)
+    r = c.post("/v1/predict", json={"title": "t", "transcript": transcript, "num_comments": 1})
+    assert r.status_code == 422, r.text
+    assert "transcript" in r.json()["message"] and "empty" in r.json()["message"]
+    assert rec.prompts == []

@@ -145,3 +145,118 @@ def test_a_value_that_is_not_a_count_names_file_row_and_value(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert f"bad.csv: row 3: like_count '{bad}' is not a like count" in err and why in err
     assert "finite" not in err or bad == "inf"
+
+
+# --- rows whose field count differs from the header, duplicated columns ----------------------------------------
+@pytest.mark.parametrize("body, line, found", [
+    ("Cooking show,pasta talk,wow, amazing\nGarden tour,plants,love it\n", 2, 4),  # the first data row
+    ("Garden tour,plants,love it\nCooking show,pasta talk,wow, amazing\n", 3, 4),  # a later row
+    ('"Two\nlines",plants,ok\n\nGarden tour,plants\n', 5, 2),  # too few, after a quoted newline and a blank line
+])
+def test_csv_row_with_another_field_count_is_one_line_error(tmp_path, capsys, body, line, found):
+    path = tmp_path / "shift.csv"
+    path.write_text("title,transcript,comment\n" + body, encoding="utf-8")
+    assert main(["prepare", str(path), "--out", str(tmp_path / "o"), "--val-fraction", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"shift.csv:{line}: expected 3 fields" in err and f"found {found}" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("ext", [".csv", ".xlsx", ".jsonl"])
+def test_a_duplicated_column_is_an_error_naming_it(tmp_path, ext):
+    path = tmp_path / f"dup{ext}"
+    if ext == ".csv":
+        path.write_text("title,transcript,comment,comment\nt,x,first,second\n", encoding="utf-8")
+    elif ext == ".xlsx":
+        pd.DataFrame([["t", "x", "first", "second"]], columns=["title", "transcript", "comment", "c2"]).rename(
+            columns={"c2": "comment"}).to_excel(path, index=False)
+    else:
+        path.write_text('{"title": "t", "transcript": "x", "comment": "first", "comment": "second"}\n')
+    with pytest.raises(VrpError, match=r"dup\.\w+.*'comment' appears twice"):
+        load_source(path)
+
+
+# --- like counts with huge exponents ---------------------------------------------------------------------------
+@pytest.mark.parametrize("ext", [".csv", ".jsonl"])
+@pytest.mark.parametrize("bad", ["1e5000", "1e10000000", "1e400", "2000000000000"])
+def test_a_huge_like_count_is_an_error_naming_file_row_and_value(tmp_path, ext, bad):
+    path = tmp_path / f"huge{ext}"
+    if ext == ".csv":
+        path.write_text(f"title,transcript,comment,like_count\nt,x,a,3\nt,x,b,{bad}\n", encoding="utf-8")
+    else:  # a JSON number literal, not a string
+        path.write_text('{"title": "t", "transcript": "x", "comment": "a", "like_count": 3}\n'
+                        f'{{"title": "t", "transcript": "x", "comment": "b", "like_count": {bad}}}\n')
+    row = 3 if ext == ".csv" else 2
+    want = rf"huge\{ext}: row {row}: like_count '{bad}' is not a like count: larger than 10\^12"
+    with pytest.raises(VrpError, match=want):
+        load_source(path)
+
+
+def test_a_huge_like_count_in_parquet_and_video_jsonl(tmp_path):
+    path = tmp_path / "huge.parquet"
+    pd.DataFrame({"title": ["t"], "transcript": ["x"], "comment": ["a"], "like_count": [1e300]}).to_parquet(path)
+    with pytest.raises(VrpError, match=r"huge\.parquet: row 1: like_count .* is not a like count"):
+        load_source(path)
+    vj = tmp_path / "videos.jsonl"
+    vj.write_text('{"video_id": "v", "transcript": "x", "comments": [{"text": "a", "like_count": 1' + "0" * 5000
+                  + "}]}\n")
+    with pytest.raises(VrpError, match=r"videos\.jsonl:1: invalid JSON \(Exceeds the limit"):
+        load_source(vj)
+
+
+# --- missing values, bytes, booleans and NULs in cells ---------------------------------------------------------
+def test_parquet_missing_values_are_unknown_in_every_column_type(tmp_path):
+    path = tmp_path / "na.parquet"
+    pd.DataFrame({"video_id": pd.array(["v", "v", "v"], dtype="string"),
+                  "title": pd.array(["t", "t", "t"], dtype="string"),
+                  "transcript": ["x", "x", "x"], "comment": ["a", "b", "c"],
+                  "like_count": pd.array([5, pd.NA, 9], dtype="Int64")}).to_parquet(path)
+    videos, _ = load_source(path)
+    assert [(c.text, c.like_count) for c in videos[0].comments] == [("c", 9), ("a", 5), ("b", None)]
+    nas = tmp_path / "na_title.parquet"
+    pd.DataFrame({"title": pd.array([pd.NA], dtype="string"), "transcript": ["x"], "comment": ["a"],
+                  "like_count": pd.array([pd.NA], dtype="Float64")}).to_parquet(nas)
+    v = load_source(nas)[0][0]
+    assert (v.title, v.comments[0].like_count) == ("", None)
+
+
+def test_parquet_bytes_are_decoded_or_rejected_naming_the_cell(tmp_path):
+    good = tmp_path / "b.parquet"
+    pd.DataFrame({"title": [b"A \xc3\xa9"], "transcript": [b"talk"], "comment": [b"nice"]}).to_parquet(good)
+    v = load_source(good)[0][0]
+    assert (v.title, v.transcript, v.comments[0].text) == ("A é", "talk", "nice")
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"title": [b"ok", b"\xff\xfe"], "transcript": ["x", "y"], "comment": ["a", "b"]}).to_parquet(bad)
+    with pytest.raises(VrpError, match=r"bad\.parquet: row 2: column 'title' must be text \(bytes that are not UTF-8"):
+        load_source(bad)
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_a_jsonl_boolean_in_a_text_column_is_an_error(tmp_path, value):
+    path = tmp_path / "b.jsonl"
+    path.write_text('{"title": "t", "transcript": "x", "comment": "a"}\n'
+                    f'{{"title": {value}, "transcript": "x", "comment": "b"}}\n')
+    with pytest.raises(VrpError, match=r"b\.jsonl: row 2: column 'title' must be text \(the boolean"):
+        load_source(path)
+
+
+def test_nul_characters_are_removed_from_csv_jsonl_and_parquet_cells(tmp_path):
+    csv_path = tmp_path / "n.csv"
+    csv_path.write_bytes(b"title,transcript,comment\nt\x00,tr\x00ans,c\x00x\n")
+    videos, stats = load_source(csv_path)
+    assert (videos[0].title, videos[0].transcript, videos[0].comments[0].text) == ("t", "trans", "cx")
+    assert stats["nul_characters_removed"] == 3
+    jl = tmp_path / "n.jsonl"
+    jl.write_text('{"title": "t", "transcript": "tr\\u0000ans", "comment": "c"}\n')
+    videos, stats = load_source(jl)
+    assert videos[0].transcript == "trans" and stats["nul_characters_removed"] == 1
+    pq = tmp_path / "n.parquet"
+    pd.DataFrame({"title": ["t"], "transcript": ["x\x00y"], "comment": ["c"]}).to_parquet(pq)
+    assert load_source(pq)[0][0].transcript == "xy"
+
+
+def test_a_utf8_csv_with_one_windows_1252_byte_names_the_line(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_bytes("title,transcript,comment\nCafé,we bake,très bien\n".encode() + b"Tea,brew,caf\xe9\n")
+    with pytest.raises(VrpError, match=r"mixed\.csv: line 3 \(byte offset \d+\): byte 0xE9 is not UTF-8"):
+        load_source(path)

@@ -22,8 +22,8 @@ EOS = 2
 def test_parse_size_and_budget_values() -> None:
     assert memory.parse_size("8GB") == 8 * 10 ** 9
     assert memory.parse_size("7.5 GiB") == int(7.5 * 2 ** 30)
-    assert memory.parse_size("512mb") == 512 * 10 ** 6 and memory.parse_size("1000") == 1000
-    for bad in ("lots", "8 GB RAM", "-1GB", "0", "GB"):
+    assert memory.parse_size("512mb") == 512 * 10 ** 6 and memory.parse_size("1000 B") == 1000
+    for bad in ("lots", "8 GB RAM", "-1GB", "0B", "GB"):
         with pytest.raises(ValueError, match="not a size"):
             memory.parse_size(bad)
     assert memory.resolve_budget("", "cpu") is None and memory.resolve_budget("2GB", "cpu") == 2 * 10 ** 9
@@ -169,3 +169,15 @@ def test_freed_memory_is_given_back_every_step_under_a_budget_else_every_eighth(
     assert [s for s in range(1, 25) if memory.trim_after_step(s, False)] == [8, 16, 24]
     assert all(memory.trim_after_step(s, True) for s in range(1, 25))
     assert memory.release_freed_memory() is sys.platform.startswith("linux")   # glibc's malloc_trim
+
+
+def test_a_budget_needs_a_unit_and_one_above_the_machine_is_warned(capsys) -> None:
+    for bare in ("512", " 8 ", "1.5"):
+        with pytest.raises(ConfigError, match=rf"^max_memory: needs a unit, e.g. 512MB or 8GB, got '{bare.strip()}'$"):
+            TrainConfig(max_memory=bare)
+    total, what = memory.total_memory_bytes("cpu")
+    assert what == "RAM" and total > 10 ** 8
+    assert memory.resolve_budget("1MB", "cpu") == 10 ** 6 and capsys.readouterr().err == ""
+    assert memory.resolve_budget("1000TB", "cpu") == 10 ** 15
+    err = capsys.readouterr().err
+    assert f"warning: the memory budget 1000000.0 GB is more than the {memory.fmt_bytes(total)} of RAM" in err, err

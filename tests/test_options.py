@@ -91,3 +91,22 @@ def test_cli_prints_config_errors_with_the_subcommands_flags() -> None:
     assert config_error_message(ConfigError("input", "is empty"), prepare) == "input: is empty"
     serve = p.parse_args(["bench", "serve", "--url", "http://127.0.0.1:1"])._parser
     assert config_error_message(ConfigError("warmup", "x"), serve) == "--warmup: x"
+
+
+def test_every_config_with_a_seed_bounds_it() -> None:
+    from vrp.bench.serve import BenchServeConfig
+    from vrp.bench.train import BenchTrainConfig
+    from vrp.dataset import PrepareConfig
+    from vrp.evaluate.config import EvaluateConfig
+    from vrp.options import SEED_MAX
+    from vrp.predict import GenerateConfig
+    from vrp.train.config import TrainConfig
+
+    configs = [c for c in (PrepareConfig, EvaluateConfig, GenerateConfig, TrainConfig, BenchServeConfig,
+                           BenchTrainConfig) if "seed" in c.__dataclass_fields__]
+    assert {PrepareConfig, EvaluateConfig, GenerateConfig, TrainConfig} <= set(configs)
+    for cls in configs:
+        assert cls(seed=SEED_MAX).seed == 2**32 - 1
+        for bad in (99999999999999999999, 2**32, -1):
+            with pytest.raises(ConfigError, match=rf"^seed: must be (<= 4294967295|>= 0), got {bad}$"):
+                cls(seed=bad)

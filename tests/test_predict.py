@@ -46,3 +46,30 @@ def test_load_inputs(tmp_path: Path) -> None:
     (tmp_path / "e.txt").write_text("  ")
     with pytest.raises(VrpError, match="empty transcript"):
         load_inputs(str(tmp_path / "e.txt"))
+
+
+def test_a_table_without_comments_is_a_generation_input(tmp_path: Path) -> None:
+    path = tmp_path / "videos.csv"
+    path.write_text("title,transcript\nBread,we bake bread\nTea,we brew tea\n", encoding="utf-8")
+    videos = load_inputs(str(path))
+    assert [(v.title, v.transcript, v.comments) for v in videos] == [("Bread", "we bake bread", []),
+                                                                   ("Tea", "we brew tea", [])]
+    from vrp.dataset import load_source
+
+    with pytest.raises(VrpError, match=r"missing column\(s\) \['comment'\]"):  # prepare still needs comments
+        load_source(path)
+
+
+def test_title_with_a_table_input_is_an_error_not_ignored(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "videos.csv"
+    path.write_text("title,transcript\nBread,we bake bread\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_inputs(str(path), title="Other")
+    assert e.value.field == "title"
+    from vrp.cli import main
+
+    assert main(["generate", "--input", str(path), "--title", "X", "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "--title" in err and "own titles" in err and not (tmp_path / "o.csv").exists()
+    (tmp_path / "t.txt").write_text("a transcript")
+    assert load_inputs(str(tmp_path / "t.txt"), title="Kept")[0].title == "Kept"  # a transcript file takes one

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from vrp.errors import VrpError
+from vrp.errors import ConfigError, VrpError
 from vrp.prompts import (
     PromptConfig,
     build_completion_ids,
     build_prompt_ids,
     encode_video,
+    encode_videos,
 )
 from vrp.records import Comment, Video
 
@@ -58,8 +59,10 @@ def test_short_transcript_is_not_changed(tokenizer) -> None:
 def test_errors(tokenizer) -> None:
     with pytest.raises(VrpError, match="truncation"):
         PromptConfig(truncation="middle")
-    with pytest.raises(VrpError, match="more than (--)?max.prompt.tokens"):
+    with pytest.raises(ConfigError, match=r"^max_prompt_tokens: the title and chat template take \d+ tokens, more "
+                                          r"than the prompt budget of 40; raise it") as e:
         build_prompt_ids(tokenizer, "long title " * 50, "x", PromptConfig(max_prompt_tokens=40))
+    assert e.value.field == "max_prompt_tokens"
     with pytest.raises(VrpError, match="no usable comment"):
         encode_video(tokenizer, Video("v1", "t", "x", [Comment("  ")]), PromptConfig())
 
@@ -132,3 +135,12 @@ def test_long_comment_is_cut_on_a_character_boundary(tokenizer, kind: str) -> No
         assert "\ufffd" not in text and (EMOJI + JAPANESE).startswith(text.strip())
         naive_split += "\ufffd" in tok.decode(tok(EMOJI, add_special_tokens=False).input_ids[:n])
     assert naive_split > 0
+
+
+def test_a_video_whose_title_exceeds_the_budget_is_named(tokenizer) -> None:
+    videos = [Video("fits", "short", "words", [Comment("a")]), Video("vid-long", "long title " * 50, "x",
+                                                                     [Comment("b")])]
+    with pytest.raises(ConfigError, match=r"^max_prompt_tokens: video 'vid-long': the title and chat template take") \
+            as e:
+        encode_videos(tokenizer, videos, PromptConfig(max_prompt_tokens=60))
+    assert e.value.field == "max_prompt_tokens"  # so the CLI names --max-prompt-tokens

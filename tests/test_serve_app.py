@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import VTT, live_server, tiny_llama
+from helpers import VTT, live_server, one_line_error, tiny_llama
 
 from vrp.decoding import PRESETS, GeneratedComment
 from vrp.errors import ConfigError, VrpError
@@ -242,6 +242,8 @@ def test_cross_origin_post_is_refused(tiny, tokenizer):
     c = client(make_app(tiny, tokenizer, generate_fn=rec))
     r = c.post("/v1/predict", json=BODY, headers={"Origin": "http://evil.example"})
     assert r.status_code == 403 and rec.prompts == []
+    sandboxed = c.post("/v1/predict", json=BODY, headers={"Origin": "null"})  # sandboxed iframe, file: page
+    assert sandboxed.status_code == 403 and sandboxed.json()["error"] == "forbidden" and rec.prompts == []
     ok = c.post("/v1/predict", json=BODY, headers={"Origin": "http://testserver"})
     assert ok.status_code == 200
 
@@ -324,28 +326,57 @@ def test_cli_serve_builds_settings_from_run_and_warns_off_loopback(tmp_path, mon
     seen: dict[str, Any] = {}
     monkeypatch.setattr(vrp.model, "load_for_inference",
                         lambda *a, **k: seen.setdefault("load", (a, k)) and (tiny, tokenizer, INFO))
-    monkeypatch.setattr(uvicorn, "run", lambda app, **k: seen.update(app=app, **k))
+    def fake_run(server: Any, sockets: Any = None) -> None:
+        c = server.config
+        seen.update(app=c.app, host=c.host, port=c.port, bound=[s.getsockname()[:2] for s in sockets])
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    from vrp.bench.serve import free_port
+
+    port = free_port()
     monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
-    args = build_parser().parse_args(["serve", "--run", str(run), "--host", "0.0.0.0", "--port", "8123",
+    args = build_parser().parse_args(["serve", "--run", str(run), "--host", "0.0.0.0", "--port", str(port),
                                       "--queue-size", "2", "--max-body-mb", "0.5", "--timeout-s", "9",
                                       "--threads", "1"])
     assert args._run(args) == 0
     s, prompt = seen["app"].state.settings, seen["app"].state.prompt
     assert (prompt.max_prompt_tokens, prompt.truncation) == (300, "head_tail")
     assert (s.queue_size, s.max_body_bytes, s.timeout_s) == (2, 500_000, 9.0)
-    assert (seen["host"], seen["port"]) == ("0.0.0.0", 8123) and str(seen["load"][0][1]) == str(run)
+    assert (seen["host"], seen["port"]) == ("0.0.0.0", port) and str(seen["load"][0][1]) == str(run)
+    assert seen["bound"] == [("0.0.0.0", port)]  # uvicorn serves on the socket bound before the model loaded
     assert seen["threads"] == 1
     assert "warning: binding to 0.0.0.0" in capsys.readouterr().err
-    args = build_parser().parse_args(["serve", "--model", "x", "--max-prompt-tokens", "64"])
+    args = build_parser().parse_args(["serve", "--model", "x", "--max-prompt-tokens", "64", "--port",
+                                      str(free_port())])
     args._run(args)
     assert seen["app"].state.prompt.max_prompt_tokens == 64 and seen["host"] == "127.0.0.1"
     assert seen["threads"] == 3  # 4 usable cores - 1 for the event loop and clients
     assert "warning" not in capsys.readouterr().err
 
 
+def test_serve_refuses_a_busy_port_or_a_bad_host_before_loading_the_model(monkeypatch, capsys):
+    import socket
+
+    import vrp.model
+
+    def no_load(*a: Any, **k: Any) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(vrp.model, "load_for_inference", no_load)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        one_line_error(capsys, ["serve", "--model", "m", "--port", str(port)], f"error: --port: cannot listen on "
+                                                                              f"127.0.0.1:{port} (")
+    one_line_error(capsys, ["serve", "--model", "m", "--host", "999.1.1.1"], "error: --host: cannot use '999.1.1.1'")
+    one_line_error(capsys, ["serve", "--model", "m", "--host", "203.0.113.7"], "error: --host: cannot listen on "
+                                                                               "203.0.113.7:8000 (")
+
+
 def test_serve_options_are_checked_by_the_config(capsys):
-    from helpers import one_line_error
 
     with pytest.raises(ConfigError, match=r"default_num_comments: must be <= 3 \(`max_num_comments`\), got 5"):
         ServeConfig(max_num_comments=3, default_num_comments=5)
@@ -397,3 +428,11 @@ def test_bench_serve_against_a_live_server(tiny, tokenizer, tmp_path, capsys):
     assert "latency (all)" in capsys.readouterr().out
     assert main(["bench", "serve", "--url", "http://192.0.2.1:8000"]) == 2
     assert "not a loopback address" in capsys.readouterr().err
+
+
+def test_bench_serve_without_a_server_is_a_one_line_error(capsys):
+    """Nothing listening at --url: the warm-up request's connection error becomes one `error:` line (exit 2)."""
+    from vrp.bench.serve import free_port
+
+    one_line_error(capsys, ["bench", "serve", "--url", f"http://127.0.0.1:{free_port()}", "--requests", "1"],
+                   "no answer from http://127.0.0.1:", "is `vrp serve` running there?")

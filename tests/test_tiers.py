@@ -73,6 +73,11 @@ def test_resolve_tier_source():
     with pytest.raises(ConfigError) as e:
         resolve_tier_source("views", seed, None)
     assert e.value.field == "tier_source"
+    with pytest.raises(ConfigError, match=r"^tier_source: likes: no comment in the dataset has a like count; ") as e:
+        resolve_tier_source("likes", seed, None)  # three comments, none with a like count: not "equal like counts"
+    with pytest.raises(ConfigError, match=r"^tiers: no comment gets a tier from its like counts \(every video has "
+                                          r"fewer than two comments with like counts, or"):
+        resolve_tier_source("likes", _videos([[5, None], [3, 3]]), None)
 
 
 def test_markers_and_dropout(tokenizer):

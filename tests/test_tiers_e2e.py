@@ -133,7 +133,7 @@ def test_evaluate_has_a_tier_section(tiered_run, tmp_path: Path, monkeypatch, ca
     real = tiers["real"]["tiers"]
     assert real["top"]["words"] == 6 and real["low"]["words"] == 1 and real["top"]["median_likes"] == 1200
     report = (out / "report.md").read_text()
-    assert "## Like tiers: top, typical and ignored comments" in report and "| top − low per video" in report
+    assert "## 6. Like tiers: top, typical and ignored comments" in report and "| top − low per video" in report
     rows = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
     assert {r["comment"] for r in rows if r.get("tier") == "low"} == {LOW}
 

@@ -158,3 +158,24 @@ def test_training_changes_only_the_adapter(tmp_path: Path, data: Path, tiny_mode
     for n in lora:
         assert not torch.equal(before[n], after[n].detach()), n
     assert all(before[n].abs().max() == 0 for n in lora if "lora_B" in n)
+
+
+def test_resume_refuses_another_length_when_the_schedule_depends_on_it(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from dataclasses import replace
+
+    from vrp.artifacts import RunDir
+    from vrp.train.setup import _check_resumed_total
+
+    cosine = tiny_train_config(tiny_model_dir, lr_scheduler="cosine", max_steps=2)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.save_config(cosine)
+    with pytest.raises(ConfigError, match=r"max_steps: cannot change when resuming \(2 -> 3\): the run's "
+                                          r"`lr_scheduler` 'cosine'"):
+        _check_resumed_total(replace(cosine, max_steps=3), run)
+    _check_resumed_total(cosine, run)  # the same length: fine
+    constant = tiny_train_config(tiny_model_dir, lr_scheduler="constant_with_warmup", warmup_steps=1, max_steps=2)
+    run.save_config(constant)
+    _check_resumed_total(replace(constant, max_steps=5), run)  # its warmup is a number of steps: no total involved
+    assert not constant.schedule_uses_total()
+    assert replace(constant, warmup_steps=0, warmup_ratio=0.1).schedule_uses_total()

@@ -88,7 +88,7 @@ def test_utf16_srt_is_decoded():
     (b"WEBVTT\n", "a.pdf", "a.pdf: unsupported transcript file type '.pdf'"),
     (b"00:00:00.000 --> 00:00:01.000\nhi\n", "a.vtt", "a.vtt: not a valid WebVTT file"),
     (b"hello\n", "b.srt", "b.srt: not a valid SubRip (.srt) file"),
-    (b"\xff\x00abc", "c.srt", "c.srt: not UTF-8 text (bad byte at offset 0)"),
+    (b"\xff\x00abc", "c.srt", "c.srt: not UTF-8 text ("),
     (b'{"events": [', "d.json3", "d.json3:1: invalid JSON"),
     (b'{"foo": 1}', "e.json", "e.json: unknown JSON transcript"),
     (b'[{"text": "x", "start": "soon", "duration": 1}]', "f.json", "f.json[0]: 'start'/'duration' must be numbers"),

@@ -3,7 +3,10 @@
 Knows: each directory's file names and layout, what "the latest checkpoint" of a run is (the newest complete one, a
 `checkpoints/step-NNNNNN/` holding its `state.json`), how a run's `config.yaml` is read (once per object, cached) and
 turned into its base model and prompt settings, the one fingerprint of a dataset's split files, and how each file is
-written (atomically, append-only for the collector's JSONL files, a lock for one collector per dir).
+written (atomically, append-only for the collector's JSONL files, a lock for one collector per dir), and which
+directories `overwrite` may replace (`_Dir.check_replaceable`: one recognisably of its kind - a run dir has
+config.yaml or checkpoints/, a dataset dir its split files or manifest.json, a report dir report.md or a report's
+metrics.json - that is not the current directory, the root, the home directory or one holding them, nor an input).
 Does not know: what the records mean (`vrp.records`, `vrp.collect.videos`), how a run is trained, scored or served.
 Errors: a missing or wrong directory is a `ConfigError` naming the argument that gave it (`run`, `checkpoint`,
 `data`, `out`), so that the CLI can name its flag.
@@ -42,7 +45,11 @@ class _In:
 
 
 class _Dir:
-    """A directory given by its path; `str()` and `os.fspath()` give the path."""
+    """A directory given by its path; `str()` and `os.fspath()` give the path. `KIND` and `MARKERS` say what makes a
+    directory recognisably one of this kind (any marker entry present), which `overwrite` requires."""
+
+    KIND = "vrp output"
+    MARKERS: tuple[str, ...] = ()
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -60,13 +67,54 @@ class _Dir:
         """True when the path is a directory with at least one entry."""
         return self.path.is_dir() and any(self.path.iterdir())
 
-    def check_new(self, overwrite: bool, field: str = "out", hint: str = "pass `overwrite` to replace it") -> None:
-        """Refuse a path that is a file, or a non-empty directory unless `overwrite`; then check it can be written.
-        Raises ConfigError(`field`)."""
+    def is_recognised(self) -> bool:
+        """True when the directory holds one of `MARKERS` (it is recognisably this kind of output)."""
+        return any((self.path / m).exists() for m in self.MARKERS)
+
+    def _what_marks_it(self) -> str:
+        return " or ".join(self.MARKERS)
+
+    def check_replaceable(self, inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = (),
+                          field: str = "out") -> None:
+        """Raise ConfigError(`field`) unless `overwrite` may replace this non-empty directory: it must not be the
+        current directory or hold it, the filesystem root, the home directory or one holding it, nor equal or hold
+        an input of the command (`inputs`: (field, path) pairs; a value that is not an existing path, such as a
+        model name, is skipped), and it must be recognisably this kind of output (`is_recognised`)."""
+        here = self.path.expanduser().resolve()
+        try:
+            cwd: Path | None = Path.cwd().resolve()
+        except OSError:  # the current directory was deleted
+            cwd = None
+        if cwd is not None and (here == cwd or here in cwd.parents):
+            raise ConfigError(field, f"{self.path} is the current directory or holds it; it will not be deleted")
+        home = Path.home().expanduser().resolve()
+        if here == Path(here.anchor) or here == home or here in home.parents:
+            raise ConfigError(field, f"{self.path} is the filesystem root or the home directory or holds it; it will "
+                                     f"not be deleted")
+        for name, given in inputs:
+            if not given or not Path(given).expanduser().exists():
+                continue
+            source = Path(given).expanduser().resolve()
+            if source == here or here in source.parents:
+                raise ConfigError(field, f"{self.path} is or holds an input of the command, `{name}` ({given}); "
+                                         f"it will not be deleted")
+        if not self.is_recognised():
+            raise ConfigError(field, f"{self.path} is not a {self.KIND} directory (no {self._what_marks_it()}); it "
+                                     f"will not be deleted")
+
+    def check_new(self, overwrite: bool, field: str = "out", hint: str = "pass `overwrite` to replace it",
+                  inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
+        """Refuse a path that is a file, or a non-empty directory unless `overwrite` and `check_replaceable(inputs)`
+        allow it; then check it can be written. Raises ConfigError(`field`)."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(field, f"{self.path} exists and is not a directory")
-        if self.is_nonempty() and not overwrite:
-            raise ConfigError(field, f"{self.path} exists and is not empty; {hint}")
+        if self.is_nonempty():
+            if not self.is_recognised() and not overwrite:
+                raise ConfigError(field, f"{self.path} exists, is not empty and is not a {self.KIND} directory (no "
+                                         f"{self._what_marks_it()}); choose another directory")
+            if not overwrite:
+                raise ConfigError(field, f"{self.path} exists and is not empty; {hint}")
+            self.check_replaceable(inputs, field)
         check_writable(self.path, field)
 
 
@@ -130,6 +178,7 @@ class DatasetDir(_Dir):
 
     TRAIN, VALIDATION, MANIFEST = "train.jsonl", "validation.jsonl", "manifest.json"
     FILES = (TRAIN, VALIDATION, MANIFEST)
+    KIND, MARKERS = "dataset", (MANIFEST, TRAIN, VALIDATION)  # a half-replaced dataset has no manifest yet
 
     train_path, validation_path = _In(TRAIN), _In(VALIDATION)
 
@@ -208,6 +257,7 @@ class RunDir(_Dir):
     CONFIG, ADAPTER, CHECKPOINTS, STATE = "config.yaml", "adapter", "checkpoints", "state.json"
     METRICS, HISTORY, LOGS, LOSS_PNG, CURVE_PNG = "metrics.json", "metrics.jsonl", "logs", "loss.png", "curve.png"
     BEST_PREFIX = "best-"
+    KIND, MARKERS = "run", (CONFIG, CHECKPOINTS)
     # Named checkpoints besides `step-NNNNNN`: name -> the checkpoint dir it stands for (None: the run has none).
     NAMED_CHECKPOINTS: dict[str, Callable[[RunDir], Path | None]] = {
         "latest": lambda run: run.latest_checkpoint(),
@@ -317,26 +367,39 @@ class RunDir(_Dir):
         return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else None
 
     # writing
-    def check_target(self, resume: bool, overwrite: bool) -> None:
+    def check_target(self, resume: bool, overwrite: bool,
+                     inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
         """Raise ConfigError when the dir cannot be used as asked (a new run needs an absent or empty dir, or
-        `overwrite`; `resume` needs a run); changes nothing, so a failure later leaves no trace."""
+        `overwrite` of a run dir that `check_replaceable(inputs)` allows; `resume` needs a run); changes nothing, so
+        a failure later leaves no trace."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError("out", f"{self.path} exists and is not a directory")
         if self.is_nonempty():
             if resume and not self.exists():
                 raise ConfigError("resume", f"{self.path} is not a vrp run directory (no {self.CONFIG})")
             if not resume and not overwrite:
+                if not self.is_recognised():
+                    raise ConfigError("out", f"{self.path} is not empty and is not a run directory (no "
+                                             f"{self._what_marks_it()}); choose another directory")
                 raise ConfigError("out", f"{self.path} is a run directory that is not empty; pass `resume` to "
                                          f"continue it or `overwrite` to start over")
+            if not resume:
+                self.check_replaceable(inputs)
         elif resume:
             raise ConfigError("resume", f"{self.path} has no run to resume")
         check_writable(self.path, "out")
 
-    def create(self, resume: bool, overwrite: bool) -> None:
-        """`check_target` again, then empty the dir when overwriting a run and create it."""
-        self.check_target(resume, overwrite)
-        if self.is_nonempty() and not resume:
-            shutil.rmtree(self.path)  # overwrite (checked above)
+    def create(self, resume: bool, overwrite: bool,
+               inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
+        """`check_target` again, then replace the dir when overwriting a run (the old one is renamed aside first and
+        deleted only once the name is free, so a failure never leaves a half-deleted run) and create it."""
+        self.check_target(resume, overwrite, inputs)
+        if self.is_nonempty() and not resume:  # overwrite (checked above)
+            import tempfile
+
+            aside = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.absolute().parent))
+            os.replace(self.path, aside / self.path.name)
+            shutil.rmtree(aside)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -380,10 +443,25 @@ class ReportDir(_Dir):
 
     REPORT, METRICS, PER_VIDEO, GENERATIONS = "report.md", "metrics.json", "per_video.jsonl", "generations.jsonl"
     OWN_FILES = (REPORT, METRICS, PER_VIDEO, GENERATIONS)
+    KIND, MARKERS = "report", (REPORT, METRICS)
+
+    def is_recognised(self) -> bool:
+        """True when the dir holds a `report.md`, or a `metrics.json` listing its `files` (a run's metrics.json,
+        which has no such list, does not count)."""
+        if (self.path / self.REPORT).is_file():
+            return True
+        try:
+            return "files" in json.loads((self.path / self.METRICS).read_text())
+        except (OSError, ValueError, TypeError):
+            return False
+
+    def _what_marks_it(self) -> str:
+        return f"{self.REPORT} or a report's {self.METRICS}"
 
     def check_new(self, overwrite: bool, field: str = "out",
-                  hint: str = "pass `overwrite` to replace the report in it") -> None:
-        super().check_new(overwrite, field, hint)
+                  hint: str = "pass `overwrite` to replace the report in it",
+                  inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
+        super().check_new(overwrite, field, hint, inputs)
 
     def remove_previous(self) -> None:
         """Delete the files a previous report listed in its metrics.json (only those, never anything else)."""

@@ -50,7 +50,7 @@ def loss_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 CURVE_PANELS = (  # (title, y label, [(history key, legend)], random-baseline key of `baselines` or None)
-    ("validation NLL (all validation videos)", "nats per comment token", [("val_nll", None)], None),
+    ("validation NLL (validation videos, up to max_eval_videos)", "nats per comment token", [("val_nll", None)], None),
     ("conditioning gain", "nats per comment token", [("val_gain", None)], "no_gain"),
     ("Recall@10 of real comments", "Recall@10", [("val_recall_at_10", "likelihood"),
                                                  ("val_pmi_recall_at_10", "PMI")], "random_recall_at_10"),
@@ -80,7 +80,7 @@ def learning_curve(history: Sequence[dict[str, Any]], path: Path, baselines: dic
         ax.set_xlabel("training comments seen")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if len(series) > 1 or base:
+        if ax.get_legend_handles_labels()[0] and (len(series) > 1 or base):  # nothing labelled: no empty legend
             ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path, dpi=90)

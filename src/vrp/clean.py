@@ -12,6 +12,7 @@ Does not know: file formats (see `vrp.transcripts`), where comments come from (s
 from __future__ import annotations
 
 import html
+import math
 import numbers
 import re
 import unicodedata
@@ -272,33 +273,39 @@ def _count_amount(number: str, suffix: str) -> Decimal:
     raise ValueError(f"{number!r} mixes digits and separators in no known way")
 
 
-def parse_like_count(value: Any, strict: bool = False) -> int:
+MAX_LIKE_COUNT = 10**12  # far above any YouTube like count (the most liked video has ~5e7); larger is an error
+
+
+def parse_like_count(value: Any, strict: bool = False) -> int | None:
     """A like count from a number or from text as YouTube, people and spreadsheets write it: `1.2K likes` -> 1200,
     `2.3M` -> 2300000, `3,1K` -> 3100 (comma as decimal mark before a suffix), `1,234` / `1.234` / `1'234` /
     `1 234` -> 1234 (thousands separators), `1234.0` and `1.23E+06` -> 1234 and 1230000, the int 57 -> 57.
-    Amounts with a suffix are rounded half up to a whole count.
+    Amounts with a suffix are rounded half up to a whole count. A value above `MAX_LIKE_COUNT` (`1e400`,
+    `1e10000000`) is not a count: it is compared as a Decimal before any int is built, so a huge exponent costs
+    nothing.
 
-    Lenient (default; YouTube display text in collect dirs): the first number in the text is read, and text
-    without a number (`""`, `Like`), None, negative or non-finite numbers give 0 (YouTube shows no count for zero
-    likes). Strict (tables people type): the whole text must be one count (an optional word `likes` aside), and
-    anything else raises ValueError saying why: no number, extra text, a negative, non-finite or non-whole number
-    (`12.5` without a suffix), or a boolean.
+    Lenient (default; collect dirs): the first number in the text is read; None, NaN/pd.NA, text without a number
+    (`""`, `Like`, `abc`), negative, non-finite or too large values give None (unknown: tiers leave such a comment
+    out, while 0 would make it "low"). Strict (tables people type): the whole text must be one count (an optional
+    word `likes` aside), and anything else raises ValueError saying why: no number, extra text, a negative,
+    non-finite, too large or non-whole number (`12.5` without a suffix), or a boolean.
     """
     try:
         return _parse_count(value, strict)
     except ValueError:
         if strict:
             raise
-        return 0
+        return None
 
 
 def _parse_count(value: Any, strict: bool) -> int:
-    if value is None:
-        if strict:
-            raise ValueError("no value")
-        return 0
+    if value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ in ("NAType",
+                                                                                                  "NaTType"):
+        raise ValueError("no value")
     if isinstance(value, bool):
         raise ValueError("a boolean is not a count")
+    if isinstance(value, numbers.Integral) and int(value) > MAX_LIKE_COUNT:  # before Decimal(): no huge ints
+        raise ValueError("larger than 10^12, more than any like count")
     if isinstance(value, numbers.Number) and not isinstance(value, (str, bytes)):
         try:
             amount = Decimal(str(value)) if not isinstance(value, numbers.Integral) else Decimal(int(value))
@@ -318,6 +325,8 @@ def _parse_count(value: Any, strict: bool) -> int:
         raise ValueError("not a finite number")
     if amount < 0:
         raise ValueError("a count cannot be negative")
+    if amount > MAX_LIKE_COUNT:  # before int(): int(Decimal("1e10000000")) would build a 10-million-digit number
+        raise ValueError("larger than 10^12, more than any like count")
     if strict and not suffix and amount != amount.to_integral_value():
         raise ValueError("not a whole number")
     return int(amount.to_integral_value(rounding=ROUND_HALF_UP))

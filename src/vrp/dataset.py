@@ -5,16 +5,15 @@ of one video adjacent with equal prompts up to a truncated tail), a test xlsx wi
 user tables (CSV, JSONL, Parquet, xlsx) with `title`, `transcript`, `comment` and optional `video_id`, `like_count`,
 and collect dirs written by `vrp collect` (via `vrp.collect.videos`); the options of `vrp prepare` (`PrepareConfig`)
 and the manifest. Table cells are read as text exactly as written, in every format (`007`, `1.10`, `1e5`, `NA`
-stay what they are), CSV/JSONL bytes in any encoding `vrp.charsets` reads, and like counts by the one parser
-`clean.parse_like_count` (strict: a value that is not a count is an error naming file, row and value). Writes a dataset directory through `vrp.artifacts.DatasetDir`.
+stay what they are; reading and shape checks live in `vrp.tables`), CSV/JSONL bytes in any encoding `vrp.charsets`
+reads, and like counts by the one parser `clean.parse_like_count` (strict: a value that is not a count is an error
+naming file, row and value). Writes a dataset directory through `vrp.artifacts.DatasetDir`.
 Does not know: tokens or models.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import math
 import random
 import warnings
 from collections import Counter
@@ -24,82 +23,16 @@ from typing import Any
 
 from vrp import clean
 from vrp.artifacts import CollectDir, DatasetDir
-from vrp.charsets import decode_bytes
 from vrp.errors import ConfigError, VrpError
 from vrp.io import sha256_file
 from vrp.options import coerce_fields, option
 from vrp.records import Comment, Video, read_videos
+from vrp.tables import TABLE_EXTS, read_jsonl_table  # noqa: F401  (read_jsonl_table: part of this module's API)
+from vrp.tables import cell as _cell
+from vrp.tables import read_table as _read_table
+from vrp.tables import remove_nuls as _remove_nuls
 
-TABLE_EXTS = (".xlsx", ".csv", ".jsonl", ".parquet")
 SEED_PREFIX_CHARS = 200  # rows of one seed video share at least this prompt prefix (their tails differ by truncation)
-
-
-def _read_table(path: Path, stats: Counter | None = None) -> Any:
-    """A table file as a DataFrame whose text cells are the text as written (see `_cell`).
-
-    CSV and xlsx are read with every column as text and no NA words (`NA`, `null`, `None` stay text; an empty cell
-    is ''); JSONL is read by `read_jsonl_table`; Parquet keeps its column types (text stays text, numbers become
-    text in `_cell`). CSV and JSONL bytes are decoded by `vrp.charsets.decode_bytes` (any UTF BOM, UTF-8, else a
-    guessed encoding, recorded in `stats["source_encoding"]` and logged). Raises VrpError naming the file."""
-    import pandas as pd
-
-    ext = path.suffix.lower()
-    if ext not in TABLE_EXTS:
-        raise VrpError(f"{path}: unknown extension {ext!r}; expected one of {TABLE_EXTS} or a collect dir")
-    try:
-        if ext in (".csv", ".jsonl"):
-            decoded = decode_bytes(path.read_bytes(), str(path))
-            if decoded.note and stats is not None:
-                stats["source_encoding"] = f"{decoded.encoding} (guessed)"  # type: ignore[assignment]
-            if ext == ".jsonl":
-                return read_jsonl_table(decoded.text, path)
-            return pd.read_csv(io.StringIO(decoded.text), dtype=str, keep_default_na=False)
-        if ext == ".xlsx":
-            return pd.read_excel(path, dtype=str, keep_default_na=False)
-        return pd.read_parquet(path)
-    except VrpError:
-        raise
-    except Exception as e:  # pandas/openpyxl/pyarrow raise many types for a corrupt file
-        raise VrpError(f"{path}: cannot read as {ext[1:]} ({type(e).__name__}: {e})") from None
-
-
-def read_jsonl_table(text: str, path: Path) -> Any:
-    """JSON Lines text (one object per line, blank lines skipped) as a DataFrame of Python values, one row per
-    line. Strings stay as written (`"007"`, `"1.10"`, `"1e5"`), and so do numbers: they are kept as the text of
-    their JSON literal (`1.10` -> `"1.10"`, `1e5` -> `"1e5"`), never converted to float and back.
-    `df.attrs["line_numbers"]` holds each row's line in the file. Raises VrpError naming `path` and the line for
-    invalid JSON or a line that is not an object."""
-    import pandas as pd
-
-    rows, line_numbers = [], []
-    for lineno, raw in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a JSON string
-        line = clean.strip_format_chars(raw)
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line, parse_int=str, parse_float=str, parse_constant=str)
-        except json.JSONDecodeError as e:
-            raise VrpError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise VrpError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        rows.append(obj)
-        line_numbers.append(lineno)
-    df = pd.DataFrame(rows, dtype=object)
-    df.attrs["line_numbers"] = line_numbers  # error messages name the file's line, blank lines included
-    return df
-
-
-def _cell(value: Any) -> str:
-    """A table cell as stripped text; NaN/None become ''. Numbers (Parquet numeric columns) become their shortest
-    text: an integer as is, a whole float without `.0` (`100000.0` -> `100000`, as a spreadsheet shows it), other
-    floats by `repr`. A list or mapping is not text: ValueError."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(float(value))  # float(): np.float64 repr
-    if isinstance(value, (dict, list, tuple, set)) or (getattr(value, "ndim", 0) or 0) > 0:  # ndim: numpy arrays
-        raise ValueError(f"a {type(value).__name__} is not text")
-    return str(value).strip()
 
 
 def _split_inst(text: str, path: Path, row: int) -> tuple[str, str]:
@@ -155,11 +88,13 @@ def load_seed_table(df: Any, path: Path, stats: Counter) -> list[Video]:
     return videos
 
 
-def load_user_table(df: Any, path: Path, stats: Counter) -> list[Video]:
+def load_user_table(df: Any, path: Path, stats: Counter, require_comments: bool = True) -> list[Video]:
     """Group `title`, `transcript`, `comment` rows into videos (by `video_id` if present, else by title +
     transcript). Comments are ranked by `like_count` (descending) when present, else in file order. Rows with an
-    empty comment are skipped and counted; an empty transcript is an error naming the row."""
-    missing = [c for c in ("title", "transcript", "comment") if c not in df.columns]
+    empty comment are skipped and counted; an empty transcript is an error naming the row. Without
+    `require_comments` (videos to predict for) the `comment` column may be missing: the videos have no comments."""
+    needed = ("title", "transcript", "comment") if require_comments else ("title", "transcript")
+    missing = [c for c in needed if c not in df.columns]
     if missing:
         raise VrpError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. Expected title, transcript, "
                        f"comment (optional video_id, like_count), or the seed format (comments, titles, text)")
@@ -168,7 +103,8 @@ def load_user_table(df: Any, path: Path, stats: Counter) -> list[Video]:
     line_numbers = df.attrs.get("line_numbers")
     for i in range(len(df)):
         row = line_numbers[i] if line_numbers else i + 2 if path.suffix.lower() in (".xlsx", ".csv") else i + 1
-        title, transcript, comment = (_text(df, c, i, path, row) for c in ("title", "transcript", "comment"))
+        title, transcript = (_text(df, c, i, path, row) for c in ("title", "transcript"))
+        comment = _text(df, "comment", i, path, row) if "comment" in df.columns else None
         if not _visible(transcript):
             raise VrpError(f"{path}: row {row}: empty or missing 'transcript'")
         vid = _text(df, "video_id", i, path, row) if "video_id" in df.columns else ""
@@ -179,6 +115,8 @@ def load_user_table(df: Any, path: Path, stats: Counter) -> list[Video]:
             if value != known:
                 raise VrpError(f"{path}: row {row}: video_id {vid!r} has a different {name} than row "
                                f"{first_row[key]}; all rows of one video must have the same title and transcript")
+        if comment is None:
+            continue
         if not comment:
             stats["comments_skipped_empty"] += 1
             continue
@@ -205,7 +143,7 @@ def _text(df: Any, column: str, i: int, path: Path, row: int) -> str:
     try:
         return _cell(df[column].iloc[i])
     except ValueError as e:
-        raise VrpError(f"{path}: row {row}: column {column!r} must be text, not a list or object ({e})") from None
+        raise VrpError(f"{path}: row {row}: column {column!r} must be text ({e})") from None
 
 
 def _visible(text: str) -> bool:
@@ -249,13 +187,13 @@ def load_source(path: str | Path, require_comments: bool = True) -> tuple[list[V
     elif path.suffix.lower() == ".jsonl" and _looks_like_videos(path):
         videos, fmt = read_videos(path), "video jsonl"
     else:
-        df = _read_table(path, stats)
+        df = _remove_nuls(_read_table(path, stats), path, stats)
         if len(df) == 0:
             raise VrpError(f"{path}: no rows")
         if "text" in df.columns and "title" not in df.columns:
             videos, fmt = load_seed_table(df, path, stats), "seed xlsx (LLaMA-2 [INST] text)"
         else:
-            videos, fmt = load_user_table(df, path, stats), "table (title, transcript, comment)"
+            videos, fmt = load_user_table(df, path, stats, require_comments), "table (title, transcript, comment)"
     _drop_blank_comments(videos, stats)
     if require_comments:
         empty = [v.video_id for v in videos if not v.comments]
@@ -277,7 +215,7 @@ def _looks_like_videos(path: Path) -> bool:
         first = clean.strip_format_chars(next((line for line in f if clean.strip_format_chars(line).strip()), ""))
     try:
         obj = json.loads(first)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, too deep, too long a number
         return '"video_id"' in first and '"comments"' in first  # a broken first line: let read_videos name it
     return isinstance(obj, dict) and "video_id" in obj and "transcript" in obj and "comment" not in obj
 

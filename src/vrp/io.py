@@ -110,6 +110,21 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[dict[str, An
 
 
 
+def loads_json(text: str, where: str, name_line: bool = True, **kwargs: Any) -> Any:
+    """`json.loads(text, **kwargs)` for JSON from a user's file or upload. Raises VrpError naming `where` (and, with
+    `name_line`, the line of `text`) for invalid JSON, for nesting too deep for Python's decoder (`[[[[...]]]]`: a
+    RecursionError inside `json.loads`), and for an integer literal longer than Python's int conversion limit (4300
+    digits)."""
+    try:
+        return json.loads(text, **kwargs)
+    except json.JSONDecodeError as e:
+        raise VrpError(f"{where}{f':{e.lineno}' if name_line else ''}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise VrpError(f"{where}: invalid JSON (nested too deeply to read)") from None
+    except ValueError as e:  # int(...) of a number literal over sys.get_int_max_str_digits() digits
+        raise VrpError(f"{where}: invalid JSON ({str(e).split(';')[0]})") from None
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSON Lines file. Blank lines are skipped. Raises VrpError naming the file and line on bad JSON."""
     path = Path(path)
@@ -125,10 +140,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                                f"convert the file to UTF-8") from None
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VrpError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            obj = loads_json(line, f"{path}:{lineno}", name_line=False)
             if not isinstance(obj, dict):
                 raise VrpError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             rows.append(obj)
@@ -172,7 +184,7 @@ def repair_torn_tail(path: str | os.PathLike[str]) -> bool:
         tail = f.read()
         try:
             complete = isinstance(json.loads(tail.decode("utf-8")), dict)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # bad JSON, nested too deeply, huge number
             complete = False
         if complete:
             f.seek(size)
@@ -207,6 +219,8 @@ def iter_jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
                     yield lineno, None
                     return
                 raise VrpError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            except (RecursionError, ValueError):
+                obj = loads_json(line, f"{path}:{lineno}", name_line=False)  # raises the one-line VrpError
             if not isinstance(obj, dict):
                 raise VrpError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj

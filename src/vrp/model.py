@@ -250,7 +250,7 @@ def load_tokenizer(spec: str, path: str | None = None) -> Any:
 
     path = path or model_location(spec)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)  # never the network (README)
     except (OSError, ValueError) as e:
         names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
         if Path(path).is_dir() and not any((Path(path) / n).is_file() for n in names):
@@ -264,7 +264,7 @@ def load_tokenizer(spec: str, path: str | None = None) -> Any:
 def load_base_model(spec: str, prec: Precision, attn_implementation: str | None = None) -> tuple[Any, Any]:
     """Load `(model, tokenizer)` for model `spec` with the resolved precision, in eval mode on `prec.device`.
 
-    Raises VrpError when the model cannot be found locally (no hub downloads happen with HF_HUB_OFFLINE=1) or when
+    Raises VrpError when the model cannot be found locally (`local_files_only`: the Hub is never contacted) or when
     4-bit is asked for without bitsandbytes.
     """
     import torch
@@ -272,7 +272,7 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
     from transformers import AutoModelForCausalLM
 
     path = model_location(spec)
-    kwargs: dict[str, Any] = {"dtype": prec.weight_dtype}
+    kwargs: dict[str, Any] = {"dtype": prec.weight_dtype, "local_files_only": True}  # never the network
     if attn_implementation:
         if attn_implementation == "split_sdpa":
             from vrp.attention import register

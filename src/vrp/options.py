@@ -198,11 +198,18 @@ def coerce_value(cls: type, f: dataclasses.Field, value: Any, where: str | None 
     return value
 
 
+# the seeds numpy's legacy generator (`np.random.seed`) and every other seeded generator accept: 0 .. 2**32 - 1
+SEED_MAX = 2**32 - 1
+
+
 def coerce_fields(obj: Any) -> None:
     """Coerce every field of dataclass instance `obj` in place (`coerce_value`); the first line of each config's
-    `__post_init__`, so that `TrainConfig(lora_r="8")` and `lora_r: 8.0` in YAML both give the int 8."""
+    `__post_init__`, so that `TrainConfig(lora_r="8")` and `lora_r: 8.0` in YAML both give the int 8. A field named
+    `seed` (every config's random seed) must then be in [0, `SEED_MAX`]: ConfigError('seed') otherwise."""
     for f in dataclasses.fields(obj):
         setattr(obj, f.name, coerce_value(type(obj), f, getattr(obj, f.name)))
+    if any(f.name == "seed" for f in dataclasses.fields(obj)):
+        check_range(obj, "seed", low=0, high=SEED_MAX)
 
 
 def coerce_values(cls: type, values: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:

@@ -88,6 +88,8 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
     """Videos to predict for: from `input_path` (dataset dir: its validation split; table; transcript file) or from
     `transcript` (with `title`); the first `max_videos` (0 = all).
 
+    Tables need `title` and `transcript` columns (`comment` is not needed). A `title` goes with a `transcript`
+    text or a transcript file; with a table or directory, whose videos have their own titles, it is a ConfigError.
     Raises ConfigError when both or neither are given, VrpError when the input yields no video.
     """
     if max_videos < 0:
@@ -106,6 +108,9 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
         if not text.strip():
             raise VrpError(f"{path}: empty transcript")
         return [Video(video_id=path.stem, title=title, transcript=text)]
+    if title:
+        raise ConfigError("title", f"goes with a transcript text or a transcript file ({', '.join(TRANSCRIPT_EXTS)}); "
+                                   f"the videos of {path} have their own titles")
     from vrp.dataset import load_source
 
     videos, _ = load_source(path, require_comments=False)
@@ -135,7 +140,7 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
     from tqdm.auto import tqdm
 
     from vrp.model import check_context, load_for_inference
-    from vrp.prompts import build_prompt_ids, no_video_prompt_ids
+    from vrp.prompts import no_video_prompt_ids, video_prompt_ids
     from vrp.rerank import comments_for_prompt, needs_no_video_prompt
 
     cfg = cfg or GenerateConfig()
@@ -148,10 +153,7 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
                   "`max_prompt_tokens` + `max_new_tokens`" + (" + the tier marker" if marker else ""))
     prompts = []  # all prompts first: a video whose prompt cannot be built fails before any generation
     for v in videos:
-        try:
-            prompts.append(build_prompt_ids(tok, v.title, v.transcript, pcfg))
-        except VrpError as e:
-            raise VrpError(f"video {v.video_id!r}: {e}") from None
+        prompts.append(video_prompt_ids(tok, v, pcfg))  # names the video; a ConfigError keeps its field
     presets = cfg.presets()
     no_video = (no_video_prompt_ids(tok, pcfg) + marker
                 if any(needs_no_video_prompt(p, cfg.rerank) for p in presets) else None)

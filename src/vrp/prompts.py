@@ -278,14 +278,16 @@ def build_prompt_ids(tokenizer: Any, title: str, transcript: str, cfg: PromptCon
     Returns prompt token ids, length <= `cfg.max_prompt_tokens` (tokens). The transcript is tokenized once,
     cut with `cfg.truncation` between two characters (`head_boundary`, `tail_boundary`), decoded and re-rendered;
     a second pass trims further if re-tokenization at the cut grew the prompt. The system prompt is a system message,
-    or opens the user message when the template has no system role (`chat_format`). Raises VrpError if the title
-    and template alone exceed the budget, or naming the model when its chat template is unusable.
+    or opens the user message when the template has no system role (`chat_format`). Raises
+    ConfigError('max_prompt_tokens') if the title and template alone exceed the budget (or the transcript cannot be
+    cut to fit), VrpError naming the model when its chat template is unusable.
     """
     overhead = len(_ids(tokenizer, _render(tokenizer, _messages(tokenizer, cfg, title, ""), True)))
     budget = cfg.max_prompt_tokens - overhead
     if budget < 1:
-        raise VrpError(f"the title and chat template take {overhead} tokens, more than max_prompt_tokens="
-                       f"{cfg.max_prompt_tokens}; raise the budget or shorten the title {title[:60]!r}")
+        raise ConfigError("max_prompt_tokens", f"the title and chat template take {overhead} tokens, more than the "
+                                               f"prompt budget of {cfg.max_prompt_tokens}; raise it or shorten the "
+                                               f"title {title[:60]!r}")
     t_ids = _ids(tokenizer, transcript.strip())
     for _ in range(4):
         text = _truncated_text(tokenizer, t_ids, budget, cfg.truncation) if len(t_ids) > budget else transcript
@@ -293,7 +295,20 @@ def build_prompt_ids(tokenizer: Any, title: str, transcript: str, cfg: PromptCon
         if len(ids) <= cfg.max_prompt_tokens:
             return ids
         budget -= len(ids) - cfg.max_prompt_tokens
-    raise VrpError(f"could not fit the transcript of {title[:60]!r} into {cfg.max_prompt_tokens} tokens")
+    raise ConfigError("max_prompt_tokens", f"could not fit the transcript of {title[:60]!r} into the prompt budget of "
+                                           f"{cfg.max_prompt_tokens} tokens")
+
+
+def video_prompt_ids(tokenizer: Any, video: Video, cfg: PromptConfig, transcript: str | None = None) -> list[int]:
+    """`build_prompt_ids` of `video` (its title and `transcript`, by default its own), with the video's id in front
+    of the message of any error it raises (`video 'ID': ...`; a ConfigError keeps its field), so that one video whose
+    title does not fit the budget is named among a dataset's."""
+    try:
+        return build_prompt_ids(tokenizer, video.title, video.transcript if transcript is None else transcript, cfg)
+    except ConfigError as e:
+        raise ConfigError(e.field, f"video {video.video_id!r}: {e.message}") from None
+    except VrpError as e:
+        raise VrpError(f"video {video.video_id!r}: {e}") from None
 
 
 def no_video_prompt_ids(tokenizer: Any, cfg: PromptConfig) -> list[int]:
@@ -336,10 +351,7 @@ def encode_video(tokenizer: Any, video: Video, cfg: PromptConfig) -> EncodedVide
 
     Raises VrpError when the video has no usable comment.
     """
-    try:
-        prompt_ids = build_prompt_ids(tokenizer, video.title, video.transcript, cfg)
-    except VrpError as e:
-        raise VrpError(f"video {video.video_id!r}: {e}") from None
+    prompt_ids = video_prompt_ids(tokenizer, video, cfg)
     completions = [build_completion_ids(tokenizer, c.text, cfg) for c in video.comments if c.text.strip()]
     if not completions:
         raise VrpError(f"video {video.video_id!r} has no usable comment")

@@ -89,7 +89,8 @@ def resolve_tier_source(source: str, videos: Sequence[Video], fmt: str | None) -
     """`likes` or `rank` for `source` (`auto`, `likes`, `rank`) on these videos: `auto` = `likes` when any comment
     has a like count, else `rank` when the dataset's format `fmt` is the seed's (its ranks are like ranks), else a
     ConfigError('tiers') saying the data has neither. Also raises ConfigError('tiers') when no comment gets a tier
-    (e.g. only one-comment videos or equal like counts) and ConfigError('tier_source') for an unknown source."""
+    (e.g. only one-comment videos or equal like counts), ConfigError('tier_source') for an unknown source or for
+    `likes` on data where no comment has a like count."""
     if source not in TIER_SOURCES:
         raise ConfigError("tier_source", f"choose from {TIER_SOURCES}, got {source!r}")
     if source == "auto":
@@ -104,8 +105,13 @@ def resolve_tier_source(source: str, videos: Sequence[Video], fmt: str | None) -
                                        f"is the most liked comment of each video")
     tiered = sum(t is not None for v in videos for t in comment_tiers(v.comments, source))
     if not tiered:
-        raise ConfigError("tiers", f"no comment gets a tier from its {source} (every video has one comment, or "
-                                   f"its comments have equal like counts)")
+        if source == "likes" and not any(c.like_count is not None for v in videos for c in v.comments):
+            raise ConfigError("tier_source", "likes: no comment in the dataset has a like count; tiers by likes "
+                                             "need like counts (a collect dir, a like_count column), or set "
+                                             "`tier_source` rank if rank 1 is the most liked comment of each video")
+        what = "like counts" if source == "likes" else "ranks"
+        raise ConfigError("tiers", f"no comment gets a tier from its {what} (every video has fewer than two "
+                                   f"comments with {what}, or its comments have equal {what})")
     return source
 
 

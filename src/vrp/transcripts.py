@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 from vrp import clean
 from vrp.charsets import decode_bytes
 from vrp.errors import VrpError
+from vrp.io import loads_json
 
 SUPPORTED_SUFFIXES = (".vtt", ".srt", ".sbv", ".json3", ".json", ".txt")
 
@@ -102,11 +103,93 @@ def tidy_caption_lines(text: str) -> str:
     return _LEADING_BLANK_LINES_RE.sub("", "\n".join(lines))
 
 
+# Timestamps as webvtt-py 0.6.0 accepts them (vtt.py, srt.py, sbv.py), and timing lines made of them. Minutes and
+# seconds above 59 and an end before the start are checked in `_timing_ms`.
+_VTT_TS = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})\.(\d{1,3})"
+_SRT_TS = r"(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})"
+_SBV_TS = r"(\d+):(\d{1,2}):(\d{1,2})\.(\d{3})"
+_TIMING_RE = {
+    "vtt": re.compile(rf"{_VTT_TS}[ \t]*-->[ \t]*{_VTT_TS}(?:[ \t]+.*)?"),  # cue settings may follow the end time
+    "srt": re.compile(rf"{_SRT_TS}[ \t]*-->[ \t]*{_SRT_TS}(?:[ \t]+.*)?"),  # SRT editors' X1:.. Y1:.. coordinates
+    "sbv": re.compile(rf"{_SBV_TS},{_SBV_TS}"),
+}
+# A line meant as a timing line: an arrow (`-->`, or a mistyped `->` / `=>` / `→` next to a time), or two times.
+_TIMING_ATTEMPT_RE = re.compile(r"-->|\d:\d{1,2}\S*\s*(?:-+>|=+>|→)|(?:-+>|=+>|→)\s*-?\d+:\d"
+                                r"|^\s*-?\d+:\d{1,2}:\d{1,2}[.,]\d+\s*\S{0,3}\s*-?\d+:\d{1,2}:\d{1,2}")
+_VTT_NON_CUE_BLOCKS = ("WEBVTT", "NOTE", "STYLE", "REGION")
+
+
+def _timing_ms(groups: Sequence[str | None]) -> tuple[int, int] | str:
+    """(start ms, end ms) of the 8 regex groups of a timing line (hours may be None), or why it is invalid."""
+    times = []
+    for h, m, sec, frac in (groups[:4], groups[4:]):
+        if int(m) > 59 or int(sec) > 59:
+            return "minutes and seconds must be 00-59"
+        times.append(((int(h or 0) * 60 + int(m)) * 60 + int(sec)) * 1000 + int(str(frac).ljust(3, "0")))
+    if times[1] < times[0]:
+        return "the cue ends before it starts"
+    return times[0], times[1]
+
+
+def check_timing_lines(text: str, fmt: str, where: str) -> None:
+    """Check every timing line of caption `text` in format `fmt` (`vtt`, `srt`, `sbv`); webvtt-py skips a cue with a
+    malformed timing line, or reads it as text of the cue before, so text would be lost or mixed with timings.
+
+    A line meant as a timing line (it holds `-->`, a mistyped arrow such as `->` next to a time, or two times) must
+    be a valid one; a valid one must have minutes and seconds 00-59 and end no earlier than it starts. Every block
+    (lines between blank lines) of an SBV file starts with a timing line, and every WebVTT block but the header,
+    NOTE, STYLE and REGION blocks has one as its first or second line (else its text is outside any cue). An SRT
+    block without one continues the cue before (webvtt-py joins it; a blank line inside cue text is common).
+    Raises VrpError naming `where`, the line number (1 = first line of the file) and the bad line."""
+    pattern = _TIMING_RE[fmt]
+    lines = [clean.strip_format_chars(ln) for ln in _LINE_BREAK_RE.split(text)]
+
+    def bad(lineno: int, why: str) -> VrpError:
+        shown = lines[lineno - 1].strip()
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return VrpError(f"{where}:{lineno}: {why}: {shown!r}")
+
+    block_start = True
+    block: list[int] = []  # line numbers of the current block
+    for lineno, line in enumerate(lines + [""], 1):
+        if (not line) if fmt == "vtt" else (not line.strip()):  # WebVTT: a line of spaces is cue text (YouTube)
+            if block:
+                first = lines[block[0] - 1].strip()
+                heads = [lines[n - 1] for n in block[:2]]
+                if fmt == "sbv" and not pattern.fullmatch(first):
+                    raise bad(block[0], "expected an SBV timing line such as 0:00:01.000,0:00:03.000")
+                if (fmt == "vtt" and not first.startswith(_VTT_NON_CUE_BLOCKS)
+                        and not any("-->" in h for h in heads)):
+                    raise bad(block[0], "text outside any cue (a block without a timing line such as "
+                                        "00:00:01.000 --> 00:00:03.000)")
+            block, block_start = [], True
+            continue
+        block.append(lineno)
+        stripped = line.strip()
+        if fmt == "vtt" and block_start and stripped.startswith(_VTT_NON_CUE_BLOCKS):
+            block_start = False
+            continue
+        block_start = False
+        if len(block) > 1 and fmt == "vtt" and lines[block[0] - 1].strip().startswith(_VTT_NON_CUE_BLOCKS):
+            continue  # inside the header, a NOTE, STYLE or REGION block
+        m = pattern.fullmatch(stripped)
+        if m is None:
+            if _TIMING_ATTEMPT_RE.search(stripped) and not (fmt == "sbv" and len(block) > 1):
+                raise bad(lineno, "malformed timing line")
+            continue
+        timing = _timing_ms(m.groups())
+        if isinstance(timing, str):
+            raise bad(lineno, f"invalid timing ({timing})")
+
+
 def _parse_cues(text: str, fmt: str, where: str, expected: str) -> list[Segment]:
-    """Cues of `text` in webvtt-py's format `fmt` (`vtt`, `srt`, `sbv`) as segments; VrpError naming `where`."""
+    """Cues of `text` in webvtt-py's format `fmt` (`vtt`, `srt`, `sbv`) as segments, after `check_timing_lines`;
+    VrpError naming `where`."""
     import webvtt
     from webvtt.errors import MalformedCaptionError, MalformedFileError
 
+    if fmt != "vtt" or tidy_caption_lines(text).startswith("WEBVTT"):  # not WebVTT at all: the error below says so
+        check_timing_lines(text, fmt, where)
     try:
         captions = webvtt.WebVTT.from_buffer(io.StringIO(tidy_caption_lines(text)), format=fmt).captions
     except (MalformedFileError, MalformedCaptionError) as e:
@@ -136,7 +219,9 @@ def parse_sbv(text: str, where: str = "<sbv>") -> list[Segment]:
 
 def parse_json3(obj: Any, where: str = "<json3>") -> list[Segment]:
     """Parse YouTube timed-text JSON (`fmt=json3`): one segment per event with text; line-break-only append
-    events are skipped. Times come from `tStartMs` and `dDurationMs` (milliseconds)."""
+    events are skipped. Times come from `tStartMs` and `dDurationMs` (milliseconds). Raises VrpError naming
+    `where` and the event for `segs` that is not a list of objects, a `utf8` that is not a string (`5`), or a time
+    that is not a finite number >= 0 (`"1000"`, `true`, `-5`)."""
     events = obj.get("events") if isinstance(obj, dict) else None
     if not isinstance(events, list):
         raise VrpError(f"{where}: not YouTube json3 captions (expected an object with an 'events' list)")
@@ -144,12 +229,20 @@ def parse_json3(obj: Any, where: str = "<json3>") -> list[Segment]:
     for i, ev in enumerate(events):
         if not isinstance(ev, dict) or not ev.get("segs"):
             continue
-        try:
-            text = "".join(str(s.get("utf8", "")) for s in ev["segs"])
-            start = _seconds(ev.get("tStartMs", 0)) / 1000
-            end = start + _seconds(ev.get("dDurationMs", 0)) / 1000
-        except (AttributeError, TypeError, ValueError):
-            raise VrpError(f"{where}: events[{i}] is malformed: {_brief(ev)}") from None
+        segs = ev["segs"]
+        if not isinstance(segs, list) or not all(isinstance(x, dict) for x in segs):
+            raise VrpError(f"{where}: events[{i}].segs must be a list of {{'utf8': text}} objects: {_brief(ev)}")
+        for j, seg in enumerate(segs):
+            if not isinstance(seg.get("utf8", ""), str):
+                raise VrpError(f"{where}: events[{i}].segs[{j}].utf8 must be text, got {_brief(seg.get('utf8'))}")
+        for key in ("tStartMs", "dDurationMs"):
+            value = ev.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise VrpError(f"{where}: events[{i}].{key} must be a number of milliseconds >= 0, got "
+                               f"{_brief(value)}")
+        text = "".join(seg.get("utf8", "") for seg in segs)
+        start = ev.get("tStartMs", 0) / 1000
+        end = start + ev.get("dDurationMs", 0) / 1000
         text = clean.clean_caption_line(text)
         if text:
             segments.append(Segment(start, end, text))
@@ -224,11 +317,11 @@ def parse_transcript_bytes(data: bytes, filename: str, notes: list[str] | None =
     if suffix == ".txt":
         body = clean.collapse_spaces(clean.remove_invisible(text))
         return [Segment(0.0, 0.0, body)] if body else []
+    obj = loads_json(clean.strip_format_chars(text), filename)
     try:
-        obj = json.loads(clean.strip_format_chars(text))
-    except json.JSONDecodeError as e:
-        raise VrpError(f"{filename}:{e.lineno}: invalid JSON ({e.msg})") from None
-    return parse_json_transcript(obj, filename)
+        return parse_json_transcript(obj, filename)
+    except RecursionError:  # a deeply nested value that the decoder took but a later walk (repr, dumps) did not
+        raise VrpError(f"{filename}: invalid transcript JSON (nested too deeply to read)") from None
 
 
 def read_transcript(path: str | os.PathLike[str], notes: list[str] | None = None) -> list[Segment]:

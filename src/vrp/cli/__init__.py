@@ -61,11 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     as in the Python docs' "Note on SIGPIPE" (library/signal), stdout is flushed inside the `try` (so a closed
     pipe raises here, not at interpreter exit) and then pointed at /dev/null. The status is then 141, what a
     shell reports for a process ended by SIGPIPE (128 + 13)."""
+    import warnings
+
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # warnings as one line; only the format: recorders still see them
     try:
-        try:
-            return _main(argv)
-        finally:  # also after argparse's --help or usage error (SystemExit)
-            sys.stdout.flush()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+            try:
+                return _main(argv)
+            finally:  # also after argparse's --help or usage error (SystemExit)
+                sys.stdout.flush()
     except BrokenPipeError:
         import os
 
@@ -74,10 +80,21 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):  # a stdout without a file descriptor (captured in tests): nothing to redirect
             pass
         return 141
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(message: Any, category: Any, filename: str, lineno: int, line: Any = None) -> str:
+    """`warnings.formatwarning` for the CLI: `warning: <message>` (no source file, line or category)."""
+    return f"warning: {message}\n"
 
 
 def _main(argv: list[str] | None) -> int:
-    """Parse `argv` and run the subcommand; VrpError and Ctrl-C become a message and a status."""
+    """Parse `argv` and run the subcommand; VrpError and Ctrl-C become a message and a status. Hugging Face
+    libraries run offline (HF_HUB_OFFLINE=1 unless set otherwise): nothing is downloaded at run time."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from vrp.errors import ConfigError, VrpError
 
     parser = build_parser()

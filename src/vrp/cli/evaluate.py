@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(cfg.threads)
     report = ReportDir(args.out)
-    report.check_new(args.overwrite)
+    inputs = [("data", args.data), ("model", cfg.model), *(("run", r) for r in args.run)]
+    report.check_new(args.overwrite, inputs=inputs)
     models = models_to_evaluate(cfg.model, args.run, cfg.checkpoint)
     data = load_eval_data(args.data, cfg.max_videos)
     t0 = time.perf_counter()
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         gen_rows += tier_rows
     res["command"] = {"data": args.data, "run": args.run, "out": args.out, "overwrite": args.overwrite,
                       **dataclasses.asdict(cfg)}
-    write_outputs(report, res, per_video, gen_rows, {m[0]: m[2] for m in models}, args.overwrite)
+    write_outputs(report, res, per_video, gen_rows, {m[0]: m[2] for m in models}, args.overwrite,
+                  inputs)
     for label, m in res["models"].items():
         lk, rk = m["likelihood"], m["ranking"]
         g = lk.get("conditioning_gain") or {}

@@ -22,9 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run `vrp prepare`; prints the counts."""
+    from vrp.artifacts import DatasetDir
     from vrp.dataset import PrepareConfig, prepare
     from vrp.options import build_config
 
+    DatasetDir(args.out).check_new(args.overwrite, inputs=[("input", args.input)])  # never replace its own input
     m = prepare(args.input, args.out, build_config(PrepareConfig, None, vars(args)), overwrite=args.overwrite)
     print(f"{m['format']}: {m['videos']['total']} videos -> train {m['videos']['train']} "
           f"({m['comments']['train']} comments), validation {m['videos']['validation']} "

@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 # options a resumed run may change; the data position is global, so also the number of processes, and grad_accum
-# keeps the global batch (batch_size x grad_accum x processes) when that changes
+# keeps the global batch (batch_size x grad_accum x processes) when that changes; max_steps and epochs only when the
+# learning-rate schedule does not depend on the total (`TrainConfig.schedule_uses_total`, checked by the training setup)
 RESUMABLE = ("max_steps", "epochs", "distributed_strategy", "grad_accum", "max_memory")
 
 
@@ -33,7 +34,7 @@ def resumed_config(args: argparse.Namespace) -> object:
     from vrp.artifacts import RunDir
     from vrp.errors import ConfigError, VrpError
     from vrp.options import build_config, coerce_values
-    from vrp.train.config import TrainConfig
+    from vrp.train.config import PATH_OPTIONS, TrainConfig, resolve_path_option
 
     run = RunDir(args.out)
     if not run.exists():
@@ -44,14 +45,28 @@ def resumed_config(args: argparse.Namespace) -> object:
         raise ConfigError("resume", "`resume` and `overwrite` exclude each other")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = coerce_values(TrainConfig, {k: v for k, v in vars(args).items() if k in names})
+    # config.yaml holds path options resolved as at the start, so the same relative path must compare equal
+    given.update({k: resolve_path_option(given[k]) for k in PATH_OPTIONS if isinstance(given.get(k), str)})
     cfg = build_config(TrainConfig, run.config(), {k: v for k, v in given.items() if k in RESUMABLE},
                        where=str(run.config_path))
     changed = {k: v for k, v in given.items() if k not in RESUMABLE and v != getattr(cfg, k)}
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')} {v!r} (run: {getattr(cfg, k)!r})" for k, v in changed.items())
-        raise VrpError(f"--resume cannot change the run's options ({flags}); only --max-steps, --epochs, "
-                       f"--grad-accum, --distributed-strategy and --max-memory may differ (and the number of processes). Start a new run with --out, or --overwrite this one")
+        raise VrpError(f"--resume cannot change the run's options ({flags}); only --grad-accum, "
+                       f"--distributed-strategy and --max-memory may differ (and the number of processes), and "
+                       f"--max-steps / --epochs with a constant learning-rate schedule. Start a new run with --out, "
+                       f"or --overwrite this one")
     return cfg
+
+
+def validation_summary(m: dict) -> str:
+    """The validation part of the summary line of `metrics.json` values `m`: the base and final NLL per token (`-`
+    for one that is missing), or that there was no validation split, never Python's `None`."""
+    base, final = m.get("base_val_nll"), m.get("final_val_nll")
+    if base is None and final is None:
+        return "no validation split (no validation videos), so no validation NLL/token and no best checkpoint"
+    show = ["-" if x is None else f"{x:.4f}" for x in (base, final)]
+    return f"validation NLL/token {show[0]} (base) -> {show[1]} (fine-tuned)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,11 +82,8 @@ def run(args: argparse.Namespace) -> int:
     m = train(cfg, args.data, args.out, resume=args.resume, overwrite=args.overwrite)
     if m.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
         return 0  # in a launched run rank 0 reports
-    base, final = m["base_val_nll"], m["final_val_nll"]
     print(f"done: {m['steps']} steps, {m['comments_seen']} comments, {m['tokens_per_s']} tokens/s, "
-          f"validation NLL/token {base if base is None else round(base, 4)} (base) -> "
-          f"{final if final is None else round(final, 4)} (fine-tuned), peak memory "
-          f"{m.get('peak_rss_bytes', 0) / 1e9:.2f} GB RSS; run dir {args.out}")
+          f"{validation_summary(m)}, peak memory {(m.get('peak_rss_bytes') or 0) / 1e9:.2f} GB RSS; run dir {args.out}")
     if m.get("best_step") is not None:
         print(f"best validation NLL/token {m['best_val_nll']:.4f} at step {m['best_step']} ({m['best_checkpoint']}, "
               f"--checkpoint best); adapter/ is the last step's; learning curve: {args.out}/curve.png")

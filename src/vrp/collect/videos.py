@@ -47,7 +47,9 @@ def clean_comments(raw: Any, where: str, drop_uploader: bool = True, max_comment
 
     Comments are de-duplicated by id, cleaned (`clean.clean_comment_text`), filtered
     (`clean.comment_drop_reason`), optionally cut to `max_comment_graphemes` grapheme clusters, ranked by like
-    count (display text such as `1.2K` is parsed) with rank 1 = most liked, and capped at `max_comments`.
+    count (display text such as `1.2K` is parsed) with rank 1 = most liked, and capped at `max_comments`. A missing
+    or unreadable like count (`null`, `"abc"`, `"Like"`) is unknown (None, never 0: tiers treat 0 as "low"); such
+    comments rank after those with a count, in YouTube's order.
     Raises VrpError naming `where` and the field if `raw` is not a list of objects with a string `text`.
     """
     if raw is None:
@@ -60,7 +62,7 @@ def clean_comments(raw: Any, where: str, drop_uploader: bool = True, max_comment
     unique, n_dup = clean.dedupe_by_id(raw)
     dropped: Counter = Counter({r: 0 for r in COMMENT_DROP_REASONS})
     dropped["duplicate_id"] += n_dup
-    kept: list[tuple[int, int, str]] = []
+    kept: list[tuple[int | None, int, str]] = []
     for order, c in enumerate(unique):
         text = clean.clean_comment_text(c["text"])
         reason = clean.comment_drop_reason(c, text, drop_uploader=drop_uploader)
@@ -70,7 +72,7 @@ def clean_comments(raw: Any, where: str, drop_uploader: bool = True, max_comment
         if max_comment_graphemes is not None:
             text = clean.truncate_graphemes(text, max_comment_graphemes)
         kept.append((clean.parse_like_count(c.get("like_count")), order, text))
-    kept.sort(key=lambda t: (-t[0], t[1]))
+    kept.sort(key=lambda t: (t[0] is None, -(t[0] or 0), t[1]))  # unknown counts after the known ones
     if max_comments is not None and len(kept) > max_comments:
         dropped["over_max_comments"] += len(kept) - max_comments
         kept = kept[:max_comments]

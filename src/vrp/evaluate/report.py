@@ -240,15 +240,15 @@ def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], cha
     if gen:
         gen["real held-out comments"] = res["references"]["real_held_out"]
         out += ["## 4. Generated comments (held-out videos)", "", _table(GEN_HEADER, _gen_rows(gen)), ""]
+    if res.get("examples"):
+        out += ["### Side by side (first comment of each setup)", ""] + _examples(res["examples"])
     if res["seed_comparison"]:
         out += ["## 5. Side by side with the original project (its 8 test videos)", "",
                 "`original/*` are the published outputs of the 2023 project (LLaMA-2-7B-chat base, and its fine-tune "
                 "with beam search / beam + do_sample), cut at 150 LLaMA tokens; the others are ours on the same "
                 "videos.", "", _table(GEN_HEADER, _gen_rows(res["seed_comparison"])), ""]
-    if res.get("examples"):
-        out += ["### Side by side (first comment of each setup)", ""] + _examples(res["examples"])
     out += tier_markdown(res.get("tiers"))  # vrp.evaluate.tiers: only for runs trained with like tiers
-    out += ["## 6. Timing (seconds)", "", _table(["model", "load", "ranking + likelihood (own prompts)",
+    out += ["## 7. Timing (seconds)", "", _table(["model", "load", "ranking + likelihood (own prompts)",
                                                  "title-only prompts", "no-video prompt", "ranking total",
                                                  "per video", "generation"],
                                                 [[k, t.get("load_s"), t.get("score_own_prompt_s"),
@@ -265,10 +265,12 @@ def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], cha
 
 
 def write_outputs(report: ReportDir, res: dict[str, Any], per_video: list[dict[str, Any]],
-                  gen_rows: list[dict[str, Any]], runs: dict[str, RunDir | None], overwrite: bool) -> list[str]:
+                  gen_rows: list[dict[str, Any]], runs: dict[str, RunDir | None], overwrite: bool,
+                  inputs: list[tuple[str, Any]] | None = None) -> list[str]:
     """Write charts, per_video.jsonl, generations.jsonl, report.md and, last, metrics.json (its `files` lists them).
-    Each file is written atomically; files of a previous report in the dir are removed first. Returns file names."""
-    report.check_new(overwrite)
+    Each file is written atomically; files of a previous report in the dir are removed first, and only in a report
+    dir that is none of the command's `inputs` ((field, path) pairs; `ReportDir.check_new`). Returns file names."""
+    report.check_new(overwrite, inputs=inputs or ())
     out = report.path
     out.mkdir(parents=True, exist_ok=True)
     report.remove_previous()

@@ -43,6 +43,7 @@ from vrp.evaluate.generation import (  # noqa: F401 (re-exported)
     side_by_side,
 )
 from vrp.evaluate.pmi import cross_fit
+from vrp.prompts import PromptConfig
 from vrp.records import Video
 
 KS = (1, 5, 10)
@@ -129,7 +130,7 @@ def score_videos(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video], csets
 
     from tqdm.auto import tqdm
 
-    from vrp.prompts import build_completion_ids, build_prompt_ids, no_video_prompt_ids
+    from vrp.prompts import build_completion_ids, no_video_prompt_ids, video_prompt_ids
 
     ids: dict[str, list[int]] = {}
 
@@ -149,9 +150,9 @@ def score_videos(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video], csets
             real, dis = [cids(t) for t in cs.real], [cids(t) for t in cs.distractors]
             guest = [cids(t) for t in csets[guests[j]].real] if j in guests and guests[j] != j else []
             t0 = time.perf_counter()
-            sc = scorer.score(build_prompt_ids(tok, v.title, v.transcript, pcfg), real + dis + guest)
+            sc = scorer.score(video_prompt_ids(tok, v, pcfg), real + dis + guest)
             t1 = time.perf_counter()
-            st = scorer.score(build_prompt_ids(tok, v.title, "", pcfg), real + dis)
+            st = scorer.score(video_prompt_ids(tok, v, pcfg, transcript=""), real + dis)
             t_full, t_title = t_full + t1 - t0, t_title + time.perf_counter() - t1
             if nv_prompt is not None:
                 t2 = time.perf_counter()
@@ -219,6 +220,26 @@ def _candidate_summary(csets: Sequence[CandidateSet], n_candidates: int, frequen
             "frequent_training_comments": list(frequent[:20])}
 
 
+def shared_prompt_settings(models: Sequence[tuple[str, str | None, RunDir | None]],
+                           max_prompt_tokens: int | None) -> tuple[PromptConfig, list[str]]:
+    """The prompt settings every model of one report is scored with, so that base and fine-tuned numbers compare:
+    the budget `max_prompt_tokens` when given, else the first run's (with its truncation, which the base model then
+    uses too), else the defaults. Returns them and a note for each run trained with other settings."""
+    from vrp.predict import prompt_settings
+
+    runs = [r for _, _, r in models if r is not None]
+    shared = prompt_settings(runs[0] if runs else None, max_prompt_tokens)
+    notes = []
+    for r in runs:
+        own = r.prompt_config()
+        if max_prompt_tokens is None and (own.max_prompt_tokens, own.truncation) != (shared.max_prompt_tokens,
+                                                                                      shared.truncation):
+            notes.append(f"{r.path.name} was trained with prompts <= {own.max_prompt_tokens} tokens ({own.truncation}) "
+                         f"but every model is scored at {shared.max_prompt_tokens} ({shared.truncation}), the first "
+                         "run's; pass max_prompt_tokens to choose")
+    return shared, notes
+
+
 def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir | None]], embedder: Any,
                  cfg: EvaluateConfig | None = None
                  ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -279,11 +300,13 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
     tok_count: Callable[[str], int] | None = None
     per_video: list[dict[str, Any]] = []
     gen_rows: list[dict[str, Any]] = []
+    shared, budget_notes = shared_prompt_settings(models, cfg.max_prompt_tokens)
+    notes += budget_notes
     for label, spec, run in models:
         t0 = time.perf_counter()
         loaded = load_for_inference(spec, run, precision=precision)
         m, tok, info = loaded
-        pcfg = prompt_settings(run, cfg.max_prompt_tokens)
+        pcfg = shared if run is None else prompt_settings(run, shared.max_prompt_tokens)
         tm: dict[str, Any] = {"load_s": time.perf_counter() - t0}
         if tok_count is None:
             tok_count = lambda t, tok=tok: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731

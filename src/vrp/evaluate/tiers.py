@@ -55,7 +55,7 @@ def score_under_markers(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video]
     import torch
     from tqdm.auto import tqdm
 
-    from vrp.prompts import build_completion_ids, build_prompt_ids
+    from vrp.prompts import build_completion_ids, video_prompt_ids
     from vrp.scoring import score_packed
     from vrp.tiers import marker_ids
 
@@ -67,7 +67,7 @@ def score_under_markers(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video]
         items = [(c, t) for c, t in zip(comments, comment_tiers(comments, source)) if t is not None]
         if not items:
             continue
-        prompt = build_prompt_ids(tok, v.title, v.transcript, pcfg)
+        prompt = video_prompt_ids(tok, v, pcfg)
         ids = [build_completion_ids(tok, c.text, pcfg) for c, _ in items]
         comps = [c for c in ids for _ in VARIANTS]
         ctxs = [markers[name] for _ in ids for name in VARIANTS]
@@ -197,7 +197,7 @@ def evaluate_tiers(data: Any, models: Sequence[tuple[str, str | None, Any]], emb
     first `cfg.max_gen_videos` videos. When the held-out videos have no tiers the section says why."""
     from vrp.evaluate.candidates import frequent_comments
     from vrp.evaluate.embed import embed_videos
-    from vrp.evaluate.run import generation_metrics
+    from vrp.evaluate.run import generation_metrics, shared_prompt_settings
     from vrp.model import autocast_ctx, load_for_inference, resolve_precision
     from vrp.predict import prompt_settings
 
@@ -223,13 +223,14 @@ def evaluate_tiers(data: Any, models: Sequence[tuple[str, str | None, Any]], emb
     gen_videos = data.videos[: cfg.max_gen_videos or None]
     video_emb = embed_videos(embedder, data.videos) if presets else None  # on-topic: among all, as section 4
     gen_rows: list[dict[str, Any]] = []
+    shared, _ = shared_prompt_settings(models, cfg.max_prompt_tokens)
     for label, spec, run in models:
         if run is not None and not sources.get(label):
             continue
         t1 = time.perf_counter()
         loaded = load_for_inference(spec, run, precision=cfg.precision)
         m, tok, _ = loaded
-        pcfg = prompt_settings(run, cfg.max_prompt_tokens)
+        pcfg = shared if run is None else prompt_settings(run, shared.max_prompt_tokens)
         with autocast_ctx(resolve_precision(cfg.precision)):
             records = score_under_markers(m, tok, pcfg, data.videos, source, cfg.score_row_tokens,
                                           cfg.score_rows_per_batch, progress=not cfg.quiet)
@@ -285,7 +286,7 @@ def tier_markdown(section: dict[str, Any] | None) -> list[str]:
     """The report.md lines of the tier section (none when `section` is None)."""
     if not section:
         return []
-    out = ["## Like tiers: top, typical and ignored comments", ""]
+    out = ["## 6. Like tiers: top, typical and ignored comments", ""]
     if "skipped" in section:
         return out + [f"Skipped: {section['skipped']}.", ""]
     out += [f"Tiers from {section['source']} (markers: " + ", ".join(f"`{m}`" for m in section["markers"].values())

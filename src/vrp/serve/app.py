@@ -42,10 +42,10 @@ from vrp.serve.worker import (
     JobTimeout,
     QueueFull,
 )
+from vrp.options import SEED_MAX
 from vrp.tiers import LABELS, TIER_CHOICES
 
 log = logging.getLogger("vrp.serve.app")
-SEED_MAX = 2**32 - 1
 FILE_FORM_FIELDS = {"file", "title", "num_comments", "preset", "max_new_tokens", "seed", "tier", "rerank"}
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "

@@ -2,9 +2,9 @@
 
 Knows: the JSON error shape `{status, error, message, details?}` every route returns, and a pure ASGI middleware
 that reads the whole request body up to a limit (413 on `Content-Length` or while streaming, without reading
-further), refuses cross-origin POSTs (403), replays the body to the app (multipart file names given only as RFC 5987
-`filename*` rewritten by `vrp.serve.uploads.with_plain_filenames`) and adds security headers (`nosniff`,
-`no-referrer`, `no-store`).
+further), refuses cross-origin POSTs (403, the opaque origin `null` included), replays the body to the app
+(multipart file names given only as RFC 5987 `filename*` rewritten by `vrp.serve.uploads.with_plain_filenames`) and
+adds security headers (`nosniff`, `no-referrer`, `no-store`).
 Does not know: routes, request fields or the model (see `vrp.serve.app`).
 """
 from __future__ import annotations
@@ -73,9 +73,11 @@ class Guard:
                 return error_response(413, "payload_too_large",
                                       f"request body of {int(length)} bytes is over the limit of {self.max} bytes")
         origin = headers.get("origin")
-        if scope.get("method") not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null":
+        if scope.get("method") not in ("GET", "HEAD", "OPTIONS") and origin is not None:
+            # `null` is the opaque origin of sandboxed iframes, file: pages and some redirects (RFC 6454 section 7.3,
+            # Fetch "serializing a request origin"): never this server's own page, so it is cross-origin too
             host = headers.get("host", "")
-            if origin.split("://", 1)[-1].rstrip("/") != host:
+            if origin.strip() == "null" or origin.split("://", 1)[-1].rstrip("/") != host:
                 return error_response(403, "forbidden", "cross-origin requests are not accepted")
         return None
 

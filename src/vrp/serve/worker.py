@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from vrp import clean
 from vrp.decoding import GeneratedComment
 from vrp.errors import VrpError
 from vrp.prompts import PromptConfig, build_prompt_ids, no_video_prompt_ids
@@ -214,7 +215,8 @@ class GenerationWorker:
         tok, cfg = self.tokenizer, self.prompt_config
         notes: list[str] = []
         transcript = job.transcript if job.upload is None else transcript_from_upload(*job.upload, notes=notes)
-        transcript = transcript or ""
+        # NULs, zero-width spaces and other invisible characters are no transcript: a text of only those is empty
+        transcript = clean.remove_invisible(transcript or "")
         if not transcript.strip():
             raise VrpError("transcript: empty; paste the video's transcript or upload a caption file")
         prompt_ids = build_prompt_ids(tok, job.title, transcript, cfg)

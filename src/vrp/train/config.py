@@ -7,6 +7,7 @@ and the LoRA defaults from `vrp.model.LoraSettings` (defined once there). Does n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vrp.errors import ConfigError
@@ -147,6 +148,17 @@ class TrainConfig:
                                                 f"({self.max_prompt_tokens}) so that a comment fits behind the prompt")
         self.prompt_config()
 
+    def schedule_uses_total(self) -> bool:
+        """True when the learning rate at a step depends on the run's total steps: for every scheduler but `constant`,
+        and for `constant_with_warmup` / `inverse_sqrt` when the warmup is a share of the total (`warmup_ratio` > 0,
+        `warmup_steps` 0). Source: transformers.optimization's get_*_schedule_with_warmup functions (which of them
+        read `num_training_steps`)."""
+        if self.lr_scheduler == "constant":
+            return False
+        if self.lr_scheduler in ("constant_with_warmup", "inverse_sqrt"):
+            return self.warmup_steps == 0 and self.warmup_ratio > 0
+        return True
+
     def lora(self) -> LoraSettings:
         """The LoRA settings of this config."""
         return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, self.target_modules)
@@ -155,3 +167,15 @@ class TrainConfig:
         """The prompt settings of this config."""
         return PromptConfig(max_prompt_tokens=self.max_prompt_tokens, truncation=self.truncation,
                             max_comment_tokens=self.max_comment_tokens)
+
+
+# options that name a local path; config.yaml keeps them resolved (`resolve_path_option`)
+PATH_OPTIONS = ("model",)
+
+
+def resolve_path_option(value: str) -> str:
+    """A path-valued option as config.yaml keeps it: a value naming an existing local path becomes absolute (`~`
+    expanded, symlinks resolved), so that `generate --run` works from any directory; any other value (a bundled model
+    name, a Hugging Face id) is kept as it is."""
+    p = Path(value).expanduser()
+    return str(p.resolve()) if p.exists() else value

@@ -1,7 +1,8 @@
 """Memory budgets of training: what a step needs, how a run fits a budget, and what a run used.
 
 Knows:
-- budget strings (`max_memory`): `8GB`, `7.5 GiB`, `512MB`, a byte count, or `auto` (`AUTO_RAM_SHARE` of the
+- budget strings (`max_memory`): `8GB`, `7.5 GiB`, `512MB` (a unit is required: a bare `512` is refused, not read as
+  512 bytes), or `auto` (`AUTO_RAM_SHARE` of the
   RAM the kernel reports as available plus what this process already holds; on CUDA `AUTO_GPU_SHARE` of the free
   device memory plus what torch already allocated). kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024;
 - how many bytes a step's tensors need beyond what is already allocated (`allocated_peak`): on CUDA torch's peak
@@ -43,14 +44,16 @@ AUTO_GPU_SHARE = 0.9
 RSS_FACTOR = 2.0
 TRIM_EVERY = 8
 CUDA_FACTOR = 1.1
-UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
 
 
 def parse_size(text: str) -> int:
-    """Bytes of a size such as `8GB`, `7.5 GiB`, `512mb` or `1000000` (units: `UNITS`, case-insensitive).
-    Raises ValueError for anything else or a size below 1 byte."""
+    """Bytes of a size such as `8GB`, `7.5 GiB`, `512mb` or `100B` (units: `UNITS`, case-insensitive, required).
+    Raises ValueError for a number without a unit, anything else, or a size below 1 byte."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if m and not m[2]:
+        raise ValueError(f"needs a unit, e.g. 512MB or 8GB, got {str(text).strip()!r}")
     if not m or m[2].lower() not in UNITS:
         raise ValueError(f"not a size: {text!r} (write e.g. 8GB, 6GiB, 512MB or auto)")
     n = int(float(m[1]) * UNITS[m[2].lower()])
@@ -136,6 +139,19 @@ def in_use_bytes(device: str) -> int:
     return resident_bytes()
 
 
+def total_memory_bytes(device: str) -> tuple[int | None, str]:
+    """`(bytes, what)`: the total memory a budget on `device` draws from: CUDA device 0's memory
+    (`torch.cuda.get_device_properties`), else the physical RAM (`SC_PHYS_PAGES` x page size); None when unknown."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory), "GPU memory"
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "RAM"
+    except (OSError, ValueError):
+        return None, "RAM"
+
+
 def resolve_budget(spec: str, device: str) -> int | None:
     """The budget in bytes of `max_memory` value `spec` ('' = None: no budget). `auto` = what the process holds
     now + `AUTO_RAM_SHARE` of the available RAM (CPU) or `AUTO_GPU_SHARE` of the free device memory (CUDA)."""
@@ -143,7 +159,12 @@ def resolve_budget(spec: str, device: str) -> int | None:
     if not spec:
         return None
     if spec != "auto":
-        return parse_size(spec)
+        budget = parse_size(spec)
+        total, what = total_memory_bytes(device)
+        if total and budget > total:
+            print(f"warning: the memory budget {fmt_bytes(budget)} is more than the {fmt_bytes(total)} of {what} this "
+                  f"machine has; it cannot keep the run from running out of memory", file=sys.stderr, flush=True)
+        return budget
     if device == "cuda":
         import torch
 

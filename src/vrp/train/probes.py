@@ -106,7 +106,7 @@ def build_probe_set(tokenizer: Any, val_videos: Sequence[Any], train_videos: Seq
 
     pcfg: the run's `PromptConfig`; seed: the generation seed. Candidates as in the module doc. Raises VrpError from
     `prompts` for a prompt that does not fit (not after `setup`, which encoded the same videos)."""
-    from vrp.prompts import build_completion_ids, build_prompt_ids, no_video_prompt_ids
+    from vrp.prompts import build_completion_ids, no_video_prompt_ids, video_prompt_ids
 
     subset = list(val_videos[:n_videos])
     if not subset:
@@ -133,7 +133,7 @@ def build_probe_set(tokenizer: Any, val_videos: Sequence[Any], train_videos: Seq
         picked += _take(others, room - len(picked), taken)  # fewer frequent texts than their half
         distractors.append([enc(t) for t in picked])
     return ProbeSet(video_ids=[v.video_id for v in subset],
-                    prompts=[build_prompt_ids(tokenizer, v.title, v.transcript, pcfg) for v in subset],
+                    prompts=[video_prompt_ids(tokenizer, v, pcfg) for v in subset],
                     real=[[enc(t) for t in ts] for ts in texts], distractors=distractors,
                     partner=[(i + 1) % n if n > 1 else -1 for i in range(n)],
                     no_video=no_video_prompt_ids(tokenizer, pcfg), seed=seed)
@@ -254,7 +254,8 @@ def validate(s: Any, progress: bool = False) -> tuple[dict[str, float], dict[str
 
     t0 = time.perf_counter()
     dist = getattr(s, "dist", None)  # a launched run: every process scores its share of the validation rows
-    res = evaluate_nll(s.model, s.val_rows, s.tokenizer.pad_token_id, s.prec, s.cfg.batch_size, progress, dist)
+    rows = s.memory.micro_rows if getattr(s, "memory", None) is not None else s.cfg.batch_size  # `max_memory`
+    res = evaluate_nll(s.model, s.val_rows, s.tokenizer.pad_token_id, s.prec, rows, progress, dist)
     row: dict[str, Any] = {"val_nll": res["nll"], "val_nll_seconds": time.perf_counter() - t0}
     if getattr(s, "probes", None) is not None and (dist is None or dist.is_main):  # rank 0 alone logs them
         row.update(run_probes(s.model, s.tokenizer, s.probes, s.prec))

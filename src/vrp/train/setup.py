@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from vrp.artifacts import DatasetDir, RunDir
 from vrp.errors import ConfigError, VrpError
-from vrp.train.config import TrainConfig
+from vrp.train.config import PATH_OPTIONS, TrainConfig, resolve_path_option
 from vrp.train.distributed import Dist
 
 
@@ -110,10 +109,35 @@ def _read_data(cfg: TrainConfig, data: DatasetDir) -> tuple[list[Any], list[Any]
     return train_videos, val_videos
 
 
-def _check_run(run: RunDir, data: DatasetDir, resume: bool, overwrite: bool) -> tuple[str, dict[str, Any] | None]:
+def _inputs(cfg: TrainConfig, data: DatasetDir) -> list[tuple[str, Any]]:
+    """The command's inputs that `overwrite` must never delete (`RunDir.check_replaceable`)."""
+    return [("data", data.path), ("model", cfg.model)]
+
+
+def _check_resumed_total(cfg: TrainConfig, run: RunDir) -> None:
+    """Raise ConfigError('max_steps' / 'epochs') when a resume changes the run's length while its learning-rate
+    schedule depends on it: the schedule was fixed for the old total, so the resumed steps would follow neither the old
+    nor a fresh run's schedule."""
+    from vrp.options import build_config
+
+    old = build_config(TrainConfig, run.config(), {}, where=str(run.config_path))
+    field = ("max_steps" if old.max_steps != cfg.max_steps
+             else "epochs" if cfg.max_steps < 0 and old.epochs != cfg.epochs else None)
+    if field is not None and old.schedule_uses_total():
+        raise ConfigError(field, f"cannot change when resuming ({getattr(old, field)} -> {getattr(cfg, field)}): the "
+                                 f"run's `lr_scheduler` {old.lr_scheduler!r} (warmup included) was laid out over its "
+                                 f"total steps when it started, so a resumed run of another length would follow "
+                                 f"another schedule than a fresh run of that length; resume with the same length, or "
+                                 f"start a new run with the length you want (a `constant` schedule can be extended)")
+
+
+def _check_run(cfg: TrainConfig, run: RunDir, data: DatasetDir, resume: bool, overwrite: bool,
+               inputs: list[tuple[str, Any]]) -> tuple[str, dict[str, Any] | None]:
     """`(the data's fingerprint, the state.json of the checkpoint a resume starts from, or None)`. Raises ConfigError
     for a run dir that may not be written or data that differs from the resumed run's."""
-    run.check_target(resume, overwrite)
+    run.check_target(resume, overwrite, inputs)
+    if resume:
+        _check_resumed_total(cfg, run)
     data_sha = data.fingerprint()
     if resume and (ckpt := run.latest_checkpoint()) is not None:
         saved = run.checkpoint_state(ckpt)
@@ -124,10 +148,20 @@ def _check_run(run: RunDir, data: DatasetDir, resume: bool, overwrite: bool) -> 
     return data_sha, None
 
 
-def _create_run(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    run.create(resume, overwrite)
+def _create_run(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool,
+                inputs: list[tuple[str, Any]]) -> None:
+    run.create(resume, overwrite, inputs)
     if not resume:
         run.save_config(cfg)
+
+
+def _check_not_done(run: RunDir, step: int, total_steps: int) -> None:
+    """Raise ConfigError('max_steps') when a resume has nothing to do (its checkpoint is past the total, or at it in a
+    finished run), so that nothing in the run dir is rewritten; a run killed after its last checkpoint but before its
+    final files still resumes to write them."""
+    if step > total_steps or (step == total_steps and run.metrics_path.is_file() and run.adapter_dir.is_dir()):
+        raise ConfigError("max_steps", f"{run.path} is already at step {step} of {total_steps}: nothing to resume; "
+                                       f"the run is left as it is")
 
 
 def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwrite: bool) -> TrainSetup:
@@ -147,14 +181,13 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     from vrp.train.memory import plan_memory
     from vrp.train.probes import build_probe_set
 
-    if Path(cfg.model).expanduser().exists():  # a local path is saved absolute so `generate --run` works anywhere
-        cfg = replace(cfg, model=str(Path(cfg.model).expanduser().resolve()))
+    cfg = replace(cfg, **{k: resolve_path_option(getattr(cfg, k)) for k in PATH_OPTIONS})
     if not data.train_path.is_file():
         data.train_videos()  # raises ConfigError('data') naming the missing file
     prec = resolve_precision(cfg.precision, cfg.quantization, cfg.device)
     # a launched run (torchrun, accelerate launch) joins its process group; only rank 0 reads and writes the run dir
     dist = start(cfg.distributed_strategy, cfg.quantization, prec.device)
-    data_sha, saved = dist.main_only(_check_run, run, data, resume, overwrite)
+    data_sha, saved = dist.main_only(_check_run, cfg, run, data, resume, overwrite, _inputs(cfg, data))
     train_videos, val_videos = _read_data(cfg, data)
     if cfg.tiers:  # checked before anything is loaded or written; config.yaml records the resolved source
         from vrp.tiers import dataset_format, resolve_tier_source
@@ -182,6 +215,8 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     if cfg.max_steps < 0 and saved is not None:  # resumed, maybe by another number of processes
         at = position_of(saved, n_batches, cfg.grad_accum, cfg.batch_size)
         total_steps = int(saved["step"]) + steps_until(*at, n_batches, per_step, cfg.epochs)
+    if saved is not None:
+        dist.main_only(_check_not_done, run, int(saved["step"]), total_steps)  # rank 0 reads the run dir
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
 
     model = attach_lora(model, cfg.lora(), prec, cfg.gradient_checkpointing)
@@ -198,7 +233,7 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     # the probes call the model directly, which FSDP's sharded weights do not allow
     probes = (build_probe_set(tok, val_videos, train_videos, pcfg, cfg.curve_videos, cfg.seed)
               if dist.strategy != "fsdp" else None)
-    dist.main_only(_create_run, run, cfg, resume, overwrite)
+    dist.main_only(_create_run, run, cfg, resume, overwrite, _inputs(cfg, data))
     return TrainSetup(cfg, run, data_sha, prec, model, tok, train_videos, val_videos, rows, val_rows, optimizer,
                       scheduler, per_epoch, total_steps, probes, dist, plan)
 

@@ -1,0 +1,191 @@
+"""Table files (CSV, JSONL, Parquet, xlsx) as pandas DataFrames whose cells are text exactly as written.
+
+Knows: how each format is read so that no cell changes (`007`, `1.10`, `1e5`, `NA` stay text; a JSONL number keeps
+its literal), CSV/JSONL bytes through `vrp.charsets`; the shape checks a table must pass (every CSV row has as many
+fields as the header, RFC 4180 quoting; no column named twice, in any format; no key twice in a JSONL object);
+missing values (None, NaN, `pd.NA`, `NaT`) as ''; Parquet bytes as UTF-8; NUL characters removed from text cells.
+Does not know: what the columns mean or how rows become videos (see `vrp.dataset`).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from vrp import clean
+from vrp.charsets import decode_bytes
+from vrp.errors import VrpError
+from vrp.io import loads_json
+
+log = logging.getLogger(__name__)
+
+TABLE_EXTS = (".xlsx", ".csv", ".jsonl", ".parquet")
+
+
+def read_table(path: Path, stats: Counter | None = None) -> Any:
+    """A table file as a DataFrame whose text cells are the text as written (see `cell`).
+
+    CSV and xlsx are read with every column as text and no NA words (`NA`, `null`, `None` stay text; an empty cell
+    is ''); JSONL is read by `read_jsonl_table`; Parquet keeps its column types (text stays text, numbers become
+    text in `cell`). CSV and JSONL bytes are decoded by `vrp.charsets.decode_bytes` (any UTF BOM, UTF-8, else a
+    guessed encoding, recorded in `stats["source_encoding"]` and logged). Raises VrpError naming the file."""
+    import pandas as pd
+
+    ext = path.suffix.lower()
+    if ext not in TABLE_EXTS:
+        raise VrpError(f"{path}: unknown extension {ext!r}; expected one of {TABLE_EXTS} or a collect dir")
+    try:
+        if ext in (".csv", ".jsonl"):
+            decoded = decode_bytes(path.read_bytes(), str(path))
+            if decoded.how == "guessed" and stats is not None:
+                stats["source_encoding"] = f"{decoded.encoding} (guessed)"  # type: ignore[assignment]
+            if decoded.nul_removed and stats is not None:
+                stats["nul_characters_removed"] += decoded.nul_removed
+            if ext == ".jsonl":
+                return read_jsonl_table(decoded.text, path)
+            check_csv_shape(decoded.text, path)
+            # index_col=False: a row with an extra field must never turn the first column into an index
+            return pd.read_csv(io.StringIO(decoded.text), dtype=str, keep_default_na=False, index_col=False)
+        if ext == ".xlsx":
+            df = pd.read_excel(path, dtype=str, keep_default_na=False, header=None)
+            if len(df) == 0:
+                return df
+            header = [cell(x) for x in df.iloc[0].tolist()]
+            _check_unique_columns(header, path)
+            df = df.iloc[1:].reset_index(drop=True)
+            df.columns = header
+            return df
+        df = pd.read_parquet(path)
+        _check_unique_columns([str(c) for c in df.columns], path)
+        return df
+    except VrpError:
+        raise
+    except Exception as e:  # pandas/openpyxl/pyarrow raise many types for a corrupt file
+        detail = " ".join(str(e).split())  # one line: pandas' ParserError spans two
+        raise VrpError(f"{path}: cannot read as {ext[1:]} ({type(e).__name__}: {detail})") from None
+
+
+def _check_unique_columns(header: list[str], path: Path) -> None:
+    """VrpError naming `path` and the column when a header names a column twice (pandas would rename or drop
+    one silently)."""
+    seen: set[str] = set()
+    for name in header:
+        if name in seen and name:
+            raise VrpError(f"{path}: column {name!r} appears twice in the header; give each column one name")
+        seen.add(name)
+
+
+def check_csv_shape(text: str, path: Path) -> None:
+    """Check CSV `text` (RFC 4180 quoting, as pandas reads it) row by row: every row must have as many fields as
+    the header, and the header no column twice. Blank lines are skipped (pandas skips them too). Raises VrpError
+    naming `path`, the line where the row starts, the expected and the found number of fields: an unquoted comma
+    in a cell (`wow, amazing`) otherwise shifts every column, or turns the first column into an index."""
+    import csv
+
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    start = 1
+    try:
+        for row in reader:
+            if row and any(field.strip() for field in row) or (row and header is None):
+                if header is None:
+                    header = [name.strip() for name in row]
+                    _check_unique_columns(header, path)
+                elif len(row) != len(header):
+                    hint = ("; quote a cell that holds a comma (\"wow, amazing\")" if len(row) > len(header)
+                            else "; add the missing cells (empty ones as ,,)")
+                    raise VrpError(f"{path}:{start}: expected {len(header)} fields like the header "
+                                   f"({', '.join(header)}), found {len(row)}{hint}")
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise VrpError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+
+
+def read_jsonl_table(text: str, path: Path) -> Any:
+    """JSON Lines text (one object per line, blank lines skipped) as a DataFrame of Python values, one row per
+    line. Strings stay as written (`"007"`, `"1.10"`, `"1e5"`), and so do numbers: they are kept as the text of
+    their JSON literal (`1.10` -> `"1.10"`, `1e5` -> `"1e5"`), never converted to float and back.
+    `df.attrs["line_numbers"]` holds each row's line in the file. Raises VrpError naming `path` and the line for
+    invalid JSON or a line that is not an object."""
+    import pandas as pd
+
+    rows, line_numbers = [], []
+    for lineno, raw in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a JSON string
+        line = clean.strip_format_chars(raw)
+        if not line.strip():
+            continue
+        obj = loads_json(line, f"{path}:{lineno}", name_line=False, parse_int=str, parse_float=str,
+                         parse_constant=str, object_pairs_hook=_no_duplicate_keys)
+        if not isinstance(obj, dict):
+            raise VrpError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        rows.append(obj)
+        line_numbers.append(lineno)
+    df = pd.DataFrame(rows, dtype=object)
+    df.attrs["line_numbers"] = line_numbers  # error messages name the file's line, blank lines included
+    return df
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; ValueError naming the key when a key appears twice (json keeps the last
+    silently, which would drop a column's value)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def cell(value: Any) -> str:
+    """A table cell as stripped text; None, NaN and pandas' missing values (`pd.NA` of a nullable Int64 or string
+    column, `NaT`) become '' (unknown). Numbers (Parquet numeric columns) become their shortest text: an integer as
+    is, a whole float without `.0` (`100000.0` -> `100000`, as a spreadsheet shows it), other floats by `repr`.
+    Bytes (a Parquet binary column) are decoded as UTF-8. ValueError for what is not text: a list or mapping, a
+    boolean (JSON `true`), bytes that are not UTF-8."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or _is_missing(value):
+        return ""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # bool_: numpy booleans
+        raise ValueError(f"the boolean {value} is not text")
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(float(value))  # float(): np.float64 repr
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"bytes that are not UTF-8 text (bad byte at offset {e.start})") from None
+    if isinstance(value, (dict, list, tuple, set)) or (getattr(value, "ndim", 0) or 0) > 0:  # ndim: numpy arrays
+        raise ValueError(f"a {type(value).__name__} is not text")
+    return str(value).strip()
+
+
+def _is_missing(value: Any) -> bool:
+    """True for pandas' scalar missing values (`pd.NA`, `pd.NaT`) and numpy NaN of any float type."""
+    import pandas as pd
+
+    try:
+        return bool(pd.api.types.is_scalar(value) and pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def remove_nuls(df: Any, path: Path, stats: Counter | None) -> Any:
+    """`df` with NUL characters (U+0000) removed from every text cell; how many were removed goes to
+    `stats["nul_characters_removed"]` and a warning names `path`. NUL is never text (a spreadsheet export or a
+    binary tool left it), and it would end up in the training data."""
+    removed = 0
+    for column in df.columns:
+        col = df[column]
+        if col.dtype != object and str(col.dtype) not in ("string", "str"):
+            continue
+        n = sum(x.count("\x00") for x in col.tolist() if isinstance(x, str))
+        if n:
+            df[column] = col.map(lambda x: x.replace("\x00", "") if isinstance(x, str) else x)
+            removed += n
+    if removed:
+        log.warning("%s: removed %d NUL character(s) from text cells", path, removed)
+        if stats is not None:
+            stats["nul_characters_removed"] += removed
+    return df
