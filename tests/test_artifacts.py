@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from vrp.artifacts import CollectDir, DatasetDir, ReportDir, RunDir
+from vrp.artifacts import CollectDir, DatasetDir, ReportDir
 from vrp.errors import ConfigError, VrpError
 from vrp.records import Comment, Video
+from vrp.rundir import RunDir
 
 
 def make_run(path: Path, steps: tuple[int, ...] = (2, 4), incomplete: tuple[int, ...] = (6,)) -> RunDir:

@@ -51,7 +51,8 @@ def tiered_run(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> tuple[Pat
 
 def test_prepared_collect_dir_keeps_likes_and_run_records_tiers(tiered_run):
     ds, run = tiered_run
-    from vrp.artifacts import DatasetDir, RunDir
+    from vrp.artifacts import DatasetDir
+    from vrp.rundir import RunDir
     from vrp.tiers import comment_tiers
 
     videos = DatasetDir(ds).train_videos()
@@ -81,9 +82,10 @@ def test_generate_with_a_tier(tiered_run, tmp_path: Path):
 def test_serve_request_with_a_tier(tiered_run, tokenizer):
     from starlette.testclient import TestClient
 
-    from vrp.artifacts import DatasetDir, RunDir
+    from vrp.artifacts import DatasetDir
     from vrp.model import load_for_inference
     from vrp.predict import prompt_settings
+    from vrp.rundir import RunDir
     from vrp.serve.app import create_app
     from vrp.serve.config import ServeConfig
     from vrp.tiers import run_tier_source
@@ -140,6 +142,6 @@ def test_evaluate_has_a_tier_section(tiered_run, tmp_path: Path, monkeypatch, ca
 
 def tiers_base(run: Path) -> str:
     """The base model of the run, as `vrp evaluate` labels it."""
-    from vrp.artifacts import RunDir
+    from vrp.rundir import RunDir
 
     return RunDir(run).model_spec()

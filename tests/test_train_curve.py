@@ -12,9 +12,10 @@ import pytest
 import torch
 from helpers import tiny_llama, tiny_train_config, write_splits
 
-from vrp.artifacts import DatasetDir, RunDir
+from vrp.artifacts import DatasetDir
 from vrp.errors import ConfigError
 from vrp.records import Comment, Video
+from vrp.rundir import RunDir
 from vrp.train import probes as P
 from vrp.train.config import TrainConfig
 from vrp.train.loop import finish, fit, train

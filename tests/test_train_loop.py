@@ -142,7 +142,8 @@ def test_config_errors(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None
 def test_training_changes_only_the_adapter(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
     """The base model's weights are frozen: after the optimizer steps every base tensor is bit-identical, while
     every LoRA tensor moved (lora_B starts at zero, so a B still zero would mean the adapter learned nothing)."""
-    from vrp.artifacts import DatasetDir, RunDir
+    from vrp.artifacts import DatasetDir
+    from vrp.rundir import RunDir
     from vrp.train.loop import fit
     from vrp.train.setup import setup, starting_state
 
@@ -163,7 +164,7 @@ def test_training_changes_only_the_adapter(tmp_path: Path, data: Path, tiny_mode
 def test_resume_refuses_another_length_when_the_schedule_depends_on_it(tmp_path: Path, tiny_model_dir: Path) -> None:
     from dataclasses import replace
 
-    from vrp.artifacts import RunDir
+    from vrp.rundir import RunDir
     from vrp.train.setup import _check_resumed_total
 
     cosine = tiny_train_config(tiny_model_dir, lr_scheduler="cosine", max_steps=2)

@@ -4,7 +4,7 @@ Knows: how a model spec (`model` option) resolves (the bundled `smollm2-135m`, a
 a Hugging Face id that is already in the local HF cache; nothing is downloaded when `HF_HUB_OFFLINE=1`), how precision is
 chosen at run time (bf16 autocast on CPUs with AVX512-BF16/AMX, fp32 otherwise; bf16/fp16 and 4-bit NF4 QLoRA on
 CUDA), autocast for the chosen precision, the LoRA hyper-parameters and their defaults (`LoraSettings`), and how a
-PEFT LoRA adapter is attached or loaded (a run's adapter is found by `vrp.artifacts.RunDir`).
+PEFT LoRA adapter is attached or loaded (a run's adapter is found by `vrp.rundir.RunDir`).
 Does not know: data, prompts or training loops. Errors about a value of an option are `ConfigError`s naming it
 (`model`, `precision`, `quantization`, `device`, `target_modules`).
 
@@ -364,11 +364,11 @@ def load_for_inference(model: str | None = None, run: Any = None, checkpoint: st
                        precision: str = "auto", device: str = "auto", merge: bool = True
                        ) -> tuple[Any, Any, dict[str, Any]]:
     """Load a base model, optionally with a run's adapter (merged into the weights for speed), for generation or
-    scoring. `run`: a run dir (path or `vrp.artifacts.RunDir`); `checkpoint` picks one of its checkpoints
+    scoring. `run`: a run dir (path or `vrp.rundir.RunDir`); `checkpoint` picks one of its checkpoints
     (`RunDir.adapter`); `model` overrides the run's base model. Returns `(model, tokenizer, info)` where info has
     `model`, `adapter` (path or None) and `precision`. Raises ConfigError when neither `model` nor `run` is given,
     or the run or checkpoint is missing."""
-    from vrp.artifacts import RunDir
+    from vrp.rundir import RunDir
 
     if not model and not run:
         raise ConfigError("model", "give a `model` or a `run`")

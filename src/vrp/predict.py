@@ -6,7 +6,7 @@ string) and the output columns `video_id, title, model, adapter, preset, comment
 finished, prompt_tokens, seconds, tier` (the like tier asked for, `vrp.tiers`: `any` or, for a run trained with tiers,
 `top` / `typical` / `low`, whose marker opens the assistant turn before generation), and with `rerank` also `pmi`
 (`vrp.rerank`). Does not know: decoding internals (`vrp.decoding`, `vrp.rerank`), a run's layout
-(`vrp.artifacts.RunDir`, which also gives the run's prompt settings).
+(`vrp.rundir.RunDir`, which also gives the run's prompt settings).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vrp.artifacts import CollectDir, DatasetDir, RunDir
+from vrp.artifacts import CollectDir, DatasetDir
 from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, get_preset
 from vrp.errors import ConfigError, VrpError
 from vrp.io import atomic_path
@@ -24,6 +24,7 @@ from vrp.options import check_choice, check_range, coerce_fields, option
 from vrp.prompts import PromptConfig
 from vrp.records import Video
 from vrp.rerank import DEFAULT_RERANK_LAMBDA, check_rerank
+from vrp.rundir import RunDir
 from vrp.tiers import TIER_CHOICES, check_tier, marker_ids, run_tier_source
 from vrp.transcripts import SUPPORTED_SUFFIXES
 

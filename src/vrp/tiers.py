@@ -154,7 +154,7 @@ def encode_tiered_video(tokenizer: Any, video: Video, pcfg: Any, source: str, dr
 def run_tier_source(run: Any) -> str | None:
     """The tier source of a run trained with tiers (`likes` / `rank`, as resolved when it was trained; `auto` only in
     a hand-written config.yaml), None for an untiered run or no run.
-    run: a `vrp.artifacts.RunDir` or None. Raises VrpError naming config.yaml when `tiers` is not a boolean."""
+    run: a `vrp.rundir.RunDir` or None. Raises VrpError naming config.yaml when `tiers` is not a boolean."""
     if run is None:
         return None
     saved = run.config()

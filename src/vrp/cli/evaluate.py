@@ -35,8 +35,8 @@ def models_to_evaluate(model: str | None, runs: list[str], checkpoint: str | Non
     import os
     from pathlib import Path
 
-    from vrp.artifacts import RunDir
     from vrp.errors import ConfigError
+    from vrp.rundir import RunDir
 
     dirs = [RunDir(r, checkpoint) for r in runs]
     if not model and not dirs:

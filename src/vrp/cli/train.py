@@ -31,9 +31,9 @@ def resumed_config(args: argparse.Namespace) -> object:
     Raises ConfigError / VrpError when the flags ask for anything else."""
     import dataclasses
 
-    from vrp.artifacts import RunDir
     from vrp.errors import ConfigError, VrpError
     from vrp.options import build_config, coerce_values
+    from vrp.rundir import RunDir
     from vrp.train.config import PATH_OPTIONS, TrainConfig, resolve_path_option
 
     run = RunDir(args.out)

@@ -11,11 +11,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from vrp.artifacts import ReportDir, RunDir
+from vrp.artifacts import ReportDir
 from vrp.charts import bar_chart, loss_curve
 from vrp.evaluate.metrics import METRICS_VERSION
 from vrp.evaluate.tiers import tier_markdown
 from vrp.io import atomic_path, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from vrp.rundir import RunDir
 
 GEN_METRICS = [("finished_rate", "finished rate"), ("median_new_tokens", "median new tokens"),
                ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("repetition_rate", "repetition rate"),

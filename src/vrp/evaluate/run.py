@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vrp.artifacts import DatasetDir, RunDir
+from vrp.artifacts import DatasetDir
 from vrp.errors import VrpError
 from vrp.evaluate import metrics as M
 from vrp.evaluate.candidates import (  # noqa: F401 (re-exported)
@@ -45,6 +45,7 @@ from vrp.evaluate.generation import (  # noqa: F401 (re-exported)
 from vrp.evaluate.pmi import cross_fit
 from vrp.prompts import PromptConfig
 from vrp.records import Video
+from vrp.rundir import RunDir
 
 KS = (1, 5, 10)
 

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vrp.decoding import PRESETS
 from vrp.errors import ConfigError, VrpError
+from vrp.options import SEED_MAX
 from vrp.predict import prompt_settings
 from vrp.prompts import PromptConfig
 from vrp.rerank import check_rerank
@@ -42,7 +43,6 @@ from vrp.serve.worker import (
     JobTimeout,
     QueueFull,
 )
-from vrp.options import SEED_MAX
 from vrp.tiers import LABELS, TIER_CHOICES
 
 log = logging.getLogger("vrp.serve.app")

@@ -1,7 +1,7 @@
 """Training checkpoints: adapter, optimizer, scheduler, RNG states and data position, written atomically.
 
 Knows: what a checkpoint holds — `step-000050/{adapter/, optimizer.pt, scheduler.pt, rng.pt, state.json}` under
-the run dir's checkpoints (`vrp.artifacts.RunDir.checkpoint_dir`); a checkpoint directory is first written as
+the run dir's checkpoints (`vrp.rundir.RunDir.checkpoint_dir`); a checkpoint directory is first written as
 `.tmp-step-...` and renamed when complete (with its state.json, which makes it count as complete for
 `RunDir.checkpoints`), so a kill never leaves a checkpoint that a resume would trust. Keeps the newest `keep`.
 Also the best checkpoint by validation NLL: `best-NNNNNN/{adapter/, state.json}` (`RunDir.best_checkpoint`), written
@@ -23,8 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vrp.artifacts import RunDir
 from vrp.errors import ConfigError, VrpError
+from vrp.rundir import RunDir
 
 
 def rng_state() -> dict[str, Any]:

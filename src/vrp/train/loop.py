@@ -14,7 +14,7 @@ step's adapter as `adapter/`, `metrics.json`, `loss.png`, `curve.png`) — and t
 (torchrun, accelerate launch) every process runs this loop on its share of each step (`vrp.train.distributed`) and
 only rank 0 writes the run dir, the logs and the progress bar.
 Does not know: file formats of sources (`dataset`), prompt text (`prompts`), mask building (`packing`), the run-dir
-layout (`vrp.artifacts.RunDir`), validation (`vrp.train.validate`, `vrp.train.probes`), which checkpoint is the best
+layout (`vrp.rundir.RunDir`), validation (`vrp.train.validate`, `vrp.train.probes`), which checkpoint is the best
 (`vrp.train.checkpoint.keep_best`).
 """
 from __future__ import annotations
@@ -26,8 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from vrp.artifacts import DatasetDir, RunDir
+from vrp.artifacts import DatasetDir
 from vrp.model import autocast_ctx
+from vrp.rundir import RunDir
 from vrp.train.checkpoint import advance, keep_best, save_checkpoint
 from vrp.train.config import TrainConfig
 from vrp.train.distributed import Discard
@@ -201,7 +202,7 @@ def train(cfg: TrainConfig, data_dir: str | Path | DatasetDir, out: str | Path |
           progress: bool = True) -> dict[str, Any]:
     """Fine-tune `cfg.model` with LoRA on the dataset dir's `train.jsonl`, validating on its `validation.jsonl`.
 
-    Writes the run dir `out` (layout: `vrp.artifacts.RunDir`) and returns the final metrics dict. `resume`
+    Writes the run dir `out` (layout: `vrp.rundir.RunDir`) and returns the final metrics dict. `resume`
     continues the run from its newest checkpoint (the data must be the same); `overwrite` empties a non-empty run
     dir first. Raises ConfigError / VrpError for a bad data dir, an existing run dir without `resume`/`overwrite`,
     or an impossible precision request, before anything is written.

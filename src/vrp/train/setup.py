@@ -16,8 +16,9 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from vrp.artifacts import DatasetDir, RunDir
+from vrp.artifacts import DatasetDir
 from vrp.errors import ConfigError, VrpError
+from vrp.rundir import RunDir
 from vrp.train.config import PATH_OPTIONS, TrainConfig, resolve_path_option
 from vrp.train.distributed import Dist
 
