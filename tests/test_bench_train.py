@@ -8,12 +8,7 @@ import pytest
 
 from vrp.bench.flops import FlopDims, executed_flops, useful_flops
 from vrp.bench.train import BenchTrainConfig, bench_train_config, expand_comments
-from vrp.bench.train_report import (
-    append_section,
-    format_table,
-    markdown_section,
-    summary_lines,
-)
+from vrp.bench.train_report import append_section, format_table, markdown_section, summary_lines
 from vrp.errors import ConfigError, VrpError
 from vrp.io import write_jsonl_atomic
 from vrp.records import Comment, Video

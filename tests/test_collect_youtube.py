@@ -8,12 +8,7 @@ from pathlib import Path
 import pytest
 from yt_dlp.utils import DownloadError, ExtractorError
 
-from vrp.collect.youtube import (
-    Failure,
-    classify_error,
-    parse_target,
-    select_subtitle_track,
-)
+from vrp.collect.youtube import Failure, classify_error, parse_target, select_subtitle_track
 from vrp.errors import VrpError
 
 FIX = Path(__file__).parent / "fixtures" / "collect"

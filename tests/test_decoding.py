@@ -93,10 +93,7 @@ def test_repetition_guard_never_penalises_the_stop_token(model, tokenizer) -> No
     """The prompt holds `<|im_end|>` (the end-of-turn token). transformers' repetition penalty over the whole
     input lowered its logit (3.0 -> 3.0 / 1.15) and its no-repeat 4-gram rule banned it after a comment ending like
     the user turn; the `nucleus` guard looks at the generated tokens only and leaves the stop tokens alone."""
-    from transformers import (
-        NoRepeatNGramLogitsProcessor,
-        RepetitionPenaltyLogitsProcessor,
-    )
+    from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
     from vrp.decoding import logits_processors
     from vrp.prompts import stop_token_ids

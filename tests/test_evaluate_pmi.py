@@ -6,12 +6,7 @@ import numpy as np
 import pytest
 
 from vrp.evaluate import pmi as P
-from vrp.evaluate.generation import (
-    generation_metrics,
-    mauve_score,
-    real_reference,
-    side_by_side,
-)
+from vrp.evaluate.generation import generation_metrics, mauve_score, real_reference, side_by_side
 from vrp.records import Video
 
 # Two videos, one real comment and one distractor each, scores as (sum log-prob, tokens).

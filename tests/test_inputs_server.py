@@ -10,12 +10,7 @@ import pytest
 from vrp.decoding import GeneratedComment
 from vrp.serve.app import create_app
 from vrp.serve.config import ServeConfig
-from vrp.serve.uploads import (
-    NOT_A_FILE,
-    add_plain_filenames,
-    extended_filename,
-    plain_message,
-)
+from vrp.serve.uploads import NOT_A_FILE, add_plain_filenames, extended_filename, plain_message
 
 BOUNDARY = "vrpBoundary7MA4YWxkTrZu0gW"
 VTT = "WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nbonjour, on fait du pain\n"

@@ -8,15 +8,7 @@ from pathlib import Path
 import pytest
 
 from vrp.errors import ConfigError, VrpError
-from vrp.options import (
-    add_config_args,
-    build_config,
-    check_range,
-    coerce_fields,
-    config_from_args,
-    option,
-    option_like,
-)
+from vrp.options import add_config_args, build_config, check_range, coerce_fields, config_from_args, option, option_like
 
 
 @dataclass

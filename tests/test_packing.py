@@ -129,20 +129,43 @@ def test_eager_mask_is_additive(tokenizer, impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("max_row_tokens", [10_000, 70])
-def test_packed_equals_per_example_loss_and_lora_grads(tokenizer, impl, max_row_tokens):
-    """Mixed prompt lengths (padding), a single-comment video, and (70) videos split across rows."""
-    videos = make_videos()
+@pytest.mark.parametrize(("contexts", "max_row_tokens", "n_rows"),
+                         [(False, 10_000, 3), (False, 70, 5), (True, 10_000, 3), (True, 71, 6)])
+def test_packed_equals_per_example_loss_and_lora_grads(tokenizer, impl, contexts, max_row_tokens, n_rows):
+    """Mixed prompt lengths (padding), a single-comment video, videos split across rows (70 / 71 tokens), and
+    (contexts) tier markers: shared-prefix loss and LoRA gradients equal the per-example ones (1e-5)."""
+    videos = make_videos_with_contexts() if contexts else make_videos()
     model = lora(tokenizer, impl)
     ref_loss = packed_loss(model, make_rows(videos, "none", max_row_tokens), "none", rows_per_batch=3)
     ref = grads(model)
     rows = make_rows(videos, "shared_prefix", max_row_tokens)
-    assert len(rows) == (3 if max_row_tokens > 1000 else 5)
+    assert len(rows) == n_rows
     loss = packed_loss(model, rows, "shared_prefix", rows_per_batch=2)
     got = grads(model)
     torch.testing.assert_close(loss, ref_loss, rtol=RTOL, atol=ATOL)
     assert 8.0 < loss.item() < 12.0  # ~ln(49152) = 10.8 for a random model: a real loss, not a degenerate one
     assert len(got) == 2 * 7 * 2 and all(g.abs().max() > 0 for g in ref.values())
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=RTOL, atol=GRAD_ATOL, msg=name)
+
+
+def _assert_packed_equals_per_example_hf_loss(model, videos, max_row_tokens: int) -> None:
+    """Shared-prefix packed loss and LoRA gradients == transformers' own `model(input_ids, labels)` run per
+    (prompt + context + comment) with -100 on prompt and context tokens, token-weighted (HF's loss is a mean)."""
+    total, n = torch.zeros(()), 0
+    for v in videos:
+        for j, c in enumerate(v.completions):
+            ctx = v.contexts[j] if v.contexts else []
+            ids = torch.tensor([v.prompt_ids + ctx + c])
+            labels = torch.tensor([[-100] * (len(v.prompt_ids) + len(ctx)) + c])
+            total = total + model(input_ids=ids, labels=labels).loss * len(c)
+            n += len(c)
+    ref_loss = total / n
+    ref_loss.backward()
+    ref = grads(model)
+    loss = packed_loss(model, make_rows(videos, "shared_prefix", max_row_tokens), "shared_prefix", rows_per_batch=4)
+    got = grads(model)
+    torch.testing.assert_close(loss, ref_loss.detach(), rtol=RTOL, atol=ATOL)
     for name in ref:
         torch.testing.assert_close(got[name], ref[name], rtol=RTOL, atol=GRAD_ATOL, msg=name)
 
@@ -156,22 +179,7 @@ def test_matches_transformers_labels_loss(tokenizer, impl):
                         cfg)
     assert real.prompt_ids[0] == tokenizer.bos_token_id and all(c[-1] == EOS for c in real.completions)
     videos = [real] + make_videos()[:2]
-    model = lora(tokenizer, impl)
-    total, n = torch.zeros(()), 0
-    for v in videos:
-        for c in v.completions:
-            ids = torch.tensor([v.prompt_ids + c])
-            labels = torch.tensor([[-100] * len(v.prompt_ids) + c])
-            total = total + model(input_ids=ids, labels=labels).loss * len(c)  # HF loss = mean over labels
-            n += len(c)
-    ref_loss = total / n
-    ref_loss.backward()
-    ref = grads(model)
-    loss = packed_loss(model, make_rows(videos, "shared_prefix", 128), "shared_prefix", rows_per_batch=4)
-    got = grads(model)
-    torch.testing.assert_close(loss, ref_loss.detach(), rtol=RTOL, atol=ATOL)
-    for name in ref:
-        torch.testing.assert_close(got[name], ref[name], rtol=RTOL, atol=GRAD_ATOL, msg=name)
+    _assert_packed_equals_per_example_hf_loss(lora(tokenizer, impl), videos, 128)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -281,28 +289,6 @@ def test_make_rows_counts_contexts():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("max_row_tokens", [10_000, 71])
-def test_packed_equals_per_example_with_contexts(tokenizer, impl, max_row_tokens):
-    """Tier markers under shared-prefix packing: loss and LoRA gradients equal the per-example ones (1e-5)."""
-    videos = make_videos_with_contexts()
-    model = lora(tokenizer, impl)
-    ref_loss = packed_loss(model, make_rows(videos, "none", max_row_tokens), "none", rows_per_batch=3)
-    ref = grads(model)
-    rows = make_rows(videos, "shared_prefix", max_row_tokens)
-    assert len(rows) == (3 if max_row_tokens > 1000 else 6)
-    loss = packed_loss(model, rows, "shared_prefix", rows_per_batch=2)
-    got = grads(model)
-    torch.testing.assert_close(loss, ref_loss, rtol=RTOL, atol=ATOL)
-    assert all(g.abs().max() > 0 for g in ref.values())
-    for name in ref:
-        torch.testing.assert_close(got[name], ref[name], rtol=RTOL, atol=GRAD_ATOL, msg=name)
-    # the contexts matter: the same comments without them give another loss
-    plain = packed_loss(model, make_rows(make_videos(), "shared_prefix", max_row_tokens), "shared_prefix", 2)
-    grads(model)
-    assert abs(plain.item() - loss.item()) > 1e-3
-
-
-@pytest.mark.parametrize("impl", IMPLS)
 def test_contexts_match_transformers_labels_loss(tokenizer, impl):
     """Independent reference: `model(prompt + context + comment, labels)` with -100 on prompt and context tokens."""
     from vrp.tiers import encode_tiered_video
@@ -314,22 +300,7 @@ def test_contexts_match_transformers_labels_loss(tokenizer, impl):
     assert [tokenizer.decode(c) for c in real.contexts] == ["[most liked comment]\n", "[typical comment]\n",
                                                            "[least liked comment]\n"]
     videos = [real] + make_videos_with_contexts()[:2]
-    model = lora(tokenizer, impl)
-    total, n = torch.zeros(()), 0
-    for v in videos:
-        for ctx, c in zip(v.contexts, v.completions):
-            ids = torch.tensor([v.prompt_ids + ctx + c])
-            labels = torch.tensor([[-100] * (len(v.prompt_ids) + len(ctx)) + c])
-            total = total + model(input_ids=ids, labels=labels).loss * len(c)
-            n += len(c)
-    ref_loss = total / n
-    ref_loss.backward()
-    ref = grads(model)
-    loss = packed_loss(model, make_rows(videos, "shared_prefix", 160), "shared_prefix", rows_per_batch=4)
-    got = grads(model)
-    torch.testing.assert_close(loss, ref_loss.detach(), rtol=RTOL, atol=ATOL)
-    for name in ref:
-        torch.testing.assert_close(got[name], ref[name], rtol=RTOL, atol=GRAD_ATOL, msg=name)
+    _assert_packed_equals_per_example_hf_loss(lora(tokenizer, impl), videos, 160)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -4,13 +4,7 @@ from __future__ import annotations
 import pytest
 
 from vrp.errors import ConfigError, VrpError
-from vrp.prompts import (
-    PromptConfig,
-    build_completion_ids,
-    build_prompt_ids,
-    encode_video,
-    encode_videos,
-)
+from vrp.prompts import PromptConfig, build_completion_ids, build_prompt_ids, encode_video, encode_videos
 from vrp.records import Comment, Video
 
 

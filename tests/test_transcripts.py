@@ -8,13 +8,7 @@ import pytest
 
 from vrp.cli import main
 from vrp.errors import VrpError
-from vrp.transcripts import (
-    Segment,
-    parse_json_transcript,
-    parse_transcript_bytes,
-    read_transcript,
-    segments_to_text,
-)
+from vrp.transcripts import Segment, parse_json_transcript, parse_transcript_bytes, read_transcript, segments_to_text
 
 FIX = Path(__file__).parent / "fixtures" / "collect"
 

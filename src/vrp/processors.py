@@ -26,11 +26,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from transformers import (
-    LogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-)
+from transformers import LogitsProcessor, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 
 class GeneratedTokensGuard(LogitsProcessor):

@@ -24,14 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vrp.decoding import (
-    DEFAULT_PRESET,
-    MAX_NEW_TOKENS,
-    GeneratedComment,
-    Preset,
-    generate_comments,
-    get_preset,
-)
+from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, GeneratedComment, Preset, generate_comments, get_preset
 from vrp.errors import ConfigError
 
 DEFAULT_RERANK_LAMBDA = 1.0  # plain PMI until `vrp evaluate` chooses lambda on validation

@@ -18,12 +18,7 @@ from typing import Any, Callable, Iterable
 
 from vrp.artifacts import _Dir, _In
 from vrp.errors import ConfigError, VrpError
-from vrp.io import (
-    check_writable,
-    iter_jsonl_rows,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
+from vrp.io import check_writable, iter_jsonl_rows, write_json_atomic, write_jsonl_atomic
 
 
 class RunDir(_Dir):

@@ -20,13 +20,7 @@ from typing import Any
 import torch
 
 from vrp.errors import VrpError
-from vrp.loss import (
-    cache_kwarg,
-    decoder_and_head,
-    logits_at,
-    model_attention_mask,
-    target_logprobs,
-)
+from vrp.loss import cache_kwarg, decoder_and_head, logits_at, model_attention_mask, target_logprobs
 from vrp.packing import collate, make_rows, shared_prefix_mask
 from vrp.prompts import EncodedVideo
 

@@ -40,11 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vrp.artifacts import DatasetDir
-from vrp.bench.train_report import (
-    CONFIGS,
-    LABELS,
-    cpu_model,
-)
+from vrp.bench.train_report import CONFIGS, LABELS, cpu_model
 from vrp.errors import ConfigError, VrpError
 from vrp.model import LoraSettings
 from vrp.options import check_choice, check_range, coerce_fields, option, option_like

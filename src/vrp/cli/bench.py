@@ -46,13 +46,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run `vrp bench serve`; exit status 1 when a status other than 200/503 was seen."""
     import contextlib
 
-    from vrp.bench.serve import (
-        BenchServeConfig,
-        format_result,
-        markdown_section,
-        run_load,
-        started_server,
-    )
+    from vrp.bench.serve import BenchServeConfig, format_result, markdown_section, run_load, started_server
     from vrp.io import write_json_atomic
     from vrp.options import config_from_args
 
@@ -121,12 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
     if cfg.data is None and SEED_TRAIN.is_file():
         cfg = dataclasses.replace(cfg, data=str(SEED_TRAIN))
     if cfg.nproc > 1:  # 1 vs N processes of `vrp train` instead of the configurations
-        from vrp.bench.scaling import (
-            format_scaling,
-            run_scaling,
-            scaling_busy,
-            scaling_section,
-        )
+        from vrp.bench.scaling import format_scaling, run_scaling, scaling_busy, scaling_section
 
         bench = run_scaling(cfg)
         section, why = scaling_section(bench, _command("train")), scaling_busy(bench)

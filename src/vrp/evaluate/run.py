@@ -26,13 +26,7 @@ import numpy as np
 from vrp.artifacts import DatasetDir
 from vrp.errors import VrpError
 from vrp.evaluate import metrics as M
-from vrp.evaluate.candidates import (  # noqa: F401 (re-exported)
-    CandidateSet,
-    build_candidate_sets,
-    derangement,
-    frequent_comments,
-    norm_key,
-)
+from vrp.evaluate.candidates import CandidateSet, build_candidate_sets, derangement, frequent_comments, norm_key  # noqa: F401 (re-exported)
 from vrp.evaluate.config import EvaluateConfig
 from vrp.evaluate.generation import (  # noqa: F401 (re-exported)
     generation_metrics,

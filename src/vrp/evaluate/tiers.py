@@ -30,15 +30,7 @@ import numpy as np
 from vrp.errors import ConfigError
 from vrp.evaluate import metrics as M
 from vrp.records import Video
-from vrp.tiers import (
-    LABELS,
-    MARKERS,
-    TIERS,
-    comment_tiers,
-    dataset_format,
-    resolve_tier_source,
-    run_tier_source,
-)
+from vrp.tiers import LABELS, MARKERS, TIERS, comment_tiers, dataset_format, resolve_tier_source, run_tier_source
 
 VARIANTS = TIERS + ("any",)  # the markers each comment is scored under; "any" = no marker
 

@@ -12,14 +12,7 @@ from dataclasses import dataclass
 from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, PRESETS
 from vrp.errors import ConfigError
 from vrp.model import PRECISIONS
-from vrp.options import (
-    check_choice,
-    check_positive,
-    check_range,
-    coerce_fields,
-    option,
-    option_like,
-)
+from vrp.options import check_choice, check_positive, check_range, coerce_fields, option, option_like
 from vrp.predict import PROMPT_BUDGET_HELP, GenerateConfig
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")

@@ -31,9 +31,7 @@ from vrp.errors import VrpError
 from vrp.prompts import PromptConfig, build_prompt_ids, no_video_prompt_ids
 from vrp.rerank import DEFAULT_RERANK_LAMBDA, comments_for_prompt, needs_no_video_prompt
 from vrp.tiers import prompt_with_tier
-from vrp.transcripts import (
-    SUPPORTED_SUFFIXES as UPLOAD_SUFFIXES,  # the caption formats an upload may have
-)
+from vrp.transcripts import SUPPORTED_SUFFIXES as UPLOAD_SUFFIXES  # the caption formats an upload may have
 from vrp.transcripts import parse_transcript_bytes, segments_to_text
 
 GenerateFn = Callable[..., "list[GeneratedComment]"]

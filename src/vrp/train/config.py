@@ -12,14 +12,7 @@ from typing import Any
 
 from vrp.errors import ConfigError
 from vrp.model import PRECISIONS, QUANTIZATIONS, LoraSettings
-from vrp.options import (
-    check_choice,
-    check_positive,
-    check_range,
-    coerce_fields,
-    option,
-    option_like,
-)
+from vrp.options import check_choice, check_positive, check_range, coerce_fields, option, option_like
 from vrp.prompts import PromptConfig
 from vrp.tiers import TIER_SOURCES
 from vrp.train.distributed import STRATEGIES, resolve_strategy

@@ -105,29 +105,29 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def rss_high_water_bytes() -> int:
-    """This process's resident high-water mark since the start or the last `reset_peak_rss` (`VmHWM` of
-    /proc/self/status), else the lifetime peak (`peak_rss_bytes`)."""
+def _proc_kib_field(path: str, key: str) -> int | None:
+    """Bytes of the `key` line (a size in kB) of a /proc file such as /proc/self/status; None where unreadable."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return peak_rss_bytes()
+    return None
+
+
+def rss_high_water_bytes() -> int:
+    """This process's resident high-water mark since the start or the last `reset_peak_rss` (`VmHWM` of
+    /proc/self/status), else the lifetime peak (`peak_rss_bytes`)."""
+    hwm = _proc_kib_field("/proc/self/status", "VmHWM:")
+    return peak_rss_bytes() if hwm is None else hwm
 
 
 def available_ram_bytes() -> int:
     """RAM the kernel can give without swapping (`MemAvailable` of /proc/meminfo), else free physical pages."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    avail = _proc_kib_field("/proc/meminfo", "MemAvailable:")
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if avail is None else avail
 
 
 def in_use_bytes(device: str) -> int:

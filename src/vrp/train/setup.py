@@ -244,12 +244,7 @@ def starting_state(s: TrainSetup, resume: bool, progress: bool) -> TrainState:
     restored, and the best validation so far, `vrp.train.checkpoint.resumed_best`), else step 0 with the base model's
     validation row (NLL and learning-curve probes, `vrp.train.probes.validate`) when there are validation rows, which
     is also the first best checkpoint."""
-    from vrp.train.checkpoint import (
-        keep_best,
-        load_checkpoint,
-        position_of,
-        resumed_best,
-    )
+    from vrp.train.checkpoint import keep_best, load_checkpoint, position_of, resumed_best
     from vrp.train.probes import validate
 
     ckpt = s.dist.main_only(s.run.latest_checkpoint) if resume else None
