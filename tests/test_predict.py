@@ -30,6 +30,11 @@ def test_predict_rows_and_output_formats(model, tokenizer, tmp_path: Path) -> No
     df = pd.read_json(tmp_path / "p.jsonl", lines=True)
     assert list(df.columns[:7]) == ["video_id", "title", "model", "adapter", "preset", "comment_index", "comment"]
     assert len(pd.read_csv(tmp_path / "p.csv")) == len(pd.read_excel(tmp_path / "p.xlsx")) == 6
+    # JSONL: paths without `\/` escapes, a missing cell as null, numpy scalars as plain JSON values
+    write_predictions(pd.DataFrame([{"adapter": "runs/a/adapter", "pmi": 1.5}, {"adapter": "", "pmi": None}])
+                      .to_dict("records"), tmp_path / "q.jsonl")
+    assert (tmp_path / "q.jsonl").read_text().splitlines() == ['{"adapter": "runs/a/adapter", "pmi": 1.5}',
+                                                               '{"adapter": "", "pmi": null}']
     with pytest.raises(VrpError, match="unknown extension"):
         write_predictions(rows, tmp_path / "p.txt")
     assert not (tmp_path / "p.txt").exists()

@@ -10,6 +10,7 @@ finished, prompt_tokens, seconds, tier` (the like tier asked for, `vrp.tiers`: `
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,8 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
 
         embedder = load_embedder()
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(videos) * len(presets), desc="generate", unit="video", disable=not progress)
+    bar = tqdm(total=len(videos) * len(presets), desc="generate (videos x presets)", unit="setup",
+               disable=not progress)
     try:
         for vi, (v, ids) in enumerate(zip(videos, prompts)):
             for preset in presets:
@@ -182,6 +184,13 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
     finally:
         bar.close()
     return rows
+
+
+def _json_scalar(value: Any) -> Any:
+    """A numpy scalar (np.int64, np.bool_, ...) as the Python value `json` can write."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def write_predictions(rows: list[dict[str, Any]], out: str | Path, escape_formulas: bool = True) -> None:
@@ -203,6 +212,9 @@ def write_predictions(rows: list[dict[str, Any]], out: str | Path, escape_formul
         elif ext == ".xlsx":
             write_xlsx(df, tmp)
         elif ext == ".jsonl":
-            df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            # json.dumps, not DataFrame.to_json: no `\/` escapes in paths; missing cells (NaN) as null
+            records = df.astype(object).where(df.notna(), None).to_dict("records")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False, default=_json_scalar) + "\n" for r in records),
+                           encoding="utf-8")
         else:
             raise ConfigError("out", f"unknown extension {ext!r}; use .csv, .xlsx or .jsonl")
