@@ -98,6 +98,9 @@ def test_dataset_fingerprint_follows_the_split_files(tmp_path: Path) -> None:
     assert [v.video_id for v in a.train_videos()] == ["v1"] and [v.video_id for v in a.validation_videos()] == ["v2"]
     with pytest.raises(ConfigError, match="data: .*none has no train.jsonl; run `vrp prepare` first"):
         DatasetDir(tmp_path / "none").train_videos()
+    (tmp_path / "mine.csv").write_text("title,transcript,comment\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="mine.csv is a file, not a dataset dir; make one with `vrp prepare"):
+        DatasetDir(tmp_path / "mine.csv").train_videos()
 
 
 def test_collect_dir_files(tmp_path: Path) -> None:

@@ -187,6 +187,9 @@ class DatasetDir(_Dir):
 
     def train_videos(self) -> list[Video]:
         """The training split. Raises ConfigError('data') when the dir has none."""
+        if self.path.is_file():
+            raise ConfigError("data", f"{self.path} is a file, not a dataset dir; make one with `vrp prepare "
+                                      f"{self.path} --out DIR` and train on DIR")
         if not self.train_path.is_file():
             raise ConfigError("data", f"{self.path} has no {self.TRAIN}; run `vrp prepare` first")
         return read_videos(self.train_path)
