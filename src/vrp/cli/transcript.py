@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "charset-normalizer guesses, with a warning naming it.")
     p.add_argument("file", metavar="FILE", help="caption file (.vtt, .srt, .sbv, .json3, .json, .txt)")
     p.add_argument("--format", choices=("text", "json"), default="text",
-                   help="text: one line of clean text; json: the segments [{start, end, text}] (seconds), with annotations such as [Music] kept (the text drops them)")
+                   help="text: one line of clean text; json: the segments [{start, end, text}] (seconds), with "
+                        "annotations such as [Music] kept (the text drops them)")
     p.add_argument("--keep-annotations", action="store_true",
                    help="keep [Music]-style annotations and music notes in the text")
     return p
