@@ -95,7 +95,7 @@ def _adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
+def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data: Path, tiny_model_dir: Path, capsys) -> None:
     c = cfg(tiny_model_dir, lora_dropout=0.1, max_steps=6, save_every=2, batch_size=1, grad_accum=2)
     full = train(c, data, tmp_path / "full", progress=False)
 
@@ -112,6 +112,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data: Path, tiny_m
     with pytest.raises(VrpError, match="pass `resume` to continue it"):
         train(c, data, tmp_path / "resumed", progress=False)
     resumed = train(c, data, tmp_path / "resumed", resume=True, progress=False)
+    assert f"resuming {tmp_path / 'resumed'} from checkpoint step-000002" in capsys.readouterr().err
     a, b = _adapter_tensors(tmp_path / "full"), _adapter_tensors(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for k in a:

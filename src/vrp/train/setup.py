@@ -13,6 +13,7 @@ Does not know: the optimizer step loop (`vrp.train.loop`), how checkpoints are w
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -248,6 +249,9 @@ def starting_state(s: TrainSetup, resume: bool, progress: bool) -> TrainState:
     from vrp.train.probes import validate
 
     ckpt = s.dist.main_only(s.run.latest_checkpoint) if resume else None
+    if resume and s.dist.is_main:  # say where a resumed run continues from
+        where = f"checkpoint {ckpt.name}" if ckpt is not None else "step 0 (the run has no complete checkpoint yet)"
+        print(f"resuming {s.run.path} from {where}", file=sys.stderr, flush=True)
     if ckpt is not None:
         st = load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler, s.dist)
         epoch, micro = position_of(st, len(micro_batches(s.rows, s.cfg.batch_size)), s.cfg.grad_accum,
