@@ -47,6 +47,7 @@ print("\n== per setup (finished_rate: share of comments that ended with the end-
       "max_new_tokens; new tokens include it)\n" + summary.round(2).to_string())
 print(f"\nvalidation NLL/token: base {m['base_val_nll']:.4f} -> fine-tuned {m['final_val_nll']:.4f} "
       f"({m['val_videos']} videos); training {m['steps']} steps, {m['comments_seen']} comments, "
-      f"{m['tokens_per_s']} tokens/s")
+      f"{m['tokens_per_s']} tokens/s, peak memory {m['peak_rss_bytes'] / 1e9:.2f} GB (RSS; budget "
+      f"{m.get('memory_plan', {}).get('budget_bytes', 0) / 1e9:.2f} GB)")
 print(f"outputs: {out}/predictions.csv .xlsx .jsonl; run dir {out}/run; total {time.time() - start:.0f} s")
 PY
