@@ -220,7 +220,7 @@ def test_bench_train_nproc_times_one_and_two_processes(tiny_model_dir: Path, tmp
 
 # --- no processes started ----------------------------------------------------------------------------------------
 def test_launch_environment() -> None:
-    from vrp.train.distributed import Launch, detect_launch, resolve_strategy
+    from vrp.train.launch import Launch, detect_launch, resolve_strategy
 
     assert detect_launch({}) is None
     assert detect_launch({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Launch(3, 4, 1)

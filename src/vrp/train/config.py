@@ -15,7 +15,7 @@ from vrp.model import PRECISIONS, QUANTIZATIONS, LoraSettings
 from vrp.options import check_choice, check_positive, check_range, coerce_fields, option, option_like
 from vrp.prompts import PromptConfig
 from vrp.tiers import TIER_SOURCES
-from vrp.train.distributed import STRATEGIES, resolve_strategy
+from vrp.train.launch import STRATEGIES, resolve_strategy
 from vrp.train.memory import check_budget
 
 # transformers.get_scheduler names that need no extra arguments (reduce_lr_on_plateau needs a metric per step,
