@@ -5,8 +5,8 @@ Knows: the Unicode byte-order marks (UTF-8 `EF BB BF`, UTF-16 LE `FF FE`, UTF-16
 UTF-32 BE `00 00 FE FF`; the Unicode Standard, section 23.8 "Specials", and its BOM FAQ), which win over everything
 else; UTF-8 without a BOM, which is taken as is unless its NUL bytes follow the UTF-16/32 pattern (a NUL in most
 even or odd bytes: UTF-16/32 without a BOM); and, for anything else, a guess by charset-normalizer
-(`charset_normalizer.from_bytes`). Short files give that library ties between code pages that decode the bytes equally cleanly (a three-line Windows-1252 SRT
-ties with GB18030 and Shift-JIS); a tie that windows-1252 is part of goes to windows-1252, the most common legacy
+(`charset_normalizer.from_bytes`). Short files give that library ties between code pages that decode the bytes
+equally cleanly (a three-line Windows-1252 SRT ties with GB18030 and Shift-JIS); a tie that windows-1252 is part of goes to windows-1252, the most common legacy
 encoding and the one the WHATWG Encoding Standard uses for `latin1`/`iso-8859-1`/`ascii` labels. Bytes that are
 UTF-8 but for a few invalid bytes (a Windows-1252 character pasted into a UTF-8 file) are an error naming the line
 and byte offset of the first bad byte: reading the whole file as Windows-1252 would garble every other non-ASCII

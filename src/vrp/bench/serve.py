@@ -215,7 +215,8 @@ def run_load(cfg: BenchServeConfig, url: str, server_pid: int | None = None, pro
             try:
                 r = c.post(f"{url}/v1/predict", json=payload)
             except httpx.HTTPError as e:  # nothing listening, a reset, a timeout
-                raise VrpError(f"no answer from {url} ({type(e).__name__}: {e}); is `vrp serve` running there?") from None
+                raise VrpError(f"no answer from {url} ({type(e).__name__}: {e}); is `vrp serve` running "
+                               f"there?") from None
             if r.status_code != 200:
                 raise VrpError(f"warm-up request failed with HTTP {r.status_code}: {r.text[:300]}")
     rss_before = read_rss_kb(server_pid) if server_pid else None
