@@ -181,3 +181,16 @@ def test_a_budget_needs_a_unit_and_one_above_the_machine_is_warned(capsys) -> No
     assert memory.resolve_budget("1000TB", "cpu") == 10 ** 15
     err = capsys.readouterr().err
     assert f"warning: the memory budget 1000000.0 GB is more than the {memory.fmt_bytes(total)} of RAM" in err, err
+
+
+def test_allocated_peak_measures_without_profiler_lines_on_stderr(capfd: pytest.CaptureFixture) -> None:
+    """The CPU measurement runs torch's profiler, whose C++ side prints `profiler_start` / `profiler_stop` lines on
+    file descriptor 2; they are silenced, while what the measured function prints to stderr still shows."""
+    def step() -> None:
+        x = torch.ones(1 << 20)  # 4 MiB
+        print("from the step", file=sys.stderr, flush=True)
+        del x
+
+    assert memory.allocated_peak(step, "cpu") >= 1 << 22
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "profiler_stop" not in err and "from the step" in err

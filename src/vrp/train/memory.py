@@ -174,6 +174,26 @@ def resolve_budget(spec: str, device: str) -> int | None:
     return in_use_bytes(device) + int(AUTO_RAM_SHARE * available_ram_bytes())
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null for the block (what C++ code prints there); Python's own `sys.stderr`
+    is flushed first. Does nothing where stderr has no file descriptor."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def allocated_peak(fn: Callable[[], Any], device: str) -> int:
     """Peak bytes of tensors allocated while `fn()` runs, above what was allocated before it (see the module
     docstring: CUDA's peak counter, or the CPU allocator's running total in the torch profiler's events)."""
@@ -189,8 +209,14 @@ def allocated_peak(fn: Callable[[], Any], device: str) -> int:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _native_stderr_silenced():  # kineto prints `USDT: ... profiler_start` / `profiler_stop` lines on fd 2
+        prof.start()
+    try:
         fn()
+    finally:
+        with _native_stderr_silenced():
+            prof.stop()
     peak, stack = 0, list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         event = stack.pop()
