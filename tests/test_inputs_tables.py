@@ -260,3 +260,16 @@ def test_a_utf8_csv_with_one_windows_1252_byte_names_the_line(tmp_path):
     path.write_bytes("title,transcript,comment\nCafé,we bake,très bien\n".encode() + b"Tea,brew,caf\xe9\n")
     with pytest.raises(VrpError, match=r"mixed\.csv: line 3 \(byte offset \d+\): byte 0xE9 is not UTF-8"):
         load_source(path)
+
+
+@pytest.mark.parametrize(("column", "escape"), [("transcript", "\\ud800"), ("comment", "\\udc80")])
+def test_an_unpaired_surrogate_escape_in_jsonl_is_an_error_naming_the_cell(tmp_path, column, escape):
+    """JSON lets `\\ud800` stand alone, but it is no character and cannot be written as UTF-8: one error naming the
+    file, row and column, instead of a UnicodeEncodeError when the dataset is hashed or written."""
+    row = {"title": "T1", "transcript": "a", "comment": "b", "video_id": "v1"}
+    row[column] += "@"
+    lines = [json.dumps(row).replace("@", escape), json.dumps({"title": "T2", "transcript": "a", "comment": "c"})]
+    src = tmp_path / "esc.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(VrpError, match=rf"esc.jsonl: row 1: column '{column}' holds an unpaired surrogate U\+D"):
+        load_source(src)

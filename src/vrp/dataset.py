@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -137,13 +138,23 @@ def load_user_table(df: Any, path: Path, stats: Counter, require_comments: bool 
     return list(by_key.values())
 
 
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
 def _text(df: Any, column: str, i: int, path: Path, row: int) -> str:
     """Cell `column` of row index `i` as text (`_cell`); VrpError naming `path`, `row` and `column` if it holds a
-    list or an object."""
+    list or an object, or an unpaired UTF-16 surrogate (JSON's `"\\ud800"` escape alone: not a character, and no
+    UTF-8 file can hold it)."""
     try:
-        return _cell(df[column].iloc[i])
+        text = _cell(df[column].iloc[i])
     except ValueError as e:
         raise VrpError(f"{path}: row {row}: column {column!r} must be text ({e})") from None
+    bad = _LONE_SURROGATE_RE.search(text)
+    if bad:
+        raise VrpError(f"{path}: row {row}: column {column!r} holds an unpaired surrogate "
+                       f"U+{ord(bad.group()):04X} at character {bad.start()}, which is not a character (a broken "
+                       f"\\u escape in JSON); fix or remove it")
+    return text
 
 
 def _visible(text: str) -> bool:
