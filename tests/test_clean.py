@@ -140,3 +140,14 @@ def test_comment_drop_reason_order_and_uploader_option():
     assert clean.comment_drop_reason({}, "https://x.com/a") == "link_only"
     assert clean.comment_drop_reason({}, "1:02 2:45") == "timestamps_only"
     assert clean.comment_drop_reason({"parent": "root"}, f"{CODER} great video") is None
+
+
+def test_a_suffixed_count_with_marks_that_are_no_thousands_groups_is_refused() -> None:
+    """With a K/M/B suffix the last mark is the decimal mark and earlier ones may only group thousands:
+    `1,234.5K` is 1234500, but `1.2.3K` (was read as 12300) and `1,2,3K` fit no form."""
+    parse_like_count = clean.parse_like_count
+    assert parse_like_count("1,234.5K", strict=True) == 1_234_500 and parse_like_count("3,1K", strict=True) == 3100
+    for text in ("1.2.3K", "1,2,3K"):
+        with pytest.raises(ValueError, match="mixes digits and separators"):
+            parse_like_count(text, strict=True)
+        assert parse_like_count(text) is None  # lenient: unknown, not a made-up count

@@ -256,6 +256,8 @@ def _count_amount(number: str, suffix: str) -> Decimal:
         marks = [i for i, c in enumerate(number) if c in ".,"]
         if marks:
             last = marks[-1]
+            if not re.fullmatch(r"\d{1,3}(?:[.,]\d{3})*", number[:last]):  # earlier marks group thousands only
+                raise ValueError(f"{number + suffix!r} mixes digits and separators in no known way")
             number = re.sub(r"[.,]", "", number[:last]) + "." + number[last + 1:]
         try:
             return Decimal(number) * _MULTIPLIERS[suffix.lower()]
