@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,15 @@ def test_utf8_with_one_windows_1252_byte_is_an_error_naming_the_line():
     notes: list[str] = []
     assert " ".join(s.text for s in parse_transcript_bytes(legacy, "l.vtt", notes)) == "héllo café"
     assert "cp1252" in notes[0]
+
+
+@pytest.mark.parametrize(("timing", "why"), [
+    ("99999999999999999999:00:00.000 --> 99999999999999999999:00:01.000", "invalid timing (hours must have at most 5"),
+    ("00:00:01.000 --> 00:00:0\uff15.000", "malformed timing line"),  # a full-width digit
+])
+def test_timing_lines_webvtt_py_would_drop_are_errors(tmp_path, timing, why):
+    """A huge hour field and non-ASCII digits: webvtt-py skipped such a cue without a word (its text was lost)."""
+    path = tmp_path / "c.vtt"
+    path.write_text(f"WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhello\n\n{timing}\nbody\n", encoding="utf-8")
+    with pytest.raises(VrpError, match=rf"c.vtt:6: {re.escape(why)}"):
+        read_transcript(path)

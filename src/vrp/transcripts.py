@@ -109,20 +109,24 @@ _VTT_TS = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})\.(\d{1,3})"
 _SRT_TS = r"(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})"
 _SBV_TS = r"(\d+):(\d{1,2}):(\d{1,2})\.(\d{3})"
 _TIMING_RE = {
-    "vtt": re.compile(rf"{_VTT_TS}[ \t]*-->[ \t]*{_VTT_TS}(?:[ \t]+.*)?"),  # cue settings may follow the end time
-    "srt": re.compile(rf"{_SRT_TS}[ \t]*-->[ \t]*{_SRT_TS}(?:[ \t]+.*)?"),  # SRT editors' X1:.. Y1:.. coordinates
-    "sbv": re.compile(rf"{_SBV_TS},{_SBV_TS}"),
+    # ASCII digits only (`\d` would take full-width ones, which webvtt-py reads otherwise)
+    "vtt": re.compile(rf"{_VTT_TS}[ \t]*-->[ \t]*{_VTT_TS}(?:[ \t]+.*)?", re.ASCII),  # cue settings may follow
+    "srt": re.compile(rf"{_SRT_TS}[ \t]*-->[ \t]*{_SRT_TS}(?:[ \t]+.*)?", re.ASCII),  # SRT editors' X1:.. Y1:..
+    "sbv": re.compile(rf"{_SBV_TS},{_SBV_TS}", re.ASCII),
 }
 # A line meant as a timing line: an arrow (`-->`, or a mistyped `->` / `=>` / `→` next to a time), or two times.
 _TIMING_ATTEMPT_RE = re.compile(r"-->|\d:\d{1,2}\S*\s*(?:-+>|=+>|→)|(?:-+>|=+>|→)\s*-?\d+:\d"
                                 r"|^\s*-?\d+:\d{1,2}:\d{1,2}[.,]\d+\s*\S{0,3}\s*-?\d+:\d{1,2}:\d{1,2}")
 _VTT_NON_CUE_BLOCKS = ("WEBVTT", "NOTE", "STYLE", "REGION")
+MAX_HOUR_DIGITS = 5  # 99,999 hours; webvtt-py drops a cue whose hour field is too large for it, silently
 
 
 def _timing_ms(groups: Sequence[str | None]) -> tuple[int, int] | str:
     """(start ms, end ms) of the 8 regex groups of a timing line (hours may be None), or why it is invalid."""
     times = []
     for h, m, sec, frac in (groups[:4], groups[4:]):
+        if h is not None and len(h) > MAX_HOUR_DIGITS:
+            return f"hours must have at most {MAX_HOUR_DIGITS} digits"
         if int(m) > 59 or int(sec) > 59:
             return "minutes and seconds must be 00-59"
         times.append(((int(h or 0) * 60 + int(m)) * 60 + int(sec)) * 1000 + int(str(frac).ljust(3, "0")))
