@@ -52,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
     write_predictions(rows, out, escape_formulas=args.escape_formulas)
     for r in rows[:20]:
         print(f"[{r['video_id'][:16]}] {r['comment'][:100]!r}")
-    print(f"{len(rows)} comments for {len(videos)} videos written to {out}")
+    print(f"{len(rows)} comment{'s' * (len(rows) != 1)} for {len(videos)} video{'s' * (len(videos) != 1)} "
+          f"written to {out}")
     return 0
