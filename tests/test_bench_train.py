@@ -96,7 +96,7 @@ def _fake_bench(ks: tuple[int, ...] = (3, 30)) -> dict:
                         "peak_repeats": 5},
             "env": {"date": "2026-01-01 00:00 UTC", "cpu": "Test CPU", "cores": 2, "torch_threads": 2,
                     "python": "3.11", "torch": "t", "transformers": "tf", "trl": "trl", "peft": "p",
-                    "load_start": [0.1, 0, 0], "load_end": [0.2, 0, 0]},
+                    "load_start": [0.1, 0, 0], "load_end": [0.2, 0, 0], "wall_s": 1230.0},
             "peak_flops": {"bfloat16": 500e9, "float32": 200e9}, "results": results, "val": None}
 
 
@@ -112,6 +112,7 @@ def test_table_and_summary() -> None:
     # (c) at 3 comments/video: 1e12 FLOP / 10 s / 500e9 FLOP/s
     assert "target: (c) executed MFU at 3 comments/video >= 45%: 20.0% (NOT met)" in lines[2]
     assert not any("load average" in x for x in lines)
+    assert "run time: 20.5 minutes, model loads, matmul peak and validation check included" in lines
     assert lines[-1] == "comments/s ratio (c) shared_prefix / (a) TRL: 3/video 10.00x; 30/video 10.00x"
     md = markdown_section(b, "vrp bench train --quick")
     assert md.startswith("## vrp bench train (2026-01-01 00:00 UTC, Test CPU, 2 cores)")
@@ -168,8 +169,8 @@ def test_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     o = bench_train_config(None, vars(parse(["bench", "train", "--quick", "--comments-per-video", "3,10", "--configs",
                                              "none"])))
     assert o.quick and o.comments_per_video == [3, 10] and o.configs == ["none"] and o.batch_size == 2
-    assert o.max_row_tokens == 256 + 128 + 1
-    assert BenchTrainConfig().max_row_tokens == 1536 and BenchTrainConfig().lora["r"] == 16
+    assert o.max_row_tokens == 2 * 256                                      # 2x the prompt budget
+    assert BenchTrainConfig().max_row_tokens == 2048 and BenchTrainConfig().lora["r"] == 16
     (tmp_path / "b.yaml").write_text("quick: true\nbatch_size: 3\n")         # quick < YAML < flags
     o = bench_train_config(tmp_path / "b.yaml", vars(parse(["bench", "train", "--steps", "2"])))
     assert (o.batch_size, o.steps, o.max_prompt_tokens) == (3, 2, 256)

@@ -12,7 +12,7 @@ which gives the same softmax over the same keys for every query (exact up to flo
 masked kernels take no GQA, so the heads are repeated as transformers does). `p` is found once per mask
 (`causal_prefix`, cached for the mask tensor of the current forward).
 Measured (SmolLM2-135M, 4 rows x 1,103 tokens, bf16, 1 thread, CPU seconds per training step): shared-prefix rows
-faster than `sdpa` and, for padded `none` rows, 17.5 s instead of 21.9 s (see /work/tools/bench-notes-13.md).
+faster than `sdpa` and, for padded `none` rows, 17.5 s instead of 21.9 s (BENCHMARKS.md, "Training memory and step time").
 Registered with transformers as attention implementation `split_sdpa` (its masks are built like `sdpa`'s), so a
 model loaded with `attn_implementation="split_sdpa"` uses it in every layer.
 Does not know: how masks are built (`vrp.packing`, `vrp.loss.model_attention_mask`).

@@ -57,9 +57,9 @@ VRP_CONFIGS = ("none", "shared_prefix")
 @dataclass
 class BenchTrainConfig:
     """Options of `vrp bench train`; the field docs are its `--help`, `__post_init__` their one validation. Token
-    counts in tokens. Activation memory (~1.3-2 MB per token for SmolLM2-135M with bf16 autocast and LoRA)
-    dominates peak RSS, so capping shared-prefix rows at 1.5x the prompt keeps the peak RSS at 30 comments/video
-    within ~1.5x of that at 3."""
+    counts in tokens. Shared-prefix rows are capped at 2x the prompt budget by default, the ratio of both shipped
+    recipes (`configs/smollm2-cpu-*.yaml`: prompts 512, rows 1,024; `vrp train`'s own default rows of 2,048 tokens
+    at 1,024-token prompts), so the bench times the rows `vrp train` builds."""
 
     model: str = option_like(TrainConfig, "model")
     data: str | None = option("source of videos: any file `vrp prepare` reads (the command's default: the seed "
@@ -78,7 +78,7 @@ class BenchTrainConfig:
     max_prompt_tokens: int = option_like(PromptConfig, "max_prompt_tokens")
     max_comment_tokens: int = option_like(PromptConfig, "max_comment_tokens")
     max_row_tokens: int = option("longest shared-prefix row in tokens; longer videos are split into rows (0 = "
-                                 "automatic: 1.5 x `max_prompt_tokens`, at least prompt + one longest comment)", 0)
+                                 "automatic: 2 x `max_prompt_tokens`, as the shipped recipes, at least prompt + one longest comment)", 0)
     precision: str = option("auto, bf16 or fp32", "auto")
     attn_implementation: str = option_like(TrainConfig, "attn_implementation")
     lean: bool = option("memory-lean LoRA of `vrp train` (vrp.train.lean); off = PEFT's own LoRA forward, for "
@@ -111,7 +111,7 @@ class BenchTrainConfig:
     def __post_init__(self) -> None:
         coerce_fields(self)
         if not self.max_row_tokens:
-            self.max_row_tokens = max(self.max_prompt_tokens * 3 // 2,
+            self.max_row_tokens = max(self.max_prompt_tokens * 2,
                                       self.max_prompt_tokens + self.max_comment_tokens + 1)
         check_range(self, "batch_size", "steps", "peak_size", "peak_repeats", "max_prompt_tokens",
                     "max_comment_tokens", "memory_row_tokens", low=1)

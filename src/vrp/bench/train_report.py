@@ -125,6 +125,9 @@ def summary_lines(bench: dict[str, Any]) -> list[str]:
                    f"{v['none']['steps']} optimizer step(s), vrp.train.loop.train): base {base:.4f}, (b) none {a:.4f}, "
                    f"(c) shared_prefix {b:.4f}, difference {abs(a - b):.2e} nats"
                    + (f" ({100 * abs(a - b) / change:.1f}% of the change from base)" if change > 0 else ""))
+    wall = (bench.get("env") or {}).get("wall_s")
+    if wall is not None:
+        out.append(f"run time: {wall / 60:.1f} minutes, model loads, matmul peak and validation check included")
     why = busy(bench)
     if why:
         out.append(f"**{why}**")

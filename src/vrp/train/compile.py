@@ -8,8 +8,8 @@ runs eagerly (one graph break per layer); that LoRA dropout (`vrp.train.lean.Dro
 `.item()` and a `torch.Generator` per call) breaks the graph around every LoRA layer, so compilation pays with
 `lora_dropout` 0 only.
 Measured (SmolLM2-135M, 4 shared-prefix rows x 1,103 tokens, bf16 autocast, lora_dropout 0, 1 CPU thread): 13.6 s
-instead of 15.5 s of CPU per training step, after ~40 s of compilation in the first step (see
-/work/tools/bench-notes-13.md). Does not know: training (`vrp.train`).
+instead of 15.5 s of CPU per training step, after ~40 s of compilation in the first step (BENCHMARKS.md,
+"Training memory and step time"). Does not know: training (`vrp.train`).
 """
 from __future__ import annotations
 
