@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -242,7 +243,7 @@ def test_train_failed_start_leaves_no_run_dir(tmp_path, capsys, tiny_model_dir) 
     (empty / "train.jsonl").write_text("")
     one_line_error(capsys, ["train", "--data", str(empty), "--out", str(tmp_path / "r1"), *model], "empty dataset")
     one_line_error(capsys, ["train", "--data", str(ds), "--out", str(tmp_path / "r2"), *model,
-                            "--target-modules", '["nope"]'], "error: --target-modules: ['nope']")
+                            "--target-modules", '["nope"]'], "error: --target-modules: no module named ['nope']")
     one_line_error(capsys, ["train", "--data", str(ds), "--out", str(tmp_path / "r3"), *model,
                             "--attn-implementation", "bogus"], "attn_implementation")
     bad = tmp_path / "bad"
@@ -361,6 +362,20 @@ def test_generate_bad_counts_fail_before_anything_runs(tmp_path, capsys) -> None
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_generate_never_writes_over_its_input(tmp_path, capsys) -> None:
+    """`--out` equal to the input table, or inside the input dataset dir, is refused even with --overwrite."""
+    src = table(tmp_path / "mine.csv", title=["a"], transcript=["x"], comment=["c"])
+    before = src.read_bytes()
+    one_line_error(capsys, ["generate", "--model", "m", "--input", str(src), "--out", str(src), "--overwrite"],
+                   "mine.csv is or lies in an input of the command, --input")
+    ds = small_dataset(tmp_path)
+    val = ds / "validation.jsonl"
+    kept = val.read_bytes()
+    one_line_error(capsys, ["generate", "--model", "m", "--input", str(ds), "--out", str(val), "--overwrite"],
+                   "lies in an input of the command, --input")
+    assert src.read_bytes() == before and val.read_bytes() == kept
+
+
 def test_generate_dataset_dir_without_validation_videos(tmp_path, capsys) -> None:
     src = table(tmp_path / "t.csv", title=["a"], transcript=["x"], comment=["c"])
     assert main(["prepare", str(src), "--out", str(tmp_path / "ds"), "--val-fraction", "0"]) == 0
@@ -473,3 +488,75 @@ def test_garbage_gguf_is_an_error_and_leaves_no_cache_dir(tmp_path, capsys, monk
                             str(tmp_path / "p.csv")], "junk.gguf", "GGUF")
     leftovers = list((tmp_path / "cache").rglob("*")) if (tmp_path / "cache").exists() else []
     assert [p for p in leftovers if p.is_dir() and p.name != "models"] == []
+
+
+def test_target_modules_names_regex_and_tied_embeddings(tokenizer) -> None:
+    """One string of names becomes a list; a broken list or regex, an unknown name in a list and a tied embedding
+    are ConfigErrors naming `target_modules` (were a re.error traceback, a silent partial adapter, and a merge that
+    changed the input embeddings too)."""
+    import torch
+
+    from vrp.model import LoraSettings, Precision, attach_lora
+    from vrp.train.config import TrainConfig
+
+    assert TrainConfig(target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]
+    assert TrainConfig(target_modules=r".*\.(q|v)_proj").target_modules == r".*\.(q|v)_proj"
+    for bad, needle in (("[q_proj", "is not a JSON list"), ("(q_proj", "neither module names nor a regular exp")):
+        with pytest.raises(ConfigError, match=re.escape(needle)) as e:
+            TrainConfig(target_modules=bad)
+        assert e.value.field == "target_modules"
+    fp32 = Precision("cpu", torch.float32, None)
+    with pytest.raises(ConfigError, match=r"no module named \['nonexistent'\] in LlamaForCausalLM; its linear layers "
+                                          r"are \[.*'q_proj'"):
+        attach_lora(tiny_llama(tokenizer), LoraSettings(target_modules=["q_proj", "nonexistent"]), fp32)
+    for targets in (["lm_head"], ["embed_tokens", "q_proj"], "lm_head"):
+        with pytest.raises(ConfigError, match="share one weight"):
+            attach_lora(tiny_llama(tokenizer), LoraSettings(target_modules=targets), fp32)
+    with pytest.raises(ConfigError, match=r"^lora_r: 1000000000000 is larger than any layer of the model is wide \(\d+\)"):
+        attach_lora(tiny_llama(tokenizer), LoraSettings(r=10 ** 12), fp32)
+    untied = attach_lora(tiny_llama(tokenizer, tie_word_embeddings=False), LoraSettings(target_modules=["lm_head"]),
+                         fp32)
+    assert any("lm_head.lora_A" in n for n, _ in untied.named_parameters())
+
+
+def test_prepare_takes_a_csv_transcript_longer_than_the_csv_module_limit(tmp_path) -> None:
+    """A 300,000-character transcript cell (a long talk) is read, not refused as a field over csv's 131,072 limit."""
+    from vrp.artifacts import DatasetDir
+
+    long = " ".join(["word"] * 60_000)
+    src = table(tmp_path / "long.csv", title=["a", "b"], transcript=[long, "short one"], comment=["c1", "c2"])
+    assert main(["prepare", str(src), "--out", str(tmp_path / "ds"), "--val-fraction", "0.5"]) == 0
+    d = DatasetDir(tmp_path / "ds")
+    videos = d.train_videos() + d.validation_videos()
+    assert sorted(len(v.transcript) for v in videos) == [len("short one"), len(long)]
+
+
+def test_lone_surrogates_are_errors_naming_file_and_field_everywhere(tmp_path, capsys) -> None:
+    """JSON's lone `\\ud800` escape (or a non-UTF-8 argument) in a transcript file, a dataset/collect record or a
+    command-line text is a one-line error naming where (was a TypeError / UnicodeEncodeError traceback, a 500)."""
+    from vrp.artifacts import CollectDir
+    from vrp.records import Video
+    from vrp.transcripts import parse_transcript_bytes
+
+    api = b'[{"text": "bad \\ud800 half", "start": 0, "duration": 1}]'
+    with pytest.raises(VrpError, match=r"^x.json\[0\]: 'text' holds an unpaired surrogate U\+D800 at character 4"):
+        parse_transcript_bytes(api, "x.json")
+    with pytest.raises(VrpError, match=r"^s.json\[0\]: 'text' holds an unpaired surrogate"):
+        parse_transcript_bytes(b'[{"start": 0, "end": 1, "text": "a \\udc00"}]', "s.json")
+    with pytest.raises(VrpError, match=r"^c.json3: events\[0\].segs holds an unpaired surrogate"):
+        parse_transcript_bytes(b'{"events": [{"tStartMs": 0, "segs": [{"utf8": "a \\ud800"}]}]}', "c.json3")
+    with pytest.raises(VrpError, match=r"v.jsonl:3: field 'comments\[1\].text' holds an unpaired surrogate U\+DFFF"):
+        Video.from_json({"video_id": "v", "transcript": "t", "comments": [{"text": "ok"}, {"text": "x\udfff"}]},
+                        "v.jsonl:3")
+    (tmp_path / "talk.json").write_bytes(api)
+    one_line_error(capsys, ["generate", "--model", "m", "--input", str(tmp_path / "talk.json"), "--out",
+                            str(tmp_path / "p.csv")], "talk.json[0]: 'text' holds an unpaired surrogate")
+    one_line_error(capsys, ["generate", "--model", "m", "--transcript", "caf\udce9", "--out",
+                            str(tmp_path / "p.csv")], "error: --transcript: the text holds an unpaired surrogate U+DCE9")
+    cd = tmp_path / "cd"
+    cd.mkdir()
+    (cd / CollectDir.VIDEOS).write_text(json.dumps({"id": "v1", "title": "t", "transcript": "hello there",
+                                                    "comments": [{"text": "nice \ud800"}]}) + "\n")
+    one_line_error(capsys, ["prepare", str(cd), "--out", str(tmp_path / "ds")],
+                   "comments[0].text holds an unpaired surrogate U+D800")
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "p.csv").exists()

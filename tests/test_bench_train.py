@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,21 @@ def test_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     one_line_error(capsys, ["bench", "train", "--max-row-tokens", "100"],
                    "error: --max-row-tokens: (100) must exceed --max-prompt-tokens (1024)")
     one_line_error(capsys, ["bench", "train", "--configs", "trl,fast"], "error: --configs: choose from")
+    # no --quick and no YAML: the error does not blame the quick preset
+    one_line_error(capsys, ["bench", "train", "--comments-per-video", "0"],
+                   "error: --comments-per-video: expected positive integers, got [0]")
+    assert "quick preset" not in capsys.readouterr().err
+    # the YAML `lora` mapping: completed from LoraSettings, checked as `vrp train` checks it, before any run
+    (tmp_path / "l.yaml").write_text("lora: {r: 8}\n")
+    assert bench_train_config(tmp_path / "l.yaml").lora == {"r": 8, "alpha": 32, "dropout": 0.0,
+                                                             "target_modules": "all-linear"}
+    for text, needle in (("lora: abc", "lora: expected a mapping"), ("lora: {foo: 1}", "lora: expected a mapping"),
+                         ("lora: {r: 0}", "lora: must be >= 1"), ("lora: {dropout: 2}", "lora: must be in [0, 1)"),
+                         ("lora: {r: x}", "lora: r and alpha must be integers"), ("val_videos: 0", "val_videos"),
+                         ("learning_rate: -1", "learning_rate"), ("val_learning_rate: 0", "val_learning_rate")):
+        (tmp_path / "bad.yaml").write_text(text + "\n")
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            bench_train_config(tmp_path / "bad.yaml")
 
 
 def test_bench_end_to_end_tiny(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

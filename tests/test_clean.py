@@ -147,7 +147,8 @@ def test_a_suffixed_count_with_marks_that_are_no_thousands_groups_is_refused() -
     `1,234.5K` is 1234500, but `1.2.3K` (was read as 12300) and `1,2,3K` fit no form."""
     parse_like_count = clean.parse_like_count
     assert parse_like_count("1,234.5K", strict=True) == 1_234_500 and parse_like_count("3,1K", strict=True) == 3100
-    for text in ("1.2.3K", "1,2,3K"):
+    assert parse_like_count("1 234K", strict=True) == 1_234_000 and parse_like_count("1'234,5K", strict=True) == 1_234_500
+    for text in ("1.2.3K", "1,2,3K", "1 2K", "1'2K"):  # spaces and apostrophes group thousands too (`1 2K` was 12000)
         with pytest.raises(ValueError, match="mixes digits and separators"):
             parse_like_count(text, strict=True)
         assert parse_like_count(text) is None  # lenient: unknown, not a made-up count

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,8 @@ def test_cli_end_to_end_tiny_model(tmp_path, tiny_model_dir, tokenizer, monkeypa
     assert "Recall@1" in report and "random baseline" in report and "original/beam" in report
     assert "own video (PMI) (λ" in report and "Metrics version 2" in report and "MAUVE" in report
     assert "| Video 0 | I loved the part about pasta number 00 |" in report          # the side-by-side table
+    numbers = [int(n) for n in re.findall(r"(?m)^## (\d+)\. ", report)]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 5     # sections numbered in order
     assert {"gen_finished_rate.png", "gen_mauve.png"} <= set(m["files"])
     # a non-empty out dir is refused without --overwrite, replaced with it
     assert _run(argv) == 2

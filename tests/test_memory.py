@@ -45,6 +45,13 @@ def test_plan_micro_batch_picks_the_most_rows_that_divide_and_fit() -> None:
                                           r"3.00 GB") as e:
         memory.plan_micro_batch(int(2.5 * gb), 1 * gb, 2 * gb, 1100, 4)
     assert "`max_row_tokens`" in e.value.message and "`gradient_checkpointing`" in e.value.message
+    # the heap slack is paid once, not per row: 1 fixed + 3 slack + 4 x 2 = 12 GB > 10 GB; with 2 rows 8 GB fit
+    p = memory.plan_micro_batch(10 * gb, 1 * gb, 2 * gb, 1100, 4, slack=3 * gb)
+    assert (p.micro_rows, p.predicted_peak, p.to_json()["slack_bytes"]) == (2, 8 * gb, 3 * gb)
+    assert "= 1.00 GB fixed + 3.00 GB heap slack + 2 x 2.00 GB per row" in p.describe(1)
+    with pytest.raises(ConfigError, match=r"that needs about 6.00 GB \(1.00 GB for the model and optimizer \+ 2.00 GB "
+                                          r"for the row \+ 3.00 GB of heap slack\)"):
+        memory.plan_micro_batch(int(5.5 * gb), 1 * gb, 2 * gb, 1100, 4, slack=3 * gb)
 
 
 def test_allocated_peak_counts_the_tensors_of_a_step() -> None:
@@ -104,9 +111,10 @@ def test_budget_cuts_micro_batches_and_reaches_the_same_loss(tmp_path: Path, tin
     real_step = loop._step
     monkeypatch.setattr(loop, "_step", lambda s, micro, state: calls.append(
         [len(b) for b in micro]) or real_step(s, micro, state))
-    budget = train(_cfg(tiny_model_dir, max_memory="1.25GB"), data, tmp_path / "budget", progress=False)
+    # fixed 1 GB + heap slack 2.8 x 0.1 GB + rows x 0.1 GB: 2 rows 1.48 GB fit, 4 rows (1.68 GB) do not
+    budget = train(_cfg(tiny_model_dir, max_memory="1.55GB"), data, tmp_path / "budget", progress=False)
     plan = budget["memory_plan"]
-    assert (plan["micro_rows"], plan["splits"], plan["budget_bytes"]) == (2, 2, 1_250_000_000)
+    assert (plan["micro_rows"], plan["splits"], plan["budget_bytes"]) == (2, 2, 1_550_000_000)
     assert calls == [[4]] * 3                  # the same configured micro-batches reach the step ...
     assert budget["comments_seen"] == free["comments_seen"] == 12
     got, want = ([h["loss"] for h in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
@@ -120,7 +128,7 @@ def test_budget_cuts_micro_batches_and_reaches_the_same_loss(tmp_path: Path, tin
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in b)
     metrics = json.loads((tmp_path / "budget" / "metrics.json").read_text())
     assert metrics["peak_rss_bytes"] > 10 ** 8
-    assert metrics["memory_plan"]["predicted_peak_bytes"] == pytest.approx(1.2e9, rel=1e-3)
+    assert metrics["memory_plan"]["predicted_peak_bytes"] == pytest.approx(1.48e9, rel=1e-3)
     assert free["memory_plan"] is None and free["peak_rss_bytes"] > 10 ** 8
 
 
@@ -133,7 +141,7 @@ def test_split_step_really_runs_smaller_micro_batches(tmp_path: Path, tiny_model
     rows_seen = []
     real = vrp.loss.loss_sum
     monkeypatch.setattr(vrp.loss, "loss_sum", lambda m, b: rows_seen.append(b["input_ids"].shape[0]) or real(m, b))
-    train(_cfg(tiny_model_dir, max_memory="1.15GB", eval_every=100), _dataset(tmp_path / "data"),
+    train(_cfg(tiny_model_dir, max_memory="1.45GB", eval_every=100), _dataset(tmp_path / "data"),
           tmp_path / "run", progress=False)
     training = rows_seen[:12]  # 3 steps x 4 micro-batches of one row (validation runs after the last step)
     assert training == [1] * 12
@@ -175,6 +183,10 @@ def test_a_budget_needs_a_unit_and_one_above_the_machine_is_warned(capsys) -> No
     for bare in ("512", " 8 ", "1.5"):
         with pytest.raises(ConfigError, match=rf"^max_memory: needs a unit, e.g. 512MB or 8GB, got '{bare.strip()}'$"):
             TrainConfig(max_memory=bare)
+    with pytest.raises(ConfigError, match=r"^max_memory: not a size: '9999.*' is too large$"):
+        TrainConfig(max_memory="9" * 320 + "TB")     # float('9' * 320) is inf: no OverflowError traceback
+    with pytest.raises(ConfigError, match="too large"):
+        TrainConfig(max_memory="20000000000GB")      # 2e19 bytes > 2^63
     total, what = memory.total_memory_bytes("cpu")
     assert what == "RAM" and total > 10 ** 8
     assert memory.resolve_budget("1MB", "cpu") == 10 ** 6 and capsys.readouterr().err == ""

@@ -77,7 +77,9 @@ def test_info_health_page_and_schema(tiny, tokenizer):
     schema = c.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/predict/file", "/v1/info", "/healthz"} <= set(schema["paths"])
     req = schema["components"]["schemas"]["PredictRequest"]["properties"]
-    assert req["num_comments"]["maximum"] == 7 and req["max_new_tokens"]["maximum"] == 32
+    # num_comments may be omitted (null): its integer branch carries the limit
+    assert [a.get("maximum") for a in req["num_comments"]["anyOf"]] == [7, None]
+    assert req["max_new_tokens"]["maximum"] == 32
     missing = c.get("/docs")  # Swagger UI would load from a CDN, so it is off
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
@@ -110,6 +112,11 @@ def test_predict_defaults_and_beam(tiny, tokenizer):
     assert beam.status_code == 200 and len(beam.json()["comments"]) == 2
     greedy = c.post("/v1/predict", json={**BODY, "preset": "greedy", "num_comments": 1, "max_new_tokens": 2})
     assert greedy.status_code == 200 and len(greedy.json()["comments"]) == 1
+    # greedy without num_comments: one comment (it gives exactly one), not the default 5 and a 422
+    for r in (c.post("/v1/predict", json={**BODY, "preset": "greedy", "max_new_tokens": 2}),
+              c.post("/v1/predict/file", files={"file": ("t.txt", b"hi there")},
+                     data={"preset": "greedy", "max_new_tokens": "2"})):
+        assert r.status_code == 200 and len(r.json()["comments"]) == 1 and r.json()["preset"] == "greedy", r.text
 
 
 # --- validation -----------------------------------------------------------------------------------------------------

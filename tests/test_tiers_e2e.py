@@ -135,7 +135,8 @@ def test_evaluate_has_a_tier_section(tiered_run, tmp_path: Path, monkeypatch, ca
     real = tiers["real"]["tiers"]
     assert real["top"]["words"] == 6 and real["low"]["words"] == 1 and real["top"]["median_likes"] == 1200
     report = (out / "report.md").read_text()
-    assert "## 6. Like tiers: top, typical and ignored comments" in report and "| top − low per video" in report
+    assert "## 5. Like tiers: top, typical and ignored comments" in report and "| top − low per video" in report
+    assert "## 6. Timing (seconds)" in report  # numbered in order: no side-by-side section 5 without seed results
     rows = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
     assert {r["comment"] for r in rows if r.get("tier") == "low"} == {LOW}
 

@@ -181,3 +181,30 @@ def test_resume_refuses_another_length_when_the_schedule_depends_on_it(tmp_path:
     _check_resumed_total(replace(constant, max_steps=5), run)  # its warmup is a number of steps: no total involved
     assert not constant.schedule_uses_total()
     assert replace(constant, warmup_steps=0, warmup_ratio=0.1).schedule_uses_total()
+
+
+def test_a_diverged_run_stops_with_an_error_before_spoiling_the_adapter(tmp_path: Path, data: Path,
+                                                                       tiny_model_dir: Path) -> None:
+    """A learning rate of 1e30 makes step 2's loss non-finite: the run stops there with an error that names the
+    step and the learning rate (it used to finish with exit 0, `nan` in metrics.json and a NaN adapter)."""
+    with pytest.raises(VrpError, match=r"^step 2: the training loss is nan.*training diverged \(learning rate 1e\+30\)"):
+        train(cfg(tiny_model_dir, learning_rate=1e30, lr_scheduler="constant", warmup_steps=0, warmup_ratio=0.0,
+                  max_steps=3, save_every=1), data, tmp_path / "run", progress=False)
+    history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history if "loss" in h] == [1]        # step 1 was fine and is kept
+    assert (tmp_path / "run" / "checkpoints" / "step-000001").is_dir()
+
+
+def test_resume_records_the_options_it_continues_with(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
+    """A resume that runs longer (constant schedule) and without the memory budget leaves a config.yaml that says
+    so (it kept the first run's `max_steps: 2` and `max_memory` before)."""
+    from dataclasses import replace
+
+    from vrp.rundir import RunDir
+
+    first = cfg(tiny_model_dir, lr_scheduler="constant", warmup_steps=0, warmup_ratio=0.0, max_steps=2,
+                max_memory="100GB")
+    train(first, data, tmp_path / "run", progress=False)
+    train(replace(first, max_steps=3, max_memory=""), data, tmp_path / "run", resume=True, progress=False)
+    saved = RunDir(tmp_path / "run").config()
+    assert (saved["max_steps"], saved["max_memory"]) == (3, "")

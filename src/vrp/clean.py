@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import regex  # UAX #29 grapheme clusters and Unicode emoji properties
 
+from vrp.errors import VrpError
+
 # ---------------------------------------------------------------------------------------------------------------
 # Captions
 # ---------------------------------------------------------------------------------------------------------------
@@ -252,13 +254,13 @@ def _count_amount(number: str, suffix: str) -> Decimal:
     thousands (`1,234`, `1.234`), else `.` or `,` is a decimal mark (`1234.0`). Raises ValueError if the digits
     and marks fit none of these forms (`1,2,3`)."""
     if suffix:
-        number = re.sub(r"['\u00a0\u202f ]", "", number)
         marks = [i for i, c in enumerate(number) if c in ".,"]
-        if marks:
-            last = marks[-1]
-            if not re.fullmatch(r"\d{1,3}(?:[.,]\d{3})*", number[:last]):  # earlier marks group thousands only
-                raise ValueError(f"{number + suffix!r} mixes digits and separators in no known way")
-            number = re.sub(r"[.,]", "", number[:last]) + "." + number[last + 1:]
+        last = marks[-1] if marks else len(number)
+        whole, frac = number[:last], number[last + 1:]
+        # every mark but the decimal one (spaces and apostrophes too) groups thousands: `1 2K` is no number
+        if not (re.fullmatch(r"\d+|\d{1,3}(?:[.,'\u00a0\u202f ]\d{3})+", whole) and re.fullmatch(r"\d*", frac)):
+            raise ValueError(f"{number + suffix!r} mixes digits and separators in no known way")
+        number = re.sub(r"\D", "", whole) + ("." + frac if marks else "")
         try:
             return Decimal(number) * _MULTIPLIERS[suffix.lower()]
         except InvalidOperation:
@@ -392,3 +394,14 @@ def comment_drop_reason(comment: Mapping[str, Any], text: str, drop_uploader: bo
     if is_timestamps_only(text):
         return "timestamps_only"
     return None
+
+
+def check_text(text: str, where: str) -> str:
+    """`text` unchanged; VrpError naming `where` if it holds an unpaired UTF-16 surrogate (JSON's lone `"\\ud800"`
+    escape, or a command-line argument that was not UTF-8): not a character, so no tokenizer or UTF-8 file takes it."""
+    bad = re.search("[\ud800-\udfff]", text)
+    if bad:
+        raise VrpError(f"{where} holds an unpaired surrogate U+{ord(bad.group()):04X} at character {bad.start()}, "
+                       f"which is not a character (a broken \\u escape in JSON, or text that is not UTF-8)")
+    return text
+

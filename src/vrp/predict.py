@@ -98,6 +98,13 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
         raise ConfigError("max_videos", f"must be >= 0 (0 = all), got {max_videos}")
     if bool(input_path) == (transcript is not None):
         raise ConfigError("input", "give exactly one of an `input` file or a `transcript` text")
+    from vrp.clean import check_text
+
+    for name, text in (("title", title), ("transcript", transcript or "")):
+        try:
+            check_text(text, "the text")
+        except VrpError as e:
+            raise ConfigError(name, str(e)) from None
     if transcript is not None:
         if not transcript.strip():
             raise ConfigError("transcript", "is empty")

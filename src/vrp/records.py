@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vrp.clean import parse_like_count
+from vrp.clean import check_text, parse_like_count
 from vrp.errors import VrpError
 from vrp.io import read_jsonl
 
@@ -90,6 +90,10 @@ class Video:
             if isinstance(rank, bool) or not isinstance(rank, int):
                 raise bad(f"comments[{i}].rank", "an integer", rank)
             comments.append(Comment(text=c["text"], like_count=like, rank=rank))
+        check_text(title or "", f"{where}: field 'title'")
+        check_text(transcript, f"{where}: field 'transcript'")
+        for i, c in enumerate(comments):
+            check_text(c.text, f"{where}: field 'comments[{i}].text'")
         return cls(video_id=vid, title=title or "", transcript=transcript, comments=comments)
 
 

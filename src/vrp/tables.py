@@ -85,6 +85,7 @@ def check_csv_shape(text: str, path: Path) -> None:
     in a cell (`wow, amazing`) otherwise shifts every column, or turns the first column into an index."""
     import csv
 
+    csv.field_size_limit(2 ** 31 - 1)  # a transcript of a 3-hour talk is over the default 131,072 characters
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     start = 1

@@ -58,7 +58,7 @@ class Segment:
             end = _seconds(d.get("end") if d.get("end") is not None else start)
         except (TypeError, ValueError):
             raise VrpError(f"{where}: 'start'/'end' must be numbers (seconds), got {_brief(d)}") from None
-        return cls(start, end, clean.clean_caption_line(d["text"]))
+        return cls(start, end, clean.clean_caption_line(clean.check_text(d["text"], f"{where}: 'text'")))
 
 
 
@@ -247,7 +247,7 @@ def parse_json3(obj: Any, where: str = "<json3>") -> list[Segment]:
         text = "".join(seg.get("utf8", "") for seg in segs)
         start = ev.get("tStartMs", 0) / 1000
         end = start + ev.get("dDurationMs", 0) / 1000
-        text = clean.clean_caption_line(text)
+        text = clean.clean_caption_line(clean.check_text(text, f"{where}: events[{i}].segs"))
         if text:
             segments.append(Segment(start, end, text))
     return segments
@@ -267,7 +267,7 @@ def parse_transcript_api(snippets: Iterable[Any], where: str = "<transcript-api>
             end_s = start_s + _seconds(duration or 0.0)
         except (TypeError, ValueError):
             raise VrpError(f"{where}[{i}]: 'start'/'duration' must be numbers (seconds), got {_brief(s)}") from None
-        text = clean.clean_caption_line(text)
+        text = clean.clean_caption_line(clean.check_text(text, f"{where}[{i}]: 'text'"))
         if text:
             segments.append(Segment(start_s, end_s, text))
     return segments

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +126,32 @@ class BenchTrainConfig:
         if bad or not self.configs:
             raise ConfigError("configs", f"choose from {','.join(CONFIGS)}, got {','.join(self.configs)}")
         check_choice(self, "precision", ("auto", "bf16", "fp32"))
+        check_range(self, "val_train_videos", "val_videos", "val_steps", low=1)
+        if not self.val_learning_rate > 0:
+            raise ConfigError("val_learning_rate", f"must be > 0, got {self.val_learning_rate}")
+        self._check_training_options()
         if self.max_row_tokens < self.max_prompt_tokens + 2:
             raise ConfigError("max_row_tokens", f"({self.max_row_tokens}) must exceed `max_prompt_tokens` "
                                                 f"({self.max_prompt_tokens}) so that a comment fits behind the prompt")
+
+
+    def _check_training_options(self) -> None:
+        """`lora` completed with `LoraSettings`' defaults, and it, `model`, `learning_rate` and
+        `attn_implementation` checked as `vrp train` checks them (`TrainConfig`); ConfigError('lora') or the field."""
+        keys = {f.name for f in fields(LoraSettings)}
+        if not isinstance(self.lora, dict) or set(self.lora) - keys:
+            raise ConfigError("lora", f"expected a mapping with keys among {sorted(keys)}, got {self.lora!r}")
+        self.lora = {**asdict(LoraSettings()), **self.lora}
+        bad = [k for k in ("r", "alpha") if not isinstance(self.lora[k], int) or isinstance(self.lora[k], bool)]
+        if bad or isinstance(self.lora["dropout"], bool) or not isinstance(self.lora["dropout"], (int, float)):
+            raise ConfigError("lora", f"r and alpha must be integers and dropout a number, got {self.lora!r}")
+        try:
+            TrainConfig(model=self.model, learning_rate=self.learning_rate, attn_implementation=self.attn_implementation,
+                        lora_r=self.lora["r"], lora_alpha=self.lora["alpha"], lora_dropout=self.lora["dropout"],
+                        target_modules=self.lora["target_modules"])
+        except ConfigError as e:
+            lora_field = e.field.startswith("lora_") or e.field == "target_modules"
+            raise ConfigError("lora" if lora_field else e.field, e.message) from None
 
 
 def bench_train_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchTrainConfig:
@@ -139,7 +162,7 @@ def bench_train_config(source: str | Path | None = None, overrides: dict[str, An
     values = load_yaml(source) if source else {}
     quick = bool((overrides or {}).get("quick", values.get("quick", False)))
     return build_config(BenchTrainConfig, {**(QUICK if quick else {}), **values}, overrides,
-                        where=str(source) if source else "the quick preset")
+                        where=str(source) if source else "the quick preset" if quick else None)
 
 
 def expand_video(videos: list[Video], i: int, k: int) -> Video:

@@ -43,6 +43,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("out", f"unknown extension {out.suffix!r}; use .csv, .xlsx or .jsonl")
     if out.is_dir():
         raise ConfigError("out", f"{out} is a directory; give a file name ending in .csv, .xlsx or .jsonl")
+    here = out.expanduser().resolve()
+    for name in ("input", "run", "model", "config"):  # never write over (or into) what the command reads
+        given = getattr(args, name, None)
+        if given and Path(given).expanduser().exists():
+            source = Path(given).expanduser().resolve()
+            if source == here or source in here.parents:
+                raise ConfigError("out", f"{out} is or lies in an input of the command, `{name}` ({given}); "
+                                         f"write the predictions elsewhere")
     if out.exists() and not args.overwrite:
         raise ConfigError("out", f"{out} exists; pass `overwrite` to replace it")
     check_writable(out, "out")
@@ -51,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     rows = predict(videos, cfg)
     write_predictions(rows, out, escape_formulas=args.escape_formulas)
     for r in rows[:20]:
-        print(f"[{r['video_id'][:16]}] {r['comment'][:100]!r}")
+        print(f"[{r['video_id'][:16]} {r['preset']}] {r['comment'][:100]!r}")
     print(f"{len(rows)} comment{'s' * (len(rows) != 1)} for {len(videos)} video{'s' * (len(videos) != 1)} "
           f"written to {out}")
     return 0

@@ -33,7 +33,7 @@ COMMENT_DROP_REASONS = ("duplicate_id", "reply", "by_uploader", "empty", "link_o
 
 def _transcript_text(value: Any, where: str, drop_annotations: bool) -> str:
     if isinstance(value, str):
-        return clean.collapse_spaces(value)
+        return clean.collapse_spaces(clean.check_text(value, f"{where}: field 'transcript'"))
     if not isinstance(value, list):
         raise VrpError(f"{where}: field 'transcript' must be a list of {{start, end, text}} segments or a string, "
                        f"got {type(value).__name__}")
@@ -59,6 +59,7 @@ def clean_comments(raw: Any, where: str, drop_uploader: bool = True, max_comment
     for i, c in enumerate(raw):
         if not isinstance(c, dict) or not isinstance(c.get("text"), str):
             raise VrpError(f"{where}: comments[{i}] must be an object with a string 'text', got {str(c)[:80]!r}")
+        clean.check_text(c["text"], f"{where}: comments[{i}].text")
     unique, n_dup = clean.dedupe_by_id(raw)
     dropped: Counter = Counter({r: 0 for r in COMMENT_DROP_REASONS})
     dropped["duplicate_id"] += n_dup
@@ -126,7 +127,8 @@ def load_collect_dir(path: str | os.PathLike[str], drop_uploader_comments: bool 
             vdrop[reason] += 1
             cdrop["in_dropped_video"] += len(comments)
             continue
-        title = clean.collapse_spaces(clean.remove_invisible(str(row.get("title") or "")))
+        title = clean.collapse_spaces(clean.remove_invisible(clean.check_text(str(row.get("title") or ""),
+                                                                              f"{where}: field 'title'")))
         videos.append(Video(video_id=vid, title=title, transcript=transcript, comments=comments))
     n_dropped = sum(vdrop.values())
     if n_dropped:

@@ -7,6 +7,7 @@ Does not know: how any number is computed (see `vrp.evaluate.run`, `vrp.evaluate
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -262,7 +263,8 @@ def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], cha
             "", f"Total {res['timing_s']['total_s']:.0f} s (embeddings and candidates "
                 f"{res['timing_s']['embed_and_candidates_s']:.1f} s).", "", DEFINITIONS, "## Charts", ""]
     out += [f"![{c}]({c})" for c in charts]
-    return "\n".join(out) + "\n"
+    numbers = iter(range(1, 100))  # sections without data (side by side, tiers) are left out: number the rest 1, 2, ..
+    return re.sub(r"(?m)^## \d+\. ", lambda _: f"## {next(numbers)}. ", "\n".join(out)) + "\n"
 
 
 def write_outputs(report: ReportDir, res: dict[str, Any], per_video: list[dict[str, Any]],

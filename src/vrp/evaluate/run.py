@@ -255,6 +255,10 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
     presets, num_comments, max_new_tokens, seed = cfg.preset_list(), cfg.num_comments, cfg.max_new_tokens, cfg.seed
     n_candidates, precision, progress = cfg.num_candidates, cfg.precision, not cfg.quiet
     seed_test, seed_results = cfg.seed_test, cfg.seed_results
+    if cfg.quiet:  # transformers' own bars too ("Loading weights")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     t_start = time.perf_counter()
     videos = data.videos
     video_emb = embed_videos(embedder, videos)

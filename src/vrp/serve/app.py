@@ -125,6 +125,11 @@ def _tier_problem(tier: str, tiers: bool) -> str | None:
     return None
 
 
+def default_comments(preset: str, default: int) -> int:
+    """Comments to return when a request names none: 1 for greedy (it gives exactly one), else `default`."""
+    return 1 if preset == "greedy" else default
+
+
 def _rerank_problem(rerank: int, num_comments: int, preset: str) -> str | None:
     """Why `rerank` cannot be served with these fields (`vrp.rerank.check_rerank`), or None."""
     try:
@@ -145,7 +150,9 @@ def _request_model(s: ServeConfig, prompt: PromptConfig, tiers: bool = False) ->
         transcript: str = Field(..., min_length=1, max_length=s.max_body_bytes,
                                 description=f"transcript text; cut to the {prompt.max_prompt_tokens}-token "
                                             f"prompt budget ({prompt.truncation})")
-        num_comments: int = Field(s.default_num_comments, ge=1, le=s.max_num_comments)
+        num_comments: Optional[int] = Field(None, ge=1, le=s.max_num_comments,
+                                            description=f"comments to return (omitted: {s.default_num_comments}, or "
+                                                        f"1 for greedy, which gives exactly one)")
         preset: Literal[preset_names] = Field(s.default_preset, description="decoding preset")  # type: ignore
         max_new_tokens: int = Field(s.default_max_new_tokens, ge=1, le=s.max_new_tokens)
         seed: Optional[int] = Field(None, ge=0, le=SEED_MAX, description="sampling seed (omit for random)")
@@ -168,6 +175,8 @@ def _request_model(s: ServeConfig, prompt: PromptConfig, tiers: bool = False) ->
 
         @model_validator(mode="after")
         def _greedy_one(self) -> "PredictRequest":
+            if self.num_comments is None:
+                self.num_comments = default_comments(self.preset, s.default_num_comments)
             if self.preset == "greedy" and self.num_comments > 1:
                 raise ValueError("preset greedy gives exactly one comment; use num_comments=1 or another preset")
             problem = _rerank_problem(self.rerank, self.num_comments, self.preset)
@@ -322,7 +331,7 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
         request: Request,
         file: UploadFile = File(..., description=f"caption file: {', '.join(UPLOAD_SUFFIXES)}"),
         title: str = Form("", max_length=settings.max_title_chars),
-        num_comments: int = Form(settings.default_num_comments, ge=1, le=settings.max_num_comments),
+        num_comments: Optional[int] = Form(None, ge=1, le=settings.max_num_comments),
         preset: Literal[preset_names] = Form(settings.default_preset),  # type: ignore[valid-type]
         max_new_tokens: int = Form(settings.default_max_new_tokens, ge=1, le=settings.max_new_tokens),
         seed: Optional[int] = Form(None, ge=0, le=SEED_MAX),
@@ -331,6 +340,8 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
     ) -> Response:
         """Predict comments for a caption file (multipart/form-data) plus form fields."""
         problems = []
+        if num_comments is None:
+            num_comments = default_comments(str(preset), settings.default_num_comments)
         extra = sorted(set((await request.form()).keys()) - FILE_FORM_FIELDS)  # as the JSON endpoint: no extras
         if extra:
             problems.append({"loc": "body", "msg": f"unknown field(s) {extra}; allowed: {sorted(FILE_FORM_FIELDS)}"})

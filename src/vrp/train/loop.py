@@ -20,6 +20,7 @@ layout (`vrp.rundir.RunDir`), validation (`vrp.train.validate`, `vrp.train.probe
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vrp.artifacts import DatasetDir
+from vrp.errors import VrpError
 from vrp.model import autocast_ctx
 from vrp.rundir import RunDir
 from vrp.train.checkpoint import advance, keep_best, save_checkpoint
@@ -89,6 +91,10 @@ def _step(s: TrainSetup, micro: list[list[Any]], state: TrainState) -> dict[str,
     state.tokens_seen += int(tokens)
     gnorm = torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], cfg.max_grad_norm)
     lr_used = s.scheduler.get_last_lr()[0]  # the rate this step was taken with
+    if not (math.isfinite(loss_val) and math.isfinite(float(gnorm))):  # before the step spoils the adapter
+        raise VrpError(f"step {state.step + 1}: the training loss is {loss_val:.4g} and the gradient norm "
+                       f"{float(gnorm):.4g}: training diverged (learning rate {lr_used:.3g}); lower `learning_rate` "
+                       f"or use `precision` fp32. Checkpoints saved before this step are kept")
     s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)

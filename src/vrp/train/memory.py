@@ -9,17 +9,19 @@ Knows:
   counter (`torch.cuda.max_memory_allocated`); on a CPU the allocation events of the torch profiler
   (`profile_memory=True`: every allocation and free of the CPU allocator while profiling, with its running total),
   so the measure counts tensors only and repeats within ~1%, unlike the process's resident set;
-- the cost model: peak = fixed + rows x cost of one row of the run's longest row length. fixed = what the process
-  holds after the model is loaded (resident set on a CPU, allocated bytes on CUDA) + LoRA gradients + AdamW's two
-  moments (3 x the trainable fp32 bytes). A row's cost is measured at startup on one real row of the longest length
-  (`measure_row_bytes`: forward + backward, RNG state restored, gradients dropped) and multiplied by `RSS_FACTOR`
-  on a CPU, where glibc's heap fragments (freed activations interleaved with kept ones) and the resident set of a
-  step grows well past the step's peak of tensor bytes. Measured peak RSS minus fixed, over one row's tensor peak,
-  on 60-step runs on the seed data (SmolLM2-135M, 1-2 torch threads): 1-row micro-batches 3.6-4.0x (`make demo`
-  4.0x, LoRA r64 3.6x, 1,024-token prompts with rows of 1,313 tokens 3.7x), 2-row micro-batches 2.5x per row;
-  `RSS_FACTOR` 4.2 puts every one of these runs under its prediction (BENCHMARKS.md, "--max-memory"), or
-  by `CUDA_FACTOR` for the caching allocator's slack. Every term grows linearly with the rows of a micro-batch at a
-  fixed row length, so the worst micro-batch is `rows` rows of the longest length;
+- the cost model: peak = fixed + heap slack + rows x cost of one row of the run's longest row length. fixed = what
+  the process holds after the model is loaded (resident set on a CPU, allocated bytes on CUDA) + LoRA gradients +
+  AdamW's two moments (3 x the trainable fp32 bytes). A row's cost is measured at startup on one real row of the
+  longest length (`measure_row_bytes`: forward + backward, RNG state restored, gradients dropped) times
+  `ROW_FACTOR` (`CUDA_FACTOR` on CUDA, for the caching allocator). On a CPU glibc's heap fragments (freed
+  activations interleaved with kept ones), so a step's resident set exceeds its live tensors by about a fixed
+  number of row costs whatever the rows per micro-batch: `HEAP_SLACK_ROWS` row costs are added. Calibration
+  (SmolLM2-135M, peak RSS minus fixed, in measured row tensor peaks): 60-step runs on the seed data with 1-row
+  micro-batches 3.6-4.0 (`make demo`, LoRA r64, 1,024-token prompts with rows of 1,313 tokens), with 2-row
+  micro-batches 5.0, one profiled step of 4 rows x 1,100 tokens about 7: 1 per row plus ~3 of slack. With 1.1 per row
+  and 2.8 of slack (x 1.1) the plan predicts 4.2 / 5.3 / 7.5, above each (BENCHMARKS.md, "--max-memory").
+  Every term but the slack grows linearly with the rows of a micro-batch at a fixed row length, so the worst
+  micro-batch is `rows` rows of the longest length;
 - the plan (`plan_micro_batch`): the most rows per micro-batch that divide `batch_size` and fit, with the
   configured micro-batch split into `batch_size / rows` pieces, so an optimizer step still sees the same rows and
   the loss (normalised by the targets of the whole step) is the same up to float rounding; dropout masks differ;
@@ -43,7 +45,8 @@ from vrp.errors import ConfigError
 
 AUTO_RAM_SHARE = 0.8
 AUTO_GPU_SHARE = 0.9
-RSS_FACTOR = 4.2
+ROW_FACTOR = 1.1
+HEAP_SLACK_ROWS = 2.8
 TRIM_EVERY = 8
 CUDA_FACTOR = 1.1
 UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
@@ -58,7 +61,10 @@ def parse_size(text: str) -> int:
         raise ValueError(f"needs a unit, e.g. 512MB or 8GB, got {str(text).strip()!r}")
     if not m or m[2].lower() not in UNITS:
         raise ValueError(f"not a size: {text!r} (write e.g. 8GB, 6GiB, 512MB or auto)")
-    n = int(float(m[1]) * UNITS[m[2].lower()])
+    value = float(m[1]) * UNITS[m[2].lower()]
+    if not value < 2 ** 63:  # also inf, from a number of hundreds of digits
+        raise ValueError(f"not a size: {str(text).strip()[:40]!r} is too large")
+    n = int(value)
     if n < 1:
         raise ValueError(f"not a size: {text!r} (must be at least 1 byte)")
     return n
@@ -239,7 +245,7 @@ def fixed_bytes(model: Any, device: str) -> int:
 
 def measure_row_bytes(model: Any, row: Any, pad_id: int, packing: str, prec: Any) -> int:
     """Peak bytes a training forward + backward of the single row `row` (`vrp.packing.Row`) allocates, times
-    `RSS_FACTOR` on a CPU (`CUDA_FACTOR` on CUDA). Runs in train mode under the run's autocast; the RNG state is
+    `ROW_FACTOR` on a CPU (`CUDA_FACTOR` on CUDA). Runs in train mode under the run's autocast; the RNG state is
     restored and the gradients are dropped afterwards, so the run that follows is the same as without the
     measurement."""
     import torch
@@ -264,13 +270,13 @@ def measure_row_bytes(model: Any, row: Any, pad_id: int, packing: str, prec: Any
     for p in model.parameters():
         p.grad = None
     model.train(was_training)
-    return int(peak * (RSS_FACTOR if prec.device == "cpu" else CUDA_FACTOR))
+    return int(peak * (ROW_FACTOR if prec.device == "cpu" else CUDA_FACTOR))
 
 
 @dataclass
 class MemoryPlan:
-    """Rows per micro-batch under a budget. budget/fixed/row bytes in bytes; row_tokens: the longest row the cost
-    was measured at; micro_rows: rows per micro-batch; batch_size: the configured rows per micro-batch (a divisor
+    """Rows per micro-batch under a budget. budget/fixed/row/slack in bytes (slack: the CPU heap's allowance, see the
+    module docstring); row_tokens: the longest row the cost was measured at; micro_rows: rows per micro-batch; batch_size: the configured rows per micro-batch (a divisor
     multiple of micro_rows); splits: micro-batches each configured micro-batch becomes."""
 
     budget: int
@@ -279,6 +285,7 @@ class MemoryPlan:
     row_tokens: int
     micro_rows: int
     batch_size: int
+    slack: int = 0
 
     @property
     def splits(self) -> int:
@@ -287,35 +294,38 @@ class MemoryPlan:
 
     @property
     def predicted_peak(self) -> int:
-        """fixed + micro_rows x row, bytes."""
-        return self.fixed + self.micro_rows * self.row
+        """fixed + slack + micro_rows x row, bytes."""
+        return self.fixed + self.slack + self.micro_rows * self.row
 
     def describe(self, grad_accum: int) -> str:
         """One line saying what was chosen and why."""
         return (f"max_memory {fmt_bytes(self.budget)}: {self.micro_rows} row(s) per micro-batch x "
                 f"{self.splits * grad_accum} accumulation step(s) (global batch {self.batch_size * grad_accum} "
                 f"rows), predicted peak {fmt_bytes(self.predicted_peak)} = {fmt_bytes(self.fixed)} fixed + "
-                f"{self.micro_rows} x {fmt_bytes(self.row)} per row of {self.row_tokens} tokens")
+                + (f"{fmt_bytes(self.slack)} heap slack + " if self.slack else "")
+                + f"{self.micro_rows} x {fmt_bytes(self.row)} per row of {self.row_tokens} tokens")
 
     def to_json(self) -> dict[str, int]:
         """The plan as a JSON-ready dict (bytes and counts)."""
-        return {"budget_bytes": self.budget, "fixed_bytes": self.fixed, "row_bytes": self.row,
+        return {"budget_bytes": self.budget, "fixed_bytes": self.fixed, "slack_bytes": self.slack, "row_bytes": self.row,
                 "row_tokens": self.row_tokens, "micro_rows": self.micro_rows, "splits": self.splits,
                 "predicted_peak_bytes": self.predicted_peak}
 
 
-def plan_micro_batch(budget: int, fixed: int, row: int, row_tokens: int, batch_size: int) -> MemoryPlan:
-    """The most rows per micro-batch (a divisor of `batch_size`) with fixed + rows x row <= budget (bytes).
+def plan_micro_batch(budget: int, fixed: int, row: int, row_tokens: int, batch_size: int,
+                     slack: int = 0) -> MemoryPlan:
+    """The most rows per micro-batch (a divisor of `batch_size`) with fixed + slack + rows x row <= budget (bytes).
 
     Raises ConfigError('max_memory') when not even one row of `row_tokens` tokens fits, saying what it needs."""
-    fits = [d for d in range(batch_size, 0, -1) if batch_size % d == 0 and fixed + d * row <= budget]
+    fits = [d for d in range(batch_size, 0, -1) if batch_size % d == 0 and fixed + slack + d * row <= budget]
     if not fits:
-        need = fixed + row
+        need = fixed + slack + row
+        heap = f" + {fmt_bytes(slack)} of heap slack" if slack else ""
         raise ConfigError("max_memory", f"{fmt_bytes(budget)} cannot fit one row of {row_tokens} tokens: that needs "
                                         f"about {fmt_bytes(need)} ({fmt_bytes(fixed)} for the model and optimizer + "
-                                        f"{fmt_bytes(row)} for the row); raise it, or lower `max_row_tokens` / "
+                                        f"{fmt_bytes(row)} for the row{heap}); raise it, or lower `max_row_tokens` / "
                                         f"`max_prompt_tokens`, or turn on `gradient_checkpointing`")
-    return MemoryPlan(budget, fixed, row, row_tokens, fits[0], batch_size)
+    return MemoryPlan(budget, fixed, row, row_tokens, fits[0], batch_size, slack)
 
 
 def plan_memory(model: Any, rows: list[Any], pad_id: int, cfg: Any, prec: Any) -> MemoryPlan:
@@ -329,7 +339,8 @@ def plan_memory(model: Any, rows: list[Any], pad_id: int, cfg: Any, prec: Any) -
     longest = max(rows, key=lambda r: r.num_tokens)
     row = measure_row_bytes(model, longest, pad_id, cfg.packing, prec)
     release_freed_memory()
-    plan = plan_micro_batch(budget, fixed, row, longest.num_tokens, cfg.batch_size)
+    slack = int(HEAP_SLACK_ROWS * row) if prec.device == "cpu" else 0
+    plan = plan_micro_batch(budget, fixed, row, longest.num_tokens, cfg.batch_size, slack)
     print(plan.describe(cfg.grad_accum), file=sys.stderr, flush=True)
     return plan
 

@@ -153,8 +153,7 @@ def _check_run(cfg: TrainConfig, run: RunDir, data: DatasetDir, resume: bool, ov
 def _create_run(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool,
                 inputs: list[tuple[str, Any]]) -> None:
     run.create(resume, overwrite, inputs)
-    if not resume:
-        run.save_config(cfg)
+    run.save_config(cfg)  # on resume: the options it continues with (a longer `max_steps`, another `max_memory`)
 
 
 def _check_not_done(run: RunDir, step: int, total_steps: int) -> None:
