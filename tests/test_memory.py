@@ -190,6 +190,7 @@ def test_a_budget_needs_a_unit_and_one_above_the_machine_is_warned(capsys) -> No
     total, what = memory.total_memory_bytes("cpu")
     assert what == "RAM" and total > 10 ** 8
     assert memory.resolve_budget("1MB", "cpu") == 10 ** 6 and capsys.readouterr().err == ""
+    assert (memory.fmt_bytes(1000), memory.fmt_bytes(2.5e6), memory.fmt_bytes(3.421e9)) == ("1 kB", "2 MB", "3.42 GB")
     assert memory.resolve_budget("1000TB", "cpu") == 10 ** 15
     err = capsys.readouterr().err
     assert f"warning: the memory budget 1000000.0 GB is more than the {memory.fmt_bytes(total)} of RAM" in err, err

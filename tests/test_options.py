@@ -102,3 +102,14 @@ def test_every_config_with_a_seed_bounds_it() -> None:
         for bad in (99999999999999999999, 2**32, -1):
             with pytest.raises(ConfigError, match=rf"^seed: must be (<= 4294967295|>= 0), got {bad}$"):
                 cls(seed=bad)
+
+
+def test_a_yaml_key_given_twice_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys; a config file with `lora_r` twice is refused instead."""
+    from vrp.options import load_yaml
+
+    (tmp_path / "c.yaml").write_text("lora_r: 8\nlearning_rate: 0.1\nlora_r: 16\n")
+    with pytest.raises(VrpError, match=r"c.yaml:3: invalid YAML \(key 'lora_r' given twice\)"):
+        load_yaml(tmp_path / "c.yaml")
+    (tmp_path / "n.yaml").write_text("lora: {r: 8, alpha: 16}\nlora_r: 8\n")   # the same key in two mappings: fine
+    assert load_yaml(tmp_path / "n.yaml") == {"lora": {"r": 8, "alpha": 16}, "lora_r": 8}

@@ -312,7 +312,8 @@ class LoraSettings:
     alpha: int = option("LoRA alpha (scaling = alpha / r)", 32)
     dropout: float = option("dropout on the LoRA input (0 = none, as PEFT's default: without it a CPU step takes ~19% "
                             "less time at the same validation NLL, docs/sweep.md)", 0.0)
-    target_modules: Any = option("modules that get LoRA: all-linear or a JSON list such as [\"q_proj\",\"v_proj\"]",
+    target_modules: Any = option("modules that get LoRA: all-linear, names (q_proj,v_proj or a JSON list such as "
+                                 "[\"q_proj\",\"v_proj\"]) or a regular expression matching whole module paths",
                                  "all-linear")
 
 

@@ -81,7 +81,10 @@ def check_budget(spec: str) -> None:
 
 
 def fmt_bytes(n: float) -> str:
-    """`n` bytes as GB with two decimals below 10 GB (`3.42 GB`), else one (`11.7 GB`); MB below 1 GB."""
+    """`n` bytes as GB with two decimals below 10 GB (`3.42 GB`), else one (`11.7 GB`); MB below 1 GB, kB below
+    1 MB (`1 kB`, not `0 MB`)."""
+    if abs(n) < 1e6:
+        return f"{n / 1e3:.0f} kB"
     if abs(n) < 1e9:
         return f"{n / 1e6:.0f} MB"
     return f"{n / 1e9:.2f} GB" if abs(n) < 1e10 else f"{n / 1e9:.1f} GB"
