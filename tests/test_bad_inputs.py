@@ -496,7 +496,8 @@ def test_target_modules_names_regex_and_tied_embeddings(tokenizer) -> None:
     changed the input embeddings too)."""
     import torch
 
-    from vrp.model import LoraSettings, Precision, attach_lora
+    from vrp.lora import LoraSettings, attach_lora
+    from vrp.model import Precision
     from vrp.train.config import TrainConfig
 
     assert TrainConfig(target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]

@@ -9,7 +9,8 @@ import torch
 
 from vrp.bench.memory import KINDS, format_profile, profile_step
 from vrp.io import write_jsonl_atomic
-from vrp.model import LoraSettings, Precision, attach_lora
+from vrp.lora import LoraSettings, attach_lora
+from vrp.model import Precision
 from vrp.packing import Row, collate
 from vrp.records import Comment, Video
 

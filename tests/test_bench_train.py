@@ -34,7 +34,8 @@ def test_dims_from_tiny_lora_model(tokenizer) -> None:
     from helpers import tiny_llama
 
     from vrp.bench.flops import dims_from_model
-    from vrp.model import LoraSettings, Precision, attach_lora
+    from vrp.lora import LoraSettings, attach_lora
+    from vrp.model import Precision
 
     model = attach_lora(tiny_llama(tokenizer), LoraSettings(r=16), Precision("cpu", torch.float32, None))
     d = dims_from_model(model)

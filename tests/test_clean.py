@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vrp import clean
+from vrp import clean, likes
 
 CODER = "\U0001F468\u200d\U0001F4BB"  # 👨‍💻: man, ZWJ, laptop
 FLAG_FR = "\U0001F1EB\U0001F1F7"
@@ -96,15 +96,15 @@ def test_truncate_never_cuts_inside_a_grapheme_cluster():
     (-3, None), (float("nan"), None), ("1e400", None), ("1e10000000", None), (10**13, None),
 ])
 def test_parse_like_count_reads_display_text(display, count):
-    assert clean.parse_like_count(display) == count
+    assert likes.parse_like_count(display) == count
 
 
 @pytest.mark.parametrize("value", ["1e5000", "1e10000000", "1e400", 10**5000, 1e300, "1000000000001", "2000B"],
                          ids=["1e5000", "1e10000000", "1e400", "int-5000-digits", "float-1e300", "10^12+1", "2000B"])
 def test_huge_like_counts_are_rejected_before_an_int_is_built(value):
     with pytest.raises(ValueError, match="larger than 10\\^12"):
-        clean.parse_like_count(value, strict=True)
-    assert clean.parse_like_count(10**12, strict=True) == 10**12  # the bound itself is a count
+        likes.parse_like_count(value, strict=True)
+    assert likes.parse_like_count(10**12, strict=True) == 10**12  # the bound itself is a count
 
 
 def test_dedupe_by_id_keeps_a_pinned_comment_once():
@@ -145,7 +145,7 @@ def test_comment_drop_reason_order_and_uploader_option():
 def test_a_suffixed_count_with_marks_that_are_no_thousands_groups_is_refused() -> None:
     """With a K/M/B suffix the last mark is the decimal mark and earlier ones may only group thousands:
     `1,234.5K` is 1234500, but `1.2.3K` (was read as 12300) and `1,2,3K` fit no form."""
-    parse_like_count = clean.parse_like_count
+    parse_like_count = likes.parse_like_count
     assert parse_like_count("1,234.5K", strict=True) == 1_234_500 and parse_like_count("3,1K", strict=True) == 3100
     assert parse_like_count("1 234K", strict=True) == 1_234_000 and parse_like_count("1'234,5K", strict=True) == 1_234_500
     for text in ("1.2.3K", "1,2,3K", "1 2K", "1'2K"):  # spaces and apostrophes group thousands too (`1 2K` was 12000)

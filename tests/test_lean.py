@@ -7,8 +7,9 @@ import torch
 from helpers import tiny_llama
 
 from vrp.bench.memory import SavedTensorTracker
+from vrp.lora import LoraSettings, attach_lora
 from vrp.loss import loss_sum, target_nll
-from vrp.model import LoraSettings, Precision, attach_lora, autocast_ctx
+from vrp.model import Precision, autocast_ctx
 from vrp.packing import Row, collate, make_rows
 from vrp.prompts import EncodedVideo
 from vrp.train.lean import DropoutLinear, _keep_mask, keep_probability

@@ -67,7 +67,8 @@ def test_allocated_peak_counts_the_tensors_of_a_step() -> None:
 
 def test_measure_row_bytes_grows_with_the_row_and_leaves_no_trace(tokenizer) -> None:
 
-    from vrp.model import LoraSettings, Precision, attach_lora
+    from vrp.lora import LoraSettings, attach_lora
+    from vrp.model import Precision
     from vrp.packing import Row
 
     prec = Precision("cpu", torch.float32, None)

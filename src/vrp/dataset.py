@@ -6,7 +6,7 @@ user tables (CSV, JSONL, Parquet, xlsx) with `title`, `transcript`, `comment` an
 and collect dirs written by `vrp collect` (via `vrp.collect.videos`); the options of `vrp prepare` (`PrepareConfig`)
 and the manifest. Table cells are read as text exactly as written, in every format (`007`, `1.10`, `1e5`, `NA`
 stay what they are; reading and shape checks live in `vrp.tables`), CSV/JSONL bytes in any encoding `vrp.charsets`
-reads, and like counts by the one parser `clean.parse_like_count` (strict: a value that is not a count is an error
+reads, and like counts by the one parser `likes.parse_like_count` (strict: a value that is not a count is an error
 naming file, row and value). Writes a dataset directory through `vrp.artifacts.DatasetDir`.
 Does not know: tokens or models.
 """
@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vrp import clean
+from vrp import clean, likes
 from vrp.artifacts import CollectDir, DatasetDir
 from vrp.errors import ConfigError, VrpError
 from vrp.io import sha256_file
@@ -125,7 +124,7 @@ def load_user_table(df: Any, path: Path, stats: Counter, require_comments: bool 
         if "like_count" in df.columns and _text(df, "like_count", i, path, row):
             raw = df["like_count"].iloc[i]
             try:
-                like = clean.parse_like_count(raw, strict=True)
+                like = likes.parse_like_count(raw, strict=True)
             except ValueError as e:
                 raise VrpError(f"{path}: row {row}: like_count {_cell(raw)!r} is not a like count: {e}; write it "
                                f"as a whole number such as 1234, 1,234, 1.2K or 2.3M") from None
@@ -138,9 +137,6 @@ def load_user_table(df: Any, path: Path, stats: Counter, require_comments: bool 
     return list(by_key.values())
 
 
-_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
-
-
 def _text(df: Any, column: str, i: int, path: Path, row: int) -> str:
     """Cell `column` of row index `i` as text (`_cell`); VrpError naming `path`, `row` and `column` if it holds a
     list or an object, or an unpaired UTF-16 surrogate (JSON's `"\\ud800"` escape alone: not a character, and no
@@ -149,12 +145,7 @@ def _text(df: Any, column: str, i: int, path: Path, row: int) -> str:
         text = _cell(df[column].iloc[i])
     except ValueError as e:
         raise VrpError(f"{path}: row {row}: column {column!r} must be text ({e})") from None
-    bad = _LONE_SURROGATE_RE.search(text)
-    if bad:
-        raise VrpError(f"{path}: row {row}: column {column!r} holds an unpaired surrogate "
-                       f"U+{ord(bad.group()):04X} at character {bad.start()}, which is not a character (a broken "
-                       f"\\u escape in JSON); fix or remove it")
-    return text
+    return clean.check_text(text, f"{path}: row {row}: column {column!r}")
 
 
 def _visible(text: str) -> bool:

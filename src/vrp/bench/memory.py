@@ -152,7 +152,8 @@ def profile_step(model: Any, batch: dict[str, Any], prec: Any, optimizer: Any, m
 
     from vrp.loss import loss_sum
     from vrp.model import autocast_ctx
-    from vrp.train.memory import allocated_peak, reset_peak_rss, resident_bytes, rss_high_water_bytes
+    from vrp.procmem import reset_peak_rss, resident_bytes, rss_high_water_bytes
+    from vrp.train.memory import allocated_peak
 
     params = [p for p in model.parameters() if p.requires_grad]
     tracker = SavedTensorTracker(model)

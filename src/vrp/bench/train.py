@@ -42,7 +42,7 @@ from typing import Any
 from vrp.artifacts import DatasetDir
 from vrp.bench.train_report import CONFIGS, LABELS, cpu_model
 from vrp.errors import ConfigError, VrpError
-from vrp.model import LoraSettings
+from vrp.lora import LoraSettings
 from vrp.options import check_choice, check_range, coerce_fields, option, option_like
 from vrp.prompts import PromptConfig
 from vrp.records import Comment, Video

@@ -43,7 +43,7 @@ def _vrp_model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
     """`(prec, model, tokenizer)`: the base model with LoRA attached as `vrp train` does it."""
     import torch
 
-    from vrp.model import LoraSettings, attach_lora
+    from vrp.lora import LoraSettings, attach_lora
 
     prec, model, tok = _load(spec)
     torch.manual_seed(int(spec.get("seed", 0)))
@@ -72,7 +72,7 @@ def _account(dims: FlopDims, lengths: list[tuple[int, int]], head_positions: int
 def _summary(step_seconds: list[float], per_step: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
     """Totals over the timed steps (the first entry of `step_seconds` is the warm-up and is left out), and each
     timed step's seconds, comments, tokens and padded shape in `per_step`."""
-    from vrp.train.memory import peak_rss_bytes
+    from vrp.procmem import peak_rss_bytes
 
     timed = step_seconds[1:]
     out = {k: sum(s[k] for s in per_step) for k in per_step[0]} if per_step else {}
@@ -91,7 +91,8 @@ def run_vrp(spec: dict[str, Any]) -> dict[str, Any]:
     from vrp.loss import loss_sum
     from vrp.model import autocast_ctx
     from vrp.packing import collate, make_rows
-    from vrp.train.memory import release_freed_memory, trim_after_step
+    from vrp.procmem import release_freed_memory
+    from vrp.train.memory import trim_after_step
 
     mode, bs = spec["kind"], int(spec["batch_size"])
     prec, model, tok = _vrp_model(spec)
@@ -232,7 +233,7 @@ def run_memory(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from vrp.packing import Row, collate
-    from vrp.train.memory import peak_rss_bytes
+    from vrp.procmem import peak_rss_bytes
 
     mode = spec["mode"]
     rows = [Row(list(r["prompt_ids"]), [list(c) for c in r["completions"]]) for r in spec["rows"]]

@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise ConfigError("out", f"{out} is a directory; give a file name ending in .csv, .xlsx or .jsonl")
     here = out.expanduser().resolve()
-    for name in ("input", "run", "model", "config"):  # never write over (or into) what the command reads
+    for name in ("input", "run", "model", "config"):  # never write over a file the command reads
         given = getattr(args, name, None)
-        if given and Path(given).expanduser().exists():
+        if out.exists() and given and Path(given).expanduser().exists():
             source = Path(given).expanduser().resolve()
             if source == here or source in here.parents:
                 raise ConfigError("out", f"{out} is or lies in an input of the command, `{name}` ({given}); "

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vrp import clean
+from vrp import clean, likes
 from vrp.artifacts import CollectDir
 from vrp.errors import VrpError
 from vrp.io import iter_jsonl_rows
@@ -72,7 +72,7 @@ def clean_comments(raw: Any, where: str, drop_uploader: bool = True, max_comment
             continue
         if max_comment_graphemes is not None:
             text = clean.truncate_graphemes(text, max_comment_graphemes)
-        kept.append((clean.parse_like_count(c.get("like_count")), order, text))
+        kept.append((likes.parse_like_count(c.get("like_count")), order, text))
     kept.sort(key=lambda t: (t[0] is None, -(t[0] or 0), t[1]))  # unknown counts after the known ones
     if max_comments is not None and len(kept) > max_comments:
         dropped["over_max_comments"] += len(kept) - max_comments

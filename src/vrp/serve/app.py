@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vrp.clean import check_text
 from vrp.decoding import PRESETS
 from vrp.errors import ConfigError, VrpError
 from vrp.options import SEED_MAX
@@ -110,11 +111,11 @@ class ErrorResponse(BaseModel):
 
 
 def _utf8(value: str) -> str:
+    """`value`, or ValueError (a 422 naming the field) when it holds an unpaired surrogate (`clean.check_text`)."""
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
-    return value
+        return check_text(value, "the text")
+    except VrpError as e:
+        raise ValueError(str(e)) from None
 
 
 def _tier_problem(tier: str, tiers: bool) -> str | None:

@@ -1,7 +1,7 @@
 """`TrainConfig`: every `vrp train` option, with its help text and default (loadable from YAML).
 
 Knows: names, help texts and validation of training options; the prompt defaults come from `vrp.prompts.PromptConfig`
-and the LoRA defaults from `vrp.model.LoraSettings` (defined once there). Does not know: how they are used
+and the LoRA defaults from `vrp.lora.LoraSettings` (defined once there). Does not know: how they are used
 (`vrp.train.loop`).
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from vrp.errors import ConfigError
-from vrp.model import PRECISIONS, QUANTIZATIONS, LoraSettings
+from vrp.lora import LoraSettings
+from vrp.model import PRECISIONS, QUANTIZATIONS
 from vrp.options import check_choice, check_positive, check_range, coerce_fields, option, option_like
 from vrp.prompts import PromptConfig
 from vrp.tiers import TIER_SOURCES

@@ -30,11 +30,12 @@ from typing import Any, Callable
 from vrp.artifacts import DatasetDir
 from vrp.errors import VrpError
 from vrp.model import autocast_ctx
+from vrp.procmem import release_freed_memory
 from vrp.rundir import RunDir
 from vrp.train.checkpoint import advance, keep_best, save_checkpoint
 from vrp.train.config import TrainConfig
 from vrp.train.distributed import Discard
-from vrp.train.memory import out_of_memory_as_config_error, peak_memory, release_freed_memory, trim_after_step
+from vrp.train.memory import out_of_memory_as_config_error, peak_memory, trim_after_step
 from vrp.train.probes import curve_summary, validate, validation_scalars
 from vrp.train.setup import TrainSetup, TrainState, micro_batches, setup, starting_state
 from vrp.train.validate import evaluate_nll

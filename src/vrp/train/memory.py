@@ -2,9 +2,8 @@
 
 Knows:
 - budget strings (`max_memory`): `8GB`, `7.5 GiB`, `512MB` (a unit is required: a bare `512` is refused, not read as
-  512 bytes), or `auto` (`AUTO_RAM_SHARE` of the
-  RAM the kernel reports as available plus what this process already holds; on CUDA `AUTO_GPU_SHARE` of the free
-  device memory plus what torch already allocated). kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024;
+  512 bytes), or `auto` (`AUTO_RAM_SHARE` of the RAM the kernel reports as available plus what this process already
+  holds; on CUDA `AUTO_GPU_SHARE` of the free device memory plus what torch already allocated). kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024;
 - how many bytes a step's tensors need beyond what is already allocated (`allocated_peak`): on CUDA torch's peak
   counter (`torch.cuda.max_memory_allocated`); on a CPU the allocation events of the torch profiler
   (`profile_memory=True`: every allocation and free of the CPU allocator while profiling, with its running total),
@@ -13,15 +12,11 @@ Knows:
   the process holds after the model is loaded (resident set on a CPU, allocated bytes on CUDA) + LoRA gradients +
   AdamW's two moments (3 x the trainable fp32 bytes). A row's cost is measured at startup on one real row of the
   longest length (`measure_row_bytes`: forward + backward, RNG state restored, gradients dropped) times
-  `ROW_FACTOR` (`CUDA_FACTOR` on CUDA, for the caching allocator). On a CPU glibc's heap fragments (freed
-  activations interleaved with kept ones), so a step's resident set exceeds its live tensors by about a fixed
-  number of row costs whatever the rows per micro-batch: `HEAP_SLACK_ROWS` row costs are added. Calibration
-  (SmolLM2-135M, peak RSS minus fixed, in measured row tensor peaks): 60-step runs on the seed data with 1-row
-  micro-batches 3.6-4.0 (`make demo`, LoRA r64, 1,024-token prompts with rows of 1,313 tokens), with 2-row
-  micro-batches 5.0, one profiled step of 4 rows x 1,100 tokens about 7: 1 per row plus ~3 of slack. With 1.1 per row
-  and 2.8 of slack (x 1.1) the plan predicts 4.2 / 5.3 / 7.5, above each (BENCHMARKS.md, "--max-memory").
-  Every term but the slack grows linearly with the rows of a micro-batch at a fixed row length, so the worst
-  micro-batch is `rows` rows of the longest length;
+  `ROW_FACTOR` (the allocator's slack). On a CPU glibc's heap fragments (freed activations interleaved with kept
+  ones), so a step's resident set exceeds its live tensors by about a fixed
+  number of row costs whatever the rows per micro-batch: `HEAP_SLACK_ROWS` row costs are added (calibrated on
+  SmolLM2-135M runs with 1, 2 and 4 rows per micro-batch: BENCHMARKS.md, "--max-memory"). The other terms grow
+  linearly with the rows at a fixed row length, so the worst micro-batch is `rows` rows of the longest length;
 - the plan (`plan_micro_batch`): the most rows per micro-batch that divide `batch_size` and fit, with the
   configured micro-batch split into `batch_size / rows` pieces, so an optimizer step still sees the same rows and
   the loss (normalised by the targets of the whole step) is the same up to float rounding; dropout masks differ;
@@ -32,23 +27,21 @@ Does not know: the training loop (`vrp.train.loop`), how rows are built (`vrp.pa
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
-import resource
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from vrp.errors import ConfigError
+from vrp.procmem import available_ram_bytes, peak_rss_bytes, release_freed_memory, resident_bytes
 
 AUTO_RAM_SHARE = 0.8
 AUTO_GPU_SHARE = 0.9
 ROW_FACTOR = 1.1
 HEAP_SLACK_ROWS = 2.8
 TRIM_EVERY = 8
-CUDA_FACTOR = 1.1
 UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
 
@@ -88,57 +81,6 @@ def fmt_bytes(n: float) -> str:
     if abs(n) < 1e9:
         return f"{n / 1e6:.0f} MB"
     return f"{n / 1e9:.2f} GB" if abs(n) < 1e10 else f"{n / 1e9:.1f} GB"
-
-
-def resident_bytes() -> int:
-    """This process's resident set size now (bytes; /proc/self/statm, else the peak from getrusage)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return peak_rss_bytes()
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size (bytes): `ru_maxrss` (KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Set this process's resident high-water mark (`VmHWM`) to its current resident set (Linux: writing 5 to
-    /proc/self/clear_refs). Returns False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def _proc_kib_field(path: str, key: str) -> int | None:
-    """Bytes of the `key` line (a size in kB) of a /proc file such as /proc/self/status; None where unreadable."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def rss_high_water_bytes() -> int:
-    """This process's resident high-water mark since the start or the last `reset_peak_rss` (`VmHWM` of
-    /proc/self/status), else the lifetime peak (`peak_rss_bytes`)."""
-    hwm = _proc_kib_field("/proc/self/status", "VmHWM:")
-    return peak_rss_bytes() if hwm is None else hwm
-
-
-def available_ram_bytes() -> int:
-    """RAM the kernel can give without swapping (`MemAvailable` of /proc/meminfo), else free physical pages."""
-    avail = _proc_kib_field("/proc/meminfo", "MemAvailable:")
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if avail is None else avail
 
 
 def in_use_bytes(device: str) -> int:
@@ -248,9 +190,8 @@ def fixed_bytes(model: Any, device: str) -> int:
 
 def measure_row_bytes(model: Any, row: Any, pad_id: int, packing: str, prec: Any) -> int:
     """Peak bytes a training forward + backward of the single row `row` (`vrp.packing.Row`) allocates, times
-    `ROW_FACTOR` on a CPU (`CUDA_FACTOR` on CUDA). Runs in train mode under the run's autocast; the RNG state is
-    restored and the gradients are dropped afterwards, so the run that follows is the same as without the
-    measurement."""
+    `ROW_FACTOR`. Runs in train mode under the run's autocast; the RNG state is restored and the gradients are
+    dropped afterwards, so the run that follows is the same as without the measurement."""
     import torch
 
     from vrp.loss import loss_sum
@@ -273,7 +214,7 @@ def measure_row_bytes(model: Any, row: Any, pad_id: int, packing: str, prec: Any
     for p in model.parameters():
         p.grad = None
     model.train(was_training)
-    return int(peak * (ROW_FACTOR if prec.device == "cpu" else CUDA_FACTOR))
+    return int(peak * ROW_FACTOR)
 
 
 @dataclass
@@ -357,30 +298,6 @@ def trim_after_step(step: int, budgeted: bool) -> bool:
     5.95 GB), but the pages are then faulted in again: +9% CPU time per step (measured, see
     BENCHMARKS.md, "Training memory and step time")."""
     return budgeted or step % TRIM_EVERY == 0
-
-
-def release_freed_memory() -> bool:
-    """Give the heap memory glibc's malloc holds free back to the system now (`malloc_trim(0)`; see
-    `trim_after_step`). Returns False where glibc is not the allocator. (Mapping every block of 1 MiB or more instead,
-    `mallopt(M_MMAP_THRESHOLD)`, would also remove the fragmentation inside a step, but costs ~14 s of page faults
-    per SmolLM2 step of 4 x 1,103 tokens.)"""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "malloc_trim"):
-        return False
-    libc.malloc_trim(0)
-    return True
-
-
-@functools.lru_cache(maxsize=1)
-def _libc() -> Any:
-    """The C library (ctypes), or None where it cannot be loaded."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
 
 
 def peak_memory(device: str) -> dict[str, int]:

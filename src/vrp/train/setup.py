@@ -173,7 +173,8 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     import torch
     from transformers import get_scheduler
 
-    from vrp.model import attach_lora, check_context, load_base_model, resolve_precision
+    from vrp.lora import attach_lora
+    from vrp.model import check_context, load_base_model, resolve_precision
     from vrp.packing import make_rows
     from vrp.prompts import encode_videos
     from vrp.tiers import encode_tiered_video, longest_marker
