@@ -553,7 +553,7 @@ def test_lone_surrogates_are_errors_naming_file_and_field_everywhere(tmp_path, c
     one_line_error(capsys, ["generate", "--model", "m", "--input", str(tmp_path / "talk.json"), "--out",
                             str(tmp_path / "p.csv")], "talk.json[0]: 'text' holds an unpaired surrogate")
     one_line_error(capsys, ["generate", "--model", "m", "--transcript", "caf\udce9", "--out",
-                            str(tmp_path / "p.csv")], "error: --transcript: the text holds an unpaired surrogate U+DCE9")
+                            str(tmp_path / "p.csv")], "error: --transcript: the text holds the byte 0xE9 at character 3, which is not UTF-8 text")
     cd = tmp_path / "cd"
     cd.mkdir()
     (cd / CollectDir.VIDEOS).write_text(json.dumps({"id": "v1", "title": "t", "transcript": "hello there",

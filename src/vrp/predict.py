@@ -101,6 +101,10 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
     from vrp.clean import check_text
 
     for name, text in (("title", title), ("transcript", transcript or "")):
+        bad = next((i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff"), None)
+        if bad is not None:  # a command-line argument that was not UTF-8 (Python's surrogateescape of the byte)
+            raise ConfigError(name, f"the text holds the byte 0x{ord(text[bad]) - 0xDC00:02X} at character {bad}, "
+                                    f"which is not UTF-8 text")
         try:
             check_text(text, "the text")
         except VrpError as e:
