@@ -77,7 +77,7 @@ def test_bench_memory_end_to_end_tiny(tiny_model_dir: Path, tmp_path: Path, caps
     out, raw = tmp_path / "BENCH.md", tmp_path / "raw.json"
     rc = main(["bench", "train", "--memory", "--quick", "--model", str(tiny_model_dir), "--precision", "fp32",
                "--data", str(data), "--max-prompt-tokens", "64", "--memory-row-tokens", "120", "--threads", "1",
-               "--output", str(out), "--json-out", str(raw)])
+               "--peak-size", "256", "--output", str(out), "--json-out", str(raw)])
     assert rc == 0
     bench = json.loads(raw.read_text())
     by = {r["mode"]: r for r in bench["memory"]}
@@ -89,3 +89,37 @@ def test_bench_memory_end_to_end_tiny(tiny_model_dir: Path, tmp_path: Path, caps
     assert "## vrp bench train --memory (" in md and "| (a) TRL SFTTrainer, per example | 2 x 120 |" in md
     assert "(c) vrp --packing shared_prefix: 2 rows x 120 tokens" in md and "| saved: attention |" in md
     assert "## vrp bench train --memory" in capsys.readouterr().out
+    # the time profile of (b) and (c): equal rows of 120 tokens, so (b) runs the causal kernel on 2 x 120*121/2
+    # pairs; (c)'s mask is causal only up to its second comment, the rest is scored against all 120 keys
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    per_pair = 12 * cfg["num_hidden_layers"] * cfg["hidden_size"]
+    assert "time" not in by["trl"]
+    assert by["none"]["time"]["attention_flops"] == per_pair * 2 * 120 * 121 / 2
+    assert by["shared_prefix"]["time"]["attention_flops"] > by["none"]["time"]["attention_flops"]
+    for mode in ("none", "shared_prefix"):
+        t = by[mode]["time"]
+        assert t["seconds"]["attention kernel"] > 0 and t["seconds"]["matmul"] > 0 and t["other_flops"] > 0
+        assert t["step_seconds"] > 0 and t["profiled_seconds"] > 0
+    assert md.count("| attention kernel |") == 2 and "Where the time of one step goes" in md
+
+
+def test_op_kinds() -> None:
+    from vrp.bench.optime import op_kind
+
+    assert op_kind("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention kernel"
+    assert op_kind("aten::mm") == op_kind("aten::addmm") == "matmul"
+    assert op_kind("aten::_log_softmax_backward_data") == "loss"
+    assert op_kind("aten::_fused_adamw_") == op_kind("aten::_foreach_norm") == "optimizer"
+    assert op_kind("aten::mul") == op_kind("aten::copy_") == "elementwise and copies"
+    assert op_kind("autograd::engine::evaluate_function: MmBackward0") == "Python and autograd"
+
+
+def test_time_profile_table() -> None:
+    from vrp.bench.optime import KINDS, format_time_profile
+
+    p = {"step_seconds": 2.0, "profiled_seconds": 2.2, "attention_flops": 2e11,
+         "other_flops": 8e11, "seconds": dict(zip(KINDS, [1.0, 0.5, 0.1, 0.0, 0.3, 0.1]))}
+    table = format_time_profile(p, "(c)", peak=1e12)
+    assert table.startswith("(c): step 2.00 s (2.20 s under the profiler); model FLOPs 1.00 T, of which attention 20%")
+    assert "| attention kernel | 1.00 | 50% | 200 | 200 | 20% |" in table
+    assert "| matmul | 0.50 | 25% | 800 | 1,600 | 160% |" in table

@@ -10,9 +10,10 @@ Does not know: FLOP formulas or the matmul peak (`vrp.bench.flops`), how a confi
 how results are formatted (`vrp.bench.train_report`).
 
 Run time: `quick` about 2 minutes on an idle 2-core machine; the default run (3, 10 and 30 comments per video for
-all three configurations and 100 for (b) and (c), 1,024-token prompts, batch 4, 3 timed steps each) about 20
-minutes there (TRL's steps dominate: ~45 s each). `memory` profiles one step of each configuration at one shape
-instead (`vrp.bench.memory`; a few minutes).
+all three configurations and 100 for (b) and (c), 1,024-token prompts, batch 4, 3 timed steps each) about 13
+minutes there (13.2 measured on 2026-11-30; TRL's steps dominate: ~20 s each). `memory` profiles one step of each
+configuration at one shape instead (`vrp.bench.memory`; for (b) and (c) also the time per kind of operation,
+`vrp.bench.optime`; a few minutes).
 
 Terms. comments/s: training comments (examples) learned per second of timed optimizer steps; tokens/s: real
 (non-pad) tokens run through the model per second (prompt tokens count once per row, so packing lowers the
@@ -86,7 +87,8 @@ class BenchTrainConfig:
     gradient_checkpointing: bool = option_like(TrainConfig, "gradient_checkpointing")
     compile_layers: bool = option_like(TrainConfig, "compile_layers")
     memory: bool = option("profile the memory of one training step of each configuration at one shape "
-                          "(`batch_size` rows x `memory_row_tokens` tokens) instead of timing", False)
+                          "(`batch_size` rows x `memory_row_tokens` tokens), and for (b) and (c) the time of one "
+                          "step by kind of operation, instead of timing", False)
     memory_row_tokens: int = option("row length of the memory profile, tokens", 1100)
     write_when_busy: bool = option("append to the Markdown file even when the 1-minute load average at the start "
                                    "exceeded the core count (the section then says so in bold)", False)
@@ -329,12 +331,12 @@ def run_bench(opts: BenchTrainConfig, progress: bool = True) -> dict[str, Any]:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     load_start = os.getloadavg()
+    say(f"matmul peak ({opts.peak_size}x{opts.peak_size}, best of {opts.peak_repeats}) ...")
+    peak = {d: matmul_peak(d, opts.peak_size, opts.peak_repeats) for d in ("bfloat16", "float32")}
     if opts.memory:
         with tempfile.TemporaryDirectory(prefix="vrp-bench-memory-") as tmpdir:
             memory = run_memory_bench(opts, videos, tok, Path(tmpdir), say)
-        return {"options": asdict(opts), "env": _env(load_start, t_start), "memory": memory}
-    say(f"matmul peak ({opts.peak_size}x{opts.peak_size}, best of {opts.peak_repeats}) ...")
-    peak = {d: matmul_peak(d, opts.peak_size, opts.peak_repeats) for d in ("bfloat16", "float32")}
+        return {"options": asdict(opts), "env": _env(load_start, t_start), "memory": memory, "peak_flops": peak}
     results: list[dict[str, Any]] = []
     plan = [(k, kind) for k in opts.comments_per_video for kind in opts.configs]
     plan += [(k, kind) for k in opts.vrp_only_comments_per_video for kind in opts.configs if kind in VRP_CONFIGS]

@@ -206,4 +206,16 @@ def memory_section(bench: dict[str, Any], command: str) -> str:
     for r in bench["memory"]:
         if "profile" in r:
             out += ["", format_profile(r["profile"], LABELS[r["mode"]])]
+    timed = [r for r in bench["memory"] if "time" in r]
+    if timed:
+        from vrp.bench.optime import format_time_profile
+
+        load = e["load_start"][0]
+        note = (f"**the 1-minute load average at the start was {load:.2f}, above the {e['cores']} cores: the seconds "
+                f"are not trustworthy**" if busy(bench) else f"1-minute load average at the start {load:.2f}")
+        out += ["", f"Where the time of one step goes (`vrp.bench.optime`: torch.profiler self time per kind of "
+                    f"operator, the same batch as above; {note}):"]
+        for r in timed:
+            p = bench["peak_flops"]["bfloat16" if "bfloat16" in r.get("precision", "") else "float32"]
+            out += ["", format_time_profile(r["time"], LABELS[r["mode"]], p)]
     return "\n".join(out) + "\n"

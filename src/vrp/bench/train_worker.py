@@ -69,6 +69,23 @@ def _account(dims: FlopDims, lengths: list[tuple[int, int]], head_positions: int
             "executed_flops": executed_flops(dims, row_lengths, head_positions, dense, causal_prefix)}
 
 
+def _attention_shape(batch: dict[str, Any], lens: list[int], mode: str, spec: dict[str, Any]) -> tuple[bool, int]:
+    """(dense, causal prefix) of a collated vrp batch for `executed_flops`: an explicit mask (shared-prefix rows or
+    padded rows) scores every pair, except the causal prefix that `split_sdpa` runs with the causal kernel."""
+    dense = mode == "shared_prefix" or len(set(lens)) > 1
+    prefix = 0
+    if dense and spec.get("attn_implementation") == "split_sdpa":
+        from vrp.attention import MIN_PREFIX, causal_prefix
+
+        mask = batch["attention_mask"]
+        if mask.ndim == 2:  # padded `none` rows: transformers' causal + padding mask, causal up to the shortest
+            prefix = min(lens)
+        else:
+            prefix = causal_prefix(mask)
+        prefix = prefix if prefix >= MIN_PREFIX else 0
+    return dense, prefix
+
+
 def _summary(step_seconds: list[float], per_step: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
     """Totals over the timed steps (the first entry of `step_seconds` is the warm-up and is left out), and each
     timed step's seconds, comments, tokens and padded shape in `per_step`."""
@@ -121,17 +138,7 @@ def run_vrp(spec: dict[str, Any]) -> dict[str, Any]:
         if i == 0:
             continue
         lens = [r.num_tokens for r in b]
-        dense = mode == "shared_prefix" or len(set(lens)) > 1
-        prefix = 0
-        if dense and spec.get("attn_implementation") == "split_sdpa":
-            from vrp.attention import MIN_PREFIX, causal_prefix
-
-            mask = batch["attention_mask"]
-            if mask.ndim == 2:  # padded `none` rows: transformers' causal + padding mask, causal up to the shortest
-                prefix = min(lens)
-            else:
-                prefix = causal_prefix(mask)
-            prefix = prefix if prefix >= MIN_PREFIX else 0
+        dense, prefix = _attention_shape(batch, lens, mode, spec)
         acc = _account(dims, [(len(r.prompt_ids), len(c)) for r in b for c in r.completions], n, dense, lens, prefix)
         per_step.append({"comments": batch["num_comments"], "tokens": batch["num_tokens"], "rows": len(b),
                          "padded_tokens": len(b) * max(lens), **acc})
@@ -251,9 +258,36 @@ def run_memory(spec: dict[str, Any]) -> dict[str, Any]:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(spec["learning_rate"]),
                             fused=True)
     prof = profile_step(model, batch, prec, opt)
-    return {"kind": "memory", "mode": mode, "profile": prof, "peak_rss_bytes": peak_rss_bytes(),
+    peak = peak_rss_bytes()
+    times = _time_profile(spec, model, batch, prec, opt, rows, mode)
+    return {"kind": "memory", "mode": mode, "profile": prof, "time": times, "peak_rss_bytes": peak,
             "rows": prof["rows"], "row_tokens": prof["row_tokens"], "precision": prec.name,
             "attn_implementation": spec.get("attn_implementation"), "lean": bool(spec.get("lean", True))}
+
+
+def _time_profile(spec: dict[str, Any], model: Any, batch: dict[str, Any], prec: Any, opt: Any, rows: list[Any],
+                  mode: str) -> dict[str, Any]:
+    """`vrp.bench.optime.time_step` of one more training step on `batch` (the model and AdamW are warm)."""
+    import torch
+
+    from vrp.bench.optime import step_flops, time_step
+    from vrp.loss import loss_sum
+    from vrp.model import autocast_ctx
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        with autocast_ctx(prec):
+            s, n = loss_sum(model, batch)
+        (s / max(n, 1)).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    lens = [r.num_tokens for r in rows]
+    dense, prefix = _attention_shape(batch, lens, mode, spec)
+    attention, other = step_flops(dims_from_model(model), lens, int(batch["num_targets"]), dense, prefix)
+    return time_step(step, attention, other)
 
 
 def main(argv: list[str] | None = None) -> int:

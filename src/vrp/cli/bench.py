@@ -84,7 +84,7 @@ def add_train_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParse
                                     "per row, (b) vrp --packing none, (c) vrp shared-prefix packing, each in its own "
                                     "process, at several comment counts per video; print comments/s, tokens/s, peak "
                                     "RSS and MFU and append a section to BENCHMARKS.md. Run it on an idle machine: "
-                                    "the default run takes roughly 40 minutes on 2 cores, --quick about 2. (a) "
+                                    "the default run takes about 13 minutes on 2 idle cores, --quick about 2. (a) "
                                     "needs TRL: pip install 'vrp[bench]'. Default --data: " + str(SEED_TRAIN))
     out = p.add_argument_group("output")
     out.add_argument("--output", help="Markdown file to append to (default: BENCHMARKS.md at the repository root)")
