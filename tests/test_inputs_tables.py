@@ -273,3 +273,24 @@ def test_an_unpaired_surrogate_escape_in_jsonl_is_an_error_naming_the_cell(tmp_p
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(VrpError, match=rf"esc.jsonl: row 1: column '{column}' holds an unpaired surrogate U\+D"):
         load_source(src)
+
+
+# --- CSV as Excel writes it in other locales ---------------------------------------------------------------------
+@pytest.mark.parametrize("first_line, sep", [("sep=;", ";"), ("sep=,", ","), ("", ";"), ("", "\t"),
+                                             ("sep=|", "|")])
+def test_csv_delimiter_from_excel_sep_line_or_header(tmp_path, first_line, sep):
+    lines = ([first_line] if first_line else []) + [sep.join(["video_id", "title", "transcript", "comment"])]
+    lines += [sep.join([r["video_id"], r["title"], r["transcript"], f'"{r["comment"]}{sep} really"'])
+              for r in ROWS]
+    path = tmp_path / "excel.csv"
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    want = {v: [f"{c}{sep} really" for c in cs] for v, cs in WANT.items()}
+    assert comments_by_video(path) == want
+
+
+def test_semicolon_csv_row_error_names_the_semicolon_and_the_file_line(tmp_path, capsys):
+    path = tmp_path / "eu.csv"
+    path.write_text("sep=;\nvideo_id;title;transcript;comment\nv1;t;tr;wow; amazing\n", encoding="utf-8")
+    assert main(["prepare", str(path), "--out", str(tmp_path / "d")]) != 0
+    err = capsys.readouterr().err
+    assert f"{path}:3: expected 4 fields" in err and 'quote a cell that holds a semicolon ("wow; amazing")' in err

@@ -277,6 +277,8 @@ def test_file_upload_parses_captions(tiny, tokenizer):
     ({"file": ("t.txt", b"hi there")}, {"max_new_tokens": "1000"}, 422, "max_new_tokens"),
     ({}, {"title": "no file"}, 422, "file"),
     ({"file": ("t.txt", b"hi there")}, {"model": "/etc/passwd"}, 422, "unknown field(s) ['model']"),
+    ({"file": ("t.txt", b"hi there")}, {"preset": ["nucleus", "greedy"], "seed": ["1", "2"]}, 422,
+     "field(s) given more than once: ['preset', 'seed']"),
 ])
 def test_bad_uploads_give_clear_errors(tiny, tokenizer, files, data, status, words):
     rec = Recorder()
@@ -443,3 +445,14 @@ def test_bench_serve_without_a_server_is_a_one_line_error(capsys):
 
     one_line_error(capsys, ["bench", "serve", "--url", f"http://127.0.0.1:{free_port()}", "--requests", "1"],
                    "no answer from http://127.0.0.1:", "is `vrp serve` running there?")
+
+
+def test_a_json_field_given_twice_is_refused_not_the_last_one_taken(tiny, tokenizer):
+    rec = Recorder()
+    c = client(make_app(tiny, tokenizer, generate_fn=rec))
+    body = json.dumps(BODY)[:-1] + ', "num_comments": 2, "num_comments": 1}'
+    r = c.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "field(s) given more than once: ['num_comments']" in r.json()["message"]
+    assert rec.prompts == []
+    ok = c.post("/v1/predict", content=json.dumps(BODY), headers={"content-type": "application/json"})
+    assert ok.status_code == 200 and len(rec.prompts) == 1

@@ -1,7 +1,8 @@
 """Table files (CSV, JSONL, Parquet, xlsx) as pandas DataFrames whose cells are text exactly as written.
 
 Knows: how each format is read so that no cell changes (`007`, `1.10`, `1e5`, `NA` stay text; a JSONL number keeps
-its literal), CSV/JSONL bytes through `vrp.charsets`; the shape checks a table must pass (every CSV row has as many
+its literal), CSV/JSONL bytes through `vrp.charsets`; the CSV delimiter from Excel's `sep=X` line or the header
+(`,`, `;` or tab); the shape checks a table must pass (every CSV row has as many
 fields as the header, RFC 4180 quoting; no column named twice, in any format; no key twice in a JSONL object);
 missing values (None, NaN, `pd.NA`, `NaT`) as ''; Parquet bytes as UTF-8; NUL characters removed from text cells.
 Does not know: what the columns mean or how rows become videos (see `vrp.dataset`).
@@ -46,9 +47,10 @@ def read_table(path: Path, stats: Counter | None = None) -> Any:
                 stats["nul_characters_removed"] += decoded.nul_removed
             if ext == ".jsonl":
                 return read_jsonl_table(decoded.text, path)
-            check_csv_shape(decoded.text, path)
+            text, sep = csv_delimiter(decoded.text)
+            check_csv_shape(text, path, sep)
             # index_col=False: a row with an extra field must never turn the first column into an index
-            return pd.read_csv(io.StringIO(decoded.text), dtype=str, keep_default_na=False, index_col=False)
+            return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
         if ext == ".xlsx":
             df = pd.read_excel(path, dtype=str, keep_default_na=False, header=None)
             if len(df) == 0:
@@ -78,7 +80,25 @@ def _check_unique_columns(header: list[str], path: Path) -> None:
         seen.add(name)
 
 
-def check_csv_shape(text: str, path: Path) -> None:
+CSV_DELIMITERS = (",", ";", "\t")
+
+
+def csv_delimiter(text: str) -> tuple[str, str]:
+    """(text, delimiter) of a CSV file's text. Excel's first line `sep=X` names the delimiter and becomes a blank
+    line (line numbers stay those of the file); otherwise the delimiter is the one of `CSV_DELIMITERS` that the
+    header line holds most often outside quotes (Excel in many European locales saves CSV with `;`), ',' when it
+    holds none (a one-column file)."""
+    first, nl, rest = text.partition("\n")
+    line = first.rstrip("\r")
+    if line.lower().startswith("sep=") and len(line) == 5:
+        return nl + rest, line[4]
+    outside = "".join(part for i, part in enumerate(line.split('"')) if i % 2 == 0)
+    counts = {d: outside.count(d) for d in CSV_DELIMITERS}
+    best = max(CSV_DELIMITERS, key=lambda d: counts[d])
+    return text, best if counts[best] else ","
+
+
+def check_csv_shape(text: str, path: Path, delimiter: str = ",") -> None:
     """Check CSV `text` (RFC 4180 quoting, as pandas reads it) row by row: every row must have as many fields as
     the header, and the header no column twice. Blank lines are skipped (pandas skips them too). Raises VrpError
     naming `path`, the line where the row starts, the expected and the found number of fields: an unquoted comma
@@ -86,7 +106,7 @@ def check_csv_shape(text: str, path: Path) -> None:
     import csv
 
     csv.field_size_limit(2 ** 31 - 1)  # a transcript of a 3-hour talk is over the default 131,072 characters
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     start = 1
     try:
@@ -96,8 +116,9 @@ def check_csv_shape(text: str, path: Path) -> None:
                     header = [name.strip() for name in row]
                     _check_unique_columns(header, path)
                 elif len(row) != len(header):
-                    hint = ("; quote a cell that holds a comma (\"wow, amazing\")" if len(row) > len(header)
-                            else "; add the missing cells (empty ones as ,,)")
+                    name = {",": "comma", ";": "semicolon", "\t": "tab"}[delimiter]
+                    hint = (f"; quote a cell that holds a {name} (\"wow{delimiter} amazing\")" if len(row) > len(header)
+                            else f"; add the missing cells (empty ones as {delimiter}{delimiter})")
                     raise VrpError(f"{path}:{start}: expected {len(header)} fields like the header "
                                    f"({', '.join(header)}), found {len(row)}{hint}")
             start = reader.line_num + 1

@@ -189,6 +189,25 @@ def _request_model(s: ServeConfig, prompt: PromptConfig, tiers: bool = False) ->
 
 
 # --- errors ----------------------------------------------------------------------------------------------------
+def repeated_json_keys(body: bytes) -> list[str]:
+    """Keys that a JSON object in `body` holds more than once (sorted; [] when none or when `body` is not JSON:
+    the request's own validation reports that). Python's JSON parser keeps the last of them silently."""
+    import json
+
+    repeated: set[str] = set()
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        repeated.update(k for k in keys if keys.count(k) > 1)
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except ValueError:
+        return []
+    return sorted(repeated)
+
+
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
     out = []
     for e in exc.errors():
@@ -317,9 +336,12 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
                           "labels": {t: LABELS[t] for t in TIER_CHOICES}}}
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=errors, summary="predict comments")
-    async def v1_predict(req: PredictRequest) -> Response:  # type: ignore[valid-type]
+    async def v1_predict(req: PredictRequest, request: Request) -> Response:  # type: ignore[valid-type]
         """Predict `num_comments` comments for a title and a transcript (JSON)."""
         r: Any = req
+        if repeated := repeated_json_keys(await request.body()):
+            return error_response(422, "invalid_request", f"field(s) given more than once: {repeated}",
+                                  [{"loc": "body", "msg": f"field(s) given more than once: {repeated}"}])
         return await run_job(Job(title=r.title, preset=r.preset, num_comments=r.num_comments,
                                  max_new_tokens=r.max_new_tokens, seed=r.seed, transcript=r.transcript, tier=r.tier,
                                  rerank=r.rerank))
@@ -343,9 +365,12 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
         problems = []
         if num_comments is None:
             num_comments = default_comments(str(preset), settings.default_num_comments)
-        extra = sorted(set((await request.form()).keys()) - FILE_FORM_FIELDS)  # as the JSON endpoint: no extras
+        form = await request.form()
+        extra = sorted(set(form.keys()) - FILE_FORM_FIELDS)  # as the JSON endpoint: no extras
         if extra:
             problems.append({"loc": "body", "msg": f"unknown field(s) {extra}; allowed: {sorted(FILE_FORM_FIELDS)}"})
+        if repeated := sorted(k for k in set(form.keys()) if len(form.getlist(k)) > 1):  # else the last one wins
+            problems.append({"loc": "body", "msg": f"field(s) given more than once: {repeated}"})
         if preset == "greedy" and num_comments > 1:
             problems.append({"loc": "body.num_comments", "msg": "preset greedy gives exactly one comment; use "
                              "num_comments=1 or another preset"})
