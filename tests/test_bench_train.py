@@ -27,6 +27,8 @@ def test_flop_formula_by_hand() -> None:
     assert executed_flops(d, [5, 5], 2, dense_attention=False) == 10 * 460 + 96 * 30 + 400 == 7880
     # split_sdpa with a causal prefix of 3: per row 3*4/2 causal pairs + (5 - 3) * 5 masked ones
     assert executed_flops(d, [5, 5], 2, True, causal_prefix=3) == 10 * 460 + 96 * 2 * 16 + 400 == 8072
+    # the segment path: the pairs it scores (vrp.attention.scored_pairs) are given
+    assert executed_flops(d, [5, 5], 2, True, causal_prefix=3, pairs=20) == 10 * 460 + 96 * 20 + 400 == 6920
 
 
 def test_dims_from_tiny_lora_model(tokenizer) -> None:

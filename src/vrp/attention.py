@@ -15,17 +15,109 @@ Measured (SmolLM2-135M, 4 rows x 1,103 tokens, bf16, 1 thread, CPU seconds per t
 faster than `sdpa` and, for padded `none` rows, 17.5 s instead of 21.9 s (BENCHMARKS.md, "Training memory and step time").
 Registered with transformers as attention implementation `split_sdpa` (its masks are built like `sdpa`'s), so a
 model loaded with `attn_implementation="split_sdpa"` uses it in every layer.
+On a CPU, when every row of a batch is a shared-prefix row (prompt, then comments that see the prompt and
+themselves), the comments after the first run per row as segments instead (`SegmentAttention`): each comment's
+queries attend the row's prompt keys (one dense call per row, no mask) and their own keys (one causal call per
+comment); the two softmax parts are merged by their log-sum-exp (`lse = logaddexp(lse_1, lse_2)`, `out = sum_i
+exp(lse_i - lse) out_i`), and the backward calls the kernel's backward of each part with the merged output and
+log-sum-exp, which gives the gradients of the whole softmax (the flash-attention recurrence, Dao et al. 2022,
+"FlashAttention", section 3.1 and appendix B; the merge is that of blockwise/ring attention). This scores only the
+pairs a comment may attend, not the earlier comments of its row nor the padding: measured (SmolLM2-135M shapes, 4
+rows, 30 comments per video, one layer's attention forward + backward) 285 ms instead of 428 ms. It is used when
+it scores under `SEGMENT_BELOW` of the pairs of the split path (`plan_of`); with few comments per row the batched
+causal call is as fast.
 Does not know: how masks are built (`vrp.packing`, `vrp.loss.model_attention_mask`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 NAME = "split_sdpa"
 MIN_PREFIX = 16  # below this the split saves less than the second kernel call costs
-_cache: dict[str, Any] = {"mask": None, "prefix": 0}
+SEGMENT_BELOW = 0.8  # use `SegmentAttention` when it scores fewer than this share of the split path's pairs
+_cache: dict[str, Any] = {"mask": None, "prefix": 0, "plan": None}
+
+
+@dataclass
+class RowPlan:
+    """One shared-prefix row: real tokens [0, `length`); queries [0, `causal_end`) are plain causal (the prompt and
+    the first comment); every later query sees keys [0, `prompt`) and its own comment's span, `spans` = the
+    (start, end) of each later comment."""
+    length: int
+    causal_end: int
+    prompt: int
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+def row_plans(mask: torch.Tensor) -> list[RowPlan] | None:
+    """The `RowPlan` of every row of a square 4D mask (B, 1, T, T) (bool, True = may attend; or additive, 0 = may
+    attend), or None when some row is not exactly a shared-prefix row (`vrp.packing.shared_prefix_mask`: padding
+    at the end attends only itself) or the mask is not square."""
+    if mask.ndim != 4 or mask.shape[-1] != mask.shape[-2] or mask.shape[1] != 1:
+        return None
+    allowed = (mask if mask.dtype == torch.bool else mask == 0)[:, 0]
+    t = allowed.shape[-1]
+    idx = torch.arange(t, device=mask.device)
+    below = idx[None, :] <= idx[:, None]                                          # (q, k): k <= q
+    run_start = torch.where(~allowed & below, idx, -1).amax(-1) + 1              # (B, T): start of the run ending at q
+    first_gap = torch.where(~allowed, idx, t).amin(-1)                           # (B, T): first key q may not see
+    plans = []
+    for b in range(allowed.shape[0]):
+        real = allowed[b, :, 0].clone()
+        real[0] = True
+        n = int(real.sum())
+        if not bool(real[:n].all()):
+            return None
+        starts = run_start[b, :n]
+        later = (starts > 0).nonzero()
+        c = int(later[0, 0]) if later.numel() else n
+        prompt = int(first_gap[b, c]) if c < n else c
+        want = (idx[None, :] < prompt) | ((idx[None, :] >= starts[:, None]) & below[:n])
+        want[:c] = below[:c]
+        pads = torch.eye(t, dtype=torch.bool, device=mask.device)[n:]
+        if prompt > c or not torch.equal(allowed[b, :n], want) or not torch.equal(allowed[b, n:], pads):
+            return None
+        spans: list[tuple[int, int]] = []
+        for q, s in enumerate(starts[c:].tolist(), start=c):
+            if spans and spans[-1][0] == s:
+                spans[-1] = (s, q + 1)
+            else:
+                spans.append((s, q + 1))
+        plans.append(RowPlan(n, c, prompt, spans))
+    return plans
+
+
+def scored_pairs(mask: torch.Tensor) -> tuple[float, str]:
+    """(query-key pairs the kernels score, path) of `split_sdpa_attention` on the 4D mask (B, 1, T, T): path
+    'segments' (`SegmentAttention`: per row c(c+1)/2 causal + (n - c) * prompt + m(m+1)/2 per later comment of m
+    tokens), 'split' (B * (p(p+1)/2 + (T - p) * T), p = `causal_prefix`) or 'sdpa' (B * T * T, no usable prefix)."""
+    b, t = mask.shape[0], mask.shape[-1]
+    p = causal_prefix(mask)
+    if p < MIN_PREFIX:
+        return float(b * t * t), "sdpa"
+    plans = _worth_segments(mask, p)
+    return (_segment_pairs(plans), "segments") if plans else (_split_pairs(b, t, p), "split")
+
+
+def _split_pairs(b: int, t: int, p: int) -> float:
+    return b * (p * (p + 1) / 2 + (t - p) * t)
+
+
+def _segment_pairs(plans: list[RowPlan]) -> float:
+    return sum(r.causal_end * (r.causal_end + 1) / 2 + (r.length - r.causal_end) * r.prompt
+               + sum((e - s) * (e - s + 1) / 2 for s, e in r.spans) for r in plans)
+
+
+def _worth_segments(mask: torch.Tensor, prefix: int) -> list[RowPlan] | None:
+    """The row plans when `SegmentAttention` applies (a CPU mask of shared-prefix rows) and scores fewer than
+    `SEGMENT_BELOW` of the split path's pairs, else None."""
+    plans = row_plans(mask) if mask.device.type == "cpu" and prefix >= MIN_PREFIX else None
+    if plans and _segment_pairs(plans) < SEGMENT_BELOW * _split_pairs(mask.shape[0], mask.shape[-1], prefix):
+        return plans
+    return None
 
 
 def causal_prefix(mask: torch.Tensor) -> int:
@@ -47,8 +139,87 @@ def _prefix_of(mask: torch.Tensor) -> int:
     """`causal_prefix(mask)`, computed once per mask tensor (all layers of a forward share the mask); run eagerly
     under `torch.compile` (its result depends on the mask's values)."""
     if _cache["mask"] is not mask:
-        _cache["mask"], _cache["prefix"] = mask, causal_prefix(mask)
+        prefix = causal_prefix(mask)
+        _cache["mask"], _cache["prefix"], _cache["plan"] = mask, prefix, _worth_segments(mask, prefix)
     return int(_cache["prefix"])
+
+
+_FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+class SegmentAttention(torch.autograd.Function):
+    """Shared-prefix attention by segments (see the module doc) with PyTorch's CPU flash-attention kernel.
+    Inputs: query (B, H, T, D), key/value (B, H_kv, T, D) in the query's dtype, `plans` (one `RowPlan` per row),
+    `scale` (None = 1/sqrt(D)), `groups` = H / H_kv. Returns (B, H, T, D); padding queries get zeros (nothing reads
+    them: no real query attends a pad and pads carry no loss)."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: list[RowPlan],
+                scale: float | None, groups: int) -> torch.Tensor:
+        k_in, v_in = k, v
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+        b_, h, t, d = q.shape
+        out = q.new_zeros(b_, h, t, d)
+        lse = q.new_zeros(b_, h, t, dtype=_acc(q.dtype))
+        for b, p in enumerate(plans):
+            qb, kb, vb, c, n = q[b:b + 1], k[b:b + 1], v[b:b + 1], p.causal_end, p.length
+            out[b:b + 1, :, :c], lse[b:b + 1, :, :c] = _FWD(qb[:, :, :c], kb[:, :, :c], vb[:, :, :c], 0.0, True,
+                                                            scale=scale)
+            if c == n:
+                continue
+            o_p, l_p = _FWD(qb[:, :, c:n], kb[:, :, :p.prompt], vb[:, :, :p.prompt], 0.0, False, scale=scale)
+            for s, e in p.spans:
+                o_s, l_s = _FWD(qb[:, :, s:e], kb[:, :, s:e], vb[:, :, s:e], 0.0, True, scale=scale)
+                l_a = l_p[:, :, s - c:e - c]
+                both = torch.logaddexp(l_a, l_s)
+                out[b:b + 1, :, s:e] = (o_p[:, :, s - c:e - c].float() * torch.exp(l_a - both).unsqueeze(-1)
+                                        + o_s.float() * torch.exp(l_s - both).unsqueeze(-1)).to(q.dtype)
+                lse[b:b + 1, :, s:e] = both
+        ctx.save_for_backward(q, k_in, v_in, out, lse)
+        ctx.plans, ctx.scale, ctx.groups = plans, scale, groups
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: torch.Tensor) -> tuple[Any, ...]:
+        q, k, v, out, lse = ctx.saved_tensors
+        scale, groups = ctx.scale, ctx.groups
+        ke, ve = (k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)) if groups > 1 else (k, v)
+        acc = _acc(q.dtype)
+        dq, dk, dv = (torch.zeros(x.shape, dtype=acc, device=x.device) for x in (q, ke, ve))
+        dout = dout.to(q.dtype)
+
+        def part(b: int, qs: slice, ks: slice, causal: bool) -> None:
+            i = slice(b, b + 1)
+            g = _BWD(dout[i, :, qs], q[i, :, qs], ke[i, :, ks], ve[i, :, ks], out[i, :, qs], lse[i, :, qs], 0.0,
+                     causal, scale=scale)
+            dq[i, :, qs] += g[0]
+            dk[i, :, ks] += g[1]
+            dv[i, :, ks] += g[2]
+
+        for b, p in enumerate(ctx.plans):
+            part(b, slice(0, p.causal_end), slice(0, p.causal_end), True)
+            if p.causal_end < p.length:
+                part(b, slice(p.causal_end, p.length), slice(0, p.prompt), False)
+                for s, e in p.spans:
+                    part(b, slice(s, e), slice(s, e), True)
+        if groups > 1:
+            b_, h, t, d = dk.shape
+            dk, dv = (x.view(b_, h // groups, groups, t, d).sum(2) for x in (dk, dv))
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """The kernel's log-sum-exp dtype, also used to accumulate gradients: fp32 for bf16/fp16, else `dtype`."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+@torch.compiler.disable
+def _segments(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plans: list[RowPlan],
+              scale: float | None, groups: int) -> torch.Tensor:
+    """`SegmentAttention` run eagerly (its Python loop over rows depends on the mask's values)."""
+    return SegmentAttention.apply(query, key.to(query.dtype), value.to(query.dtype), plans, scale, groups)
 
 
 def split_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -67,6 +238,9 @@ def split_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, va
                                       is_causal=is_causal, **kwargs)
     sdpa = torch.nn.functional.scaled_dot_product_attention
     groups = getattr(module, "num_key_value_groups", 1)   # a Python int: static under torch.compile
+    if _cache["plan"] is not None and query.device.type == "cpu":
+        out = _segments(query, key, value, _cache["plan"], scaling, groups)
+        return out.transpose(1, 2).contiguous(), None
     gqa = groups > 1 and query.device.type == "cpu"       # CUDA's masked kernels take no GQA: expand there
     if groups > 1 and not gqa:
         from transformers.integrations.sdpa_attention import repeat_kv

@@ -96,17 +96,20 @@ def useful_flops(dims: FlopDims, prompt_len: int, comment_len: int) -> float:
 
 
 def executed_flops(dims: FlopDims, row_lengths: list[int], head_positions: int, dense_attention: bool,
-                   causal_prefix: int = 0) -> float:
+                   causal_prefix: int = 0, pairs: float | None = None) -> float:
     """FLOPs a (B, T) batch executes: B*T positions through the layers (pads included), B*T*T scored pairs
     (`dense_attention`, an explicit mask) or B*T(T+1)/2 (causal kernel), and `head_positions` LM-head positions.
     With `causal_prefix` p > 0 and an explicit mask (`vrp.attention`'s `split_sdpa`), the first p queries run the
     causal kernel and the rest the masked one: B*(p(p+1)/2 + (T-p)*T) pairs.
 
+    `pairs`, when given, is the number of scored pairs itself (`vrp.attention.scored_pairs`: its segment path
+    scores each comment against the prompt and itself only).
+
     row_lengths: real tokens of each row (T = the longest)."""
     b, t = len(row_lengths), max(row_lengths)
-    if dense_attention and causal_prefix > 0:
+    if pairs is None and dense_attention and causal_prefix > 0:
         pairs = b * (causal_prefix * (causal_prefix + 1) / 2 + (t - causal_prefix) * t)
-    else:
+    elif pairs is None:
         pairs = b * t * t if dense_attention else b * t * (t + 1) / 2
     return b * t * dims.per_token() + dims.per_key() * pairs + dims.per_head_position() * head_positions
 

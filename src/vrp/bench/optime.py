@@ -62,13 +62,13 @@ def time_step(step: Callable[[], None], attention_flops: float, other_flops: flo
     return {"step_seconds": plain, "profiled_seconds": profiled, "seconds": seconds, "attention_flops": attention_flops, "other_flops": other_flops}
 
 
-def step_flops(dims: Any, row_lengths: list[int], head_positions: int, dense: bool,
-               causal_prefix: int) -> tuple[float, float]:
+def step_flops(dims: Any, row_lengths: list[int], head_positions: int, dense: bool, causal_prefix: int,
+               pairs: float | None = None) -> tuple[float, float]:
     """(attention, everything else) of `vrp.bench.flops.executed_flops` for one batch, FLOPs."""
     from vrp.bench.flops import executed_flops
 
-    total = executed_flops(dims, row_lengths, head_positions, dense, causal_prefix)
-    without = executed_flops(replace(dims, d_attn=0), row_lengths, head_positions, dense, causal_prefix)
+    total = executed_flops(dims, row_lengths, head_positions, dense, causal_prefix, pairs)
+    without = executed_flops(replace(dims, d_attn=0), row_lengths, head_positions, dense, causal_prefix, pairs)
     return total - without, without
 
 

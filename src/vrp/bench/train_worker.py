@@ -63,27 +63,26 @@ def _encoded(spec: dict[str, Any]) -> list[Any]:
 
 
 def _account(dims: FlopDims, lengths: list[tuple[int, int]], head_positions: int, dense: bool,
-             row_lengths: list[int], causal_prefix: int = 0) -> dict[str, float]:
+             row_lengths: list[int], causal_prefix: int = 0, pairs: float | None = None) -> dict[str, float]:
     """Useful and executed FLOPs of one batch. lengths: (prompt tokens, comment tokens) of each comment."""
     return {"useful_flops": sum(useful_flops(dims, p, c) for p, c in lengths),
-            "executed_flops": executed_flops(dims, row_lengths, head_positions, dense, causal_prefix)}
+            "executed_flops": executed_flops(dims, row_lengths, head_positions, dense, causal_prefix, pairs)}
 
 
-def _attention_shape(batch: dict[str, Any], lens: list[int], mode: str, spec: dict[str, Any]) -> tuple[bool, int]:
-    """(dense, causal prefix) of a collated vrp batch for `executed_flops`: an explicit mask (shared-prefix rows or
-    padded rows) scores every pair, except the causal prefix that `split_sdpa` runs with the causal kernel."""
+def _attention_shape(batch: dict[str, Any], lens: list[int], mode: str,
+                     spec: dict[str, Any]) -> tuple[bool, int, float | None]:
+    """(dense, causal prefix, scored pairs or None) of a collated vrp batch for `executed_flops`: an explicit mask
+    (shared-prefix rows or padded rows) scores every pair, except what `split_sdpa` runs with the causal kernel
+    (padded rows: up to the shortest row) or by segments (`vrp.attention.scored_pairs`)."""
     dense = mode == "shared_prefix" or len(set(lens)) > 1
-    prefix = 0
-    if dense and spec.get("attn_implementation") == "split_sdpa":
-        from vrp.attention import MIN_PREFIX, causal_prefix
+    if not dense or spec.get("attn_implementation") != "split_sdpa":
+        return dense, 0, None
+    from vrp.attention import MIN_PREFIX, scored_pairs
 
-        mask = batch["attention_mask"]
-        if mask.ndim == 2:  # padded `none` rows: transformers' causal + padding mask, causal up to the shortest
-            prefix = min(lens)
-        else:
-            prefix = causal_prefix(mask)
-        prefix = prefix if prefix >= MIN_PREFIX else 0
-    return dense, prefix
+    mask = batch["attention_mask"]
+    if mask.ndim == 2:  # padded `none` rows: transformers' causal + padding mask, causal up to the shortest
+        return dense, min(lens) if min(lens) >= MIN_PREFIX else 0, None
+    return dense, 0, scored_pairs(mask)[0]
 
 
 def _summary(step_seconds: list[float], per_step: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +137,9 @@ def run_vrp(spec: dict[str, Any]) -> dict[str, Any]:
         if i == 0:
             continue
         lens = [r.num_tokens for r in b]
-        dense, prefix = _attention_shape(batch, lens, mode, spec)
-        acc = _account(dims, [(len(r.prompt_ids), len(c)) for r in b for c in r.completions], n, dense, lens, prefix)
+        dense, prefix, pairs = _attention_shape(batch, lens, mode, spec)
+        acc = _account(dims, [(len(r.prompt_ids), len(c)) for r in b for c in r.completions], n, dense, lens, prefix,
+                       pairs)
         per_step.append({"comments": batch["num_comments"], "tokens": batch["num_tokens"], "rows": len(b),
                          "padded_tokens": len(b) * max(lens), **acc})
     return _summary(times, per_step, {"kind": mode, "precision": prec.name, "threads": torch.get_num_threads(),
@@ -285,8 +285,8 @@ def _time_profile(spec: dict[str, Any], model: Any, batch: dict[str, Any], prec:
         opt.zero_grad(set_to_none=True)
 
     lens = [r.num_tokens for r in rows]
-    dense, prefix = _attention_shape(batch, lens, mode, spec)
-    attention, other = step_flops(dims_from_model(model), lens, int(batch["num_targets"]), dense, prefix)
+    dense, prefix, pairs = _attention_shape(batch, lens, mode, spec)
+    attention, other = step_flops(dims_from_model(model), lens, int(batch["num_targets"]), dense, prefix, pairs)
     return time_step(step, attention, other)
 
 
