@@ -25,7 +25,7 @@ def test_row_plans_of_collated_masks() -> None:
     assert row_plans(one) == [RowPlan(5, 5, 5, [])]                        # one comment: all causal
 
 
-@pytest.mark.parametrize("change", ["earlier comment", "future key", "pad in the middle", "not square"])
+@pytest.mark.parametrize("change", ["earlier comment", "future key", "pad in the middle", "not square", "empty"])
 def test_row_plans_refuse_other_masks(change: str) -> None:
     mask = collate(ROWS, EOS, "shared_prefix")["attention_mask"].clone()
     if change == "earlier comment":
@@ -35,8 +35,10 @@ def test_row_plans_refuse_other_masks(change: str) -> None:
     elif change == "pad in the middle":
         mask[1, 0, 10, :] = False
         mask[1, 0, 10, 10] = True
-    else:
+    elif change == "not square":
         mask = mask[:, :, :20]
+    else:
+        mask = mask[:, :, :0, :0]
     assert row_plans(mask) is None
 
 

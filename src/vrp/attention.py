@@ -1,4 +1,5 @@
-"""`split_sdpa`: PyTorch SDPA that runs the causal prefix of a masked batch with the causal kernel.
+"""`split_sdpa`: PyTorch SDPA that runs the causal prefix of a masked batch with the causal kernel, and on a CPU the
+later comments of shared-prefix rows by segments (`SegmentAttention`).
 
 Knows: on a CPU (torch 2.13) `scaled_dot_product_attention` with an explicit mask scores every (query, key) pair of
 the (T, T) square, while `is_causal=True` (no mask) skips the upper triangle; a shared-prefix row
@@ -24,7 +25,7 @@ log-sum-exp, which gives the gradients of the whole softmax (the flash-attention
 "FlashAttention", section 3.1 and appendix B; the merge is that of blockwise/ring attention). This scores only the
 pairs a comment may attend, not the earlier comments of its row nor the padding: measured (SmolLM2-135M shapes, 4
 rows, 30 comments per video, one layer's attention forward + backward) 285 ms instead of 428 ms. It is used when
-it scores under `SEGMENT_BELOW` of the pairs of the split path (`plan_of`); with few comments per row the batched
+it scores under `SEGMENT_BELOW` of the pairs of the split path (`scored_pairs`); with few comments per row the batched
 causal call is as fast.
 Does not know: how masks are built (`vrp.packing`, `vrp.loss.model_attention_mask`).
 """
@@ -56,29 +57,27 @@ def row_plans(mask: torch.Tensor) -> list[RowPlan] | None:
     """The `RowPlan` of every row of a square 4D mask (B, 1, T, T) (bool, True = may attend; or additive, 0 = may
     attend), or None when some row is not exactly a shared-prefix row (`vrp.packing.shared_prefix_mask`: padding
     at the end attends only itself) or the mask is not square."""
-    if mask.ndim != 4 or mask.shape[-1] != mask.shape[-2] or mask.shape[1] != 1:
+    if mask.ndim != 4 or mask.shape[-1] != mask.shape[-2] or mask.shape[1] != 1 or mask.shape[-1] == 0:
         return None
-    allowed = (mask if mask.dtype == torch.bool else mask == 0)[:, 0]
-    t = allowed.shape[-1]
-    idx = torch.arange(t, device=mask.device)
+    t = mask.shape[-1]
+    idx = torch.arange(t, device=mask.device, dtype=torch.int32)
     below = idx[None, :] <= idx[:, None]                                          # (q, k): k <= q
-    run_start = torch.where(~allowed & below, idx, -1).amax(-1) + 1              # (B, T): start of the run ending at q
-    first_gap = torch.where(~allowed, idx, t).amin(-1)                           # (B, T): first key q may not see
     plans = []
-    for b in range(allowed.shape[0]):
-        real = allowed[b, :, 0].clone()
+    for b in range(mask.shape[0]):                                                # one (T, T) row at a time
+        allowed = mask[b, 0] if mask.dtype == torch.bool else mask[b, 0] == 0
+        real = allowed[:, 0].clone()
         real[0] = True
         n = int(real.sum())
         if not bool(real[:n].all()):
             return None
-        starts = run_start[b, :n]
+        starts = torch.where(~allowed[:n] & below[:n], idx, -1).amax(-1) + 1      # (n,): start of the run ending at q
         later = (starts > 0).nonzero()
         c = int(later[0, 0]) if later.numel() else n
-        prompt = int(first_gap[b, c]) if c < n else c
+        prompt = int((~allowed[c]).nonzero()[0, 0]) if c < n else c               # first key query c may not see
         want = (idx[None, :] < prompt) | ((idx[None, :] >= starts[:, None]) & below[:n])
         want[:c] = below[:c]
         pads = torch.eye(t, dtype=torch.bool, device=mask.device)[n:]
-        if prompt > c or not torch.equal(allowed[b, :n], want) or not torch.equal(allowed[b, n:], pads):
+        if prompt > c or not torch.equal(allowed[:n], want) or not torch.equal(allowed[n:], pads):
             return None
         spans: list[tuple[int, int]] = []
         for q, s in enumerate(starts[c:].tolist(), start=c):
