@@ -25,7 +25,8 @@ def test_row_plans_of_collated_masks() -> None:
     assert row_plans(one) == [RowPlan(5, 5, 5, [])]                        # one comment: all causal
 
 
-@pytest.mark.parametrize("change", ["earlier comment", "future key", "pad in the middle", "not square", "empty"])
+@pytest.mark.parametrize("change", ["earlier comment", "future key", "pad in the middle", "not square", "empty",
+                                    "part of its comment", "sees everything"])
 def test_row_plans_refuse_other_masks(change: str) -> None:
     mask = collate(ROWS, EOS, "shared_prefix")["attention_mask"].clone()
     if change == "earlier comment":
@@ -35,6 +36,10 @@ def test_row_plans_refuse_other_masks(change: str) -> None:
     elif change == "pad in the middle":
         mask[1, 0, 10, :] = False
         mask[1, 0, 10, 10] = True
+    elif change == "part of its comment":
+        mask[0, 0, 29, 27:29] = False         # a query of comment 3 sees the prompt and itself only
+    elif change == "sees everything":
+        mask[1, 0, 16, :17] = True            # the last query of row 2 sees the earlier comment too
     elif change == "not square":
         mask = mask[:, :, :20]
     else:
@@ -77,6 +82,24 @@ def test_scored_pairs_of_each_path(monkeypatch) -> None:
     assert scored_pairs(mask) == (split, "split")
     monkeypatch.setattr(attention, "MIN_PREFIX", 16)
     assert scored_pairs(mask) == (2 * 32 * 32, "sdpa")
+    assert scored_pairs(mask[:, :, :20]) == (2 * 20 * 32, "sdpa")          # not square: a KV cache
+    with pytest.raises(ValueError, match="4D mask"):
+        scored_pairs(mask[0, 0])
+
+
+def test_a_mask_broadcast_over_the_batch_takes_the_split_path(monkeypatch) -> None:
+    from vrp.attention import split_sdpa_attention
+
+    mask = collate(ROWS[:1], EOS, "shared_prefix")["attention_mask"]        # (1, 1, 32, 32), rows of the batch: 2
+    monkeypatch.setattr(attention, "MIN_PREFIX", 4)
+
+    class Layer:
+        num_key_value_groups = 2
+
+    q, k, v = _qkv(2, 32, torch.float32)
+    out, _ = split_sdpa_attention(Layer(), q, k, v, mask)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(out, want.transpose(1, 2))
 
 
 def test_tiny_model_trains_the_same_through_segments(tokenizer, monkeypatch) -> None:

@@ -294,3 +294,32 @@ def test_semicolon_csv_row_error_names_the_semicolon_and_the_file_line(tmp_path,
     assert main(["prepare", str(path), "--out", str(tmp_path / "d")]) != 0
     err = capsys.readouterr().err
     assert f"{path}:3: expected 4 fields" in err and 'quote a cell that holds a semicolon ("wow; amazing")' in err
+
+
+@pytest.mark.parametrize("text", [
+    "title,transcript,comment\rt,so; we start; then; we go; ok,wow\rt2,a; b; c; d,nice\r",   # old Mac Excel: CR only
+    "\n\ntitle;transcript;comment\nt;so, we start, then, we go, ok;wow\nt2;a, b, c, d;nice\n",  # blank lines first
+])
+def test_csv_delimiter_from_the_header_whatever_the_line_ends(tmp_path, text):
+    path = tmp_path / "mac.csv"
+    path.write_text(text, encoding="utf-8", newline="")
+    videos, _ = load_source(path)
+    assert [(v.title, [c.text for c in v.comments]) for v in videos] == [("t", ["wow"]), ("t2", ["nice"])]
+    assert "we start" in videos[0].transcript
+
+
+@pytest.mark.parametrize("first, why", [("sep=", "must name one delimiter"), ('sep="', "must name one delimiter"),
+                                        ("sep=ab", "must name one delimiter")])
+def test_a_bad_sep_line_is_named(tmp_path, capsys, first, why):
+    path = tmp_path / "bad.csv"
+    path.write_text(first + "\ntitle,transcript,comment\nt,tr,c\n", encoding="utf-8")
+    assert main(["prepare", str(path), "--out", str(tmp_path / "d")]) == 2
+    assert f"bad.csv:1: the first line {first!r} {why}" in capsys.readouterr().err
+
+
+def test_an_unusual_delimiter_in_a_row_error(tmp_path, capsys):
+    path = tmp_path / "pipe.csv"
+    path.write_text("sep=|\ntitle|transcript|comment\nt|tr|wow| amazing\n", encoding="utf-8")
+    assert main(["prepare", str(path), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "pipe.csv:3: expected 3 fields" in err and "found 4 separated by '|'" in err

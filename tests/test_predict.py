@@ -78,3 +78,15 @@ def test_title_with_a_table_input_is_an_error_not_ignored(tmp_path: Path, capsys
     assert "--title" in err and "own titles" in err and not (tmp_path / "o.csv").exists()
     (tmp_path / "t.txt").write_text("a transcript")
     assert load_inputs(str(tmp_path / "t.txt"), title="Kept")[0].title == "Kept"  # a transcript file takes one
+
+
+def test_a_preset_named_twice_is_refused() -> None:
+    from vrp.errors import ConfigError
+    from vrp.evaluate.config import EvaluateConfig
+
+    with pytest.raises(ConfigError, match="greedy named twice in 'greedy, nucleus,greedy'") as e:
+        GenerateConfig(preset="greedy, nucleus,greedy")
+    assert e.value.field == "preset"
+    with pytest.raises(ConfigError, match="nucleus named twice") as e:
+        EvaluateConfig(presets="nucleus,nucleus")
+    assert e.value.field == "presets"

@@ -127,6 +127,8 @@ def test_predict_defaults_and_beam(tiny, tokenizer):
     ({"preset": "greedy", "num_comments": 2}, "greedy"), ({"transcript": ""}, "transcript"),
     ({"transcript": None}, "transcript"), ({"title": "x" * 501}, "title"), ({"seed": -1}, "seed"),
     ({"model": "/etc/passwd"}, "model"), ({"adapter_path": "/tmp/evil"}, "adapter_path"),
+    ({"num_comments": True}, "num_comments"), ({"num_comments": "2"}, "num_comments"), ({"seed": 1.5}, "seed"),
+    ({"rerank": False}, "rerank"), ({"max_new_tokens": "4"}, "max_new_tokens"),
 ])
 def test_invalid_requests_give_422_with_readable_message(tiny, tokenizer, patch, where):
     rec = Recorder()
@@ -456,3 +458,12 @@ def test_a_json_field_given_twice_is_refused_not_the_last_one_taken(tiny, tokeni
     assert rec.prompts == []
     ok = c.post("/v1/predict", content=json.dumps(BODY), headers={"content-type": "application/json"})
     assert ok.status_code == 200 and len(rec.prompts) == 1
+
+
+def test_repeated_json_keys_in_one_pass():
+    from vrp.serve.app import repeated_json_keys
+
+    body = ('{"transcript": "hi", ' + ", ".join(['"seed": 1'] * 200_000) + ', "title": "a", "title": "b"}').encode()
+    assert repeated_json_keys(body) == ["seed", "title"]
+    assert repeated_json_keys(b'{"a": {"b": 1, "b": 2}, "c": 3}') == ["b"]
+    assert repeated_json_keys(b'{"a": 1}') == [] and repeated_json_keys(b"not json") == []

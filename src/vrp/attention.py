@@ -81,22 +81,27 @@ def row_plans(mask: torch.Tensor) -> list[RowPlan] | None:
             return None
         spans: list[tuple[int, int]] = []
         for q, s in enumerate(starts[c:].tolist(), start=c):
-            if spans and spans[-1][0] == s:
-                spans[-1] = (s, q + 1)
-            else:
+            if s == q:                                  # a comment starts: it sees the prompt and itself
                 spans.append((s, q + 1))
+            elif spans and s == spans[-1][0]:          # the comment goes on
+                spans[-1] = (s, q + 1)
+            else:                                      # e.g. a query that sees only part of its own comment
+                return None
         plans.append(RowPlan(n, c, prompt, spans))
     return plans
 
 
 def scored_pairs(mask: torch.Tensor) -> tuple[float, str]:
-    """(query-key pairs the kernels score, path) of `split_sdpa_attention` on the 4D mask (B, 1, T, T): path
+    """(query-key pairs the kernels score, path) of `split_sdpa_attention` on the 4D mask (B, 1, Q, K): path
     'segments' (`SegmentAttention`: per row c(c+1)/2 causal + (n - c) * prompt + m(m+1)/2 per later comment of m
-    tokens), 'split' (B * (p(p+1)/2 + (T - p) * T), p = `causal_prefix`) or 'sdpa' (B * T * T, no usable prefix)."""
+    tokens), 'split' (B * (p(p+1)/2 + (T - p) * T), p = `causal_prefix`) or 'sdpa' (B * Q * K: no usable prefix,
+    or not square). Raises ValueError for a mask that is not 4D."""
+    if mask.ndim != 4:
+        raise ValueError(f"scored_pairs: a 4D mask (B, 1, Q, K) is needed, got shape {tuple(mask.shape)}")
     b, t = mask.shape[0], mask.shape[-1]
     p = causal_prefix(mask)
     if p < MIN_PREFIX:
-        return float(b * t * t), "sdpa"
+        return float(b * mask.shape[-2] * t), "sdpa"
     plans = _worth_segments(mask, p)
     return (_segment_pairs(plans), "segments") if plans else (_split_pairs(b, t, p), "split")
 
@@ -237,7 +242,7 @@ def split_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, va
                                       is_causal=is_causal, **kwargs)
     sdpa = torch.nn.functional.scaled_dot_product_attention
     groups = getattr(module, "num_key_value_groups", 1)   # a Python int: static under torch.compile
-    if _cache["plan"] is not None and query.device.type == "cpu":
+    if _cache["plan"] is not None and query.device.type == "cpu" and len(_cache["plan"]) == query.shape[0]:
         out = _segments(query, key, value, _cache["plan"], scaling, groups)
         return out.transpose(1, 2).contiguous(), None
     gqa = groups > 1 and query.device.type == "cpu"       # CUDA's masked kernels take no GQA: expand there

@@ -64,6 +64,8 @@ class GenerateConfig:
             raise ConfigError("preset", f"no preset named in {self.preset!r}")
         for name in self.presets():
             get_preset(name)  # ConfigError('preset') naming the valid ones
+        if twice := sorted({x for x in self.presets() if self.presets().count(x) > 1}):
+            raise ConfigError("preset", f"{', '.join(twice)} named twice in {self.preset!r}")
         check_range(self, "num_comments", "max_new_tokens", "max_prompt_tokens", low=1)
         check_choice(self, "precision", PRECISIONS)
         if self.checkpoint and not self.run:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def read_table(path: Path, stats: Counter | None = None) -> Any:
                 stats["nul_characters_removed"] += decoded.nul_removed
             if ext == ".jsonl":
                 return read_jsonl_table(decoded.text, path)
-            text, sep = csv_delimiter(decoded.text)
+            text, sep = csv_delimiter(decoded.text, path)
             check_csv_shape(text, path, sep)
             # index_col=False: a row with an extra field must never turn the first column into an index
             return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
@@ -83,16 +84,22 @@ def _check_unique_columns(header: list[str], path: Path) -> None:
 CSV_DELIMITERS = (",", ";", "\t")
 
 
-def csv_delimiter(text: str) -> tuple[str, str]:
+def csv_delimiter(text: str, path: Path | str = "") -> tuple[str, str]:
     """(text, delimiter) of a CSV file's text. Excel's first line `sep=X` names the delimiter and becomes a blank
     line (line numbers stay those of the file); otherwise the delimiter is the one of `CSV_DELIMITERS` that the
-    header line holds most often outside quotes (Excel in many European locales saves CSV with `;`), ',' when it
-    holds none (a one-column file)."""
-    first, nl, rest = text.partition("\n")
-    line = first.rstrip("\r")
-    if line.lower().startswith("sep=") and len(line) == 5:
-        return nl + rest, line[4]
-    outside = "".join(part for i, part in enumerate(line.split('"')) if i % 2 == 0)
+    first non-blank line (the header) holds most often outside quotes (Excel in many European locales saves CSV with
+    `;`), ',' when it holds none (a one-column file). Lines may end in CRLF, LF or CR alone (old Mac Excel). Raises
+    VrpError naming `path` when a `sep=` line names no usable delimiter (none, several characters, a quote, a line
+    break)."""
+    lines = re.split(r"\r\n|\r|\n", text, maxsplit=1)
+    first = lines[0]
+    if first[:4].lower() == "sep=":
+        sep = first[4:].rstrip(" ") if first[4:].strip(" ") else first[4:]
+        if len(sep) != 1 or sep in "\"\r\n":
+            raise VrpError(f"{path}:1: the first line {first!r} must name one delimiter character, as `sep=;` does")
+        return text[len(first):], sep
+    header = next((line for line in re.split(r"\r\n|\r|\n", text) if line.strip()), "")
+    outside = "".join(part for i, part in enumerate(header.split('"')) if i % 2 == 0)
     counts = {d: outside.count(d) for d in CSV_DELIMITERS}
     best = max(CSV_DELIMITERS, key=lambda d: counts[d])
     return text, best if counts[best] else ","
@@ -116,11 +123,11 @@ def check_csv_shape(text: str, path: Path, delimiter: str = ",") -> None:
                     header = [name.strip() for name in row]
                     _check_unique_columns(header, path)
                 elif len(row) != len(header):
-                    name = {",": "comma", ";": "semicolon", "\t": "tab"}[delimiter]
+                    name = {",": "comma", ";": "semicolon", "\t": "tab"}.get(delimiter, f"{delimiter!r}")
                     hint = (f"; quote a cell that holds a {name} (\"wow{delimiter} amazing\")" if len(row) > len(header)
                             else f"; add the missing cells (empty ones as {delimiter}{delimiter})")
                     raise VrpError(f"{path}:{start}: expected {len(header)} fields like the header "
-                                   f"({', '.join(header)}), found {len(row)}{hint}")
+                                   f"({', '.join(header)}), found {len(row)} separated by {delimiter!r}{hint}")
             start = reader.line_num + 1
     except csv.Error as e:
         raise VrpError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None

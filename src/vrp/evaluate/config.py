@@ -76,6 +76,8 @@ class EvaluateConfig:
                 get_preset(name)
             except ConfigError as e:
                 raise ConfigError("presets", e.message) from None
+        if twice := sorted({x for x in self.preset_list() if self.preset_list().count(x) > 1}):
+            raise ConfigError("presets", f"{', '.join(twice)} named twice in {self.presets!r}")
 
     def preset_list(self) -> list[str]:
         """The presets to generate with ([] for 'none')."""

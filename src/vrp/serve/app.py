@@ -144,25 +144,28 @@ def _request_model(s: ServeConfig, prompt: PromptConfig, tiers: bool = False) ->
     preset_names = tuple(PRESETS)
 
     class PredictRequest(BaseModel):
-        """A video to predict comments for. Extra fields are rejected (a request cannot choose files or models)."""
+        """A video to predict comments for. Extra fields are rejected (a request cannot choose files or models);
+        whole numbers must be JSON integers (`true` or `"2"` is not read as a number)."""
 
         model_config = ConfigDict(extra="forbid")
         title: str = Field("", max_length=s.max_title_chars, description="video title")
         transcript: str = Field(..., min_length=1, max_length=s.max_body_bytes,
                                 description=f"transcript text; cut to the {prompt.max_prompt_tokens}-token "
                                             f"prompt budget ({prompt.truncation})")
-        num_comments: Optional[int] = Field(None, ge=1, le=s.max_num_comments,
+        num_comments: Optional[int] = Field(strict=True, default=None, ge=1, le=s.max_num_comments,
                                             description=f"comments to return (omitted: {s.default_num_comments}, or "
                                                         f"1 for greedy, which gives exactly one)")
         preset: Literal[preset_names] = Field(s.default_preset, description="decoding preset")  # type: ignore
-        max_new_tokens: int = Field(s.default_max_new_tokens, ge=1, le=s.max_new_tokens)
-        seed: Optional[int] = Field(None, ge=0, le=SEED_MAX, description="sampling seed (omit for random)")
+        max_new_tokens: int = Field(strict=True, default=s.default_max_new_tokens, ge=1, le=s.max_new_tokens)
+        seed: Optional[int] = Field(strict=True, default=None, ge=0, le=SEED_MAX,
+                                    description="sampling seed (omit for random)")
         tier: Literal[TIER_CHOICES] = Field(  # type: ignore[valid-type]
             "any", description="like tier, for a run trained with tiers: top (the top comment), typical, low (an "
                                "ignored comment); any = no tier (the only choice for an untiered model)")
 
-        rerank: int = Field(0, ge=0, le=s.max_rerank, description="sample this many comments and return the best "
-                            "`num_comments` by PMI with the video, near-duplicates dropped (0 = off)")
+        rerank: int = Field(strict=True, default=0, ge=0, le=s.max_rerank,
+                            description="sample this many comments and return the best `num_comments` by PMI with "
+                                        "the video, near-duplicates dropped (0 = off)")
 
         _check_text = field_validator("title", "transcript")(_utf8)
 
@@ -197,9 +200,12 @@ def repeated_json_keys(body: bytes) -> list[str]:
     repeated: set[str] = set()
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in items]
-        repeated.update(k for k in keys if keys.count(k) > 1)
-        return dict(items)
+        out: dict[str, Any] = {}
+        for k, v in items:                    # one pass: a body of 200,000 keys takes milliseconds
+            if k in out:
+                repeated.add(k)
+            out[k] = v
+        return out
 
     try:
         json.loads(body, object_pairs_hook=pairs)
