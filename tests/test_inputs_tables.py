@@ -323,3 +323,15 @@ def test_an_unusual_delimiter_in_a_row_error(tmp_path, capsys):
     assert main(["prepare", str(path), "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "pipe.csv:3: expected 3 fields" in err and "found 4 separated by '|'" in err
+
+
+def test_tsv_is_read_and_a_sep_line_that_contradicts_the_header_is_named(tmp_path, capsys):
+    tsv = tmp_path / "excel.tsv"
+    tsv.write_text("title\ttranscript\tcomment\nt\tso, we; start\twow\n", encoding="utf-8")
+    videos, _ = load_source(tsv)
+    assert [(v.title, v.transcript, [c.text for c in v.comments]) for v in videos] == [("t", "so, we; start", ["wow"])]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sep=;\ntitle,transcript,comment\nt,tr,c\n", encoding="utf-8")
+    assert main(["prepare", str(bad), "--out", str(tmp_path / "d")]) == 2
+    assert "bad.csv:1: the first line 'sep=;' names ';' as the delimiter, but the header has no ';' (it has ',')" \
+        in capsys.readouterr().err

@@ -461,9 +461,15 @@ def test_a_json_field_given_twice_is_refused_not_the_last_one_taken(tiny, tokeni
 
 
 def test_repeated_json_keys_in_one_pass():
-    from vrp.serve.app import repeated_json_keys
+    from vrp.serve.guard import repeated_json_keys
 
     body = ('{"transcript": "hi", ' + ", ".join(['"seed": 1'] * 200_000) + ', "title": "a", "title": "b"}').encode()
     assert repeated_json_keys(body) == ["seed", "title"]
     assert repeated_json_keys(b'{"a": {"b": 1, "b": 2}, "c": 3}') == ["b"]
     assert repeated_json_keys(b'{"a": 1}') == [] and repeated_json_keys(b"not json") == []
+
+
+def test_a_json_body_without_its_content_type_is_named(tiny, tokenizer):
+    c = client(make_app(tiny, tokenizer, generate_fn=Recorder()))
+    r = c.post("/v1/predict", content=json.dumps(BODY), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 422 and "Content-Type: application/json" in r.json()["message"], r.text

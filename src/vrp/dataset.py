@@ -102,7 +102,7 @@ def load_user_table(df: Any, path: Path, stats: Counter, require_comments: bool 
     first_row: dict[str, int] = {}
     line_numbers = df.attrs.get("line_numbers")
     for i in range(len(df)):
-        row = line_numbers[i] if line_numbers else i + 2 if path.suffix.lower() in (".xlsx", ".csv") else i + 1
+        row = line_numbers[i] if line_numbers else i + 2 if path.suffix.lower() in (".xlsx", ".csv", ".tsv") else i + 1
         title, transcript = (_text(df, c, i, path, row) for c in ("title", "transcript"))
         comment = _text(df, "comment", i, path, row) if "comment" in df.columns else None
         if not _visible(transcript):

@@ -24,7 +24,7 @@ from vrp.io import loads_json
 
 log = logging.getLogger(__name__)
 
-TABLE_EXTS = (".xlsx", ".csv", ".jsonl", ".parquet")
+TABLE_EXTS = (".xlsx", ".csv", ".tsv", ".jsonl", ".parquet")
 
 
 def read_table(path: Path, stats: Counter | None = None) -> Any:
@@ -38,9 +38,10 @@ def read_table(path: Path, stats: Counter | None = None) -> Any:
 
     ext = path.suffix.lower()
     if ext not in TABLE_EXTS:
-        raise VrpError(f"{path}: unknown extension {ext!r}; expected one of {TABLE_EXTS} or a collect dir")
+        raise VrpError(f"{path}: unknown extension {ext!r}; expected {', '.join(TABLE_EXTS)} or a collect dir "
+                       f"(a tab-separated .txt from Excel: rename it to .tsv)")
     try:
-        if ext in (".csv", ".jsonl"):
+        if ext in (".csv", ".tsv", ".jsonl"):
             decoded = decode_bytes(path.read_bytes(), str(path))
             if decoded.how == "guessed" and stats is not None:
                 stats["source_encoding"] = f"{decoded.encoding} (guessed)"  # type: ignore[assignment]
@@ -97,6 +98,11 @@ def csv_delimiter(text: str, path: Path | str = "") -> tuple[str, str]:
         sep = first[4:].rstrip(" ") if first[4:].strip(" ") else first[4:]
         if len(sep) != 1 or sep in "\"\r\n":
             raise VrpError(f"{path}:1: the first line {first!r} must name one delimiter character, as `sep=;` does")
+        header = next((line for line in re.split(r"\r\n|\r|\n", text)[1:] if line.strip()), "")
+        if sep not in header and any(d in header for d in CSV_DELIMITERS):
+            found = next(d for d in CSV_DELIMITERS if d in header)
+            raise VrpError(f"{path}:1: the first line {first!r} names {sep!r} as the delimiter, but the header has "
+                           f"no {sep!r} (it has {found!r}); fix or delete the `sep=` line")
         return text[len(first):], sep
     header = next((line for line in re.split(r"\r\n|\r|\n", text) if line.strip()), "")
     outside = "".join(part for i, part in enumerate(header.split('"')) if i % 2 == 0)

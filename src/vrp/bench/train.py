@@ -86,9 +86,11 @@ class BenchTrainConfig:
                         "before/after comparisons", True)
     gradient_checkpointing: bool = option_like(TrainConfig, "gradient_checkpointing")
     compile_layers: bool = option_like(TrainConfig, "compile_layers")
-    memory: bool = option("profile the memory of one training step of each configuration at one shape "
-                          "(`batch_size` rows x `memory_row_tokens` tokens), and for (b) and (c) the time of one "
-                          "step by kind of operation, instead of timing", False)
+    memory: bool = option("instead of timing: profile one training step of each configuration at one shape "
+                          "(`batch_size` rows x `memory_row_tokens` tokens; (c) holds the first `comments_per_video` "
+                          "count of comments per row): the memory of all three, and where the time of (b) and (c) "
+                          "goes by kind of operation; written to the output file like a timed run (a few minutes)",
+                          False)
     memory_row_tokens: int = option("row length of the memory profile, tokens", 1100)
     write_when_busy: bool = option("append to the Markdown file even when the 1-minute load average at the start "
                                    "exceeded the core count (the section then says so in bold)", False)

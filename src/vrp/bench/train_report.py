@@ -213,8 +213,10 @@ def memory_section(bench: dict[str, Any], command: str) -> str:
         load = e["load_start"][0]
         note = (f"**the 1-minute load average at the start was {load:.2f}, above the {e['cores']} cores: the seconds "
                 f"are not trustworthy**" if busy(bench) else f"1-minute load average at the start {load:.2f}")
+        peaks = bench["peak_flops"]
         out += ["", f"Where the time of one step goes (`vrp.bench.optime`: torch.profiler self time per kind of "
-                    f"operator, the same batch as above; {note}):"]
+                    f"operator, the same batch as above; {note}; measured matmul peak bf16 "
+                    f"{peaks['bfloat16'] / 1e9:,.0f} GFLOP/s, fp32 {peaks['float32'] / 1e9:,.0f} GFLOP/s):"]
         for r in timed:
             p = bench["peak_flops"]["bfloat16" if "bfloat16" in r.get("precision", "") else "float32"]
             out += ["", format_time_profile(r["time"], LABELS[r["mode"]], p)]

@@ -32,7 +32,7 @@ from vrp.predict import prompt_settings
 from vrp.prompts import PromptConfig
 from vrp.rerank import check_rerank
 from vrp.serve.config import ServeConfig
-from vrp.serve.guard import Guard, error_response
+from vrp.serve.guard import Guard, error_response, repeated_json_keys
 from vrp.serve.uploads import plain_message
 from vrp.serve.worker import (
     UPLOAD_SUFFIXES,
@@ -192,28 +192,6 @@ def _request_model(s: ServeConfig, prompt: PromptConfig, tiers: bool = False) ->
 
 
 # --- errors ----------------------------------------------------------------------------------------------------
-def repeated_json_keys(body: bytes) -> list[str]:
-    """Keys that a JSON object in `body` holds more than once (sorted; [] when none or when `body` is not JSON:
-    the request's own validation reports that). Python's JSON parser keeps the last of them silently."""
-    import json
-
-    repeated: set[str] = set()
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in items:                    # one pass: a body of 200,000 keys takes milliseconds
-            if k in out:
-                repeated.add(k)
-            out[k] = v
-        return out
-
-    try:
-        json.loads(body, object_pairs_hook=pairs)
-    except ValueError:
-        return []
-    return sorted(repeated)
-
-
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
     out = []
     for e in exc.errors():
@@ -221,6 +199,8 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
         msg = str(e.get("msg", "invalid"))
         if e.get("type") == "json_invalid":
             loc, msg = "body", "the request body is not valid JSON"
+        elif e.get("type") == "model_attributes_type" and loc == "body":  # e.g. curl -d without a JSON content type
+            msg = "the body must be a JSON object, sent with Content-Type: application/json"
         out.append({"loc": loc, "msg": plain_message(msg)})
     return out
 

@@ -4,7 +4,8 @@ Knows: the JSON error shape `{status, error, message, details?}` every route ret
 that reads the whole request body up to a limit (413 on `Content-Length` or while streaming, without reading
 further), refuses cross-origin POSTs (403, the opaque origin `null` included), replays the body to the app
 (multipart file names given only as RFC 5987 `filename*` rewritten by `vrp.serve.uploads.with_plain_filenames`) and
-adds security headers (`nosniff`, `no-referrer`, `no-store`).
+adds security headers (`nosniff`, `no-referrer`, `no-store`); which keys a JSON body gives twice
+(`repeated_json_keys`, refused by the app: a JSON parser keeps the last).
 Does not know: routes, request fields or the model (see `vrp.serve.app`).
 """
 from __future__ import annotations
@@ -91,3 +92,25 @@ class Guard:
                 msg = {**msg, "headers": hs}
             await send(msg)
         return wrapped
+
+
+def repeated_json_keys(body: bytes) -> list[str]:
+    """Keys that a JSON object in `body` holds more than once (sorted; [] when none or when `body` is not JSON:
+    the request's own validation reports that). Python's JSON parser keeps the last of them silently."""
+    import json
+
+    repeated: set[str] = set()
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:                    # one pass: a body of 200,000 keys takes milliseconds
+            if k in out:
+                repeated.add(k)
+            out[k] = v
+        return out
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except ValueError:
+        return []
+    return sorted(repeated)
