@@ -118,7 +118,9 @@ def _segment_pairs(plans: list[RowPlan]) -> float:
 def _worth_segments(mask: torch.Tensor, prefix: int) -> list[RowPlan] | None:
     """The row plans when `SegmentAttention` applies (a CPU mask of shared-prefix rows) and scores fewer than
     `SEGMENT_BELOW` of the split path's pairs, else None."""
-    plans = row_plans(mask) if mask.device.type == "cpu" and prefix >= MIN_PREFIX else None
+    if mask.device.type != "cpu" or not MIN_PREFIX <= prefix < mask.shape[-1]:  # no tail: the causal call is all
+        return None
+    plans = row_plans(mask)
     if plans and _segment_pairs(plans) < SEGMENT_BELOW * _split_pairs(mask.shape[0], mask.shape[-1], prefix):
         return plans
     return None

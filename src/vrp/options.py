@@ -300,3 +300,14 @@ def check_positive(cfg: Any, *names: str) -> None:
     for name in names:
         if not getattr(cfg, name) > 0:
             raise ConfigError(name, f"must be > 0, got {getattr(cfg, name)}")
+
+
+def check_no_repeats(cfg: Any, name: str, items: list[str]) -> None:
+    """Raise ConfigError(name) when `items` (the parsed list of `cfg.<name>`, e.g. comma-separated presets) names
+    something twice."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for x in items:
+        (twice if x in seen else seen).add(x)
+    if twice:
+        raise ConfigError(name, f"{', '.join(sorted(twice))} named twice in {getattr(cfg, name)!r}")

@@ -21,7 +21,7 @@ from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, get_preset
 from vrp.errors import ConfigError, VrpError
 from vrp.io import atomic_path
 from vrp.model import PRECISIONS
-from vrp.options import check_choice, check_range, coerce_fields, option
+from vrp.options import check_choice, check_no_repeats, check_range, coerce_fields, option
 from vrp.prompts import PromptConfig
 from vrp.records import Video
 from vrp.rerank import DEFAULT_RERANK_LAMBDA, check_rerank
@@ -64,8 +64,7 @@ class GenerateConfig:
             raise ConfigError("preset", f"no preset named in {self.preset!r}")
         for name in self.presets():
             get_preset(name)  # ConfigError('preset') naming the valid ones
-        if twice := sorted({x for x in self.presets() if self.presets().count(x) > 1}):
-            raise ConfigError("preset", f"{', '.join(twice)} named twice in {self.preset!r}")
+        check_no_repeats(self, "preset", self.presets())
         check_range(self, "num_comments", "max_new_tokens", "max_prompt_tokens", low=1)
         check_choice(self, "precision", PRECISIONS)
         if self.checkpoint and not self.run:

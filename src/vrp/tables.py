@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -92,19 +91,21 @@ def csv_delimiter(text: str, path: Path | str = "") -> tuple[str, str]:
     `;`), ',' when it holds none (a one-column file). Lines may end in CRLF, LF or CR alone (old Mac Excel). Raises
     VrpError naming `path` when a `sep=` line names no usable delimiter (none, several characters, a quote, a line
     break)."""
-    lines = re.split(r"\r\n|\r|\n", text, maxsplit=1)
-    first = lines[0]
+    lines = (line.rstrip("\r\n") for line in io.StringIO(text, newline=""))  # \r\n, \n or \r ends a line
+    first = next(lines, "")
+    header = first
     if first[:4].lower() == "sep=":
-        sep = first[4:].rstrip(" ") if first[4:].strip(" ") else first[4:]
+        sep = first[4:].rstrip(" ") or first[4:]                              # `sep= ` names the space
         if len(sep) != 1 or sep in "\"\r\n":
             raise VrpError(f"{path}:1: the first line {first!r} must name one delimiter character, as `sep=;` does")
-        header = next((line for line in re.split(r"\r\n|\r|\n", text)[1:] if line.strip()), "")
+        header = next((line for line in lines if line.strip()), "")
         if sep not in header and any(d in header for d in CSV_DELIMITERS):
             found = next(d for d in CSV_DELIMITERS if d in header)
             raise VrpError(f"{path}:1: the first line {first!r} names {sep!r} as the delimiter, but the header has "
                            f"no {sep!r} (it has {found!r}); fix or delete the `sep=` line")
         return text[len(first):], sep
-    header = next((line for line in re.split(r"\r\n|\r|\n", text) if line.strip()), "")
+    if not header.strip():
+        header = next((line for line in lines if line.strip()), "")
     outside = "".join(part for i, part in enumerate(header.split('"')) if i % 2 == 0)
     counts = {d: outside.count(d) for d in CSV_DELIMITERS}
     best = max(CSV_DELIMITERS, key=lambda d: counts[d])

@@ -107,10 +107,11 @@ def executed_flops(dims: FlopDims, row_lengths: list[int], head_positions: int, 
 
     row_lengths: real tokens of each row (T = the longest)."""
     b, t = len(row_lengths), max(row_lengths)
-    if pairs is None and dense_attention and causal_prefix > 0:
-        pairs = b * (causal_prefix * (causal_prefix + 1) / 2 + (t - causal_prefix) * t)
-    elif pairs is None:
-        pairs = b * t * t if dense_attention else b * t * (t + 1) / 2
+    if pairs is None:
+        if dense_attention and causal_prefix > 0:
+            pairs = b * (causal_prefix * (causal_prefix + 1) / 2 + (t - causal_prefix) * t)
+        else:
+            pairs = b * t * t if dense_attention else b * t * (t + 1) / 2
     return b * t * dims.per_token() + dims.per_key() * pairs + dims.per_head_position() * head_positions
 
 

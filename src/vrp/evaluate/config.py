@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from vrp.decoding import get_preset
 from vrp.errors import ConfigError
 from vrp.model import PRECISIONS
-from vrp.options import check_choice, check_range, coerce_fields, option, option_like
+from vrp.options import check_choice, check_no_repeats, check_range, coerce_fields, option, option_like
 from vrp.predict import GenerateConfig
 from vrp.rerank import check_rerank
 
@@ -76,8 +76,7 @@ class EvaluateConfig:
                 get_preset(name)
             except ConfigError as e:
                 raise ConfigError("presets", e.message) from None
-        if twice := sorted({x for x in self.preset_list() if self.preset_list().count(x) > 1}):
-            raise ConfigError("presets", f"{', '.join(twice)} named twice in {self.presets!r}")
+        check_no_repeats(self, "presets", self.preset_list())
 
     def preset_list(self) -> list[str]:
         """The presets to generate with ([] for 'none')."""
