@@ -157,3 +157,11 @@ def test_warnings_are_one_line_without_source_location(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"warning: {src}: skipped 1 video(s) with zero usable comments" in proc.stderr
     assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr
+
+
+def test_version(capsys) -> None:
+    from vrp import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"vrp {__version__}"

@@ -335,3 +335,14 @@ def test_tsv_is_read_and_a_sep_line_that_contradicts_the_header_is_named(tmp_pat
     assert main(["prepare", str(bad), "--out", str(tmp_path / "d")]) == 2
     assert "bad.csv:1: the first line 'sep=;' names ';' as the delimiter, but the header has no ';' (it has ',')" \
         in capsys.readouterr().err
+
+
+def test_column_names_in_any_case_and_names_that_clash(tmp_path, capsys):
+    path = tmp_path / "caps.csv"
+    path.write_text("Title;Transcript ; COMMENT\nt;so we start;wow\n", encoding="utf-8")
+    videos, _ = load_source(path)
+    assert [(v.title, v.transcript, [c.text for c in v.comments]) for v in videos] == [("t", "so we start", ["wow"])]
+    clash = tmp_path / "clash.csv"
+    clash.write_text("title,Title,transcript,comment\na,b,c,d\n", encoding="utf-8")
+    assert main(["prepare", str(clash), "--out", str(tmp_path / "d")]) == 2
+    assert "clash.csv: columns ['title', 'Title'] differ only in case or spaces" in capsys.readouterr().err

@@ -88,6 +88,17 @@ def load_seed_table(df: Any, path: Path, stats: Counter) -> list[Video]:
     return videos
 
 
+def _lower_column_names(df: Any, path: Path) -> Any:
+    """`df` with its column names stripped and lower-cased (`Title` and ` title ` are the `title` column, as
+    spreadsheets are often written). Raises VrpError naming `path` and the columns when two names become one."""
+    names = [str(c).strip().lower() for c in df.columns]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        same = [str(c) for c in df.columns if str(c).strip().lower() in clash]
+        raise VrpError(f"{path}: columns {same} differ only in case or spaces; keep one of them")
+    return df.set_axis(names, axis=1)
+
+
 def load_user_table(df: Any, path: Path, stats: Counter, require_comments: bool = True) -> list[Video]:
     """Group `title`, `transcript`, `comment` rows into videos (by `video_id` if present, else by title +
     transcript). Comments are ranked by `like_count` (descending) when present, else in file order. Rows with an
@@ -189,7 +200,7 @@ def load_source(path: str | Path, require_comments: bool = True) -> tuple[list[V
     elif path.suffix.lower() == ".jsonl" and _looks_like_videos(path):
         videos, fmt = read_videos(path), "video jsonl"
     else:
-        df = _remove_nuls(_read_table(path, stats), path, stats)
+        df = _lower_column_names(_remove_nuls(_read_table(path, stats), path, stats), path)
         if len(df) == 0:
             raise VrpError(f"{path}: no rows")
         if "text" in df.columns and "title" not in df.columns:

@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vrp",
         description="Video response prediction: fine-tune a causal LM with LoRA to predict viewers' comments.",
     )
+    from vrp import __version__
+
+    parser.add_argument("--version", action="version", version=f"vrp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
