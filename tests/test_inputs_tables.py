@@ -346,3 +346,19 @@ def test_column_names_in_any_case_and_names_that_clash(tmp_path, capsys):
     clash.write_text("title,Title,transcript,comment\na,b,c,d\n", encoding="utf-8")
     assert main(["prepare", str(clash), "--out", str(tmp_path / "d")]) == 2
     assert "clash.csv: columns ['title', 'Title'] differ only in case or spaces" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("first", ["sep=;;;", '"sep=;"'])
+def test_sep_line_saved_back_by_a_spreadsheet(tmp_path, first):
+    path = tmp_path / "s.csv"
+    path.write_text(first + "\ntitle;transcript;comment\na;b, c;d\n", encoding="utf-8")
+    videos, _ = load_source(path)
+    assert [(v.title, v.transcript, [c.text for c in v.comments]) for v in videos] == [("a", "b, c", ["d"])]
+
+
+def test_a_row_of_only_delimiters_is_a_shape_error_on_its_own_line(tmp_path, capsys):
+    path = tmp_path / "ml.csv"
+    path.write_text('title,transcript,comment\na,"b\nc\nd",e\n,,,,\nx,y,z\n', encoding="utf-8")
+    assert main(["prepare", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "ml.csv:5: expected 3 fields like the header (title, transcript, comment), found 5" in \
+        capsys.readouterr().err

@@ -281,6 +281,10 @@ def test_file_upload_parses_captions(tiny, tokenizer):
     ({"file": ("t.txt", b"hi there")}, {"model": "/etc/passwd"}, 422, "unknown field(s) ['model']"),
     ({"file": ("t.txt", b"hi there")}, {"preset": ["nucleus", "greedy"], "seed": ["1", "2"]}, 422,
      "field(s) given more than once: ['preset', 'seed']"),
+    ({"file": ("t.txt", b"hi there")}, {"num_comments": "1_0"}, 422, "whole number in digits"),
+    ({"file": ("t.txt", b"hi there")}, {"max_new_tokens": "1.0"}, 422, "whole number in digits"),
+    ({"file": ("t.txt", b"hi there")}, {"seed": "+1"}, 422, "whole number in digits"),
+    ({"file": ("t.txt", b"hi there")}, {"rerank": "1_0"}, 422, "whole number in digits"),
 ])
 def test_bad_uploads_give_clear_errors(tiny, tokenizer, files, data, status, words):
     rec = Recorder()
@@ -473,3 +477,17 @@ def test_a_json_body_without_its_content_type_is_named(tiny, tokenizer):
     c = client(make_app(tiny, tokenizer, generate_fn=Recorder()))
     r = c.post("/v1/predict", content=json.dumps(BODY), headers={"content-type": "application/x-www-form-urlencoded"})
     assert r.status_code == 422 and "Content-Type: application/json" in r.json()["message"], r.text
+
+
+@pytest.mark.parametrize("body, words", [
+    (b'{"transcript": "h\xe9"}', "not UTF-8 text: byte 0xE9 at offset 17"),
+    (b"", "must be a JSON object, sent with Content-Type: application/json"),
+])
+def test_json_bodies_that_are_not_text_or_empty(tiny, tokenizer, body, words):
+    rec = Recorder()
+    c = client(make_app(tiny, tokenizer, generate_fn=rec))
+    r = c.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and words in r.json()["message"], r.text
+    assert rec.prompts == []
+    utf16 = json.dumps(BODY).encode("utf-16")          # JSON in UTF-16 with a BOM is still read
+    assert c.post("/v1/predict", content=utf16, headers={"content-type": "application/json"}).status_code == 200

@@ -94,8 +94,10 @@ def csv_delimiter(text: str, path: Path | str = "") -> tuple[str, str]:
     lines = (line.rstrip("\r\n") for line in io.StringIO(text, newline=""))  # \r\n, \n or \r ends a line
     first = next(lines, "")
     header = first
-    if first[:4].lower() == "sep=":
-        sep = first[4:].rstrip(" ") or first[4:]                              # `sep= ` names the space
+    sep_line = first[1:-1] if len(first) > 1 and first[0] == first[-1] == '"' else first   # `"sep=;"` as a cell
+    if sep_line[:4].lower() == "sep=":
+        sep = sep_line[4:].rstrip(" ") or sep_line[4:]                        # `sep= ` names the space
+        sep = sep[0] if sep and sep == sep[0] * len(sep) else sep             # `sep=;;;`: the line saved as a row
         if len(sep) != 1 or sep in "\"\r\n":
             raise VrpError(f"{path}:1: the first line {first!r} must name one delimiter character, as `sep=;` does")
         header = next((line for line in lines if line.strip()), "")
@@ -125,7 +127,7 @@ def check_csv_shape(text: str, path: Path, delimiter: str = ",") -> None:
     start = 1
     try:
         for row in reader:
-            if row and any(field.strip() for field in row) or (row and header is None):
+            if row and (len(row) > 1 or row[0].strip()):  # a blank line has no field or one blank field
                 if header is None:
                     header = [name.strip() for name in row]
                     _check_unique_columns(header, path)

@@ -16,12 +16,12 @@ import contextlib
 import ipaddress
 import logging
 from importlib import resources
-from typing import Any, AsyncIterator, Literal, Optional
+from typing import Annotated, Any, AsyncIterator, Literal, Optional
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vrp.clean import check_text
@@ -192,6 +192,17 @@ def _request_model(s: ServeConfig, prompt: PromptConfig, tiers: bool = False) ->
 
 
 # --- errors ----------------------------------------------------------------------------------------------------
+def _digits(value: Any) -> Any:
+    """A form field's whole number as plain digits (`12`), as the JSON endpoint takes only JSON integers: `1_0`,
+    `1.0`, `+1` or ` 2 ` would otherwise be read as numbers. Raises ValueError for anything else."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError(f"must be a whole number in digits, e.g. 3, got {value!r}")
+    return value
+
+
+FormInt = Annotated[int, BeforeValidator(_digits)]  # inside Optional; a plain int field puts Form() in its Annotated
+
+
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
     out = []
     for e in exc.errors():
@@ -199,7 +210,7 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
         msg = str(e.get("msg", "invalid"))
         if e.get("type") == "json_invalid":
             loc, msg = "body", "the request body is not valid JSON"
-        elif e.get("type") == "model_attributes_type" and loc == "body":  # e.g. curl -d without a JSON content type
+        elif e.get("type") in ("model_attributes_type", "missing") and loc == "body":  # no JSON content type, empty
             msg = "the body must be a JSON object, sent with Content-Type: application/json"
         out.append({"loc": loc, "msg": plain_message(msg)})
     return out
@@ -340,12 +351,13 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
         request: Request,
         file: UploadFile = File(..., description=f"caption file: {', '.join(UPLOAD_SUFFIXES)}"),
         title: str = Form("", max_length=settings.max_title_chars),
-        num_comments: Optional[int] = Form(None, ge=1, le=settings.max_num_comments),
+        num_comments: Optional[FormInt] = Form(None, ge=1, le=settings.max_num_comments),
         preset: Literal[preset_names] = Form(settings.default_preset),  # type: ignore[valid-type]
-        max_new_tokens: int = Form(settings.default_max_new_tokens, ge=1, le=settings.max_new_tokens),
-        seed: Optional[int] = Form(None, ge=0, le=SEED_MAX),
+        max_new_tokens: Annotated[int, BeforeValidator(_digits), Form(ge=1, le=settings.max_new_tokens)]
+        = settings.default_max_new_tokens,
+        seed: Optional[FormInt] = Form(None, ge=0, le=SEED_MAX),
         tier: Literal[TIER_CHOICES] = Form("any"),  # type: ignore[valid-type]
-        rerank: int = Form(0, ge=0, le=settings.max_rerank),
+        rerank: Annotated[int, BeforeValidator(_digits), Form(ge=0, le=settings.max_rerank)] = 0,
     ) -> Response:
         """Predict comments for a caption file (multipart/form-data) plus form fields."""
         problems = []

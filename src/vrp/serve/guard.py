@@ -4,7 +4,8 @@ Knows: the JSON error shape `{status, error, message, details?}` every route ret
 that reads the whole request body up to a limit (413 on `Content-Length` or while streaming, without reading
 further), refuses cross-origin POSTs (403, the opaque origin `null` included), replays the body to the app
 (multipart file names given only as RFC 5987 `filename*` rewritten by `vrp.serve.uploads.with_plain_filenames`) and
-adds security headers (`nosniff`, `no-referrer`, `no-store`); which keys a JSON body gives twice
+adds security headers (`nosniff`, `no-referrer`, `no-store`); a JSON body that is not Unicode text gets a 422
+naming the byte; which keys a JSON body gives twice
 (`repeated_json_keys`, refused by the app: a JSON parser keeps the last).
 Does not know: routes, request fields or the model (see `vrp.serve.app`).
 """
@@ -51,6 +52,8 @@ class Guard:
                     break
                 chunks.append(chunk)
                 more = msg.get("more_body", False)
+        if refused is None:
+            refused = _undecodable_json(headers, b"".join(chunks))
         if refused is not None:
             return await refused(scope, receive, self._with_headers(send))
         scope, body = with_plain_filenames(scope, headers, b"".join(chunks))
@@ -92,6 +95,23 @@ class Guard:
                 msg = {**msg, "headers": hs}
             await send(msg)
         return wrapped
+
+
+def _undecodable_json(headers: dict[str, str], body: bytes) -> Response | None:
+    """A 422 naming the byte when a body declared as JSON is not text in the Unicode encoding a JSON parser detects
+    (`json.detect_encoding`: UTF-8, or UTF-16/32 by their BOM or zero bytes; RFC 8259 section 8.1), else None.
+    FastAPI would answer such a body with a bare 400."""
+    import json
+
+    if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json" or not body:
+        return None
+    encoding = json.detect_encoding(body)
+    try:
+        body.decode(encoding)
+    except UnicodeDecodeError as e:
+        msg = f"the request body is not {encoding.upper()} text: byte 0x{body[e.start]:02X} at offset {e.start}"
+        return error_response(422, "invalid_request", msg, [{"loc": "body", "msg": msg}])
+    return None
 
 
 def repeated_json_keys(body: bytes) -> list[str]:
