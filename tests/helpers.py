@@ -106,3 +106,62 @@ def tiny_train_config(model_dir: Path, **overrides: Any) -> Any:
                 lora_alpha=16, lora_dropout=0.0, learning_rate=1e-2, warmup_steps=1,
                 lr_scheduler="constant_with_warmup", seed=0)
     return TrainConfig(**{**base, **overrides})
+
+
+# --- shared-prefix packing exactness (tests/test_packing*.py) ---------------------------------------------------
+PACK_EOS = 2  # the bundled tokenizer's EOS (`<|im_end|>`), also the pad id of the packed batches
+
+
+def random_ids(gen: Any, n: int) -> list[int]:
+    """n random token ids in [3, 5000) from the torch generator `gen`."""
+    import torch
+
+    return torch.randint(3, 5000, (n,), generator=gen).tolist()
+
+
+def make_videos() -> list[Any]:
+    """Three encoded videos of different prompt lengths (40, 25, 60 tokens); `b` has a single comment, `a` has a
+    1-token-plus-EOS comment."""
+    import torch
+
+    from vrp.prompts import EncodedVideo
+
+    g = torch.Generator().manual_seed(1)
+    comp = lambda n: random_ids(g, n - 1) + [PACK_EOS]  # noqa: E731
+    return [EncodedVideo("a", random_ids(g, 40), [comp(12), comp(9), comp(15), comp(2)]),
+            EncodedVideo("b", random_ids(g, 25), [comp(7)]),
+            EncodedVideo("c", random_ids(g, 60), [comp(4), comp(6), comp(2), comp(8)])]
+
+
+def with_lora(model: Any, target_modules: Any = "all-linear") -> Any:
+    """`model` with a PEFT LoRA adapter (r 4, on `target_modules`: all linear layers by default) whose A and B are
+    both random (so every adapter weight has a gradient), in eval mode."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=target_modules, init_lora_weights=False)
+    return get_peft_model(model, cfg).eval()
+
+
+def grads(model: Any) -> dict[str, Any]:
+    """The gradients of the trainable parameters by name (copies); zeroes them."""
+    out = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def packed_loss(model: Any, rows: list[Any], mode: str, rows_per_batch: int) -> Any:
+    """Mean NLL per target over all rows, as the training loop computes it (sum over batches / total N); runs
+    backward and returns the detached loss."""
+    import torch
+
+    from vrp.loss import loss_sum
+    from vrp.packing import collate
+
+    total, n = torch.zeros(()), 0
+    for i in range(0, len(rows), rows_per_batch):
+        s, k = loss_sum(model, collate(rows[i:i + rows_per_batch], PACK_EOS, mode))
+        assert s.dtype == torch.float32 and s.ndim == 0
+        total, n = total + s, n + k
+    loss = total / n
+    loss.backward()
+    return loss.detach()

@@ -60,7 +60,7 @@ def test_run_config_is_read_once_and_gives_model_and_prompt(tmp_path: Path, monk
     assert len(reads) == 1
     with pytest.raises(ConfigError, match="run: .*nope is not a vrp run directory"):
         RunDir(tmp_path / "nope").model_spec()
-    (run.config_path).write_text("max_prompt_tokens: lots\n")
+    (run.config_path).write_text("model: some/model\nmax_prompt_tokens: lots\n")
     with pytest.raises(VrpError, match="config.yaml: option 'max_prompt_tokens' must be an integer"):
         RunDir(run.path).prompt_config()
 
@@ -105,7 +105,7 @@ def test_dataset_fingerprint_follows_the_split_files(tmp_path: Path) -> None:
 
 def test_collect_dir_files(tmp_path: Path) -> None:
     d = CollectDir(tmp_path / "c")
-    with d.lock():
+    with d.lock("vrp collect"):
         d.append_video({"id": "AAAAAAAAAAA"})
         d.append_skipped({"id": "BBBBBBBBBBB", "reason": "private", "permanent": True})
         d.append_skipped({"id": "BBBBBBBBBBB", "reason": "rate_limited", "permanent": False})

@@ -479,6 +479,18 @@ def test_broken_model_dirs_are_one_line_errors(tmp_path, capsys, tiny_model_dir)
     gen = ["generate", "--transcript", "hi", "--precision", "fp32", "--out", str(tmp_path / "p.csv"), "--model"]
     one_line_error(capsys, [*gen, str(notok)], "no tokenizer files")
     one_line_error(capsys, [*gen, str(corrupt)], "error: --model: ", "corrupt", "cannot load")
+    noweights = tmp_path / "noweights"  # config and tokenizer, no weights: named, and `train` writes no run dir
+    shutil.copytree(tiny_model_dir, noweights, ignore=shutil.ignore_patterns("*.safetensors"))
+    one_line_error(capsys, [*gen, str(noweights)], f"--model: {noweights}: the directory has no model weights",
+                   "model.safetensors")
+    from helpers import write_splits
+
+    from vrp.records import Comment, Video
+
+    write_splits(tmp_path / "ds", [Video("v", "t", "words", [Comment("c")])], [])
+    one_line_error(capsys, ["train", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--model",
+                            str(noweights)], "no model weights")
+    assert not (tmp_path / "run").exists()
 
 
 def test_garbage_gguf_is_an_error_and_leaves_no_cache_dir(tmp_path, capsys, monkeypatch) -> None:

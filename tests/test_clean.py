@@ -24,6 +24,12 @@ def test_strip_tags_removes_inline_timing_and_cue_tags():
     assert clean.clean_caption_line('<font color="#ffff00">it&amp;#39;s</font>   here ') == "it's here"
 
 
+@pytest.mark.parametrize("text", ["if x < 5 and y > 3 we stop", "I <3 you >_<", "a -> b <= c", "<no tag here>",
+                                  "<i love it>", "x<y and y>z", "&lt;i&gt; is the tag"])
+def test_strip_tags_keeps_angle_brackets_that_open_no_tag(text):
+    assert clean.strip_tags(text) == text
+
+
 def test_remove_annotations_drops_bracketed_sound_labels_but_not_speech():
     assert clean.remove_annotations("[Music] so [Applause] today ♪ la ♪ (really)") == "so today la (really)"
     assert clean.remove_annotations("arrays like a[i] work") == "arrays like a[i] work"

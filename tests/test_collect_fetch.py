@@ -322,12 +322,11 @@ def test_bad_options_and_locked_dir(tmp_path):
         config(comments_per_video=0)
     with pytest.raises(ConfigError, match="languages: needs at least one language code"):
         config(languages=" , ")
-    import fcntl
+    from vrp.locks import DirLock
 
-    (tmp_path / "out").mkdir()
-    with open(tmp_path / "out" / ".collect.lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(VrpError, match="another `vrp collect`"):
+    with DirLock(tmp_path / "out", "vrp collect"):  # another collector's lock (flock: per open file, so in-process)
+        with pytest.raises(ConfigError, match=r"out: .*out: another `vrp collect` \(pid \d+.*\) is writing to this "
+                                              r"directory"):
             collect([VID], tmp_path / "out", config(), ydl_factory=world.factory, transcript_api=FakeTranscriptApi())
 
 

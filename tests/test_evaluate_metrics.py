@@ -98,6 +98,18 @@ def test_random_baseline_known_candidate_sets():
     assert s["mrr"] == pytest.approx(((1 + 1 / 2 + 1 / 3) / 3 + (1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 5) / 5) / 2)
 
 
+def test_recall_at_k_is_not_reported_when_some_item_has_k_or_fewer_candidates():
+    """Among n <= k candidates every rank is <= k: Recall@k would be 1 for any scores, so it is None."""
+    worst = M.tie_aware_stats(-9.0, [0.0, 1.0, 2.0, 3.0], ks=(1, 5, 10))   # last of 5 candidates
+    assert worst.recall == {1: 0.0, 5: 1.0, 10: 1.0}
+    big = [M.tie_aware_stats(1.0, [0.0] * 11, ks=(1, 5, 10))]               # first of 12
+    s = M.summarize_ranks([[worst], big])
+    assert s["recall_at_1"] == 0.5 and s["recall_at_5"] is None and s["recall_at_10"] is None
+    assert s["min_candidates"] == 5 and s["mean_candidates"] == pytest.approx(8.5)
+    s = M.summarize_ranks([big])
+    assert s["recall_at_10"] == 1.0 and s["min_candidates"] == 12
+
+
 def test_bootstrap_ci_contains_mean_and_is_deterministic():
     vals = [0.1, 0.4, -0.2, 0.3, 0.25, 0.05, 0.6]
     m, lo, hi = M.bootstrap_ci(vals, seed=1, n_resamples=2000)

@@ -99,9 +99,12 @@ def test_evaluate_setups_and_ranking_options():
     from vrp.errors import ConfigError
     from vrp.evaluate.config import EvaluateConfig
 
-    cfg = EvaluateConfig(presets="greedy,nucleus", rerank=[0, 10])
-    assert cfg.setups() == [("greedy", "greedy", 0), ("nucleus", "nucleus", 0),
-                            ("nucleus+rerank10", "nucleus", 10)]               # greedy is never reranked
+    cfg = EvaluateConfig(presets="beam,nucleus", rerank=[0, 10])
+    assert cfg.setups() == [("beam", "beam", 0), ("beam+rerank10", "beam", 10), ("nucleus", "nucleus", 0),
+                            ("nucleus+rerank10", "nucleus", 10)]
+    assert EvaluateConfig(presets="greedy,nucleus").setups() == [("greedy", "greedy", 0), ("nucleus", "nucleus", 0)]
+    with pytest.raises(ConfigError, match="rerank: preset greedy gives a single comment"):  # as `vrp generate`
+        EvaluateConfig(presets="greedy,nucleus", rerank=[0, 10])
     g = cfg.generate_config("nucleus", 10)
     assert (g.rerank, g.num_comments, g.rerank_lambda) == (10, 5, cfg.rerank_lambda)
     assert EvaluateConfig(ranking="pmi").ranking_list() == ["pmi"]

@@ -279,6 +279,61 @@ def test_cli_errors(tmp_path, tiny_model_dir, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_settings_that_make_a_metric_meaningless_are_refused_before_any_model_is_loaded(tmp_path, capsys):
+    """Candidates that the real comments fill leave no distractor (Recall@1 = MRR = 1 for any model and for random);
+    greedy with reranking would be dropped: both are one-line errors, before a model is loaded (the model path does
+    not exist), and `vrp generate` refuses greedy + rerank with the same rule."""
+    from helpers import one_line_error
+
+    ds = write_dataset(tmp_path / "ds", comments_per_video=3)
+    model = ["evaluate", "--data", str(ds), "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "o")]
+    one_line_error(capsys, [*model, "--num-candidates", "3"],
+                   "error: --num-candidates: must exceed the real comments per video so that each is ranked against "
+                   "at least one distractor: video 'v7' has 3", "give at least 4; got 3")
+    line = one_line_error(capsys, [*model, "--presets", "greedy", "--rerank", "3", "--num-comments", "1"],
+                          "error: --rerank: preset greedy gives a single comment")
+    same = one_line_error(capsys, ["generate", "--model", str(tmp_path / "no-such-model"), "--transcript", "hi",
+                                   "--preset", "greedy", "--rerank", "3", "--out", str(tmp_path / "g.csv")])
+    assert same == line
+    assert not (tmp_path / "o").exists() and not (tmp_path / "g.csv").exists()
+
+
+def test_check_candidate_count_counts_distinct_real_comments_up_to_25():
+    from vrp.errors import ConfigError
+    from vrp.evaluate.candidates import MAX_REAL, check_candidate_count
+
+    dup = Video("d", "t", "x", [Comment("Same text"), Comment("same  TEXT"), Comment("other")])
+    check_candidate_count([dup], 3)                                # 2 distinct real comments: 1 distractor is left
+    with pytest.raises(ConfigError, match=r"num_candidates: .*video 'd' has 2 .* give at least 3; got 2"):
+        check_candidate_count([dup], 2)
+    many = Video("m", "t", "x", [Comment(f"comment {i}") for i in range(40)])
+    check_candidate_count([many], MAX_REAL + 1)                    # only the best 25 are ranked
+    with pytest.raises(ConfigError, match=rf"has {MAX_REAL} \(at most {MAX_REAL} count\)"):
+        check_candidate_count([many], MAX_REAL)
+
+
+def test_a_video_without_distractors_is_left_out_of_the_ranking():
+    from vrp.evaluate.pmi import pmi_ranks
+
+    assert E._ranks([(-2.0, 2), (-4.0, 2)], []) == []
+    assert [s.num_candidates for s in E._ranks([(-2.0, 2)], [(-3.0, 3), (-1.0, 1)])] == [3]
+    row = {"own_all": [(-2.0, 2)], "no_video_all": [(-2.0, 2)], "n_real": 1}
+    assert pmi_ranks(row, 0.5) == []
+    summary = E.ranking_summary([{"rank_full": [], "rank_title": []},
+                                 {"rank_full": E._ranks([(-1.0, 1)], [(-3.0, 1)] * 11),
+                                  "rank_title": E._ranks([(-1.0, 1)], [(-3.0, 1)] * 11)}])
+    assert summary["own_prompt"]["videos"] == 1 and summary["own_prompt"]["recall_at_10"] == 1.0
+    assert summary["random_baseline"]["recall_at_1"] == pytest.approx(1 / 12)
+    # with no-video scores: PMI is cross-fitted over videos with distractors only, and needs two of them
+    rows = [{"rank_full": [], "rank_title": [], "own_all": [(-1.0, 1)], "no_video_all": [(-1.0, 1)], "n_real": 1},
+            {"rank_full": E._ranks([(-1.0, 1)], [(-3.0, 1)]), "rank_title": [], "n_real": 1,
+             "own_all": [(-1.0, 1), (-3.0, 1)], "no_video_all": [(-2.0, 1), (-2.0, 1)]}]
+    assert "pmi" not in E.ranking_summary(rows)
+    rows.append({**rows[1]})
+    pmi = E.ranking_summary(rows)["pmi"]
+    assert pmi["videos"] == 2 and pmi["fold_videos"] == [1, 1] and rows[0]["rank_pmi"] == []
+
+
 def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
     """A `vrp train`-style run dir (config.yaml + adapter/ + metrics.jsonl): evaluated with its adapter, chart made."""
     import torch
@@ -302,6 +357,7 @@ def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_
     reads: list[str] = []
     load_yaml = vrp.options.load_yaml
     monkeypatch.setattr(vrp.options, "load_yaml", lambda path: reads.append(str(path)) or load_yaml(path))
+    monkeypatch.setattr(E, "mauve_available", lambda: True)  # as with vrp[mauve]: too few comments is then said
     assert _run(["evaluate", "--data", str(ds / "validation.jsonl"), "--run", str(run), "--out", str(out),
                  "--presets", "greedy", "--max-new-tokens", "4", "--max-gen-videos", "3", "--num-candidates", "6",
                  "--quiet", "--precision", "fp32"]) == 0
@@ -315,6 +371,17 @@ def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_
     assert "loss_run-a.png" in m["files"] and (out / "loss_run-a.png").stat().st_size > 1000
     assert m["data"]["train_comments"] == 0 and any("no training split" in n for n in m["data"]["notes"])
     assert m["candidates"]["mean_by_source"]["frequent_training"] == 0
+    # 6 candidates of which 2 real: each real comment is ranked among 5, so Recall@5 and Recall@10 measure nothing
+    for scoring in ("own_prompt", "title_only", "random_baseline", "pmi"):
+        rk = ft["ranking"][scoring]
+        assert rk["recall_at_5"] is None and rk["recall_at_10"] is None and 0 <= rk["recall_at_1"] <= 1, scoring
+    assert ft["ranking"]["own_prompt"]["min_candidates"] == 5
+    report = (out / "report.md").read_text()
+    assert "up to 100 candidates" not in report and "target 6" in report
+    assert ft["generation"]["greedy"]["mauve"] is None and ("MAUVE of run-a/greedy not computed: 3 generated and 6 "
+                                                            "real comments, it needs 10 on each side") in report
+    assert ("ranked among itself and its video's distractors: 5.0 candidates on average, 5 at least" in report
+            and "Recall@5, Recall@10 not reported (–)" in report)
 
 
 def test_minilm_embedder_offline():

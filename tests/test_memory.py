@@ -208,3 +208,63 @@ def test_allocated_peak_measures_without_profiler_lines_on_stderr(capfd: pytest.
     assert memory.allocated_peak(step, "cpu") >= 1 << 22
     err = capfd.readouterr().err
     assert "profiler_start" not in err and "profiler_stop" not in err and "from the step" in err
+
+
+def test_a_run_past_its_budget_says_so_at_the_end(tmp_path: Path, tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    """A plan that fits on paper (the fixed part and the row cost pinned at 1 MB) under a 20 MB budget that the
+    process's resident set is far above: the run ends with one warning line and `memory_budget_exceeded`; a budget
+    the run keeps gives neither."""
+    data = _dataset(tmp_path / "data")
+    monkeypatch.setattr(memory, "in_use_bytes", lambda device: 10 ** 6)
+    monkeypatch.setattr(memory, "measure_row_bytes", lambda *a: 10 ** 6)
+    over = train(_cfg(tiny_model_dir, max_memory="20MB"), data, tmp_path / "over", progress=False)
+    err = capsys.readouterr().err
+    warned = [ln for ln in err.splitlines() if ln.startswith("warning: the run's peak memory")]
+    assert len(warned) == 1 and "(RSS) went past max_memory 20 MB by" in warned[0], err
+    assert "the plan predicted" in warned[0] and "set a lower max_memory" in warned[0]
+    saved = json.loads((tmp_path / "over" / "metrics.json").read_text())
+    assert saved["memory_budget_exceeded"] is True and over["memory_budget_exceeded"] is True
+    assert saved["memory_over_budget_bytes"] == saved["peak_rss_bytes"] - 20 * 10 ** 6 > 0
+    kept = train(_cfg(tiny_model_dir, max_memory="20GB"), data, tmp_path / "kept", progress=False)
+    assert "peak memory" not in capsys.readouterr().err
+    assert (kept["memory_budget_exceeded"], kept["memory_over_budget_bytes"]) == (False, 0)
+    free = train(_cfg(tiny_model_dir), data, tmp_path / "free", progress=False)
+    assert free["memory_budget_exceeded"] is None  # no budget, nothing to keep
+
+
+def test_the_plan_models_gradient_checkpointing(monkeypatch, capsys) -> None:
+    """The terms of the plan with `gradient_checkpointing`, on the numbers of a measured SmolLM2-135M run
+    (`--gradient-checkpointing --packing none --tiers`, 384-token rows, 2026-12-07): 850 MB fixed, a checkpointed row
+    of 100 MB, a measured peak RSS of 1.418 GB with one row per micro-batch. The slack of an unchecked plan (2.8 row
+    costs) predicted 1.23 GB; the checkpointed slack covers the measured peak."""
+    from types import SimpleNamespace
+
+    from vrp.model import Precision
+
+    mb = 10 ** 6
+    monkeypatch.setattr(memory, "in_use_bytes", lambda device: 850 * mb)
+    monkeypatch.setattr(memory, "measure_row_bytes", lambda *a: 100 * mb)
+    monkeypatch.setattr(memory, "loading_peak", lambda device: 0)
+    model, rows = torch.nn.Linear(2, 2, bias=False), [SimpleNamespace(num_tokens=384)]
+    model.weight.requires_grad_(False)  # no trainable bytes: the fixed part is exactly the pinned 850 MB
+    prec = Precision("cpu", torch.float32, None)
+
+    def plan(gc: bool, budget: str = "3GB") -> memory.MemoryPlan:
+        return memory.plan_memory(model, rows, 0, TrainConfig(max_memory=budget, gradient_checkpointing=gc,
+                                                              batch_size=1), prec)
+
+    with_gc, without = plan(True), plan(False)
+    assert without.slack == int(memory.HEAP_SLACK_ROWS * 100 * mb) and without.predicted_peak < 1.418e9
+    assert with_gc.slack == int(memory.HEAP_SLACK_ROWS_CHECKPOINTED * 100 * mb) == 550 * mb
+    assert with_gc.predicted_peak == 1500 * mb > 1.418e9  # the measured peak is inside the plan
+    with pytest.raises(ConfigError, match=r"max_memory: 1.15 GB cannot fit one row of 384 tokens: that needs about "
+                                          r"1.50 GB") as e:
+        plan(True, "1.15GB")  # the issue's budget: refused at the start instead of a 1.39 GB run
+    assert "gradient_checkpointing" not in e.value.message  # already on: not suggested again
+    monkeypatch.setattr(memory, "loading_peak", lambda device: 1273 * mb)
+    capsys.readouterr()
+    plan(True)
+    assert "warning: loading the model already reached 1.27 GB, more than max_memory" not in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        plan(True, "1.2GB")
+    assert "warning: loading the model already reached 1.27 GB, more than max_memory 1.20 GB" in capsys.readouterr().err

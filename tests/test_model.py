@@ -40,8 +40,8 @@ def test_precision_choice_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (p.weight_dtype, p.autocast_dtype) == (torch.float32, None)
     with pytest.raises(ConfigError, match="precision: bf16: this CPU"):
         vm.resolve_precision("bf16", "none", "cpu")
-    with pytest.raises(ConfigError, match="quantization: 4bit"):
-        vm.resolve_precision("auto", "4bit", "cpu")
+    p = vm.resolve_precision("auto", "4bit", "cpu")  # QLoRA on a CPU: NF4 weights, fp32 compute here (tests/test_qlora)
+    assert (p.load_in_4bit, p.weight_dtype, p.autocast_dtype) == (True, torch.float32, None)
     with pytest.raises(ConfigError, match="precision: fp16"):
         vm.resolve_precision("fp16", "none", "cpu")
     with pytest.raises(ConfigError, match="precision: choose from auto, bf16, fp16, fp32, got 'fp8'"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_llama
+from helpers import grads, make_videos, packed_loss, random_ids, tiny_llama, with_lora
 
 from vrp.errors import VrpError
 from vrp.loss import loss_sum, model_attention_mask, target_logits
@@ -21,43 +21,12 @@ LOGIT_ATOL = 1e-5  # logits are O(1-10): fp32 rounding across different sequence
 
 
 def _ids(gen: torch.Generator, n: int) -> list[int]:
-    return torch.randint(3, 5000, (n,), generator=gen).tolist()
-
-
-def make_videos() -> list[EncodedVideo]:
-    """Three videos of different prompt lengths; `b` has a single comment, `a` has a 1-token-plus-EOS comment."""
-    g = torch.Generator().manual_seed(1)
-    comp = lambda n: _ids(g, n - 1) + [EOS]  # noqa: E731
-    return [EncodedVideo("a", _ids(g, 40), [comp(12), comp(9), comp(15), comp(2)]),
-            EncodedVideo("b", _ids(g, 25), [comp(7)]),
-            EncodedVideo("c", _ids(g, 60), [comp(4), comp(6), comp(2), comp(8)])]
+    return random_ids(gen, n)
 
 
 def lora(tokenizer, impl: str):
     """Tiny Llama with a LoRA adapter whose A and B are both random (so every adapter weight has a gradient)."""
-    from peft import LoraConfig, get_peft_model
-
-    model = tiny_llama(tokenizer, attn_implementation=impl, initializer_range=SHARP)
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
-    return get_peft_model(model, cfg).eval()
-
-
-def grads(model) -> dict[str, torch.Tensor]:
-    out = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad(set_to_none=True)
-    return out
-
-
-def packed_loss(model, rows: list[Row], mode: str, rows_per_batch: int) -> torch.Tensor:
-    """Mean NLL per target over all rows, as the training loop computes it (sum over batches / total N); backward."""
-    total, n = torch.zeros(()), 0
-    for i in range(0, len(rows), rows_per_batch):
-        s, k = loss_sum(model, collate(rows[i:i + rows_per_batch], EOS, mode))
-        assert s.dtype == torch.float32 and s.ndim == 0
-        total, n = total + s, n + k
-    loss = total / n
-    loss.backward()
-    return loss.detach()
+    return with_lora(tiny_llama(tokenizer, attn_implementation=impl, initializer_range=SHARP))
 
 
 def test_make_rows_none_and_greedy_split():

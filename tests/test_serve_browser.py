@@ -3,6 +3,7 @@ against uvicorn on 127.0.0.1, with the tiny random Llama (or, for a nicer docs s
 VRP_SCREENSHOT_MODEL, e.g. smollm2-135m). Saves docs/serve.png when VRP_UPDATE_SCREENSHOT=1, else a temp file."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -23,9 +24,11 @@ TRANSCRIPT = ("Hi everyone, welcome back to the kitchen. Today I'll show you thr
               "sourdough loaf: feed your starter the night before, use less water than you think, and bake it in "
               "a very hot covered pot. Let me know in the comments how yours turns out!")
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} not found: install Debian's browser with "
-                                       "`apt-get install -y chromium` (this test never downloads one)")
+pytestmark = [pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                 reason=f"{CHROMIUM} not found: install Debian's browser with "
+                                        "`apt-get install -y chromium` (this test never downloads one)"),
+              pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
+                                 reason="playwright not installed: pip install -e '.[dev]'")]
 
 
 def _loaded(tokenizer):

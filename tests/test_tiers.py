@@ -168,6 +168,37 @@ def test_tier_accuracy_confusion_and_pairwise():
     assert pairwise([r for r in recs if r["tier"] != "low"], "top")["share"] is None
 
 
+def _entry(records):
+    return {"accuracy": tier_accuracy(records), "pairwise": {k: pairwise(records, k) for k in ("top", "any", "low")},
+            "generation": {}}
+
+
+def test_summary_and_report_say_when_no_video_has_both_a_top_and_a_low_comment():
+    from vrp.evaluate.tiers import tier_markdown, tier_summary
+
+    no_low = [_rec(0, "top", -1, -2, -3, -2), _rec(0, "typical", -5, -4, -6, -5), _rec(1, "top", -4, -3, -5, -3)]
+    line = tier_summary("run", _entry(no_low))
+    assert line == ("run: tier accuracy 0.667 (chance 0.667, 3 comments); no held-out video has both a top and a "
+                    "low comment, so there is no pairwise comparison")
+    assert "nan" not in line
+    both = [*no_low, _rec(1, "low", -9, -9, -2, -1)]
+    assert tier_summary("run", _entry(both)).endswith("top comment more likely than low under the top marker in "
+                                                       "1.000 of 1 videos")
+    section = {"source": "likes", "markers": {}, "notes": [], "real": {"comments": 0},
+               "models": {"run": _entry(no_low)}}
+    report = "\n".join(tier_markdown(section))
+    assert "Note: no held-out video has both a top and a low comment" in report and "nan" not in report
+
+
+def test_summary_and_report_say_when_no_comment_has_a_tier():
+    from vrp.evaluate.tiers import tier_markdown, tier_summary
+
+    line = tier_summary("base", _entry([]))
+    assert line.startswith("base: no held-out comment has a tier, so there is no tier accuracy; no held-out video")
+    section = {"source": "likes", "markers": {}, "notes": [], "real": {"comments": 0}, "models": {"base": _entry([])}}
+    assert "Note: no held-out comment has a tier" in "\n".join(tier_markdown(section))
+
+
 def test_real_comment_differences_without_a_model():
     class Embed:  # "thanks" is generic, everything else is not
         def encode(self, texts):

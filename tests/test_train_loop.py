@@ -129,8 +129,8 @@ def test_packing_none_and_shared_prefix_learn_the_same(tmp_path: Path, data: Pat
 
 
 def test_config_errors(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="quantization: 4bit"):
-        train(cfg(tiny_model_dir, quantization="4bit", device="cpu"), data, tmp_path / "r1", progress=False)
+    with pytest.raises(ConfigError, match="quantization: choose from none, 4bit, got '8bit'"):
+        train(cfg(tiny_model_dir, quantization="8bit", device="cpu"), data, tmp_path / "r1", progress=False)
     with pytest.raises(ConfigError, match="precision: fp16"):
         train(cfg(tiny_model_dir, precision="fp16", device="cpu"), data, tmp_path / "r2", progress=False)
     with pytest.raises(ConfigError, match="packing: choose from shared_prefix, none, got 'zip'"):

@@ -107,3 +107,92 @@ def test_cli_transcript_prints_text_and_json(capsys):
     assert capsys.readouterr().out.startswith("[Music] we're live")
     assert main(["transcript", str(FIX / "missing.srt")]) == 2
     assert "missing.srt: file not found" in capsys.readouterr().err
+
+
+# --- markup, zero-duration cues and unnumbered SubRip cues, in every caption format vrp reads --------------------
+
+COMPARISON = "if x < 5 and y > 3 we stop"
+VTT_HEAD = "WEBVTT\n\n"
+
+
+@pytest.mark.parametrize("name, data", [
+    ("c.vtt", f"{VTT_HEAD}00:00:01.000 --> 00:00:03.000\n{COMPARISON}\n"),
+    ("c.srt", f"1\n00:00:01,000 --> 00:00:03,000\n{COMPARISON}\n"),
+    ("c.sbv", f"0:00:01.000,0:00:03.000\n{COMPARISON}\n"),
+    ("c.json3", json.dumps({"events": [{"tStartMs": 1000, "dDurationMs": 2000, "segs": [{"utf8": COMPARISON}]}]})),
+    ("c.json", json.dumps([{"text": COMPARISON, "start": 1.0, "duration": 2.0}])),
+    ("c.json", json.dumps([{"start": 1.0, "end": 3.0, "text": COMPARISON}])),
+])
+def test_angle_brackets_that_open_no_tag_are_text_in_every_format(name, data):
+    assert segments_to_text(parse_transcript_bytes(data.encode(), name)) == COMPARISON
+
+
+@pytest.mark.parametrize("name, data, want", [
+    ("t.vtt", f"{VTT_HEAD}00:00:01.000 --> 00:00:03.000\n<v.loud Esme>I <3 <c.yellow>this</c></v> <i>-></i> "
+              f"<lang en-GB>colour</lang> <ruby>漢<rt>kan</rt></ruby><00:00:02.500> ok\n",
+     "I <3 this -> colour 漢kan ok"),
+    ("t.srt", '1\n00:00:01,000 --> 00:00:03,000\n<B>a</B> <font color="#ff0">b</font> <u>c</u> <s>d</s> > e\n',
+     "a b c d > e"),
+])
+def test_real_tags_are_removed_and_other_angle_brackets_kept(name, data, want):
+    assert segments_to_text(parse_transcript_bytes(data.encode(), name)) == want
+
+
+@pytest.mark.parametrize("name, data", [
+    ("z.vtt", f"{VTT_HEAD}00:00:01.000 --> 00:00:03.000\nwelcome\n\n00:00:05.000 --> 00:00:05.000\nsecret text\n\n"
+              "00:00:06.000 --> 00:00:08.000\nhello\n"),
+    ("z.srt", "1\n00:00:01,000 --> 00:00:03,000\nwelcome\n\n2\n00:00:05,000 --> 00:00:05,000\nsecret text\n\n"
+              "3\n00:00:06,000 --> 00:00:08,000\nhello\n"),
+    ("z.sbv", "0:00:01.000,0:00:03.000\nwelcome\n\n0:00:05.000,0:00:05.000\nsecret text\n\n"
+              "0:00:06.000,0:00:08.000\nhello\n"),
+    ("z.json3", json.dumps({"events": [{"tStartMs": 1000, "dDurationMs": 2000, "segs": [{"utf8": "welcome"}]},
+                                       {"tStartMs": 5000, "dDurationMs": 0, "segs": [{"utf8": "secret text"}]},
+                                       {"tStartMs": 6000, "dDurationMs": 2000, "segs": [{"utf8": "hello"}]}]})),
+    ("z.json", json.dumps([{"text": "welcome", "start": 1, "duration": 2},
+                           {"text": "secret text", "start": 5, "duration": 0},
+                           {"text": "hello", "start": 6, "duration": 2}])),
+])
+def test_zero_duration_cues_are_not_transcript(name, data):
+    assert segments_to_text(parse_transcript_bytes(data.encode(), name)) == "welcome hello"
+
+
+def test_a_hidden_zero_duration_cue_no_longer_makes_a_plain_track_rolling():
+    """A zero-duration cue used to count as a rolling-caption snapshot, which removed a speaker's real repeats."""
+    data = (f"{VTT_HEAD}00:00:01.000 --> 00:00:02.000\nno no\n\n00:00:02.000 --> 00:00:02.000\nnote\n\n"
+            "00:00:02.000 --> 00:00:03.000\nno no\n")
+    assert segments_to_text(parse_transcript_bytes(data.encode(), "r.vtt")) == "no no no no"
+
+
+def test_times_missing_from_json_are_unknown_not_zero_and_text_files_keep_their_text(tmp_path):
+    data = json.dumps({"events": [{"tStartMs": 0, "segs": [{"utf8": "no duration given"}]}]})
+    assert segments_to_text(parse_transcript_bytes(data.encode(), "a.json3")) == "no duration given"
+    assert parse_transcript_bytes(b"plain words", "a.txt") == [Segment(0.0, 0.0, "plain words")]
+    # `vrp transcript --format json` of a .txt gives start == end == 0; reading that back keeps the text
+    assert segments_to_text(parse_transcript_bytes(json.dumps([{"start": 0, "end": 0, "text": "x"}]).encode(),
+                                                   "a.json")) == "x"
+
+
+UNNUMBERED = ("00:00:01,000 --> 00:00:02,000\nfirst\n\n00:00:03,000 --> 00:00:04,000\nsecond line\nand more\n\n"
+              "00:00:05,500 --> 00:00:06,000\nthird\n")
+
+
+def test_srt_without_cue_numbers_is_read_as_pysrt_reads_it(tmp_path):
+    segments = parse_transcript_bytes(UNNUMBERED.encode(), "n.srt")
+    assert segments == [Segment(1.0, 2.0, "first"), Segment(3.0, 4.0, "second line and more"),
+                        Segment(5.5, 6.0, "third")]
+    path = tmp_path / "n.srt"
+    path.write_text(UNNUMBERED.replace("\n", "\r\n"), encoding="utf-8")
+    assert segments_to_text(read_transcript(path)) == "first second line and more third"
+
+
+def test_srt_with_some_cue_numbers_missing_and_cues_without_blank_lines():
+    mixed = ("1\n00:00:01,000 --> 00:00:02,000\none\n\n00:00:03,000 --> 00:00:04,000\ntwo\n\n"
+             "7\n00:00:05,000 --> 00:00:06,000\nthree\n00:00:07,000 --> 00:00:08,000\nfour\n")
+    assert [(s.start, s.text) for s in parse_transcript_bytes(mixed.encode(), "m.srt")] == [
+        (1.0, "one"), (3.0, "two"), (5.0, "three"), (7.0, "four")]
+
+
+def test_a_file_that_is_not_srt_still_says_what_an_srt_starts_with():
+    with pytest.raises(VrpError, match=r"x\.srt: not a valid SubRip \(\.srt\) file; it must start with a cue number "
+                                       r"or a timing line"):
+        parse_transcript_bytes(b"just some words\nmore words\n", "x.srt")

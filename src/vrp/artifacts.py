@@ -2,7 +2,7 @@
 base class of `vrp.rundir.RunDir`.
 
 Knows: each directory's file names and layout, the one fingerprint of a dataset's split files, and how each file is
-written (atomically, append-only for the collector's JSONL files, a lock for one collector per dir), and which
+written (atomically, append-only for the collector's JSONL files; one writing command per dir, `vrp.locks`), and which
 directories `overwrite` may replace (`_Dir.check_replaceable`: one recognisably of its kind - a run dir has
 config.yaml or checkpoints/, a dataset dir its split files or manifest.json, a report dir report.md or a report's
 metrics.json - that is not the current directory, the root, the home directory or one holding them, nor an input).
@@ -12,13 +12,12 @@ Errors: a missing or wrong directory is a `ConfigError` naming the argument that
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from vrp.errors import ConfigError, VrpError
 from vrp.io import (
@@ -26,10 +25,12 @@ from vrp.io import (
     check_writable,
     current_umask,
     iter_jsonl_rows,
+    loads_json,
     repair_torn_tail,
     write_json_atomic,
     write_jsonl_atomic,
 )
+from vrp.locks import LOCK_NAME, DirLock
 from vrp.records import Video, read_videos
 
 
@@ -63,8 +64,14 @@ class _Dir:
         return f"{type(self).__name__}({str(self.path)!r})"
 
     def is_nonempty(self) -> bool:
-        """True when the path is a directory with at least one entry."""
-        return self.path.is_dir() and any(self.path.iterdir())
+        """True when the path is a directory with at least one entry besides a lock file (`vrp.locks.LOCK_NAME`:
+        a command holding the lock on a new directory has created it, and a killed one may leave it)."""
+        return self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir())
+
+    def lock(self, command: str, field: str = "out") -> DirLock:
+        """The lock a command (`vrp train`, ...) holds while it writes this directory (`vrp.locks.DirLock`; use it
+        as a context manager)."""
+        return DirLock(self.path, command, field)
 
     def is_recognised(self) -> bool:
         """True when the directory holds one of `MARKERS` (it is recognisably this kind of output)."""
@@ -120,10 +127,11 @@ class _Dir:
 # --- collect dir ----------------------------------------------------------------------------------------------
 class CollectDir(_Dir):
     """What `vrp collect` writes: `videos.jsonl` (one line per video), `skipped.jsonl` (one line per skip, the last
-    per id counts), `collect.json` (options and counts of the last run), `.collect.lock`. Each JSONL line is
+    per id counts), `collect.json` (options and counts of the last run), and while a collector runs its lock file
+    (`vrp.locks.LOCK_NAME`). Each JSONL line is
     appended in one write and flushed (`vrp.io.append_jsonl_line`), so a kill leaves at most a torn last line."""
 
-    VIDEOS, SKIPPED, SUMMARY, LOCK = "videos.jsonl", "skipped.jsonl", "collect.json", ".collect.lock"
+    VIDEOS, SKIPPED, SUMMARY = "videos.jsonl", "skipped.jsonl", "collect.json"
 
     videos_path, skipped_path = _In(VIDEOS), _In(SKIPPED)
 
@@ -157,19 +165,6 @@ class CollectDir(_Dir):
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / self.SUMMARY, summary)
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold an exclusive lock on the dir (creating it); VrpError when another collector holds it."""
-        import fcntl
-
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / self.LOCK, "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise VrpError(f"{self.path}: another `vrp collect` is writing to this directory") from None
-            yield
-
 
 # --- dataset dir ----------------------------------------------------------------------------------------------
 class DatasetDir(_Dir):
@@ -197,6 +192,20 @@ class DatasetDir(_Dir):
     def validation_videos(self) -> list[Video]:
         """The validation split ([] when the dir has none)."""
         return read_videos(self.validation_path) if self.validation_path.is_file() else []
+
+    def manifest(self) -> dict[str, Any] | None:
+        """`manifest.json` (None when the dir has none: a dataset written by hand may have only its splits). Raises
+        VrpError naming the file when it is not a JSON object."""
+        path = self.path / self.MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            m = loads_json(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError) as e:
+            raise VrpError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+        if not isinstance(m, dict):
+            raise VrpError(f"{path}: damaged dataset manifest (expected a JSON object, got {type(m).__name__})")
+        return m
 
     def fingerprint(self) -> str:
         """Hex sha256 over the split files' names and bytes (a missing file counts as empty): the same data gives the

@@ -11,7 +11,7 @@ mask whose first `p` query rows (in every row of the batch) are exactly causal, 
 which gives the same softmax over the same keys for every query (exact up to float rounding; tested against
 `sdpa`). Grouped-query attention uses SDPA's `enable_gqa` on a CPU instead of copying the key/value heads (on CUDA the
 masked kernels take no GQA, so the heads are repeated as transformers does). `p` is found once per mask
-(`causal_prefix`, cached for the mask tensor of the current forward).
+(`causal_prefix`, cached per mask tensor: each layer type of a model may have its own mask, `vrp.layer_masks`).
 Measured (SmolLM2-135M, 4 rows x 1,103 tokens, bf16, 1 thread, CPU seconds per training step): shared-prefix rows
 faster than `sdpa` and, for padded `none` rows, 17.5 s instead of 21.9 s (BENCHMARKS.md, "Training memory and step time").
 Registered with transformers as attention implementation `split_sdpa` (its masks are built like `sdpa`'s), so a
@@ -27,6 +27,11 @@ pairs a comment may attend, not the earlier comments of its row nor the padding:
 rows, 30 comments per video, one layer's attention forward + backward) 285 ms instead of 428 ms. It is used when
 it scores under `SEGMENT_BELOW` of the pairs of the split path (`scored_pairs`); with few comments per row the batched
 causal call is as fast.
+Sliding-window and chunked layers (their masks restricted by `vrp.layer_masks`) run through the same function and
+stay exact: `causal_prefix` counts only query rows that are exactly causal (a window of W keys ends it at W at most),
+and `row_plans` accepts only masks that are exactly shared-prefix rows, so a window or chunk that cuts into a row
+sends the batch to the split path, whose masked tail applies the mask as it is; a window longer than every logical
+sequence leaves the mask unchanged and the segment path applies.
 Does not know: how masks are built (`vrp.packing`, `vrp.loss.model_attention_mask`).
 """
 from __future__ import annotations
@@ -39,7 +44,8 @@ import torch
 NAME = "split_sdpa"
 MIN_PREFIX = 16  # below this the split saves less than the second kernel call costs
 SEGMENT_BELOW = 0.8  # use `SegmentAttention` when it scores fewer than this share of the split path's pairs
-_cache: dict[str, Any] = {"mask": None, "prefix": 0, "plan": None}
+CACHED_MASKS = 4  # masks remembered: one per layer type of a forward (full, sliding, chunked; `vrp.layer_masks`)
+_cache: list[tuple[torch.Tensor, int, Any]] = []  # (mask, causal prefix, row plans or None), newest first
 
 
 @dataclass
@@ -140,14 +146,31 @@ def causal_prefix(mask: torch.Tensor) -> int:
     return int(bad[0, 0]) if bad.numel() else q
 
 
+def _entry(mask: torch.Tensor) -> tuple[torch.Tensor, int, Any]:
+    """`(mask, causal_prefix(mask), _worth_segments(...))`, computed once per mask tensor: the layers of one type
+    share their mask in a forward, and a model with sliding-window or chunked layers alternates between up to
+    `CACHED_MASKS` masks (`vrp.layer_masks`)."""
+    for e in _cache:
+        if e[0] is mask:
+            return e
+    prefix = causal_prefix(mask)
+    e = (mask, prefix, _worth_segments(mask, prefix))
+    _cache.insert(0, e)
+    del _cache[CACHED_MASKS:]
+    return e
+
+
 @torch.compiler.disable
 def _prefix_of(mask: torch.Tensor) -> int:
-    """`causal_prefix(mask)`, computed once per mask tensor (all layers of a forward share the mask); run eagerly
-    under `torch.compile` (its result depends on the mask's values)."""
-    if _cache["mask"] is not mask:
-        prefix = causal_prefix(mask)
-        _cache["mask"], _cache["prefix"], _cache["plan"] = mask, prefix, _worth_segments(mask, prefix)
-    return int(_cache["prefix"])
+    """`causal_prefix(mask)`, cached per mask tensor (`_entry`); run eagerly under `torch.compile` (its result
+    depends on the mask's values)."""
+    return int(_entry(mask)[1])
+
+
+@torch.compiler.disable
+def _plans_of(mask: torch.Tensor) -> list[RowPlan] | None:
+    """The `SegmentAttention` row plans of the mask (`_worth_segments`, cached per mask tensor), or None."""
+    return _entry(mask)[2]
 
 
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -244,8 +267,9 @@ def split_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, va
                                       is_causal=is_causal, **kwargs)
     sdpa = torch.nn.functional.scaled_dot_product_attention
     groups = getattr(module, "num_key_value_groups", 1)   # a Python int: static under torch.compile
-    if _cache["plan"] is not None and query.device.type == "cpu" and len(_cache["plan"]) == query.shape[0]:
-        out = _segments(query, key, value, _cache["plan"], scaling, groups)
+    plans = _plans_of(attention_mask)
+    if plans is not None and query.device.type == "cpu" and len(plans) == query.shape[0]:
+        out = _segments(query, key, value, plans, scaling, groups)
         return out.transpose(1, 2).contiguous(), None
     gqa = groups > 1 and query.device.type == "cpu"       # CUDA's masked kernels take no GQA: expand there
     if groups > 1 and not gqa:

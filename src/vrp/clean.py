@@ -26,7 +26,16 @@ from vrp.errors import VrpError
 
 # A WebVTT timestamp tag such as <00:00:01.000> or <01:02.500> (WebVTT cue text "timestamp tag").
 INLINE_TIMESTAMP_RE = re.compile(r"<(?:\d+:)?\d{2}:\d{2}\.\d{3}>")
-_TAG_RE = re.compile(r"<[^<>]*>")
+# The markup tags of caption text, and only those: WebVTT's cue text tags (W3C WebVTT, "cue text": c, i, b, u, ruby, rt
+# with optional .classes; v and lang with an annotation; their end tags; timestamp tags) and the HTML-like tags SRT
+# players show (b, i, u, s, font with attributes; any case). Text with a `<` or `>` that opens no such tag (`if x < 5
+# and y > 3`, `<3`, `->`) is text; webvtt-py and pysrt remove any `<...>`, and the words between with it.
+_TAG_RE = re.compile(r"<(?:c|i|b|u|s|ruby|rt)(?:\.[\w-]+)*>"
+                     r"|<(?:v|lang)(?:\.[\w-]+)*(?:[ \t][^<>]*)?>"
+                     r"|<font(?:[ \t][^<>]*)?>"
+                     r"|</(?:c|i|b|u|s|ruby|rt|v|lang|font)[ \t]*>"
+                     r"|<(?:\d+:)?\d{2}:\d{2}\.\d{3}>", re.IGNORECASE)
+_BREAK_TAG_RE = re.compile(r"<br[ \t]*/?>", re.IGNORECASE)  # an SRT line break some editors write
 _ANNOTATION_RE = re.compile(r"(?<!\w)\[[^\[\]\n]{1,40}\]|[♪♫♬]+")
 _SPACES_RE = re.compile(r"\s+")
 # A cue this short (seconds) only re-displays text: YouTube's rolling captions emit 10 ms "snapshot" cues.
@@ -47,9 +56,11 @@ def unescape_entities(text: str, max_rounds: int = 3) -> str:
 
 
 def strip_tags(text: str) -> str:
-    """Remove markup tags: WebVTT cue tags (`<c>`, `<v Name>`, `<i>`), inline timing tags (`<00:00:01.000>`), and
-    the HTML-like tags of SRT (`<font color=..>`). The text inside the tags is kept."""
-    return _TAG_RE.sub("", text)
+    """Remove markup tags: WebVTT cue tags (`<c>`, `<c.yellow>`, `<v Name>`, `<i>`, `<lang en>`, `<ruby>`, `<rt>`),
+    inline timing tags (`<00:00:01.000>`), and the HTML-like tags of SRT (`<font color=..>`, `<b>`, `<u>`, `<s>`;
+    `<br>` becomes a space). The text inside the tags is kept, and so is a `<` or `>` that opens no tag
+    (`if x < 5 and y > 3 we stop` stays whole)."""
+    return _TAG_RE.sub("", _BREAK_TAG_RE.sub(" ", text))
 
 
 # An ASS/SSA override block: braces holding backslash codes such as {\an8}, {\i1}, {\pos(10,20)\c&H00FFFF&}

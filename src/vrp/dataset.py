@@ -274,11 +274,17 @@ def prepare(source: str | Path, out: str | Path, config: PrepareConfig | None = 
     """Import `source`, split by video (`config`, or `PrepareConfig(**options)`) and write the dataset dir `out`
     (`train.jsonl`, `validation.jsonl`, `manifest.json`; see `vrp.artifacts.DatasetDir.write`).
 
-    Returns the manifest. Refuses a non-empty `out` unless `overwrite`, and an `out` that is a file (ConfigError
-    'out'). The files appear together; a failure leaves `out` as it was.
+    Returns the manifest. Refuses a non-empty `out` unless `overwrite`, an `out` that is a file, and an `out` that
+    another command is writing (ConfigError 'out', `vrp.locks`). The files appear together; a failure leaves `out`
+    as it was.
     """
     config = config or PrepareConfig(**options)  # checked before the source is read
     source, dataset = Path(source), DatasetDir(out)
+    with dataset.lock("vrp prepare"):  # one writer per dir (`vrp.locks`)
+        return _prepare(source, dataset, config, overwrite)
+
+
+def _prepare(source: Path, dataset: DatasetDir, config: PrepareConfig, overwrite: bool) -> dict[str, Any]:
     dataset.check_new(overwrite)
     videos, stats = load_source(source)
     seen: set[str] = set()

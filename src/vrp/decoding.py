@@ -3,9 +3,9 @@
 Knows: the named presets (the original project's greedy / beam / beam-temperature / beam-sample, and our default
 `nucleus`), how to generate K comments for one prompt with transformers' `generate` after a single prefill of the
 prompt (the prompt's KV cache is computed once and repeated across the K samples or beams), and per-comment
-model log-probabilities. Generation stops at any of `prompts.stop_token_ids` (the chat template's end-of-turn token,
-all of the model's `generation_config.eos_token_id` and the tokenizer's EOS), so a model whose EOS is not the token
-that ends its turns (Llama-3 `<|eot_id|>`, Phi-3 `<|end|>`, Gemma `<end_of_turn>`) stops after its reply.
+model log-probabilities. Generation stops at any of `prompts.stop_token_ids` (the chat template's end-of-turn token
+or, in the plain prompt format, the EOS; all of the model's `generation_config.eos_token_id` and the tokenizer's
+EOS), so a model whose EOS is not the token that ends its turns (Llama-3 `<|eot_id|>`, Phi-3 `<|end|>`, Gemma `<end_of_turn>`) stops after its reply.
 Does not know: where prompts come from or where results go (see `cli.generate`).
 
 The original project (2023) passed temperature/top-k/top-p together with beam search but without `do_sample`,
@@ -136,7 +136,8 @@ def logits_processors(model: Any, preset: Preset, prompt_len: int, stops: list[i
 
 def generate_comments(model: Any, tokenizer: Any, prompt_ids: list[int], preset: str | Preset = DEFAULT_PRESET,
                       num_comments: int = 1, max_new_tokens: int = MAX_NEW_TOKENS, seed: int | None = None,
-                      share_prefill: bool = True, no_video_ids: list[int] | None = None) -> list[GeneratedComment]:
+                      share_prefill: bool = True, no_video_ids: list[int] | None = None,
+                      prompt_format: str = "auto") -> list[GeneratedComment]:
     """Generate `num_comments` comments for one prompt.
 
     prompt_ids: (prompt_len,) token ids ending with the assistant header (see `prompts.build_prompt_ids`; a caller
@@ -145,8 +146,10 @@ def generate_comments(model: Any, tokenizer: Any, prompt_ids: list[int], preset:
     With `share_prefill`, the prompt except its last token is run once (prefill, batch 1), its KV cache is repeated
     to the decoding batch (K samples, or the beams), and `generate` continues from it; the result equals a plain
     `generate` call. Every comment stops at the first of `prompts.stop_token_ids(tokenizer,
-    model.generation_config)` (the chat template's end-of-turn token, all of the model's `eos_token_id`s, the
-    tokenizer's EOS). Processors: `logits_processors` (the guard of `nucleus` / `cad` sees only the new tokens).
+    model.generation_config, prompt_format)` (the chat template's end-of-turn token, or the EOS in the plain format,
+    all of the model's `eos_token_id`s, the tokenizer's EOS); `prompt_format` is the one the prompt was rendered in
+    (a run's `PromptConfig.prompt_format`; `auto` resolves as `vrp.prompt_format.resolve_prompt_format`).
+    Processors: `logits_processors` (the guard of `nucleus` / `cad` sees only the new tokens).
     Raises VrpError for `greedy` with num_comments > 1 (it can only give one comment), for num_comments /
     max_new_tokens < 1, for `cad` without `no_video_ids`, or naming the model when its chat template is unusable
     (`prompts.chat_format`).
@@ -161,7 +164,7 @@ def generate_comments(model: Any, tokenizer: Any, prompt_ids: list[int], preset:
         raise VrpError("preset greedy gives exactly one comment; use beam, nucleus or beam-sample for several")
     if seed is not None:
         torch.manual_seed(seed)
-    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None), prompt_format)
     gc = _generation_config(model, tokenizer, p, num_comments, max_new_tokens, stops)
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)

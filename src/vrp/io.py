@@ -38,13 +38,14 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it onto `path`, on error delete it.
 
     Readers never see a half-written file, and a failed write leaves any previous file untouched. The new file gets
     the mode of the file it replaces, else the usual mode of a new file (0666 minus the umask), not the private mode
     of a temp file. Raises VrpError naming `path` when it is a directory or cannot be written (permissions, a full
-    disk, a parent that is a file).
+    disk, a parent that is a file). `replace=False`: the file is only created, never replaced (a hard link, which
+    fails when the name exists, so another command that wrote it meanwhile is not clobbered; ConfigError('out') then).
     """
     path = Path(path)
     if path.is_dir():
@@ -59,13 +60,31 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         os.chmod(tmp_path, (path.stat().st_mode & 0o7777) if path.is_file() else 0o666 & ~current_umask())
         yield tmp_path
-        os.replace(tmp_path, path)
+        if replace:
+            os.replace(tmp_path, path)
+        else:
+            _create_from(tmp_path, path)
     except OSError as e:
         raise VrpError(f"{path}: cannot write ({e.strerror or e})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
+
+
+def _create_from(tmp: Path, path: Path) -> None:
+    """Give the finished file `tmp` the name `path` unless that name exists (VrpError then): `os.link` is atomic
+    and fails on an existing name; where hard links are not supported, an existence check and a rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ConfigError("out", f"{path}: another command created it while this one ran; not replaced (pass "
+                                 f"`overwrite` to replace it)") from None
+    except OSError:  # a file system without hard links
+        if path.exists():
+            raise ConfigError("out", f"{path}: another command created it while this one ran; not replaced (pass "
+                                     f"`overwrite` to replace it)") from None
+        os.replace(tmp, path)
 
 
 def check_writable(path: str | os.PathLike[str], what: str) -> None:

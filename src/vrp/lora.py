@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vrp.errors import ConfigError
+from vrp.limits import LORA_RANK
 from vrp.model import Precision, first_line
 from vrp.options import option
 
@@ -20,7 +21,7 @@ class LoraSettings:
     """LoRA hyper-parameters (Hu et al. 2021, arXiv:2106.09685) and their defaults, which every stage's config
     takes from here (`TrainConfig.lora_*`, the benchmark). target_modules: 'all-linear' or a list of names."""
 
-    r: int = option("LoRA rank r", 16)
+    r: int = option("LoRA rank r", 16, limit=LORA_RANK)
     alpha: int = option("LoRA alpha (scaling = alpha / r)", 32)
     dropout: float = option("dropout on the LoRA input (0 = none, as PEFT's default: without it a CPU step takes ~19% "
                             "less time at the same validation NLL, docs/sweep.md)", 0.0)
@@ -60,16 +61,20 @@ def attach_lora(model: Any, lora: LoraSettings, prec: Precision, gradient_checkp
                 lean: bool = True) -> Any:
     """Wrap `model` in a trainable PEFT LoRA model; base weights frozen, adapter weights in fp32.
 
-    With 4-bit weights, `peft.prepare_model_for_kbit_training` is applied first (QLoRA, Dettmers et al. 2023).
+    With 4-bit weights, `vrp.quant.prepare_for_kbit_training` is applied first (QLoRA, Dettmers et al. 2023: peft's
+    k-bit preparation without its fp32 cast of the 16-bit weights, which vrp's autocast makes unnecessary; see there).
     `lean` (default) applies `vrp.train.lean.make_lean`: LoRA dropout that stores no copy of the layer inputs and,
     under autocast, no fp32 copies of them (same maths; `lean=False` is PEFT's own forward, for comparison).
     """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
+    from vrp.quant import import_bitsandbytes
+
+    import_bitsandbytes()  # before peft imports it (it does when installed), so that its import stays offline
     if prec.load_in_4bit:
-        # non-reentrant checkpointing, as below: reentrant checkpointing breaks DDP's gradient hooks
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        from vrp.quant import prepare_for_kbit_training
+
+        model = prepare_for_kbit_training(model, gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -2,8 +2,8 @@
 
 Knows: how to split a causal LM (plain or PEFT-wrapped) into its decoder body and LM head, how to convert a
 boolean 4D attention mask from `vrp.packing.collate` to what the model's attention kernel consumes
-(`model_attention_mask`), and how to compute logits, log-probabilities and the summed completion-only loss at
-the target positions of a batch (`target_logits`, `target_logprobs`, `loss_sum`).
+(`model_attention_mask`, per layer type: `vrp.layer_masks`), and how to compute logits, log-probabilities and the
+summed completion-only loss at the target positions of a batch (`target_logits`, `target_logprobs`, `loss_sum`).
 Does not know: how rows and masks are built (see `vrp.packing`), optimisers or data (see `vrp.train`).
 
 Memory: the LM head and the cross-entropy run in chunks of target positions (`logit_chunk_rows`: at most
@@ -23,8 +23,9 @@ attention implementation, so `model_attention_mask` converts it:
 - `flex_attention`: a `BlockMask` from `torch.nn.attention.flex_attention.create_block_mask`. On CPU, torch 2.13's
   FlexAttention has no backward (training fails) and compiles each shape for ~20 s; use it on CUDA;
 - `flash_attention_*` takes no 4D masks: VrpError (use packing mode `none`, or sdpa/eager).
-Layers with sliding-window or chunked attention are refused for shared-prefix masks (the 4D mask would override
-their window). Training forwards pass `use_cache=False`, so no KV cache is built.
+Sliding-window and chunked layers get their own masks, restricted by logical position, as a dict keyed by layer type
+(`vrp.layer_masks`, which also says which models are refused). Training forwards pass `use_cache=False`, so no KV
+cache is built.
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ from typing import Any
 import torch
 
 from vrp.errors import VrpError
+from vrp.layer_masks import check_shared_prefix, model_attention_mask
+
+__all__ = ["decoder_and_head", "model_attention_mask", "check_shared_prefix", "cache_kwarg", "logits_at",
+           "logit_chunk_rows", "target_hidden", "target_logits", "target_nll", "target_logprobs", "loss_sum"]
 
 Batch = dict[str, Any]
 
@@ -46,50 +51,13 @@ def decoder_and_head(model: Any) -> tuple[Any, Any]:
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     get_dec = getattr(base, "get_decoder", None)
-    decoder = get_dec() if get_dec is not None else getattr(base, "model", None)
+    decoder = get_dec() if get_dec is not None else None
+    if decoder is None or decoder is base:  # e.g. Llama4ForCausalLM, whose `base_model_prefix` names no attribute
+        decoder = getattr(base, "model", None)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if decoder is None or head is None:
         raise VrpError(f"{type(base).__name__}: not a causal LM with a decoder and an LM head")
     return decoder, head
-
-
-
-def _check_full_attention(config: Any) -> None:
-    types = getattr(config, "layer_types", None)
-    sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
-    if (types is not None and any(x != "full_attention" for x in types)) or (types is None and sliding):
-        raise VrpError("shared-prefix attention masks need full-attention layers; this model has sliding-window "
-                       "or chunked layers (use packing mode 'none')")
-
-
-
-def model_attention_mask(mask: torch.Tensor, config: Any, dtype: torch.dtype) -> Any:
-    """Convert a mask from `collate` to the form the model's attention implementation consumes.
-
-    mask: (B, T) 2D padding mask (returned unchanged: transformers builds the causal mask) or (B, 1, Q, K) bool,
-    True = may attend. dtype: dtype of the input embeddings (the additive eager mask uses `finfo(dtype).min`, as
-    transformers' `eager_mask` does). Returns the bool mask (sdpa), an additive float mask (eager) or a flex
-    `BlockMask` (flex_attention). Raises VrpError for other attention implementations or sliding-window models.
-    """
-    if mask.ndim == 2:
-        return mask
-    _check_full_attention(config)
-    impl = getattr(config, "_attn_implementation", None) or "eager"
-    if impl in ("sdpa", "split_sdpa"):
-        return mask
-    if impl == "eager":
-        zero = torch.zeros((), dtype=dtype, device=mask.device)
-        return torch.where(mask, zero, torch.finfo(dtype).min)
-    if impl == "flex_attention":
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def mask_mod(b: Any, h: Any, q: Any, k: Any) -> Any:
-            return mask[b, 0, q, k]
-
-        return create_block_mask(mask_mod, B=mask.shape[0], H=None, Q_LEN=mask.shape[2], KV_LEN=mask.shape[3],
-                                 device=mask.device, _compile=False)
-    raise VrpError(f"attention implementation {impl!r} does not take custom 4D masks; shared-prefix packing needs "
-                   f"'sdpa', 'eager' or 'flex_attention' (or use packing mode 'none')")
 
 
 
@@ -133,9 +101,12 @@ def target_hidden(model: Any, batch: Batch) -> tuple[Any, Any, torch.Tensor]:
     emb = decoder.get_input_embeddings().weight
     dev = emb.device
     input_ids = batch["input_ids"].to(dev)
-    mask = model_attention_mask(batch["attention_mask"].to(dev), decoder.config, emb.dtype)
-    out = decoder(input_ids=input_ids, attention_mask=mask, position_ids=batch["position_ids"].to(dev),
-                  use_cache=False)
+    position_ids = batch["position_ids"].to(dev)
+    mask = batch["attention_mask"].to(dev)
+    if mask.ndim == 4:
+        check_shared_prefix(decoder)
+    mask = model_attention_mask(mask, decoder.config, emb.dtype, position_ids)
+    out = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
     hidden = out.last_hidden_state                                     # (B, T, H)
     flat = hidden.reshape(-1, hidden.shape[-1])                        # (B*T, H)
     return decoder.config, head, flat.index_select(0, batch["target_positions"].to(dev))

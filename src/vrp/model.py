@@ -2,9 +2,10 @@
 
 Knows: how a model spec (`model` option) resolves (the bundled `smollm2-135m`, a `.gguf` file, a local directory or
 a Hugging Face id that is already in the local HF cache; nothing is downloaded when `HF_HUB_OFFLINE=1`), how precision is
-chosen at run time (bf16 autocast on CPUs with AVX512-BF16/AMX, fp32 otherwise; bf16/fp16 and 4-bit NF4 QLoRA on
-CUDA), autocast for the chosen precision, and how a saved PEFT LoRA adapter is loaded for inference (a run's adapter
-is found by `vrp.rundir.RunDir`). Does not know: data, prompts, training loops or how LoRA is attached for training
+chosen at run time (bf16 autocast on CPUs with AVX512-BF16/AMX, fp32 otherwise; bf16/fp16 on CUDA; 4-bit NF4
+QLoRA weights on either through bitsandbytes, `vrp.quant`), autocast for the chosen precision, and how a saved PEFT
+LoRA adapter is loaded for inference (a run's adapter is found by `vrp.rundir.RunDir`; a run trained on a 4-bit base
+is loaded on the same 4-bit base). Does not know: data, prompts, training loops or how LoRA is attached for training
 (`vrp.lora`). Errors about a value of an option are `ConfigError`s naming it (`model`, `precision`, `quantization`,
 `device`).
 
@@ -88,6 +89,17 @@ def gguf_cache_path(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
+def gguf_architecture(gguf: Path) -> str | None:
+    """The `general.architecture` of a GGUF file (`llama`, `qwen2`, ...), or None when it cannot be read."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(gguf)).fields.get("general.architecture")
+        return str(field.contents()) if field is not None else None
+    except Exception:  # not a GGUF file, truncated, gguf missing: the caller reports the load error itself
+        return None
+
+
 def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF checkpoint once and save it as safetensors + config + tokenizer; return the directory.
 
@@ -112,7 +124,10 @@ def convert_gguf(gguf: Path) -> Path:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         except Exception as e:  # not GGUF, truncated, an architecture transformers cannot read: many types
-            raise ConfigError("model", f"{gguf}: cannot read the GGUF file ({type(e).__name__}: {first_line(e)})") from None
+            arch = gguf_architecture(gguf)
+            what = f"architecture {arch!r}, " if arch else ""
+            raise ConfigError("model", f"{gguf}: cannot read the GGUF file ({what}{type(e).__name__}: "
+                                       f"{first_line(e)})") from None
         # save_pretrained refuses GGUF-loaded models; the dequantized tensors are plain, so save them directly.
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         # The weights are now plain fp32; without this the saved config would still claim GGUF quantization and
@@ -163,8 +178,9 @@ def resolve_precision(precision: str = "auto", quantization: str = "none", devic
     """Choose device and dtypes at run time.
 
     precision: auto|bf16|fp16|fp32; quantization: none|4bit; device: auto|cpu|cuda.
-    Raises ConfigError (naming the option) for fp16 or 4-bit on a CPU, bf16 on a CPU without bf16 support, or
-    device cuda without CUDA.
+    Raises ConfigError (naming the option) for fp16 on a CPU, bf16 on a CPU without bf16 support, device cuda
+    without CUDA, or 4-bit without bitsandbytes (`vrp.quant.require_bitsandbytes`, imported here, before a run
+    writes anything). 4-bit computes in the autocast dtype (bf16 where the device supports it), or fp32.
     """
     import torch
 
@@ -177,16 +193,18 @@ def resolve_precision(precision: str = "auto", quantization: str = "none", devic
         device = "cuda" if has_cuda else "cpu"
     if device == "cuda" and not has_cuda:
         raise ConfigError("device", "cuda: no CUDA device is available")
+    if quantization == "4bit":
+        from vrp.quant import require_bitsandbytes
+
+        require_bitsandbytes()
     if device == "cpu":
-        if quantization == "4bit":
-            raise ConfigError("quantization", "4bit (QLoRA) needs a CUDA GPU and bitsandbytes; on a CPU use none")
         if precision == "fp16":
             raise ConfigError("precision", "fp16 is not supported on a CPU; use bf16 (if the CPU supports it) or fp32")
         if precision == "bf16" and not cpu_supports_bf16():
             raise ConfigError("precision", "bf16: this CPU has no AVX512-BF16/AMX; use fp32")
         if precision == "fp32" or (precision == "auto" and not cpu_supports_bf16()):
-            return Precision("cpu", torch.float32, None)
-        return Precision("cpu", torch.bfloat16, torch.bfloat16)
+            return Precision("cpu", torch.float32, None, quantization == "4bit")
+        return Precision("cpu", torch.bfloat16, torch.bfloat16, quantization == "4bit")
     if precision in ("auto", "bf16"):
         dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if precision == "bf16" and dt != torch.bfloat16:
@@ -264,12 +282,15 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
     """Load `(model, tokenizer)` for model `spec` with the resolved precision, in eval mode on `prec.device`.
 
     Raises VrpError when the model cannot be found locally (`local_files_only`: the Hub is never contacted) or when
-    4-bit is asked for without bitsandbytes.
+    4-bit is asked for without bitsandbytes. bitsandbytes, when installed, is imported first with the Hub offline
+    (`vrp.quant.import_bitsandbytes`), since peft and transformers import it too.
     """
-    import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    from vrp.quant import import_bitsandbytes
+
+    import_bitsandbytes()
     path = model_location(spec)
     kwargs: dict[str, Any] = {"dtype": prec.weight_dtype, "local_files_only": True}  # never the network
     if attn_implementation:
@@ -279,26 +300,29 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
             register()
         kwargs["attn_implementation"] = attn_implementation
     if prec.load_in_4bit:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ConfigError("quantization", "4bit needs bitsandbytes: pip install bitsandbytes")
-        from transformers import BitsAndBytesConfig
+        from vrp.quant import bnb_config, device_map, require_bitsandbytes
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=prec.autocast_dtype or torch.float16,
-            bnb_4bit_use_double_quant=False)
-        kwargs["device_map"] = {"": torch.cuda.current_device()}  # GPU LOCAL_RANK under torchrun
+        require_bitsandbytes()
+        kwargs["quantization_config"], kwargs["device_map"] = bnb_config(prec), device_map(prec)
+    tok = load_tokenizer(spec, path)  # first: a directory without tokenizer files is named before a long load
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
+        if Path(path).is_dir():  # a local checkpoint directory without (readable) weights
+            raise ConfigError("model", f"{spec}: the directory has no model weights ({first_line(e)})") from None
         raise ConfigError("model", f"{spec}: cannot load ({first_line(e)}). Give a local directory, a .gguf file, "
                        f"'smollm2-135m', or a Hugging Face id already in the local cache") from None
     except (ValueError, RuntimeError, SafetensorError) as e:  # an unknown attn_implementation or model type,
         # truncated or corrupt weights, weights that do not fit the config
         raise ConfigError("model", f"{spec}: cannot load ({type(e).__name__}: {first_line(e)})") from None
-    if not prec.load_in_4bit:
+    if prec.load_in_4bit:
+        from vrp.quant import check_4bit, set_cpu_packed_kernel
+
+        check_4bit(model, spec)
+        set_cpu_packed_kernel(model, False)  # training's numerics (see vrp.quant); inference may allow it
+    else:
         model.to(prec.device)
     model.eval()
-    tok = load_tokenizer(spec, path)
     return model, tok
 
 
@@ -306,10 +330,17 @@ def load_adapter(model: Any, adapter_dir: str | os.PathLike[str]) -> Any:
     """Load a saved PEFT adapter onto `model` for inference. Raises VrpError if the directory is not an adapter."""
     from peft import PeftModel
 
+    from vrp.rundir import check_adapter
+
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise VrpError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    check_adapter(adapter_dir)  # a damaged file is named here, not deep inside PEFT
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except (RuntimeError, ValueError, KeyError) as e:  # shapes of another base model, unknown target modules
+        raise VrpError(f"{adapter_dir}: cannot load the adapter onto the base model ({type(e).__name__}: "
+                       f"{first_line(e)})") from None
     model.eval()
     return model
 
@@ -320,23 +351,34 @@ def load_for_inference(model: str | None = None, run: Any = None, checkpoint: st
     """Load a base model, optionally with a run's adapter (merged into the weights for speed), for generation or
     scoring. `run`: a run dir (path or `vrp.rundir.RunDir`); `checkpoint` picks one of its checkpoints
     (`RunDir.adapter`); `model` overrides the run's base model. Returns `(model, tokenizer, info)` where info has
-    `model`, `adapter` (path or None) and `precision`. Raises ConfigError when neither `model` nor `run` is given,
-    or the run or checkpoint is missing."""
+    `model`, `adapter` (path or None) and `precision` (`Precision.name`). Raises ConfigError when neither `model`
+    nor `run` is given, or the run or checkpoint is missing.
+
+    A run trained on a 4-bit base (its config.yaml says `quantization: 4bit`) is loaded on the base in 4-bit again,
+    which is the model its adapter was trained with, and its adapter is kept unmerged: merging would round
+    `W + BA` back to NF4, so the merged model would not be the trained one (peft warns about this too)."""
     from vrp.rundir import RunDir
 
     if not model and not run:
         raise ConfigError("model", "give a `model` or a `run`")
-    adapter = None
+    adapter, quantization = None, "none"
     if run:
         run = run if isinstance(run, RunDir) else RunDir(run)
         adapter = run.adapter(checkpoint)
         model = model or run.model_spec()
+        quantization = str(run.config().get("quantization") or "none")
     assert model is not None
-    prec = resolve_precision(precision, "none", device)
+    prec = resolve_precision(precision, quantization, device)
     m, tok = load_base_model(model, prec)
+    if prec.load_in_4bit:  # bitsandbytes' fused CPU kernel computes in bf16: only for a bf16 run
+        import torch
+
+        from vrp.quant import set_cpu_packed_kernel
+
+        set_cpu_packed_kernel(m, prec.autocast_dtype == torch.bfloat16)
     if adapter is not None:
         m = load_adapter(m, adapter)
-        if merge:
+        if merge and not prec.load_in_4bit:
             m = m.merge_and_unload()
     m.eval()
     return m, tok, {"model": model, "adapter": str(adapter) if adapter else None, "precision": prec.name}

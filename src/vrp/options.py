@@ -35,22 +35,27 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def option(help: str, default: Any = dataclasses.MISSING, metavar: str | None = None, cli: bool = True) -> Any:
+def option(help: str, default: Any = dataclasses.MISSING, metavar: str | None = None, cli: bool = True,
+           aliases: tuple[str, ...] = (), limit: Any = None) -> Any:
     """A dataclass field with its `--help` text: `lora_r: int = option("LoRA rank r", 16)`. `metavar` names the
-    flag's value in `--help`; `cli=False` keeps the field off the command line (YAML and Python only)."""
+    flag's value in `--help`; `cli=False` keeps the field off the command line (YAML and Python only); `aliases`
+    are more flags for it (`("--lr",)`; flags are never abbreviated, `vrp.cli.no_abbreviations`); `limit` (a
+    `vrp.limits.Limit`) is the field's allowed range: shown in `--help`, checked by `coerce_fields`."""
     kw: dict[str, Any] = {}
     if isinstance(default, (list, dict)):
         kw["default_factory"] = lambda d=default: type(d)(d)
     elif default is not dataclasses.MISSING:
         kw["default"] = default
-    return dataclasses.field(metadata={"help": help, "metavar": metavar, "cli": cli}, **kw)
+    return dataclasses.field(metadata={"help": help, "metavar": metavar, "cli": cli, "aliases": aliases,
+                                       "limit": limit}, **kw)
 
 
 def option_like(cls: type, name: str, help: str | None = None) -> Any:
     """A field with the default and help text of field `name` of dataclass `cls` (one definition of a default that
     several stages share, e.g. `max_prompt_tokens` of `PromptConfig`)."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return option(help or f.metadata.get("help", ""), _field_default(f), f.metadata.get("metavar"))
+    return option(help or f.metadata.get("help", ""), _field_default(f), f.metadata.get("metavar"),
+                  aliases=f.metadata.get("aliases", ()), limit=f.metadata.get("limit"))
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -100,20 +105,22 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, group: str | 
         shown = ",".join(map(str, default)) if isinstance(default, list) else repr(default)
         text = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: flag(m[1]) if m[1] in names else m[0],
                       f.metadata.get("help", ""))
-        help_ = f"{text} (default: {shown})".replace("%", "%%")
+        limit = f.metadata.get("limit")
+        help_ = f"{text} (default: {shown}){' [range ' + limit.span() + ']' if limit else ''}".replace("%", "%%")
         kind, _, is_list = field_kind(cls, f)
         metavar = f.metadata.get("metavar") or f.name.upper()
         common: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
+        flags = (flag(f.name), *f.metadata.get("aliases", ()))
         if kind is bool and not is_list:
-            target.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **common)
+            target.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
         elif is_list:
-            target.add_argument(flag(f.name), type=str, metavar=metavar, **{
+            target.add_argument(*flags, type=str, metavar=metavar, **{
                 **common, "help": help_ + " [comma-separated]"})
         elif kind is None:
-            target.add_argument(flag(f.name), type=_parse_json_or_text, metavar=metavar, **{
+            target.add_argument(*flags, type=_parse_json_or_text, metavar=metavar, **{
                 **common, "help": help_ + " [JSON or string]"})
         else:
-            target.add_argument(flag(f.name), type=str, metavar=metavar, **common)
+            target.add_argument(*flags, type=str, metavar=metavar, **common)
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, group: str | None = None) -> None:
@@ -222,9 +229,13 @@ SEED_MAX = 2**32 - 1
 def coerce_fields(obj: Any) -> None:
     """Coerce every field of dataclass instance `obj` in place (`coerce_value`); the first line of each config's
     `__post_init__`, so that `TrainConfig(lora_r="8")` and `lora_r: 8.0` in YAML both give the int 8. A field named
-    `seed` (every config's random seed) must then be in [0, `SEED_MAX`]: ConfigError('seed') otherwise."""
+    `seed` (every config's random seed) must then be in [0, `SEED_MAX`], and a field declared with a `limit` in its
+    range (`vrp.limits.check_limits`): ConfigError(field) otherwise."""
+    from vrp.limits import check_limits
+
     for f in dataclasses.fields(obj):
         setattr(obj, f.name, coerce_value(type(obj), f, getattr(obj, f.name)))
+    check_limits(obj)
     if any(f.name == "seed" for f in dataclasses.fields(obj)):
         check_range(obj, "seed", low=0, high=SEED_MAX)
 

@@ -20,6 +20,7 @@ from vrp.artifacts import CollectDir, DatasetDir
 from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, get_preset
 from vrp.errors import ConfigError, VrpError
 from vrp.io import atomic_path
+from vrp.limits import COMMENTS, NEW_TOKENS, PROMPT_TOKENS, RERANK
 from vrp.model import PRECISIONS
 from vrp.options import check_choice, check_no_repeats, check_range, coerce_fields, option
 from vrp.prompts import PromptConfig
@@ -43,9 +44,9 @@ class GenerateConfig:
     checkpoint: str | None = option("use a checkpoint of the run instead of RUN/adapter (the last step's): "
                                     "step-000050, latest or best (the lowest validation NLL)", None)
     preset: str = option("decoding preset, or several separated by commas", DEFAULT_PRESET)
-    num_comments: int = option("comments per video (greedy always gives one)", 1)
-    max_new_tokens: int = option("new tokens per comment at most", MAX_NEW_TOKENS)
-    max_prompt_tokens: int | None = option(PROMPT_BUDGET_HELP, None)
+    num_comments: int = option("comments per video (greedy always gives one)", 1, limit=COMMENTS)
+    max_new_tokens: int = option("new tokens per comment at most", MAX_NEW_TOKENS, limit=NEW_TOKENS)
+    max_prompt_tokens: int | None = option(PROMPT_BUDGET_HELP, None, limit=PROMPT_TOKENS)
     seed: int = option("sampling seed", 0)
     precision: str = option("auto, bf16 or fp32", "auto")
     tier: str = option("like tier of the comments for a run trained with tiers: top (the top comment), typical, low "
@@ -53,7 +54,7 @@ class GenerateConfig:
                        "any")
     rerank: int = option("sample this many comments per video and preset, and keep the best `num_comments` by "
                          "PMI with the video, near-duplicates dropped (maximum mutual information reranking; 0 = off)",
-                         0)
+                         0, limit=RERANK)
     rerank_lambda: float = option("weight of the no-video log-likelihood in the reranking score (mean log p(comment | "
                                   "video) - lambda * mean log p(comment | no video))", DEFAULT_RERANK_LAMBDA)
 
@@ -65,7 +66,8 @@ class GenerateConfig:
         for name in self.presets():
             get_preset(name)  # ConfigError('preset') naming the valid ones
         check_no_repeats(self, "preset", self.presets())
-        check_range(self, "num_comments", "max_new_tokens", "max_prompt_tokens", low=1)
+        check_range(self, "num_comments", "max_new_tokens", low=1)
+        check_range(self, "max_prompt_tokens", low=PROMPT_TOKENS.low)  # as `PromptConfig` checks it
         check_choice(self, "precision", PRECISIONS)
         if self.checkpoint and not self.run:
             raise ConfigError("checkpoint", "needs a `run` (it names a checkpoint of that run)")
@@ -79,11 +81,14 @@ class GenerateConfig:
 
 
 def prompt_settings(run: RunDir | None, max_prompt_tokens: int | None = None) -> PromptConfig:
-    """The prompt settings of a model: the run's (`RunDir.prompt_config`), else the defaults; `max_prompt_tokens`
-    overrides the budget when given. Used by generate, evaluate and serve alike."""
+    """The prompt settings of a model: the run's (`RunDir.prompt_config`, with the prompt format it was trained in),
+    else the defaults with prompt format `auto` (resolved once the tokenizer is loaded,
+    `vrp.prompt_format.resolve_prompt_config`); `max_prompt_tokens` overrides the budget when given. Used by
+    generate, evaluate and serve alike."""
     if run is not None:
         return run.prompt_config(max_prompt_tokens)
-    return PromptConfig(**({"max_prompt_tokens": max_prompt_tokens} if max_prompt_tokens else {}))
+    return PromptConfig(prompt_format="auto",
+                        **({"max_prompt_tokens": max_prompt_tokens} if max_prompt_tokens else {}))
 
 
 def load_inputs(input_path: str | None, title: str = "", transcript: str | None = None,
@@ -154,6 +159,7 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
     from tqdm.auto import tqdm
 
     from vrp.model import check_context, load_for_inference
+    from vrp.prompt_format import resolve_prompt_config
     from vrp.prompts import no_video_prompt_ids, video_prompt_ids
     from vrp.rerank import comments_for_prompt, needs_no_video_prompt
 
@@ -162,6 +168,7 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
     pcfg = prompt or prompt_settings(run, cfg.max_prompt_tokens)  # checked before the model is loaded
     check_tier(cfg.tier, run_tier_source(run) is not None)
     m, tok, info = loaded or load_for_inference(cfg.model, run, cfg.checkpoint, cfg.precision)
+    pcfg = resolve_prompt_config(tok, pcfg, model=info.get("model"))  # `auto` (a model without run) becomes chat or plain, said on stderr
     marker = marker_ids(tok, cfg.tier)
     check_context(m, info["model"], pcfg.max_prompt_tokens + len(marker) + cfg.max_new_tokens,
                   "`max_prompt_tokens` + `max_new_tokens`" + (" + the tier marker" if marker else ""))
@@ -184,7 +191,8 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
                 k = 1 if preset == "greedy" else cfg.num_comments
                 t0 = time.perf_counter()
                 comments = comments_for_prompt(m, tok, ids + marker, preset, k, cfg.max_new_tokens, cfg.seed + vi,
-                                               no_video, cfg.rerank, cfg.rerank_lambda, embedder)
+                                               no_video, cfg.rerank, cfg.rerank_lambda, embedder,
+                                               prompt_format=pcfg.prompt_format)
                 secs = time.perf_counter() - t0
                 for ci, c in enumerate(comments, 1):
                     rows.append({"video_id": v.video_id, "title": v.title, "model": info["model"],
@@ -205,8 +213,10 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def write_predictions(rows: list[dict[str, Any]], out: str | Path, escape_formulas: bool = True) -> None:
-    """Write prediction rows to `.csv`, `.xlsx` or `.jsonl` (by extension), atomically.
+def write_predictions(rows: list[dict[str, Any]], out: str | Path, escape_formulas: bool = True,
+                      replace: bool = True) -> None:
+    """Write prediction rows to `.csv`, `.xlsx` or `.jsonl` (by extension), atomically; with `replace=False` only as
+    a new file (VrpError when another command created `out` meanwhile, `vrp.io.atomic_path`).
 
     Text is protected for spreadsheets (`vrp.sheets`): xlsx text cells are always string cells (never formulas);
     CSV text cells that start with `=`, `+`, `-`, `@`, tab or CR get a leading `'` (OWASP "CSV Injection") unless
@@ -218,7 +228,7 @@ def write_predictions(rows: list[dict[str, Any]], out: str | Path, escape_formul
     out = Path(out)
     df = pd.DataFrame(rows)
     ext = out.suffix.lower()
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace) as tmp:
         if ext == ".csv":
             write_csv(df, tmp, escape_formulas)
         elif ext == ".xlsx":

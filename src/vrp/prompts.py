@@ -24,6 +24,13 @@ Tokenization rule (no double BOS): the chat template already writes any BOS it w
 tokenized with `add_special_tokens=False`. The prompt is the template rendered with `add_generation_prompt=True`;
 the completion is what the full chat adds after it, cut right after the first end-of-turn token. Prompt and
 completion are tokenized separately, exactly as generation sees them (prompt ids in, completion ids out).
+
+Prompt formats (`PromptConfig.prompt_format`, `vrp.prompt_format`): all of the above is the `chat` format. The `plain`
+format (base models without a chat template) renders `[BOS]Title: ...\nTranscript: ...\nComment:\n` and ends each
+completion with the tokenizer's EOS; `auto` picks `chat` when the tokenizer has a chat template, else `plain`. Every
+function here takes the format from its `PromptConfig` (`stop_token_ids` from its `prompt_format` argument), so a
+run's prompts, scores, stops and no-video prompt all follow the format it was trained with. `PromptConfig()` keeps
+`chat` (the behaviour before formats existed); the command-line stages default to `auto`.
 """
 from __future__ import annotations
 
@@ -32,6 +39,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vrp.errors import ConfigError, VrpError
+from vrp.limits import PROMPT_TOKENS, TOKENS, check_limits
+from vrp.prompt_format import (
+    PROMPT_FORMAT_HELP,
+    bos_prefix,
+    check_prompt_format,
+    plain_eos_id,
+    plain_prompt_text,
+    resolve_prompt_format,
+)
 from vrp.records import Video
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -46,12 +62,15 @@ class PromptConfig:
     """How prompts are built. Field docs are the `--help` of the matching flags."""
 
     max_prompt_tokens: int = field(default=1024, metadata={"help": "token budget of the whole rendered prompt "
-                                                                    "(system + title + transcript + template)"})
+                                                                    "(system + title + transcript + template)",
+                                                            "limit": PROMPT_TOKENS})
     truncation: str = field(default="head", metadata={"help": "transcript truncation: head (keep the start, as "
                                                                "the original project) or head_tail (start and end)"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system message of the chat"})
     max_comment_tokens: int = field(default=128, metadata={"help": "longer comments are cut to this many tokens "
-                                                                    "(the end-of-turn token is kept)"})
+                                                                    "(the end-of-turn token is kept)",
+                                                            "limit": TOKENS})
+    prompt_format: str = field(default="chat", metadata={"help": PROMPT_FORMAT_HELP})  # stages default to auto
 
     def __post_init__(self) -> None:
         import dataclasses
@@ -66,16 +85,18 @@ class PromptConfig:
             raise ConfigError("max_prompt_tokens", f"must be at least 16, got {self.max_prompt_tokens}")
         if self.max_comment_tokens < 1:
             raise ConfigError("max_comment_tokens", f"must be at least 1, got {self.max_comment_tokens}")
+        check_limits(self)  # the upper bounds (`vrp.limits`)
+        check_prompt_format(self.prompt_format)
 
 
 @dataclass
 class EncodedVideo:
     """One video tokenized for training or scoring.
 
-    prompt_ids: (prompt_len,) token ids of the rendered prompt, ending with the assistant header.
+    prompt_ids: (prompt_len,) token ids of the rendered prompt, ending with the assistant header (plain: the cue).
     completions: one list of token ids per comment, each ending with the chat template's end-of-turn token
-    (`end_of_turn_id`). contexts: [] or, per comment, token ids between the prompt and the comment that are inputs
-    but not targets (a tier marker, `vrp.tiers`; see `vrp.packing.Row`).
+    (`end_of_turn_id`; plain: the tokenizer's EOS). contexts: [] or, per comment, token ids between the prompt and
+    the comment that are inputs but not targets (a tier marker, `vrp.tiers`; see `vrp.packing.Row`).
     """
 
     video_id: str
@@ -106,6 +127,23 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_promp
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _prompt_ids(tokenizer: Any, cfg: PromptConfig, title: str, transcript: str) -> list[int]:
+    """The prompt of (title, transcript), untruncated, in the format of `cfg` (see the module docstring)."""
+    if resolve_prompt_format(tokenizer, cfg.prompt_format) == "plain":
+        return bos_prefix(tokenizer) + _ids(tokenizer, plain_prompt_text(user_message(title, transcript)))
+    return _ids(tokenizer, _render(tokenizer, _messages(tokenizer, cfg, title, transcript), True))
+
+
+def prompt_text(tokenizer: Any, title: str, transcript: str, cfg: PromptConfig) -> str:
+    """The prompt of (title, transcript) as text, untruncated, special tokens written out (`<|im_start|>`, a BOS):
+    the chat template's rendering, or the plain layout with the BOS text in front when the tokenizer adds one. What
+    `build_prompt_ids` tokenizes (without special tokens) when the transcript fits. Raises as `build_prompt_ids`."""
+    if resolve_prompt_format(tokenizer, cfg.prompt_format) == "plain":
+        bos = tokenizer.bos_token if bos_prefix(tokenizer) else ""
+        return bos + plain_prompt_text(user_message(title, transcript))
+    return _render(tokenizer, _messages(tokenizer, cfg, title, transcript), True)
 
 
 @dataclass(frozen=True)
@@ -146,9 +184,7 @@ def _is_blank_token(tokenizer: Any, tok_id: int) -> bool:
 
 def _probe(tokenizer: Any) -> ChatFormat:
     name = _model_name(tokenizer)
-    if not getattr(tokenizer, "chat_template", None):
-        raise VrpError(f"model {name!r}: the tokenizer has no chat template; use an instruct/chat model or a "
-                       f"tokenizer with `chat_template` set")
+    resolve_prompt_format(tokenizer, "chat")  # no chat template: ConfigError('prompt_format') naming the model
     user = [{"role": "user", "content": _PROBE_USER}]
     prompt, err = _try_render(tokenizer, user, True)
     if err or _PROBE_USER not in prompt:
@@ -209,15 +245,26 @@ def _eos_list(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
-def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
-    """Every token id that ends a generated comment, without repeats, the end-of-turn token first: the chat
-    template's end-of-turn token (`end_of_turn_id`), all of `generation_config.eos_token_id` (an int or a list, as
-    transformers' `GenerationConfig` allows; None or a missing config adds nothing) and the tokenizer's EOS.
+def completion_end_id(tokenizer: Any, prompt_format: str = "auto") -> int:
+    """The token that ends every completion (the last training target) in `prompt_format` (`auto` resolved with
+    `vrp.prompt_format.resolve_prompt_format`): `end_of_turn_id` for chat, the tokenizer's EOS for plain. Raises
+    ConfigError('prompt_format') / VrpError naming the model as those do."""
+    if resolve_prompt_format(tokenizer, prompt_format) == "plain":
+        return plain_eos_id(tokenizer)
+    return end_of_turn_id(tokenizer)
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any = None, prompt_format: str = "auto") -> list[int]:
+    """Every token id that ends a generated comment, without repeats, the end-of-turn token first: the token that
+    ends a completion in `prompt_format` (`completion_end_id`: the chat template's end-of-turn token, or the EOS for
+    plain), all of `generation_config.eos_token_id` (an int or a list, as transformers' `GenerationConfig` allows;
+    None or a missing config adds nothing) and the tokenizer's EOS.
 
     Example: a Llama-3-style chat (`<|eot_id|>` ends a turn, EOS `<|end_of_text|>`, `generation_config.json` lists
-    both) gives `[<|eot_id|>, <|end_of_text|>]`. Raises VrpError as `chat_format` does.
+    both) gives `[<|eot_id|>, <|end_of_text|>]`, and in the plain format `[<|end_of_text|>, <|eot_id|>]`. Raises
+    ConfigError('prompt_format') / VrpError as `completion_end_id` does.
     """
-    ids = [end_of_turn_id(tokenizer)] + _eos_list(getattr(generation_config, "eos_token_id", None))
+    ids = [completion_end_id(tokenizer, prompt_format)] + _eos_list(getattr(generation_config, "eos_token_id", None))
     ids += _eos_list(tokenizer.eos_token_id)
     return list(dict.fromkeys(ids))
 
@@ -278,22 +325,38 @@ def build_prompt_ids(tokenizer: Any, title: str, transcript: str, cfg: PromptCon
     Returns prompt token ids, length <= `cfg.max_prompt_tokens` (tokens). The transcript is tokenized once,
     cut with `cfg.truncation` between two characters (`head_boundary`, `tail_boundary`), decoded and re-rendered;
     a second pass trims further if re-tokenization at the cut grew the prompt. The system prompt is a system message,
-    or opens the user message when the template has no system role (`chat_format`). Raises
-    ConfigError('max_prompt_tokens') if the title and template alone exceed the budget (or the transcript cannot be
-    cut to fit), VrpError naming the model when its chat template is unusable.
+    or opens the user message when the template has no system role (`chat_format`); `cfg.prompt_format` plain uses
+    the plain layout instead (module docstring). Raises ConfigError('max_prompt_tokens') if the title and template
+    alone exceed the budget (or the transcript cannot be cut to fit), VrpError naming the model when its chat template
+    is unusable, ConfigError('prompt_format') when the format does not suit the tokenizer.
     """
-    overhead = len(_ids(tokenizer, _render(tokenizer, _messages(tokenizer, cfg, title, ""), True)))
+    return _fit_prompt(tokenizer, title, transcript, cfg)[0]
+
+
+def fitted_transcript(tokenizer: Any, title: str, transcript: str, cfg: PromptConfig) -> str:
+    """The transcript as `build_prompt_ids` renders it: `transcript` when the prompt fits `cfg.max_prompt_tokens`,
+    else its cut (`cfg.truncation`, on character boundaries). `prompt_text(tokenizer, title, <this>, cfg)` is then the
+    text whose tokens (without special tokens added) are `build_prompt_ids(tokenizer, title, transcript, cfg)`: the
+    exact prompt another program must send (`vrp generate --print-prompt`, `vrp export`). Raises as
+    `build_prompt_ids`."""
+    return _fit_prompt(tokenizer, title, transcript, cfg)[1]
+
+
+def _fit_prompt(tokenizer: Any, title: str, transcript: str, cfg: PromptConfig) -> tuple[list[int], str]:
+    """`(prompt ids, transcript text rendered)`: the work of `build_prompt_ids` (see there)."""
+    overhead = len(_prompt_ids(tokenizer, cfg, title, ""))
     budget = cfg.max_prompt_tokens - overhead
     if budget < 1:
-        raise ConfigError("max_prompt_tokens", f"the title and chat template take {overhead} tokens, more than the "
+        layout = "chat template" if resolve_prompt_format(tokenizer, cfg.prompt_format) == "chat" else "plain layout"
+        raise ConfigError("max_prompt_tokens", f"the title and {layout} take {overhead} tokens, more than the "
                                                f"prompt budget of {cfg.max_prompt_tokens}; raise it or shorten the "
                                                f"title {title[:60]!r}")
     t_ids = _ids(tokenizer, transcript.strip())
     for _ in range(4):
         text = _truncated_text(tokenizer, t_ids, budget, cfg.truncation) if len(t_ids) > budget else transcript
-        ids = _ids(tokenizer, _render(tokenizer, _messages(tokenizer, cfg, title, text), True))
+        ids = _prompt_ids(tokenizer, cfg, title, text)
         if len(ids) <= cfg.max_prompt_tokens:
-            return ids
+            return ids, text
         budget -= len(ids) - cfg.max_prompt_tokens
     raise ConfigError("max_prompt_tokens", f"could not fit the transcript of {title[:60]!r} into the prompt budget of "
                                            f"{cfg.max_prompt_tokens} tokens")
@@ -312,8 +375,8 @@ def video_prompt_ids(tokenizer: Any, video: Video, cfg: PromptConfig, transcript
 
 
 def no_video_prompt_ids(tokenizer: Any, cfg: PromptConfig) -> list[int]:
-    """The prompt of no video: the same chat with an empty title and an empty transcript (one prompt for every
-    video). Context-aware decoding (`decoding`, preset `cad`) contrasts it with a video's prompt, and PMI scoring
+    """The prompt of no video: the same prompt (in `cfg.prompt_format`) with an empty title and an empty transcript
+    (one prompt for every video). Context-aware decoding (`decoding`, preset `cad`) contrasts it with a video's prompt, and PMI scoring
     (`rerank`, `vrp evaluate`) divides by a comment's likelihood under it. Raises VrpError as `build_prompt_ids`."""
     return build_prompt_ids(tokenizer, "", "", cfg)
 
@@ -323,27 +386,36 @@ def build_completion_ids(tokenizer: Any, comment: str, cfg: PromptConfig) -> lis
 
     The text is what the chat template writes after the generation prompt, cut before the template's end-of-turn
     token (`end_of_turn_id`: `<|im_end|>`, `<|eot_id|>`, ... even when the tokenizer's EOS is another token;
-    anything the template writes after it, such as a newline or an EOS, is not trained). Comments longer than
+    anything the template writes after it, such as a newline or an EOS, is not trained). In the plain format
+    (`cfg.prompt_format`) the text is the comment itself and the end token is the tokenizer's EOS. Comments longer than
     `cfg.max_comment_tokens` are cut to at most that many tokens, on a character boundary (`head_boundary`), and
-    the end-of-turn token is appended, so it is always the last label even when the tokenizer's pad token equals
-    it. Raises VrpError on an empty comment, or naming the model when the template cannot render a reply.
+    the end-of-turn token is appended, so it is always the last label even when the tokenizer's pad token (or, plain,
+    its BOS) equals it. Raises VrpError on an empty comment, or naming the model when the template cannot render a
+    reply or the format does not suit the tokenizer (ConfigError('prompt_format')).
     """
     comment = comment.strip()
     if not comment:
         raise VrpError("empty comment")
+    if resolve_prompt_format(tokenizer, cfg.prompt_format) == "plain":
+        ids, eot = _ids(tokenizer, comment), plain_eos_id(tokenizer)
+    else:
+        ids, eot = _chat_completion_ids(tokenizer, comment), end_of_turn_id(tokenizer)
+    if eot in ids:
+        ids = ids[: ids.index(eot)]
+    if len(ids) > cfg.max_comment_tokens:
+        ids = ids[: head_boundary(tokenizer, ids, cfg.max_comment_tokens)]
+    return ids + [eot]
+
+
+def _chat_completion_ids(tokenizer: Any, comment: str) -> list[int]:
+    """Token ids of what the chat template writes after the generation prompt for an assistant reply `comment`."""
     msgs = [{"role": "user", "content": "x"}]
     prompt = _render(tokenizer, msgs, True)
     full = _render(tokenizer, msgs + [{"role": "assistant", "content": comment}], False)
     if not full.startswith(prompt):
         raise VrpError(f"model {_model_name(tokenizer)!r}: its chat template renders the assistant turn in a way "
                        f"that does not extend the generation prompt; cannot separate prompt and completion")
-    ids = _ids(tokenizer, full[len(prompt):])
-    eot = end_of_turn_id(tokenizer)
-    if eot in ids:
-        ids = ids[: ids.index(eot)]
-    if len(ids) > cfg.max_comment_tokens:
-        ids = ids[: head_boundary(tokenizer, ids, cfg.max_comment_tokens)]
-    return ids + [eot]
+    return _ids(tokenizer, full[len(prompt):])
 
 
 def encode_video(tokenizer: Any, video: Video, cfg: PromptConfig) -> EncodedVideo:

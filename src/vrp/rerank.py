@@ -54,12 +54,13 @@ def rerank_comments(model: Any, tokenizer: Any, prompt_ids: list[int], no_video_
                     preset: str | Preset = DEFAULT_PRESET, num_comments: int = 1, pool: int = 20,
                     max_new_tokens: int = MAX_NEW_TOKENS, seed: int | None = None,
                     lam: float = DEFAULT_RERANK_LAMBDA, embedder: Any = None,
-                    dup_threshold: float = DUP_THRESHOLD) -> list[GeneratedComment]:
+                    dup_threshold: float = DUP_THRESHOLD, prompt_format: str = "auto") -> list[GeneratedComment]:
     """Sample `pool` comments for one prompt (one prefill), score them by PMI, drop near-duplicates and return at
     most `num_comments`, best first (see the module docstring), each with its `pmi` set.
 
     prompt_ids / no_video_ids: the video prompt and the no-video prompt (token ids, same markers appended).
     embedder: `encode(texts) -> (N, D)` (default: the bundled MiniLM, `evaluate.embed.load_embedder`).
+    prompt_format: the format both prompts were rendered in (its stop tokens end the samples, `generate_comments`).
     Raises ConfigError('rerank') when `pool < num_comments` or the preset gives a single comment (`greedy`), and
     whatever `generate_comments` raises.
     """
@@ -68,7 +69,7 @@ def rerank_comments(model: Any, tokenizer: Any, prompt_ids: list[int], no_video_
     p = get_preset(preset) if isinstance(preset, str) else preset
     check_rerank(max(pool, 1), num_comments, [p.name])
     comments = generate_comments(model, tokenizer, prompt_ids, p, pool, max_new_tokens, seed,
-                                 no_video_ids=no_video_ids)
+                                 no_video_ids=no_video_ids, prompt_format=prompt_format)
     if embedder is None:
         from vrp.evaluate.embed import load_embedder
 
@@ -90,17 +91,19 @@ def rerank_comments(model: Any, tokenizer: Any, prompt_ids: list[int], no_video_
 def comments_for_prompt(model: Any, tokenizer: Any, prompt_ids: list[int], preset: str | Preset = DEFAULT_PRESET,
                         num_comments: int = 1, max_new_tokens: int = MAX_NEW_TOKENS, seed: int | None = None,
                         no_video_ids: Sequence[int] | None = None, rerank: int = 0,
-                        rerank_lambda: float = DEFAULT_RERANK_LAMBDA, embedder: Any = None) -> list[GeneratedComment]:
+                        rerank_lambda: float = DEFAULT_RERANK_LAMBDA, embedder: Any = None,
+                        prompt_format: str = "auto") -> list[GeneratedComment]:
     """Comments for one prompt: `rerank_comments` from `rerank` samples when `rerank > 0`, else
-    `decoding.generate_comments`. no_video_ids: needed by `cad` and by reranking. Raises as those do."""
+    `decoding.generate_comments`. no_video_ids: needed by `cad` and by reranking. prompt_format: the format the
+    prompts were rendered in (a run's `PromptConfig.prompt_format`: it picks the stop tokens). Raises as those do."""
     nv = list(no_video_ids) if no_video_ids is not None else None
     if rerank > 0:
         if not nv:
             raise ConfigError("rerank", "needs the no-video prompt (prompts.no_video_prompt_ids)")
         return rerank_comments(model, tokenizer, prompt_ids, nv, preset, num_comments, rerank, max_new_tokens, seed,
-                               rerank_lambda, embedder)
+                               rerank_lambda, embedder, prompt_format=prompt_format)
     return generate_comments(model, tokenizer, prompt_ids, preset, num_comments, max_new_tokens, seed,
-                             no_video_ids=nv)
+                             no_video_ids=nv, prompt_format=prompt_format)
 
 
 def check_rerank(rerank: int, num_comments: int, presets: Sequence[str]) -> None:

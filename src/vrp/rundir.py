@@ -3,14 +3,17 @@
 Knows: a run dir's file names and layout, what "the latest checkpoint" of a run is (the newest complete one, a
 `checkpoints/step-NNNNNN/` holding its `state.json`) and the best one (`checkpoints/best-NNNNNN/`), how the run's
 `config.yaml` is read (once per object, cached) and turned into its base model and prompt settings, how the run dir
-is created (never over a directory that is not a run, `vrp.artifacts._Dir.check_replaceable`) and how its metrics
-files are written.
-Does not know: how a run is trained (`vrp.train`), scored or served; the other directories (`vrp.artifacts`).
-Errors: a missing or wrong run is a `ConfigError` naming the argument that gave it (`run`, `checkpoint`, `out`).
+is created (never over a directory that is not a run, `vrp.artifacts._Dir.check_replaceable`; a run that never
+reached a checkpoint may be started over, `never_trained`) and how its metrics files are written; and what makes
+each file it reads back damaged (an empty or model-less config.yaml, a state.json or metrics.json that is not the
+JSON object vrp writes, an adapter whose safetensors header does not cover its file, `check_adapter`).
+Does not know: how a run is trained (`vrp.train`), scored or served; the other directories (`vrp.artifacts`); which
+writer holds the dir (`vrp.locks`).
+Errors: a missing or wrong run is a `ConfigError` naming the argument that gave it (`run`, `checkpoint`, `out`); a
+damaged file is a `VrpError` naming the file and what is wrong with it, in one line.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 from vrp.artifacts import _Dir, _In
 from vrp.errors import ConfigError, VrpError
-from vrp.io import check_writable, iter_jsonl_rows, write_json_atomic, write_jsonl_atomic
+from vrp.io import check_writable, iter_jsonl_rows, loads_json, write_json_atomic, write_jsonl_atomic
 
 
 class RunDir(_Dir):
@@ -54,34 +57,51 @@ class RunDir(_Dir):
         """True when the path holds a `config.yaml` (a run was started here)."""
         return self.config_path.is_file()
 
+    def never_trained(self) -> bool:
+        """True for a run that was started but holds nothing a resume could continue or a later stage could use: a
+        `config.yaml`, but no complete step checkpoint, no `adapter/` and no `metrics.json` (a start that failed
+        after writing its config, e.g. at its first forward pass, or was stopped before its first checkpoint; a
+        resume would start it over from step 0 too). A new run may replace it without `overwrite`."""
+        return (self.exists() and not self.checkpoints() and not self.adapter_dir.exists()
+                and not self.metrics_path.exists())
+
     # reading
     def config(self) -> dict[str, Any]:
         """The `config.yaml` mapping, read once. Raises ConfigError('run') when there is none, VrpError naming the
-        file when it is not a YAML mapping."""
+        file when it is not a YAML mapping, or when it is damaged: empty, or without the base model (`model`, which
+        vrp always writes) - read as defaults, such a file would put the run's adapter on another model."""
         if self._config is None:
             from vrp.options import load_yaml
 
             if not self.exists():
                 raise ConfigError("run", f"{self.path} is not a vrp run directory (no {self.CONFIG})")
-            self._config = load_yaml(self.config_path)
+            saved = load_yaml(self.config_path)
+            damaged = f"{self.config_path}: damaged run config"
+            if not saved:
+                raise VrpError(f"{damaged} (the file holds no options; vrp writes every option the run was trained "
+                               f"with); restore it, or start a new run")
+            model = saved.get("model")
+            if not isinstance(model, str) or not model.strip():
+                raise VrpError(f"{damaged} (option 'model', the base model the adapter belongs to, is "
+                               f"{'missing' if model is None else f'not a model name: {model!r}'}); restore it, or "
+                               f"start a new run")
+            self._config = saved
         return self._config
 
     def model_spec(self) -> str:
-        """The base model the run was trained on (`model` in config.yaml)."""
-        spec = self.config().get("model") or "smollm2-135m"
-        if not isinstance(spec, str):
-            raise VrpError(f"{self.config_path}: option 'model' must be a string, got {spec!r}")
-        return spec
+        """The base model the run was trained on (`model` in config.yaml, which `config` checks)."""
+        return str(self.config()["model"])
 
     def prompt_config(self, max_prompt_tokens: int | None = None) -> Any:
-        """The `PromptConfig` the run was trained with (its `max_prompt_tokens`, `truncation`), `max_prompt_tokens`
-        overriding when given. Raises VrpError naming config.yaml for a value of the wrong type."""
+        """The `PromptConfig` the run was trained with (its `max_prompt_tokens`, `truncation`, `prompt_format`: `chat`
+        for a run written before prompt formats existed, which was trained with its chat template),
+        `max_prompt_tokens` overriding when given. Raises VrpError naming config.yaml for a value of the wrong type."""
         from vrp.options import coerce_values
         from vrp.prompts import PromptConfig
 
-        saved = self.config()
-        kw = coerce_values(PromptConfig, {k: saved[k] for k in ("max_prompt_tokens", "truncation") if k in saved},
-                           str(self.config_path))
+        saved = {"prompt_format": "chat", **self.config()}
+        kw = coerce_values(PromptConfig, {k: saved[k] for k in ("max_prompt_tokens", "truncation", "prompt_format")
+                                          if k in saved}, str(self.config_path))
         if max_prompt_tokens:
             kw["max_prompt_tokens"] = max_prompt_tokens
         return PromptConfig(**kw)
@@ -110,8 +130,24 @@ class RunDir(_Dir):
         return done[-1] if done else None
 
     def checkpoint_state(self, ckpt: Path) -> dict[str, Any]:
-        """The `state.json` of checkpoint `ckpt` (step, counters, data fingerprint, history)."""
-        return json.loads((ckpt / self.STATE).read_text())
+        """The `state.json` of checkpoint `ckpt` (step, counters, data fingerprint, history). Raises VrpError naming
+        the file when it is not a JSON object with an integer `step` (and, for `step-NNNNNN` / `best-NNNNNN`, the
+        step of its name)."""
+        path = ckpt / self.STATE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise VrpError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+        state = loads_json(text, str(path))
+        step = state.get("step") if isinstance(state, dict) else None
+        if not isinstance(state, dict):
+            raise VrpError(f"{path}: damaged checkpoint state (expected a JSON object, got {type(state).__name__})")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise VrpError(f"{path}: damaged checkpoint state ('step' is {'missing' if step is None else repr(step)})")
+        named = ckpt.name.rsplit("-", 1)[-1]
+        if named.isdigit() and int(named) != step:
+            raise VrpError(f"{path}: damaged checkpoint state (step {step} in the checkpoint of step {int(named)})")
+        return state
 
     def adapter(self, checkpoint: str | None = None) -> Path:
         """The adapter dir: that of checkpoint `checkpoint` (`step-000050`, or a name of `NAMED_CHECKPOINTS`: `latest`,
@@ -140,15 +176,24 @@ class RunDir(_Dir):
         return [row for _, row in iter_jsonl_rows(self.history_path) if row is not None]
 
     def metrics(self) -> dict[str, Any] | None:
-        """`metrics.json` (written when training finished), or None."""
-        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else None
+        """`metrics.json` (written when training finished), or None. Raises VrpError naming the file when it is
+        not a JSON object."""
+        if not self.metrics_path.is_file():
+            return None
+        try:
+            m = loads_json(self.metrics_path.read_text(encoding="utf-8"), str(self.metrics_path))
+        except UnicodeDecodeError as e:
+            raise VrpError(f"{self.metrics_path}: not UTF-8 text (bad byte at offset {e.start})") from None
+        if not isinstance(m, dict):
+            raise VrpError(f"{self.metrics_path}: damaged (expected a JSON object, got {type(m).__name__})")
+        return m
 
     # writing
     def check_target(self, resume: bool, overwrite: bool,
                      inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
-        """Raise ConfigError when the dir cannot be used as asked (a new run needs an absent or empty dir, or
-        `overwrite` of a run dir that `check_replaceable(inputs)` allows; `resume` needs a run); changes nothing, so
-        a failure later leaves no trace."""
+        """Raise ConfigError when the dir cannot be used as asked (a new run needs an absent or empty dir, a run dir
+        that `never_trained`, or `overwrite` of a run dir; the last two only where `check_replaceable(inputs)` allows;
+        `resume` needs a run); changes nothing, so a failure later leaves no trace."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError("out", f"{self.path} exists and is not a directory")
         if self.is_nonempty():
@@ -158,8 +203,9 @@ class RunDir(_Dir):
                 if not self.is_recognised():
                     raise ConfigError("out", f"{self.path} is not empty and is not a run directory (no "
                                              f"{self._what_marks_it()}); choose another directory")
-                raise ConfigError("out", f"{self.path} is a run directory that is not empty; pass `resume` to "
-                                         f"continue it or `overwrite` to start over")
+                if not self.never_trained():
+                    raise ConfigError("out", f"{self.path} is a run directory that is not empty; pass `resume` to "
+                                             f"continue it or `overwrite` to start over")
             if not resume:
                 self.check_replaceable(inputs)
         elif resume:
@@ -168,14 +214,29 @@ class RunDir(_Dir):
 
     def create(self, resume: bool, overwrite: bool,
                inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
-        """`check_target` again, then replace the dir when overwriting a run (the old one is renamed aside first and
-        deleted only once the name is free, so a failure never leaves a half-deleted run) and create it."""
+        """`check_target` again, then empty the dir when overwriting a run and create it. Emptying moves every entry
+        but the lock file (`vrp.locks.LOCK_NAME`, which the writing command holds: the dir itself stays, so no other
+        command can take it meanwhile) into a sibling `.NAME.old-*` dir, deleted once all are moved: a failure
+        leaves whole files and dirs, in the run dir or in that one, never a half-deleted file."""
         self.check_target(resume, overwrite, inputs)
-        if self.is_nonempty() and not resume:  # overwrite (checked above)
+        if self.is_nonempty() and not resume:  # overwrite, or a run that never trained (checked above)
+            import sys
             import tempfile
 
+            if not overwrite:
+                print(f"note: {self.path} holds a run that never reached a checkpoint (a start that failed or was "
+                      f"stopped); starting over", file=sys.stderr, flush=True)
+
+            from vrp.locks import LOCK_NAME
+
             aside = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.absolute().parent))
-            os.replace(self.path, aside / self.path.name)
+            try:
+                for entry in list(self.path.iterdir()):
+                    if entry.name != LOCK_NAME:
+                        os.replace(entry, aside / entry.name)
+            except OSError as e:
+                raise VrpError(f"{self.path}: cannot empty the run dir ({e.strerror or e}); what was moved out is in "
+                               f"{aside}") from None
             shutil.rmtree(aside)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -211,3 +272,31 @@ class RunDir(_Dir):
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.metrics_path, metrics)
+
+
+def check_adapter(adapter_dir: Path) -> None:
+    """Raise VrpError naming the file when the PEFT adapter in `adapter_dir` is damaged: `adapter_config.json` not a
+    JSON object, or `adapter_model.safetensors` missing or not a whole safetensors file (its header's offsets must
+    cover the file, so a truncated one fails; the tensors are not read). An adapter saved as `adapter_model.bin`
+    (older PEFT) is left to PEFT."""
+    from safetensors import SafetensorError, safe_open
+
+    cfg_path = adapter_dir / "adapter_config.json"
+    try:
+        cfg = loads_json(cfg_path.read_text(encoding="utf-8"), str(cfg_path))
+    except (OSError, UnicodeDecodeError) as e:
+        raise VrpError(f"{cfg_path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(cfg, dict):
+        raise VrpError(f"{cfg_path}: damaged adapter config (expected a JSON object, got {type(cfg).__name__})")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (adapter_dir / "adapter_model.bin").is_file():
+            return
+        raise VrpError(f"{weights}: missing (the adapter has no weights)")
+    try:
+        with safe_open(str(weights), "pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        raise VrpError(f"{weights}: damaged adapter weights ({lines[0] if lines else type(e).__name__})") from None
+

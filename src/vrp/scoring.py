@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vrp.errors import VrpError
+from vrp.layer_masks import check_shared_prefix, layer_types, shared_prefix_problem
 from vrp.loss import cache_kwarg, decoder_and_head, logits_at, model_attention_mask, target_logprobs
 from vrp.packing import collate, make_rows, shared_prefix_mask
 from vrp.prompts import EncodedVideo
@@ -40,11 +41,14 @@ def score_packed(model: Any, prompt_ids: list[int], candidates: list[list[int]],
     """Sum of log-probs (nats, float64) of each candidate after the prompt, in shared-prefix rows (prompt repeated
     once per row of at most `max_row_tokens`). `contexts[i]` (optional) are tokens placed between the prompt and
     candidate i that condition it but are not scored (e.g. a like-tier marker). Returns one float per candidate, in
-    order. Runs under the caller's grad mode; raises whatever `packing.make_rows` raises for a candidate too long."""
-    rows = make_rows([EncodedVideo("candidates", prompt_ids, candidates, contexts or [])], "shared_prefix", max_row_tokens)
+    order. Runs under the caller's grad mode; raises whatever `packing.make_rows` raises for a candidate too long.
+    A model that vrp cannot shared-prefix mask exactly (`vrp.layer_masks.shared_prefix_problem`) is scored one
+    candidate per row (packing mode `none`) instead."""
+    mode = "shared_prefix" if shared_prefix_problem(decoder_and_head(model)[0]) is None else "none"
+    rows = make_rows([EncodedVideo("candidates", prompt_ids, candidates, contexts or [])], mode, max_row_tokens)
     sums: list[float] = []
     for i in range(0, len(rows), rows_per_batch):
-        batch = collate(rows[i:i + rows_per_batch], pad_id=0, mode="shared_prefix")
+        batch = collate(rows[i:i + rows_per_batch], pad_id=0, mode=mode)
         logp = target_logprobs(model, batch)
         per = torch.zeros(batch["num_comments"], dtype=torch.float64, device=logp.device)
         per.index_add_(0, batch["target_comment"].to(logp.device), logp.double())
@@ -82,8 +86,11 @@ def _score_cached(model: Any, prompt_ids: list[int], candidates: list[list[int]]
     if longest - 1 > budget:
         raise VrpError(f"score_candidates: prompt ({p} tokens) + a candidate ({longest} tokens) exceed "
                        f"max_row_tokens={max_row_tokens}")
-    # Prefill: the prompt alone, causal mask built by transformers.
-    cache = DynamicCache(config=decoder.config)
+    check_shared_prefix(decoder)
+    # Prefill: the prompt alone, causal mask built by transformers; the cache keeps every key (a config's sliding
+    # layers would keep only their window, and the candidate rows' keys must line up with the masks' keys).
+    cache = DynamicCache(config=decoder.config) if set(layer_types(decoder.config)) <= {"full_attention"} \
+        else DynamicCache()
     out = decoder(input_ids=torch.tensor([prompt_ids], device=dev), position_ids=torch.arange(p, device=dev)[None],
                   use_cache=True, **{ckw: cache})
     first = torch.log_softmax(logits_at(decoder.config, head, out.last_hidden_state[0, -1:]), dim=-1)[0]  # (V,)
@@ -116,9 +123,10 @@ def _score_cached(model: Any, prompt_ids: list[int], candidates: list[list[int]]
         mask = shared_prefix_mask(segments)[:, :, p:, :].to(dev)       # (B, 1, S, P + S): queries are the row
         row_cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
                                                  for k, v in prompt_kv])
+        keys = torch.cat([torch.arange(p).expand(b, p), position_ids], dim=1)  # the prompt's, then the row's
         out = decoder(input_ids=input_ids.to(dev), position_ids=position_ids.to(dev),
-                      attention_mask=model_attention_mask(mask, decoder.config, emb.dtype), use_cache=True,
-                      **{ckw: row_cache})
+                      attention_mask=model_attention_mask(mask, decoder.config, emb.dtype, position_ids.to(dev),
+                                                          keys.to(dev)), use_cache=True, **{ckw: row_cache})
         hidden = out.last_hidden_state.reshape(b * s, -1)
         logits = logits_at(decoder.config, head, hidden.index_select(0, torch.tensor(tgt_pos, device=dev)))
         logp = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(tgt_ids, device=dev)[:, None])[:, 0]
@@ -135,7 +143,8 @@ def score_candidates(model: Any, prompt_ids: list[int], candidates: list[list[in
     prompt_ids: (prompt_len,) token ids. candidates: token-id lists (normally ending with EOS).
     max_row_tokens: longest sequence (prompt + packed candidate tokens) one row may hold, in tokens.
     rows_per_batch: rows per forward pass. use_prompt_cache: prefill the prompt once and reuse its KV cache
-    (default) instead of repeating the prompt in each packed row.
+    (default) instead of repeating the prompt in each packed row (a model that vrp cannot shared-prefix mask is
+    scored one candidate per row instead, `score_packed`).
     Returns, in candidate order, `(sum of natural-log token probabilities, number of candidate tokens)`.
     Runs under `torch.no_grad()`. Raises VrpError for an empty prompt or candidate, `rows_per_batch < 1`, or a
     candidate that does not fit with the prompt into `max_row_tokens`.
@@ -143,6 +152,7 @@ def score_candidates(model: Any, prompt_ids: list[int], candidates: list[list[in
     _check(prompt_ids, candidates, rows_per_batch)
     if not candidates:
         return []
-    score = _score_cached if use_prompt_cache else score_packed
+    cached = use_prompt_cache and shared_prefix_problem(decoder_and_head(model)[0]) is None
+    score = _score_cached if cached else score_packed  # a model vrp cannot mask: one candidate per row
     sums = score(model, list(prompt_ids), [list(c) for c in candidates], max_row_tokens, rows_per_batch)
     return [(s, len(c)) for s, c in zip(sums, candidates)]

@@ -1,10 +1,11 @@
 """Table files (CSV, JSONL, Parquet, xlsx) as pandas DataFrames whose cells are text exactly as written.
 
 Knows: how each format is read so that no cell changes (`007`, `1.10`, `1e5`, `NA` stay text; a JSONL number keeps
-its literal), CSV/JSONL bytes through `vrp.charsets`; the CSV delimiter from Excel's `sep=X` line or the header
-(`,`, `;` or tab); the shape checks a table must pass (every CSV row has as many
-fields as the header, RFC 4180 quoting; no column named twice, in any format; no key twice in a JSONL object);
-missing values (None, NaN, `pd.NA`, `NaT`) as ''; Parquet bytes as UTF-8; NUL characters removed from text cells.
+its literal; an xlsx cell the spreadsheet typed, such as a date, is the text it shows, `vrp.xlsx_cells`), CSV/JSONL
+bytes through `vrp.charsets`; the CSV delimiter from Excel's `sep=X` line or the header (`,`, `;` or tab); the shape
+checks a table must pass (every CSV row has as many fields as the header, RFC 4180 quoting; no column named twice, in
+any format; no key twice in a JSONL object); missing values (None, NaN, `pd.NA`, `NaT`) as ''; Parquet bytes as
+UTF-8; NUL characters removed from text cells.
 Does not know: what the columns mean or how rows become videos (see `vrp.dataset`).
 """
 from __future__ import annotations
@@ -29,10 +30,11 @@ TABLE_EXTS = (".xlsx", ".csv", ".tsv", ".jsonl", ".parquet")
 def read_table(path: Path, stats: Counter | None = None) -> Any:
     """A table file as a DataFrame whose text cells are the text as written (see `cell`).
 
-    CSV and xlsx are read with every column as text and no NA words (`NA`, `null`, `None` stay text; an empty cell
-    is ''); JSONL is read by `read_jsonl_table`; Parquet keeps its column types (text stays text, numbers become
-    text in `cell`). CSV and JSONL bytes are decoded by `vrp.charsets.decode_bytes` (any UTF BOM, UTF-8, else a
-    guessed encoding, recorded in `stats["source_encoding"]` and logged). Raises VrpError naming the file."""
+    CSV and xlsx are read with every column as text and no NA words (`NA`, `null`, `None` stay text; an empty cell is
+    ''; a typed xlsx cell is shown through its number format, `read_xlsx_table`); JSONL is read by
+    `read_jsonl_table`; Parquet keeps its column types (text stays text, numbers become text in `cell`). CSV and
+    JSONL bytes are decoded by `vrp.charsets.decode_bytes` (any UTF BOM, UTF-8, else a guessed encoding, recorded in
+    `stats["source_encoding"]` and logged). Raises VrpError naming the file."""
     import pandas as pd
 
     ext = path.suffix.lower()
@@ -53,14 +55,7 @@ def read_table(path: Path, stats: Counter | None = None) -> Any:
             # index_col=False: a row with an extra field must never turn the first column into an index
             return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
         if ext == ".xlsx":
-            df = pd.read_excel(path, dtype=str, keep_default_na=False, header=None)
-            if len(df) == 0:
-                return df
-            header = [cell(x) for x in df.iloc[0].tolist()]
-            _check_unique_columns(header, path)
-            df = df.iloc[1:].reset_index(drop=True)
-            df.columns = header
-            return df
+            return read_xlsx_table(path)
         df = pd.read_parquet(path)
         _check_unique_columns([str(c) for c in df.columns], path)
         return df
@@ -69,6 +64,27 @@ def read_table(path: Path, stats: Counter | None = None) -> Any:
     except Exception as e:  # pandas/openpyxl/pyarrow raise many types for a corrupt file
         detail = " ".join(str(e).split())  # one line: pandas' ParserError spans two
         raise VrpError(f"{path}: cannot read as {ext[1:]} ({type(e).__name__}: {detail})") from None
+
+
+def read_xlsx_table(path: Path) -> Any:
+    """The first sheet of an xlsx file as a DataFrame of the texts the spreadsheet shows (`vrp.xlsx_cells`: a comment
+    typed as `10/10/2025`, which Excel stores as a date, stays `10/10/2025`; text cells as written), the first row as
+    the header. Raises VrpError naming the file and the cell for a typed cell whose format cannot be shown."""
+    import pandas as pd
+
+    from vrp.xlsx_cells import read_xlsx_rows
+
+    try:
+        rows = read_xlsx_rows(path)
+    except ValueError as e:
+        if str(e).startswith("cell "):
+            raise VrpError(f"{path}: {e}") from None
+        raise
+    if not rows:
+        return pd.DataFrame()
+    header = [cell(x) for x in rows[0]]
+    _check_unique_columns(header, path)
+    return pd.DataFrame(rows[1:], columns=header, dtype=object)
 
 
 def _check_unique_columns(header: list[str], path: Path) -> None:

@@ -17,7 +17,8 @@ Rules, for the comments of one video whose order value is known (like count, or 
 The seed's 3 ranked comments give top / typical / low (rank 1 / 2 / 3), its 2-comment video top / low.
 
 Markers: the text `MARKERS[tier]` and a newline open the assistant turn (the chat template writes the assistant's
-content right after the generation prompt, so this is the content "[most liked comment]\\n<comment>"). The marker's
+content right after the generation prompt, so this is the content "[most liked comment]\\n<comment>"; in the plain
+prompt format the marker line follows the `Comment:` cue in the same way). The marker's
 tokens are inputs that the comment attends to but carry no loss: the first comment token is predicted from the
 marker's last position. `any` means no marker: a tiered run is trained with a share of its tiered comments
 without their marker (`marker dropout`, default 0.2) and with its untiered comments (one-comment videos, missing
@@ -25,7 +26,6 @@ likes) without one, so `any` asks for a comment drawn from all tiers, as an unti
 """
 from __future__ import annotations
 
-import json
 import random
 from typing import Any, Sequence
 
@@ -74,14 +74,11 @@ def comment_tiers(comments: Sequence[Comment], source: str) -> list[str | None]:
 
 def dataset_format(data_dir: Any) -> str | None:
     """The `format` a dataset dir's `manifest.json` names (e.g. `seed xlsx (LLaMA-2 [INST] text)`), or None when
-    there is no readable manifest."""
+    there is no manifest or it names none. Raises VrpError naming the file when the manifest is damaged
+    (`DatasetDir.manifest`)."""
     from vrp.artifacts import DatasetDir
 
-    path = DatasetDir(data_dir).path / DatasetDir.MANIFEST
-    try:
-        fmt = json.loads(path.read_text(encoding="utf-8")).get("format")
-    except (OSError, ValueError, AttributeError):
-        return None
+    fmt = (DatasetDir(data_dir).manifest() or {}).get("format")
     return fmt if isinstance(fmt, str) else None
 
 

@@ -82,7 +82,10 @@ def _brief(obj: Any, limit: int = 80) -> str:
 
 
 def _segments_from_cues(cues: Sequence[tuple[float, float, str]]) -> list[Segment]:
-    """Segments from (start s, end s, raw cue text with tags) in file order, rolling-caption repeats removed."""
+    """Segments from (start s, end s, raw cue text with tags) in file order, rolling-caption repeats removed. A cue
+    of zero duration (start == end) is dropped first: no player shows it (WebVTT and SubRip display a cue from its
+    start to its end), and tools use such cues for hidden notes; webvtt-py keeps them."""
+    cues = [c for c in cues if c[1] != c[0]]
     rolling = clean.is_rolling_captions([raw for _, _, raw in cues], [end - start for start, end, _ in cues])
     lines = [[ln for ln in (clean.clean_caption_line(x) for x in raw.split("\n")) if ln] for _, _, raw in cues]
     if rolling:
@@ -194,12 +197,34 @@ def _parse_cues(text: str, fmt: str, where: str, expected: str) -> list[Segment]
 
     if fmt != "vtt" or tidy_caption_lines(text).startswith("WEBVTT"):  # not WebVTT at all: the error below says so
         check_timing_lines(text, fmt, where)
+    tidy = tidy_caption_lines(text)
+    if fmt == "srt":
+        tidy = number_srt_cues(tidy)
     try:
-        captions = webvtt.WebVTT.from_buffer(io.StringIO(tidy_caption_lines(text)), format=fmt).captions
+        captions = webvtt.WebVTT.from_buffer(io.StringIO(tidy), format=fmt).captions
     except (MalformedFileError, MalformedCaptionError) as e:
         raise VrpError(f"{where}: not a valid {expected} ({e})") from None
     return _segments_from_cues(
         [(c.start_time.in_milliseconds() / 1000, c.end_time.in_milliseconds() / 1000, c.raw_text) for c in captions])
+
+
+def number_srt_cues(text: str) -> str:
+    """SubRip text in which every cue has its number: a timing line (`00:00:01,000 --> 00:00:02,000`) that starts a
+    block, or follows a line of text without a cue number, gets one, as pysrt reads such files (its cue index is
+    optional) and players show them. webvtt-py needs the number: it refuses a file that starts with a timing line,
+    and drops a later cue without one. `text` has gone through `tidy_caption_lines`; existing numbers are kept."""
+    lines = text.split("\n")
+    out: list[str] = []
+    count = 0
+    for i, line in enumerate(lines):
+        if _TIMING_RE["srt"].fullmatch(line.strip()):
+            prev = lines[i - 1].strip() if i else ""
+            numbered = prev.isdigit() and (i < 2 or not lines[i - 2].strip())
+            if not numbered:
+                count += 1
+                out.append(str(count))
+        out.append(line)
+    return "\n".join(out)
 
 
 def parse_vtt(text: str, where: str = "<vtt>") -> list[Segment]:
@@ -208,9 +233,10 @@ def parse_vtt(text: str, where: str = "<vtt>") -> list[Segment]:
 
 
 def parse_srt(text: str, where: str = "<srt>") -> list[Segment]:
-    """Parse SubRip text (BOMs, format characters and blank lines before the first cue number are allowed).
-    Raises VrpError if it is not SRT."""
-    return _parse_cues(text, "srt", where, "SubRip (.srt) file; it must start with a cue number")
+    """Parse SubRip text (BOMs, format characters and blank lines before the first cue are allowed; cue numbers are
+    optional, `number_srt_cues`). Raises VrpError if it is not SRT."""
+    return _parse_cues(text, "srt", where, "SubRip (.srt) file; it must start with a cue number or a timing line "
+                                           "such as 00:00:01,000 --> 00:00:03,000")
 
 
 def parse_sbv(text: str, where: str = "<sbv>") -> list[Segment]:
@@ -222,10 +248,11 @@ def parse_sbv(text: str, where: str = "<sbv>") -> list[Segment]:
 
 
 def parse_json3(obj: Any, where: str = "<json3>") -> list[Segment]:
-    """Parse YouTube timed-text JSON (`fmt=json3`): one segment per event with text; line-break-only append
-    events are skipped. Times come from `tStartMs` and `dDurationMs` (milliseconds). Raises VrpError naming
-    `where` and the event for `segs` that is not a list of objects, a `utf8` that is not a string (`5`), or a time
-    that is not a finite number >= 0 (`"1000"`, `true`, `-5`)."""
+    """Parse YouTube timed-text JSON (`fmt=json3`): one segment per event with text; line-break-only append events and
+    events shown for no time (`dDurationMs` 0, a hidden cue) are skipped. Times come from `tStartMs` and
+    `dDurationMs` (milliseconds). Raises VrpError naming `where` and the event for `segs` that is not a list of
+    objects, a `utf8` that is not a string (`5`), or a time that is not a finite number >= 0 (`"1000"`, `true`,
+    `-5`)."""
     events = obj.get("events") if isinstance(obj, dict) else None
     if not isinstance(events, list):
         raise VrpError(f"{where}: not YouTube json3 captions (expected an object with an 'events' list)")
@@ -244,6 +271,8 @@ def parse_json3(obj: Any, where: str = "<json3>") -> list[Segment]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise VrpError(f"{where}: events[{i}].{key} must be a number of milliseconds >= 0, got "
                                f"{_brief(value)}")
+        if "dDurationMs" in ev and ev["dDurationMs"] == 0:  # shown for no time (an absent duration is unknown)
+            continue
         text = "".join(seg.get("utf8", "") for seg in segs)
         start = ev.get("tStartMs", 0) / 1000
         end = start + ev.get("dDurationMs", 0) / 1000
@@ -255,7 +284,8 @@ def parse_json3(obj: Any, where: str = "<json3>") -> list[Segment]:
 
 def parse_transcript_api(snippets: Iterable[Any], where: str = "<transcript-api>") -> list[Segment]:
     """Segments from youtube-transcript-api snippets: dicts `{"text", "start", "duration"}` (seconds) or objects
-    with those attributes (`FetchedTranscriptSnippet`)."""
+    with those attributes (`FetchedTranscriptSnippet`). A snippet with `duration` 0 is shown for no time and is
+    skipped, as zero-duration cues of the other caption formats are (an absent duration is unknown: kept)."""
     segments = []
     for i, s in enumerate(snippets):
         get = s.get if isinstance(s, dict) else lambda k, _s=s: getattr(_s, k, None)
@@ -268,7 +298,7 @@ def parse_transcript_api(snippets: Iterable[Any], where: str = "<transcript-api>
         except (TypeError, ValueError):
             raise VrpError(f"{where}[{i}]: 'start'/'duration' must be numbers (seconds), got {_brief(s)}") from None
         text = clean.clean_caption_line(clean.check_text(text, f"{where}[{i}]: 'text'"))
-        if text:
+        if text and not (duration is not None and end_s == start_s):
             segments.append(Segment(start_s, end_s, text))
     return segments
 

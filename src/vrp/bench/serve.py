@@ -33,10 +33,11 @@ from urllib.parse import urlsplit
 from vrp.bench.train_report import cpu_model
 from vrp.decoding import DEFAULT_PRESET
 from vrp.errors import ConfigError, VrpError
+from vrp.limits import COMMENTS, CONCURRENCY, NEW_TOKENS, QUEUE, REQUESTS, THREADS
 from vrp.options import check_positive, check_range, coerce_fields, option
 
-MAX_REQUESTS = 10_000
-MAX_CONCURRENCY = 64
+MAX_REQUESTS = int(REQUESTS.high)
+MAX_CONCURRENCY = int(CONCURRENCY.high)
 DEFAULT_TITLE = "Three tips for better sourdough bread"
 DEFAULT_TRANSCRIPT = ("Hi everyone, welcome back to the kitchen. Today I will show you three simple tricks for a "
                       "better sourdough loaf: feed your starter the night before, use less water than you think, "
@@ -81,17 +82,18 @@ class BenchServeConfig:
     model: str | None = option("start `vrp serve --model MODEL` for the check", None)
     run: str | None = option("start `vrp serve --run RUN` for the check", None)
     checkpoint: str | None = option("with `run`: serve this checkpoint", None)
-    queue_size: int = option("queue size of the started server", 8)
-    threads: int | None = option("threads of the started server (None: its own default)", None)
-    requests: int = option(f"requests to send (1..{MAX_REQUESTS})", 50)
-    concurrency: int = option(f"requests in flight (1..{MAX_CONCURRENCY})", 4)
+    queue_size: int = option("queue size of the started server", 8, limit=QUEUE)
+    threads: int | None = option("threads of the started server (None: its own default)", None,
+                                 limit=THREADS.from_(1))
+    requests: int = option("requests to send", 50, limit=REQUESTS)
+    concurrency: int = option("requests in flight", 4, limit=CONCURRENCY)
     max_seconds: float = option("start no request after this many seconds", 900.0)
     request_timeout_s: float = option("client timeout per request in seconds", 300.0)
     warmup: bool = option("send one uncounted warm-up request first", True)
     title: str | None = option("video title (None: a short built-in one)", None)
     transcript: str | None = option("transcript text (None: a short built-in one)", None)
-    num_comments: int = option("comments per request", 1)
-    max_new_tokens: int = option("new tokens per comment", 40)
+    num_comments: int = option("comments per request", 1, limit=COMMENTS)
+    max_new_tokens: int = option("new tokens per comment", 40, limit=NEW_TOKENS)
     preset: str = option("decoding preset", DEFAULT_PRESET)
 
     def __post_init__(self) -> None:
@@ -105,7 +107,7 @@ class BenchServeConfig:
         check_range(self, "requests", low=1, high=MAX_REQUESTS)
         check_range(self, "concurrency", low=1, high=MAX_CONCURRENCY)
         check_range(self, "queue_size", low=0)
-        check_range(self, "threads", low=1)
+        check_range(self, "threads", "num_comments", "max_new_tokens", low=1)
         check_positive(self, "max_seconds", "request_timeout_s")
 
     def payload(self) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from typing import Any
 from vrp.artifacts import DatasetDir
 from vrp.bench.train_report import CONFIGS, LABELS, cpu_model
 from vrp.errors import ConfigError, VrpError
+from vrp.limits import BENCH_COMMENTS, MATRIX, PROCESSES, PROMPT_TOKENS, REPEATS, ROWS, STEPS, THREADS, TOKENS
 from vrp.lora import LoraSettings
 from vrp.options import check_choice, check_range, coerce_fields, option, option_like
 from vrp.prompts import PromptConfig
@@ -66,20 +67,22 @@ class BenchTrainConfig:
     data: str | None = option("source of videos: any file `vrp prepare` reads (the command's default: the seed "
                               "train_dataset.xlsx)", None)
     comments_per_video: list[int] = option("comment counts K per video; above a video's own count, real comments of "
-                                           "the following videos are added", [3, 10, 30])
+                                           "the following videos are added", [3, 10, 30], limit=BENCH_COMMENTS)
     vrp_only_comments_per_video: list[int] = option("more comment counts, timed for (b) and (c) only (TRL's rows are "
-                                                    "the same per-example rows at any count)", [100])
+                                                    "the same per-example rows at any count)", [100],
+                                                    limit=BENCH_COMMENTS)
     configs: list[str] = option("configurations to time: subset of " + ",".join(CONFIGS), list(CONFIGS))
     videos: int = option("videos per comment count (0 = automatic: the fewest with >= `min_comments` comments whose "
                          "shared-prefix rows fill `steps` batches)", 0)
     steps: int = option("timed optimizer steps per configuration, after one warm-up step (the table shows their "
-                        "median and spread)", 3)
+                        "median and spread)", 3, limit=STEPS)
     min_comments: int = option("comments per comment count at least (with `videos` 0)", 24)
-    batch_size: int = option("rows per optimizer step, all configurations", 4)
+    batch_size: int = option("rows per optimizer step, all configurations", 4, limit=ROWS)
     max_prompt_tokens: int = option_like(PromptConfig, "max_prompt_tokens")
     max_comment_tokens: int = option_like(PromptConfig, "max_comment_tokens")
     max_row_tokens: int = option("longest shared-prefix row in tokens; longer videos are split into rows (0 = "
-                                 "automatic: 2 x `max_prompt_tokens`, as the shipped recipes, at least prompt + one longest comment)", 0)
+                                 "automatic: 2 x `max_prompt_tokens`, as the shipped recipes, at least prompt + one longest comment)", 0,
+                                 limit=TOKENS.from_(0))
     precision: str = option("auto, bf16 or fp32", "auto")
     attn_implementation: str = option_like(TrainConfig, "attn_implementation")
     lean: bool = option("memory-lean LoRA of `vrp train` (vrp.train.lean); off = PEFT's own LoRA forward, for "
@@ -91,7 +94,7 @@ class BenchTrainConfig:
                           "count of comments per row): the memory of all three, and where the time of (b) and (c) "
                           "goes by kind of operation; written to the output file like a timed run (a few minutes)",
                           False)
-    memory_row_tokens: int = option("row length of the memory profile, tokens", 1100)
+    memory_row_tokens: int = option("row length of the memory profile, tokens", 1100, limit=TOKENS)
     write_when_busy: bool = option("append to the Markdown file even when the 1-minute load average at the start "
                                    "exceeded the core count (the section then says so in bold)", False)
     learning_rate: float = option_like(TrainConfig, "learning_rate")
@@ -100,15 +103,15 @@ class BenchTrainConfig:
     val_check: bool = option("check that packing none and shared_prefix reach the same validation NLL", True)
     val_train_videos: int = option("training videos of the validation check", 4)
     val_videos: int = option("validation videos of the validation check", 4)
-    val_steps: int = option("epochs of the validation check", 1)
+    val_steps: int = option("epochs of the validation check", 1, limit=STEPS)
     val_learning_rate: float = option("learning rate of the validation check", 1e-3)
-    peak_size: int = option("matrix size of the matmul-peak measurement", 4096)
-    peak_repeats: int = option("repeats of the matmul-peak measurement (the best counts)", 5)
+    peak_size: int = option("matrix size of the matmul-peak measurement", 4096, limit=MATRIX)
+    peak_repeats: int = option("repeats of the matmul-peak measurement (the best counts)", 5, limit=REPEATS)
     threads: int = option("torch CPU threads in every configuration (0 = torch's own, one per core; on a busy "
-                          "machine 1 thread can be much faster)", 0)
+                          "machine 1 thread can be much faster)", 0, limit=THREADS)
     nproc: int = option("N >= 2: instead of the configurations, time `vrp train` (shared_prefix) in 1 process and "
                         "in N processes (torchrun, `threads` threads each, default 1) on the same global batch and "
-                        "report the scaling efficiency (vrp.bench.scaling)", 1)
+                        "report the scaling efficiency (vrp.bench.scaling)", 1, limit=PROCESSES)
     quick: bool = option("small smoke run (" + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + "; about 2 "
                          "minutes on an idle 2-core machine)", False)
 
@@ -117,8 +120,9 @@ class BenchTrainConfig:
         if not self.max_row_tokens:
             self.max_row_tokens = max(self.max_prompt_tokens * 2,
                                       self.max_prompt_tokens + self.max_comment_tokens + 1)
-        check_range(self, "batch_size", "steps", "peak_size", "peak_repeats", "max_prompt_tokens",
-                    "max_comment_tokens", "memory_row_tokens", low=1)
+        check_range(self, "batch_size", "steps", "peak_size", "peak_repeats", "max_comment_tokens",
+                    "memory_row_tokens", low=1)
+        check_range(self, "max_prompt_tokens", low=PROMPT_TOKENS.low)  # as `PromptConfig` checks it
         check_range(self, "videos", "threads", "min_comments", low=0)
         check_range(self, "nproc", low=1)
         if not self.comments_per_video or min(self.comments_per_video) < 1:
@@ -198,7 +202,8 @@ def select_videos(videos: list[Video], k: int, tok: Any, opts: BenchTrainConfig)
     from vrp.packing import make_rows
     from vrp.prompts import encode_video
 
-    pcfg = PromptConfig(max_prompt_tokens=opts.max_prompt_tokens, max_comment_tokens=opts.max_comment_tokens)
+    pcfg = PromptConfig(max_prompt_tokens=opts.max_prompt_tokens, max_comment_tokens=opts.max_comment_tokens,
+                        prompt_format="auto")  # a base model (no chat template) gets the plain layout
     enc: list[Any] = []
     for i in range(len(videos)):
         enc.append(encode_video(tok, expand_video(videos, i, k), pcfg))
@@ -270,7 +275,8 @@ def memory_rows(videos: list[Video], tok: Any, opts: BenchTrainConfig, mode: str
     Raises ConfigError('memory_row_tokens') when K comments leave no room for a prompt."""
     from vrp.prompts import encode_video
 
-    pcfg = PromptConfig(max_prompt_tokens=opts.max_prompt_tokens, max_comment_tokens=opts.max_comment_tokens)
+    pcfg = PromptConfig(max_prompt_tokens=opts.max_prompt_tokens, max_comment_tokens=opts.max_comment_tokens,
+                        prompt_format="auto")  # a base model (no chat template) gets the plain layout
     k = opts.comments_per_video[0] if mode == "shared_prefix" else 1
     rows = []
     for i in range(opts.batch_size):

@@ -13,8 +13,9 @@ import re
 import sys
 from typing import Any
 
-# Subcommands in the order the pipeline runs them: collect -> prepare -> train -> generate -> evaluate -> serve.
-SUBCOMMANDS = ["collect", "transcript", "prepare", "train", "generate", "evaluate", "serve", "bench"]
+# Subcommands in the order the pipeline runs them: collect -> prepare -> train -> generate -> evaluate -> serve
+# (-> export).
+SUBCOMMANDS = ["collect", "transcript", "prepare", "train", "generate", "evaluate", "serve", "export", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vrp",
         description="Video response prediction: fine-tune a causal LM with LoRA to predict viewers' comments.",
+        allow_abbrev=False,
     )
     from vrp import __version__
 
@@ -36,7 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         p = mod.add_parser(sub)
         p.set_defaults(_run=mod.run, _parser=p)
+    no_abbreviations(parser)
     return parser
+
+
+def no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Turn off argparse's prefix matching in `parser` and every subcommand parser below it (`vrp bench train`
+    too): with it, `vrp train --lr 1e-3` was taken as `--lr-scheduler 1e-3`, and a flag added later would change
+    what an abbreviation means. A flag must be written in full (or as one of its declared aliases)."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                no_abbreviations(sub)
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:

@@ -142,14 +142,63 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_generate_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `vrp bench generate` (comment generation: vrp in PyTorch vs llama.cpp on the exported GGUF; see
+    `vrp.bench.generate`)."""
+    from vrp.bench.generate import BenchGenerateConfig
+    from vrp.options import add_config_args
+
+    p = bsub.add_parser("generate", help="generation speed: vrp (PyTorch) vs llama.cpp on the run's exported GGUF",
+                        description="Generate K comments for the same prompts with vrp (one prefill for K samples) "
+                                    "and with llama.cpp on the run's GGUF (`vrp export`; exported here when --gguf is "
+                                    "not given) and print comments/s and the time to the first comment; appends a "
+                                    "section to BENCHMARKS.md. llama.cpp needs llama-cpp-python: pip install "
+                                    "'vrp[llamacpp]' (without it only vrp is timed).")
+    out = p.add_argument_group("output")
+    out.add_argument("--output", help="Markdown file to append to (default: BENCHMARKS.md at the repository root)")
+    out.add_argument("--no-write", action="store_true", help="print only; do not append to the Markdown file")
+    out.add_argument("--json-out", help="also write the raw results as JSON to this file")
+    add_config_args(p, BenchGenerateConfig, "benchmark options")
+    p.set_defaults(_bench_run=run_generate, _parser=p)
+    return p
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """`vrp bench generate`: run, print the table, append the section unless `--no-write` (and not on a busy machine
+    unless `--write-when-busy`), optionally write the raw results as JSON."""
+    from vrp.bench.generate import BenchGenerateConfig, busy, format_table, markdown_section, run_bench
+    from vrp.bench.train_report import append_section
+    from vrp.io import write_json_atomic
+    from vrp.options import config_from_args
+
+    cfg = config_from_args(BenchGenerateConfig, args)
+    bench = run_bench(cfg)
+    print(format_table(bench), flush=True)
+    if args.json_out:
+        write_json_atomic(args.json_out, bench)
+    if not args.no_write:
+        path = Path(args.output) if args.output else (REPO_ROOT / "BENCHMARKS.md" if (
+            REPO_ROOT / "pyproject.toml").is_file() else Path("BENCHMARKS.md"))
+        why = busy(bench)
+        if why and not cfg.write_when_busy:
+            print(f"not appended to {path}: {why} Rerun on an idle machine, or pass --write-when-busy.",
+                  file=sys.stderr)
+            return 1
+        append_section(path, markdown_section(bench, _command("generate")))
+        print(f"appended a section to {path}", file=sys.stderr)
+    return 0
+
+
 # One function per benchmark.
 BENCH_PARSERS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [add_serve_parser,
-                                                                                       add_train_parser]
+                                                                                       add_train_parser,
+                                                                                       add_generate_parser]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp bench` and its sub-subcommands."""
-    p = sub.add_parser("bench", help="bounded benchmarks (serve: loopback load check; train: training throughput)",
+    p = sub.add_parser("bench", help="bounded benchmarks (serve: loopback load check; train: training throughput; "
+                                     "generate: vrp vs llama.cpp generation speed)",
                        description="Bounded benchmarks. Run `vrp bench <name> --help` for each.")
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     for add in BENCH_PARSERS:

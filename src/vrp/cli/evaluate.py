@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "evaluate", help="measure whether predicted comments fit the video (likelihood, gain, ranking, generation)",
         description="Evaluate a base model and zero or more fine-tuned runs on held-out videos: NLL/perplexity of the "
                     "real comments, video-conditioning gain (another video's prompt vs. its own, 95% bootstrap CI), "
-                    "LiveBot-style ranking of real comments among 100 candidates vs. the analytic random baseline, "
+                    "LiveBot-style ranking of real comments among --num-candidates candidates (100 by default) vs. the "
+                    "analytic random baseline, "
                     "and reference-free metrics of generated comments. Writes report.md, metrics.json, "
                     "per_video.jsonl, generations.jsonl and PNG charts to --out.")
     p.add_argument("--data", required=True, help="dataset dir from `vrp prepare` (validation.jsonl is evaluated, "
@@ -54,22 +55,45 @@ def models_to_evaluate(model: str | None, runs: list[str], checkpoint: str | Non
     return models
 
 
+def shown(x: float | None, spec: str = ".3f") -> str:
+    """A number of the summary lines, or `-` for one that was not measured (never `nan`)."""
+    return "-" if x is None or x != x else format(x, spec)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run `vrp evaluate`; prints the headline numbers and the report path."""
+    """Run `vrp evaluate` holding the lock of its report dir (`vrp.locks`: a second command writing the same --out
+    is refused while this one runs); prints the headline numbers and the report path."""
+    from vrp.artifacts import ReportDir
+
+    with ReportDir(args.out).lock("vrp evaluate"):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     import dataclasses
     import os
     import time
 
     from vrp.artifacts import ReportDir
     from vrp.evaluate.config import EvaluateConfig
+    from vrp.evaluate.candidates import check_candidate_count
     from vrp.evaluate.embed import load_embedder
     from vrp.evaluate.report import write_outputs
     from vrp.evaluate.run import evaluate_run, load_eval_data
-    from vrp.evaluate.tiers import evaluate_tiers
+    from vrp.evaluate.tiers import evaluate_tiers, tier_summary
     from vrp.options import config_from_args
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = config_from_args(EvaluateConfig, args)
+    import sys
+
+    from vrp.evaluate.generation import mauve_available
+    from vrp.model import resolve_precision
+
+    resolve_precision(cfg.precision)  # e.g. bf16 on a CPU without it: said before any data or model is loaded
+    if cfg.preset_list() and not mauve_available():  # optional: said now, not only in the report at the end
+        print("warning: MAUVE will not be computed: the optional package mauve-text is not installed (pip install "
+              "'vrp[mauve]')", file=sys.stderr, flush=True)
     if cfg.threads:
         import torch
 
@@ -79,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     report.check_new(args.overwrite, inputs=inputs)
     models = models_to_evaluate(cfg.model, args.run, cfg.checkpoint)
     data = load_eval_data(args.data, cfg.max_videos)
+    check_candidate_count(data.videos, cfg.num_candidates)  # before any model is loaded
     t0 = time.perf_counter()
     embedder = load_embedder()
     res, per_video, gen_rows = evaluate_run(data, models, embedder, cfg)
@@ -93,25 +118,23 @@ def run(args: argparse.Namespace) -> int:
     for label, m in res["models"].items():
         lk, rk = m["likelihood"], m["ranking"]
         g = lk.get("conditioning_gain") or {}
+        ci = g.get("ci95") or [None, None]
+        own, title, rnd = (rk.get(k) or {} for k in ("own_prompt", "title_only", "random_baseline"))
         print(f"{label}: NLL/token {lk['nll_own']:.3f} (ppl {lk['perplexity_own']:.1f}); conditioning gain "
-              f"{g.get('mean', float('nan')):+.3f} [{(g.get('ci95') or [float('nan')] * 2)[0]:+.3f}, "
-              f"{(g.get('ci95') or [float('nan')] * 2)[1]:+.3f}]; Recall@1 {rk['own_prompt']['recall_at_1']:.3f} "
-              f"(title only {rk['title_only']['recall_at_1']:.3f}, random {rk['random_baseline']['recall_at_1']:.3f}),"
-              f" MRR {rk['own_prompt']['mrr']:.3f} (random {rk['random_baseline']['mrr']:.3f}); ranking "
-              f"{m['timing_s']['ranking_total_s']:.0f} s")
+              f"{shown(g.get('mean'), '+.3f')} [{shown(ci[0], '+.3f')}, {shown(ci[1], '+.3f')}]; Recall@1 "
+              f"{shown(own.get('recall_at_1'))} (title only {shown(title.get('recall_at_1'))}, random "
+              f"{shown(rnd.get('recall_at_1'))}), MRR {shown(own.get('mrr'))} (random {shown(rnd.get('mrr'))}); "
+              f"ranking {m['timing_s']['ranking_total_s']:.0f} s")
         if rk.get("pmi"):
             pm = rk["pmi"]
             print(f"{label}: PMI ranking (lambda {', '.join(f'{x:g}' for x in pm['lambdas'])}, cross-fitted): "
-                  f"Recall@10 {pm['recall_at_10']:.3f}, MRR {pm['mrr']:.3f}")
+                  f"Recall@10 {shown(pm.get('recall_at_10'))}, MRR {shown(pm.get('mrr'))}")
         for setup, gm in m["generation"].items():
             show = {k: "-" if gm.get(k) is None else f"{gm[k]:.3g}" for k in ("finished_rate", "median_new_tokens",
                                                                                "mauve")}
             print(f"{label}/{setup}: finished {show['finished_rate']}, median new tokens "
                   f"{show['median_new_tokens']}, MAUVE {show['mauve']}")
     for label, t in ((tiers or {}).get("models") or {}).items():
-        a, p = t["accuracy"], t["pairwise"]["top"]
-        print(f"{label}: tier accuracy {a.get('accuracy', float('nan')):.3f} (chance {a.get('chance', float('nan')):.3f}"
-              f", {a.get('comments', 0)} comments); top comment more likely than low under the top marker in "
-              f"{p['share'] if p['share'] is not None else float('nan'):.3f} of {p['videos']} videos")
+        print(tier_summary(label, t))
     print(f"report written to {args.out}/report.md ({time.perf_counter() - t0:.0f} s)")
     return 0

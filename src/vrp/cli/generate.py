@@ -20,7 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     inp.add_argument("--title", default="", help="video title (with --transcript)")
     inp.add_argument("--transcript", help="transcript text")
     inp.add_argument("--max-videos", type=int, default=0, help="only the first N videos (0 = all)")
-    p.add_argument("--out", required=True, help="output file: .csv, .xlsx or .jsonl")
+    p.add_argument("--out", help="output file: .csv, .xlsx or .jsonl (required unless --print-prompt)")
+    p.add_argument("--print-prompt", choices=("text", "user", "json"),
+                   help="print the prompt of the video instead of generating (no model weights are loaded): text = "
+                        "the whole prompt text vrp tokenizes (for raw completion APIs), user = the user message "
+                        "(Ollama's prompt for an exported Modelfile, a chat API's user message), json = one JSON "
+                        "line per video with both and the system prompt; the transcript is cut to the budget as "
+                        "vrp cuts it (docs/export.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-escape-formulas", dest="escape_formulas", action="store_false",
                    help="write .csv text cells as generated: without the leading ' that keeps spreadsheets from "
@@ -38,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from vrp.options import config_from_args
     from vrp.predict import GenerateConfig, load_inputs, predict, write_predictions
 
+    if args.print_prompt:
+        return _print_prompts(args)
+    if not args.out:
+        raise ConfigError("out", "is required (or use `print_prompt`)")
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".xlsx", ".jsonl"):
         raise ConfigError("out", f"unknown extension {out.suffix!r}; use .csv, .xlsx or .jsonl")
@@ -57,9 +67,35 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(GenerateConfig, args)
     videos = load_inputs(args.input, args.title, args.transcript, args.max_videos)
     rows = predict(videos, cfg)
-    write_predictions(rows, out, escape_formulas=args.escape_formulas)
+    # without --overwrite a file another command wrote meanwhile (the same --out) is not replaced
+    write_predictions(rows, out, escape_formulas=args.escape_formulas, replace=args.overwrite)
     for r in rows[:20]:
         print(f"[{r['video_id'][:16]} {r['preset']}] {r['comment'][:100]!r}")
     print(f"{len(rows)} comment{'s' * (len(rows) != 1)} for {len(videos)} video{'s' * (len(videos) != 1)} "
           f"written to {out}")
+    return 0
+
+
+def _print_prompts(args: argparse.Namespace) -> int:
+    """`--print-prompt`: the prompt text, the user message, or JSON lines of both, for each input video (text and
+    user need exactly one video; they are printed as they are, without a newline added)."""
+    import json
+    import sys
+
+    from vrp.errors import ConfigError
+    from vrp.export.prompts import video_prompts
+    from vrp.options import config_from_args
+    from vrp.predict import GenerateConfig, load_inputs
+
+    cfg = config_from_args(GenerateConfig, args)
+    videos = load_inputs(args.input, args.title, args.transcript, args.max_videos)
+    if args.print_prompt != "json" and len(videos) != 1:
+        raise ConfigError("print_prompt", f"{args.print_prompt} prints the prompt of one video and the input has "
+                                          f"{len(videos)}; use `max_videos` 1 or `print_prompt` json")
+    prompts = video_prompts(videos, cfg.model, cfg.run, cfg.max_prompt_tokens, cfg.tier)
+    if args.print_prompt == "json":
+        for vp in prompts:
+            sys.stdout.write(json.dumps(vp.to_json(), ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(prompts[0].text if args.print_prompt == "text" else prompts[0].user)
     return 0

@@ -33,6 +33,7 @@ from vrp.collect.youtube import (
     watch_url,
 )
 from vrp.errors import ConfigError, VrpError
+from vrp.limits import COLLECT_COMMENTS, RETRIES
 from vrp.options import check_choice, check_positive, check_range, coerce_fields, option
 from vrp.transcripts import parse_transcript_api, parse_transcript_bytes
 
@@ -49,7 +50,7 @@ class CollectConfig:
     max_videos: int | None = option("stop once the dir holds N videos, earlier runs included (None: all listed "
                                     "videos)", None, "N")
     comments_per_video: int = option("top-level comments to fetch per video, sorted by 'top' (YouTube's relevance "
-                                     "order)", 20, "K")
+                                     "order)", 20, "K", limit=COLLECT_COMMENTS)
     languages: list[str] = option("transcript languages in order of preference (ISO 639-1, e.g. en,de)", ["en"],
                                   "LANGS")
     comment_sort: str = option("YouTube's comment order: top or new", "top")
@@ -57,7 +58,7 @@ class CollectConfig:
     cookies: str | None = option("Netscape-format cookies file for yt-dlp (e.g. for age-restricted videos; "
                                  "youtube-transcript-api does not use it)", None, "FILE")
     proxy: str | None = option("proxy for yt-dlp and youtube-transcript-api, e.g. http://host:port", None, "URL")
-    retries: int = option("extra attempts after a transient error (HTTP 429, bot check, timeout)", 3)
+    retries: int = option("extra attempts after a transient error (HTTP 429, bot check, timeout)", 3, limit=RETRIES)
     backoff: float = option("first wait before a retry; doubled after each attempt", 5.0, "SECONDS")
     backoff_max: float = option("longest wait before a retry", 300.0, "SECONDS")
     socket_timeout: float = option("network timeout of yt-dlp", 30.0, "SECONDS")
@@ -316,7 +317,7 @@ def collect(targets: Sequence[str], out: str | Path | CollectDir, config: Collec
     `ydl_factory(params)` must return a context manager with `extract_info(url, download=False)` and `urlopen(url)`
     (default `yt_dlp.YoutubeDL`); `transcript_api` needs `fetch(video_id, languages=[...])` (default
     `YouTubeTranscriptApi()` unless `config.transcript_api` is False). Raises VrpError on a bad target,
-    ConfigError on a missing cookies file, VrpError if another run holds the directory.
+    ConfigError on a missing cookies file, ConfigError('out') if another command holds the directory (`vrp.locks`).
     """
     config = config or CollectConfig()
     out = out if isinstance(out, CollectDir) else CollectDir(out)
@@ -330,7 +331,7 @@ def collect(targets: Sequence[str], out: str | Path | CollectDir, config: Collec
     if transcript_api is None and config.transcript_api:
         transcript_api = _default_transcript_api(config)
     collector = Collector(out, config, ydl_factory, transcript_api if config.transcript_api else None, sleep)
-    with out.lock():
+    with out.lock("vrp collect"):
         try:
             return collector.run(parsed)
         finally:

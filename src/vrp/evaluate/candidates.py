@@ -1,8 +1,9 @@
 """Ranking candidates for the LiveBot-style evaluation: which comments compete with a video's real comments.
 
-Knows: text normalisation for de-duplication (`norm_key`), the most frequent training comments, how the 100
-candidates of a held-out video are drawn (its real comments, comments of similar held-out videos, frequent training
-comments, random others), and the fixed random pairing of videos for the conditioning gain (`derangement`).
+Knows: text normalisation for de-duplication (`norm_key`), the most frequent training comments, how the
+`num_candidates` candidates of a held-out video are drawn (its real comments, comments of similar held-out videos,
+frequent training comments, random others) and that they must exceed its real comments (`check_candidate_count`),
+and the fixed random pairing of videos for the conditioning gain (`derangement`).
 Does not know: how candidates are scored or ranked (`evaluate`, `scoring`, `metrics`).
 Protocol: Ma et al., "LiveBot: Generating Live Video Comments Based on Visual and Textual Contexts", AAAI 2019,
 with the fixes described in `vrp.evaluate.report.DEFINITIONS` (no test videos in training, an analytic random baseline).
@@ -17,8 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
+from vrp.errors import ConfigError
 from vrp.evaluate import metrics as M
 from vrp.records import Video
+
+MAX_REAL = 25  # real comments of a video that enter its candidate set (its best-ranked distinct ones)
 
 
 def norm_key(text: str) -> str:
@@ -57,7 +61,7 @@ class CandidateSet:
 
 def build_candidate_sets(videos: Sequence[Video], video_emb: np.ndarray, frequent: Sequence[str],
                          train_comments: Sequence[str], n_candidates: int = 100, n_similar: int = 30,
-                         n_frequent: int = 20, max_real: int = 25, seed: int = 0) -> list[CandidateSet]:
+                         n_frequent: int = 20, max_real: int = MAX_REAL, seed: int = 0) -> list[CandidateSet]:
     """Candidates per video, in this order until `n_candidates` (real + distractors) are reached:
     1. its real comments (distinct texts, at most `max_real`, best-ranked first);
     2. comments of the most similar other held-out videos (`video_emb` cosine), whole videos, up to `n_similar`;
@@ -101,6 +105,26 @@ def build_candidate_sets(videos: Sequence[Video], video_emb: np.ndarray, frequen
         src["short_by"] = n_candidates - len(real) - len(dis)
         out.append(CandidateSet(real, dis, src))
     return out
+
+
+def real_count(video: Video, max_real: int = MAX_REAL) -> int:
+    """How many of `video`'s comments enter its candidate set as real comments: its distinct texts (`norm_key`),
+    at most `max_real`."""
+    return min(len({norm_key(c.text) for c in video.comments if norm_key(c.text)}), max_real)
+
+
+def check_candidate_count(videos: Sequence[Video], n_candidates: int, max_real: int = MAX_REAL) -> None:
+    """Raise ConfigError('num_candidates') unless `n_candidates` exceeds the real comments of every video
+    (`real_count`): each real comment is ranked against the video's distractors only, so a set that its real comments
+    fill has none, and every model (and random) would score Recall@1 = MRR = 1 there. Called before any model is
+    loaded."""
+    if not videos:
+        return
+    most, vid = max((real_count(v, max_real), v.video_id) for v in videos)
+    if n_candidates <= most:
+        raise ConfigError("num_candidates", f"must exceed the real comments per video so that each is ranked "
+                                            f"against at least one distractor: video {vid!r} has {most} (at most "
+                                            f"{max_real} count), so give at least {most + 1}; got {n_candidates}")
 
 
 def derangement(n: int, seed: int) -> list[int]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from vrp.decoding import get_preset
 from vrp.errors import ConfigError
+from vrp.limits import CANDIDATES, COMMENTS, PROMPT_TOKENS, RERANK, ROWS, THREADS, TOKENS
 from vrp.model import PRECISIONS
 from vrp.options import check_choice, check_no_repeats, check_range, coerce_fields, option, option_like
 from vrp.predict import GenerateConfig
@@ -28,21 +29,23 @@ class EvaluateConfig:
     presets: str = option("comma-separated decoding presets for the generation metrics ('none' = skip generation)",
                           "nucleus,beam")
     num_comments: int = option("generated comments per video and preset (MAUVE wants >= 5 per video; greedy gives "
-                               "one)", 5)
+                               "one)", 5, limit=COMMENTS)
     max_new_tokens: int = option_like(GenerateConfig, "max_new_tokens", "generation budget per comment in tokens "
                                                                          "(the original used 150)")
     max_prompt_tokens: int | None = option_like(GenerateConfig, "max_prompt_tokens")
-    num_candidates: int = option("ranking candidates per video", 100)
+    num_candidates: int = option("ranking candidates per video; must exceed the real comments of every video (at "
+                                 "most 25 count), so that each is ranked against distractors", 100, limit=CANDIDATES)
     ranking: str = option("candidate ranking: likelihood (mean log-prob per token given the video's prompt), pmi "
                           "(minus lambda times that given the no-video prompt, lambda cross-fitted over videos) or "
                           "both, side by side", "both")
     rerank: list[int] = option("also generate with reranking from N samples per video (maximum mutual information; "
-                               "comma-separated N, each >= `num_comments`; 0 = plain generation)", [0])
+                               "comma-separated N, each >= `num_comments`; 0 = plain generation)", [0], limit=RERANK)
     rerank_lambda: float = option_like(GenerateConfig, "rerank_lambda")
     seed: int = option("seed of candidates, derangement, bootstrap and sampling", 0)
     precision: str = option("auto (bf16 on CPUs with AVX512-BF16/AMX), bf16 or fp32", "auto")
-    score_row_tokens: int = option("candidate tokens per packed scoring row (the prompt comes on top)", 512)
-    score_rows_per_batch: int = option("scoring rows per forward pass", 1)
+    score_row_tokens: int = option("candidate tokens per packed scoring row (the prompt comes on top)", 512,
+                                   limit=TOKENS)
+    score_rows_per_batch: int = option("scoring rows per forward pass", 1, limit=ROWS)
     max_videos: int = option("evaluate only the first N held-out videos (0 = all)", 0)
     max_gen_videos: int = option("generate for the first N held-out videos (0 = all; on-topic retrieval still "
                                  "searches all evaluated videos). Beam search on a 2-core CPU takes ~20-50 s per "
@@ -52,21 +55,22 @@ class EvaluateConfig:
     seed_test: str | None = option("the original test set (test_dataset.xlsx): ours are generated for its videos and "
                                    "compared with `seed_results`", None)
     threads: int = option("torch CPU threads (0 = torch's default; 1 can be much faster when other processes share "
-                          "the CPU)", 0)
+                          "the CPU)", 0, limit=THREADS)
     quiet: bool = option("no progress bars", False)
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         check_range(self, "threads", "max_videos", "max_gen_videos", low=0)
         check_range(self, "num_candidates", low=2)
-        check_range(self, "num_comments", "max_new_tokens", "max_prompt_tokens", "score_row_tokens",
+        check_range(self, "max_prompt_tokens", low=PROMPT_TOKENS.low)  # as `PromptConfig` checks it
+        check_range(self, "num_comments", "max_new_tokens", "score_row_tokens",
                     "score_rows_per_batch", low=1)
         check_choice(self, "precision", PRECISIONS)
         check_choice(self, "ranking", RANKINGS)
         if not self.rerank:
             raise ConfigError("rerank", "give at least one value (0 = plain generation)")
-        for n in self.rerank:
-            check_rerank(n, self.num_comments, [])
+        for n in self.rerank:  # the rule of `vrp generate`: greedy (one comment) is never reranked, never dropped
+            check_rerank(n, self.num_comments, self.preset_list())
         if not self.rerank_lambda >= 0:
             raise ConfigError("rerank_lambda", f"must be >= 0, got {self.rerank_lambda}")
         if self.seed_results and not self.seed_test:
@@ -86,13 +90,11 @@ class EvaluateConfig:
 
     def setups(self) -> list[tuple[str, str, int]]:
         """`(label, preset, rerank)` of every generation setup: each preset without reranking (label = the preset)
-        and with each `rerank` N > 0 (label `preset+rerankN`); greedy, which gives one comment, is never reranked."""
-        out = []
-        for p in self.preset_list():
-            for n in dict.fromkeys(self.rerank):
-                if n == 0 or p != "greedy":
-                    out.append((p if n == 0 else f"{p}+rerank{n}", p, n))
-        return out
+        and with each `rerank` N > 0 (label `preset+rerankN`). Greedy, which gives one comment, cannot be reranked:
+        `__post_init__` refuses it with any N > 0 (`vrp.rerank.check_rerank`, as `vrp generate` does), so every
+        preset and N asked for is a setup."""
+        return [(p if n == 0 else f"{p}+rerank{n}", p, n)
+                for p in self.preset_list() for n in dict.fromkeys(self.rerank)]
 
     def ranking_list(self) -> list[str]:
         """The rankings to compute: ['likelihood'], ['pmi'] or both."""

@@ -108,7 +108,7 @@ def run_generation(loaded: tuple[Any, Any, dict[str, Any]], videos: Sequence[Vid
 def read_seed_outputs(seed_dir: str | Path, n_videos: int) -> dict[str, list[str]]:
     """The original project's outputs: `DIR/*.xlsx`, column `text`, one row per test video in order. Raises VrpError
     for a missing dir, no xlsx, a missing column or a row count different from `n_videos`."""
-    import pandas as pd
+    from vrp.tables import read_table
 
     d = Path(seed_dir)
     files = sorted(d.glob("*.xlsx")) if d.is_dir() else []
@@ -116,7 +116,7 @@ def read_seed_outputs(seed_dir: str | Path, n_videos: int) -> dict[str, list[str
         raise ConfigError("seed_results", f"no .xlsx files in {d}")
     out = {}
     for f in files:
-        df = pd.read_excel(f)
+        df = read_table(f)  # cells as the spreadsheet shows them (`vrp.xlsx_cells`), as every table vrp reads
         if "text" not in df.columns:
             raise VrpError(f"{f}: no 'text' column (found {list(df.columns)})")
         if len(df) != n_videos:

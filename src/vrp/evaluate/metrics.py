@@ -173,21 +173,25 @@ def summarize_ranks(groups: Sequence[Sequence[RankStat]], ks: Sequence[int] = (1
     """Macro-average of rank statistics: first over the gold items of a group (a video), then over groups.
 
     groups: one list of `RankStat` per video (empty lists are skipped). Returns `{mean_rank, mrr, recall_at_<k>...,
-    videos, items, mean_candidates}`; every video weighs the same whatever its number of real comments.
+    videos, items, mean_candidates, min_candidates}`; every video weighs the same whatever its number of real
+    comments. Recall@k is None when some item has k or fewer candidates: it would be 1 there whatever the scores
+    (a rank among n <= k candidates is always <= k), so the average would not measure the ranking.
     """
     groups = [g for g in groups if g]
-    out: dict[str, float | int] = {"videos": len(groups), "items": sum(len(g) for g in groups)}
+    out: dict[str, float | int | None] = {"videos": len(groups), "items": sum(len(g) for g in groups)}
     if not groups:
         return out
 
     def avg(f) -> float:  # type: ignore[no-untyped-def]
         return float(np.mean([np.mean([f(s) for s in g]) for g in groups]))
 
+    fewest = min(s.num_candidates for g in groups for s in g)
     out["mean_rank"] = avg(lambda s: s.mean_rank)
     out["mrr"] = avg(lambda s: s.rr)
     for k in ks:
-        out[f"recall_at_{k}"] = avg(lambda s, k=k: s.recall[k])
+        out[f"recall_at_{k}"] = avg(lambda s, k=k: s.recall[k]) if fewest > k else None
     out["mean_candidates"] = avg(lambda s: s.num_candidates)
+    out["min_candidates"] = fewest
     return out
 
 

@@ -36,9 +36,12 @@ def pmi_ranks(row: dict[str, Any], lam: float, ks: Sequence[int] = KS) -> list[M
     """Rank statistics of a video's real comments among its distractors under PMI with weight `lam`.
 
     row: `{own_all, no_video_all: [(sum, n)] for real comments then distractors, n_real}`. Each real comment is
-    ranked against the distractors only (`metrics.tie_aware_stats`), as the likelihood ranking is."""
+    ranked against the distractors only (`metrics.tie_aware_stats`), as the likelihood ranking is; a video without
+    distractors has no ranks."""
     s = pmi_values(row["own_all"], row["no_video_all"], lam)
     k = row["n_real"]
+    if len(s) == k:
+        return []
     return [M.tie_aware_stats(x, s[k:], ks) for x in s[:k]]
 
 

@@ -157,26 +157,31 @@ are 5 per video by default, and the real-comment reference holds every real comm
 
 - **NLL per token** (nats): −Σ log p(token | prompt, earlier tokens) over the tokens of every real held-out comment
   *and its end-of-turn token*, divided by their number (token-weighted over all comments). **Perplexity** =
-  exp(NLL per token). Prompts are the training prompts (chat template, transcript cut to `max_prompt_tokens`).
+  exp(NLL per token). Prompts are the training prompts (chat template or plain layout, transcript cut to
+  `max_prompt_tokens`).
 - **Video-conditioning gain**: per video, NLL/token of its real comments given *another* held-out video's prompt (a
   fixed random derangement) minus NLL/token given its own prompt; mean over videos with a 95% percentile bootstrap
   CI over videos (Efron 1979; 10,000 resamples). > 0 means the model uses the video; a model that ignores its input
   scores 0. The **title-only** variant uses the prompt with an empty transcript instead of another video.
 - **Ranking** (LiveBot protocol, Ma et al., AAAI 2019, with an analytic random baseline and no test videos in
-  training): each held-out video gets up to 100 candidates = its real comments + comments of the most similar other
-  held-out videos (MiniLM cosine of title + transcript, up to 30) + the 20 most frequent training comments (ties in
-  count broken by closeness to the mean training-comment embedding, i.e. the most typical ones) + random comments of
-  other held-out videos and of the training split. **Likelihood** ranks candidates by mean log-prob per token
-  (length-normalised) given the video's prompt, computed with shared-prefix scoring. **PMI** (domain-conditional
-  PMI, Holtzman et al. 2021) ranks them by that minus λ × their mean log-prob per token given the *no-video prompt*
-  (the same chat with an empty title and transcript, one prompt for all videos; for untitled videos it equals the
-  title-only prompt). λ comes from the grid 0, 0.1, …, 1.5 by 2-fold cross-fitting: the videos are split in two
-  halves (seeded), λ with the best MRR on one half (smaller λ on ties) ranks the other half, and vice versa; the two
-  λ are reported, and no video is ranked with a λ chosen on itself. **Each real comment is ranked against the
-  distractors only** (the video's other real comments are removed); **Recall@k** = P(rank ≤ k), **MRR** = mean
-  1/rank, **mean rank** (1 = best) are averaged over a video's real comments, then over videos; ties count as a
-  uniformly random tie-break (exact expectation). **Random baseline**: for n candidates, Recall@k = min(k, n)/n,
-  MRR = H_n/n, mean rank = (n+1)/2, averaged the same way over exactly these candidate counts.
+  training): each held-out video gets up to `num_candidates` candidates (100 by default; section 3 gives this
+  report's target and the counts used) = its real comments (at most 25; `num_candidates` must exceed them, so that
+  there are distractors) + comments of the most similar other held-out videos (MiniLM cosine of title + transcript,
+  up to 30) + the 20 most frequent training comments (ties in count broken by closeness to the mean training-comment
+  embedding, i.e. the most typical ones) + random comments of other held-out videos and of the training split.
+  **Likelihood** ranks candidates by mean log-prob per token (length-normalised) given the video's prompt, computed
+  with shared-prefix scoring. **PMI** (domain-conditional PMI, Holtzman et al. 2021) ranks them by that minus λ ×
+  their mean log-prob per token given the *no-video prompt* (the same chat with an empty title and transcript, one
+  prompt for all videos; for untitled videos it equals the title-only prompt). λ comes from the grid 0, 0.1, …, 1.5
+  by 2-fold cross-fitting: the videos are split in two halves (seeded), λ with the best MRR on one half (smaller λ on
+  ties) ranks the other half, and vice versa; the two λ are reported, and no video is ranked with a λ chosen on
+  itself. **Each real comment is ranked against the distractors only** (the video's other real comments are removed);
+  **Recall@k** = P(rank ≤ k), **MRR** = mean 1/rank, **mean rank** (1 = best) are averaged over a video's real
+  comments, then over videos; ties count as a uniformly random tie-break (exact expectation). A real comment is
+  ranked among itself + the distractors; Recall@k is not reported (–) when some real comment has k or fewer of them,
+  where it would be 1 whatever the scores, and a video that got no distractor is left out. **Random baseline**: for n
+  candidates, Recall@k = min(k, n)/n, MRR = H_n/n, mean rank = (n+1)/2, averaged the same way over exactly these
+  candidate counts.
 - **distinct-n** (Li et al., NAACL 2016): distinct word n-grams / all word n-grams over all outputs of a row.
   **Repetition rate**: share of outputs in which some word n-gram or emoji occurs 3+ times in a row (punctuation-only
   runs such as "!!!" excluded). **Generic rate**: share of outputs with MiniLM cosine ≥ 0.9 to one of the 50 most
@@ -194,6 +199,19 @@ are 5 per video by default, and the real-comment reference holds every real comm
 """
 
 
+def _ranked_among(models: dict[str, Any]) -> str:
+    """The candidate counts the rankings actually used (each real comment among itself + its video's distractors)
+    and which Recall@k were left out because some real comment had k or fewer candidates."""
+    own = next((m["ranking"].get("own_prompt") or {} for m in models.values()), {})
+    if not own.get("items"):
+        return " No real comment could be ranked (no video has a distractor)."
+    missing = [n for key, n in RANK_METRICS if key.startswith("recall_at_") and own.get(key) is None]
+    return (f" Each real comment is ranked among itself and its video's distractors: {own['mean_candidates']:.1f} "
+            f"candidates on average, {own['min_candidates']} at least ({own['items']} comments of {own['videos']} "
+            f"videos)." + (f" {', '.join(missing)} not reported (–): with {own['min_candidates']} candidates a rank "
+                           f"is always within k." if missing else ""))
+
+
 def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], charts: Sequence[str]) -> str:
     """The report.md text for the metrics dict `res` (see `evaluate.evaluate_run`)."""
     d, cand, models = res["data"], res["candidates"], res["models"]
@@ -202,7 +220,8 @@ def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], cha
            f"Held-out videos: **{d['videos']}** ({d['real_comments']} real comments) from `{d['source']}`; "
            f"{d['train_comments']} training comments. Models: " + ", ".join(
                f"`{k}` ({m['model']}{' + ' + m['adapter'] if m['adapter'] else ''}, {m['precision']}, prompt ≤ "
-               f"{m['max_prompt_tokens']} tokens)" for k, m in models.items()) + "."]
+               f"{m['max_prompt_tokens']} tokens, {m.get('prompt_format', 'chat')} prompt format)"
+               for k, m in models.items()) + "."]
     out += [f"- note: {n}" for n in d["notes"]]
     out += ["", "## 1. Likelihood of the real held-out comments", "",
             _table(["model", "NLL/token (own video)", "perplexity", "NLL/token title only", "NLL/token another video",
@@ -225,7 +244,8 @@ def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], cha
             f"{cand['mean_real']:.2f} real + {src['similar_videos']:.1f} from similar videos + "
             f"{src['frequent_training']:.1f} frequent training comments + {src['random']:.1f} random."
             + (f" **{cand['videos_short']} videos have fewer than {cand['target']} candidates** (pool too small)."
-               if cand["videos_short"] else ""), ""]
+               if cand["videos_short"] else "")
+            + _ranked_among(models), ""]
     rows = []
     for k, m in models.items():
         for name, key in RANKINGS:

@@ -1,10 +1,11 @@
 """`vrp evaluate`: does a model's comment prediction use the video? Likelihood, conditioning gain, ranking, generation.
 
 Knows: which videos are evaluated (a dataset dir's `validation.jsonl`, its `train.jsonl` for the most frequent
-training comments, or any source `vrp.dataset.load_source` reads), how the 100 ranking candidates of a video are
-drawn, how real comments and candidates are scored with shared-prefix scoring (`vrp.scoring.score_candidates`) under
-four prompts (own video, another video, title only, and no video for the PMI ranking, whose lambda `vrp.evaluate.pmi`
-cross-fits), and which generated comments are measured (`vrp.evaluate.generation`).
+training comments, or any source `vrp.dataset.load_source` reads), how the ranking candidates of a video are drawn
+(`num_candidates`, 100 by default), how real comments and candidates are scored with shared-prefix scoring
+(`vrp.scoring.score_candidates`) under four prompts (own video, another video, title only, and no video for the PMI
+ranking, whose lambda `vrp.evaluate.pmi` cross-fits), and which generated comments are measured
+(`vrp.evaluate.generation`).
 Does not know: metric formulas (`metrics`, `pmi`), report layout and charts (`report`), decoding (`predict`,
 `decoding`), its options' defaults and validation (`vrp.evaluate.config.EvaluateConfig`), a run's layout
 (`vrp.artifacts`).
@@ -27,8 +28,10 @@ from vrp.artifacts import DatasetDir
 from vrp.errors import VrpError
 from vrp.evaluate import metrics as M
 from vrp.evaluate.candidates import CandidateSet, build_candidate_sets, derangement, frequent_comments, norm_key  # noqa: F401 (re-exported)
+from vrp.evaluate.candidates import check_candidate_count
 from vrp.evaluate.config import EvaluateConfig
 from vrp.evaluate.generation import (  # noqa: F401 (re-exported)
+    MAUVE_MIN_COMMENTS,
     generation_metrics,
     mauve_available,
     read_seed_outputs,
@@ -165,6 +168,10 @@ def score_videos(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video], csets
 
 
 def _ranks(real: Sequence[tuple[float, int]], dis: Sequence[tuple[float, int]]) -> list[M.RankStat]:
+    """Rank statistics of each real comment among the distractors; none for a video without distractors (a rank
+    among no competitors is 1 whatever the model does: such a video is left out of the ranking, not scored)."""
+    if not dis:
+        return []
     d = [s / n for s, n in dis]
     return [M.tie_aware_stats(s / n, d, KS) for s, n in real]
 
@@ -190,14 +197,18 @@ def likelihood_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[st
 def ranking_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     """Ranking metrics for own prompts (likelihood), title-only prompts and the analytic random baseline of the same
     sets; when the rows hold no-video scores, also the PMI ranking with lambda 2-fold cross-fitted over videos
-    (`vrp.evaluate.pmi.cross_fit`; its per-video ranks are stored in the rows as `rank_pmi`)."""
+    (`vrp.evaluate.pmi.cross_fit`; its per-video ranks are stored in the rows as `rank_pmi`). Videos without
+    distractors have no ranks (`_ranks`); PMI is cross-fitted over the others and needs two of them."""
     base = [[M.random_rank_stat(s.num_candidates, KS) for s in r["rank_full"]] for r in rows]
     out = {"own_prompt": M.summarize_ranks([r["rank_full"] for r in rows], KS),
            "title_only": M.summarize_ranks([r["rank_title"] for r in rows], KS),
            "random_baseline": M.summarize_ranks(base, KS)}
-    if rows and all("no_video_all" in r for r in rows):
-        cf = cross_fit(rows, seed=seed)
-        for r, ranks in zip(rows, cf["ranks"]):
+    rankable = [r for r in rows if r["rank_full"]]
+    if len(rankable) >= 2 and all("no_video_all" in r for r in rows):
+        cf = cross_fit(rankable, seed=seed)
+        for r in rows:
+            r["rank_pmi"] = []
+        for r, ranks in zip(rankable, cf["ranks"]):
             r["rank_pmi"] = ranks
         out["pmi"] = {**M.summarize_ranks(cf["ranks"], KS), "lambdas": cf["lambdas"],
                       "fold_videos": [len(f) for f in cf["folds"]],
@@ -209,6 +220,7 @@ def _candidate_summary(csets: Sequence[CandidateSet], n_candidates: int, frequen
     sizes = [len(c.real) + len(c.distractors) for c in csets]
     return {"target": n_candidates, "mean": float(np.mean(sizes)), "min": min(sizes),
             "videos_short": sum(c.sources["short_by"] > 0 for c in csets),
+            "videos_without_distractors": sum(not c.distractors for c in csets),
             "mean_real": float(np.mean([len(c.real) for c in csets])),
             "mean_by_source": {k: float(np.mean([c.sources[k] for c in csets]))
                                for k in ("similar_videos", "frequent_training", "random")},
@@ -250,6 +262,7 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
     from vrp.evaluate.embed import embed_videos
     from vrp.model import autocast_ctx, load_for_inference, resolve_precision
     from vrp.predict import prompt_settings
+    from vrp.prompt_format import resolve_prompt_config
 
     cfg = cfg or EvaluateConfig()
     presets, num_comments, max_new_tokens, seed = cfg.preset_list(), cfg.num_comments, cfg.max_new_tokens, cfg.seed
@@ -261,6 +274,7 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
         hf_logging.disable_progress_bar()
     t_start = time.perf_counter()
     videos = data.videos
+    check_candidate_count(videos, n_candidates)  # a set its real comments fill ranks nothing
     video_emb = embed_videos(embedder, videos)
     train_emb = embedder.encode(data.train_comments) if data.train_comments else None
     frequent = frequent_comments(data.train_comments, 50, train_emb)
@@ -283,6 +297,9 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
     if cand["videos_short"]:
         notes.append(f"{cand['videos_short']} of {len(videos)} videos have fewer than {n_candidates} candidates (pool "
                      f"too small); baselines use the actual counts")
+    if cand["videos_without_distractors"]:
+        notes.append(f"{cand['videos_without_distractors']} of {len(videos)} videos got no distractor (pool too small) "
+                     f"and are left out of the ranking: among no competitors every rank is 1")
     result: dict[str, Any] = {
         "metrics_version": M.METRICS_VERSION,
         "data": {"source": data.source, "videos": len(videos), "real_comments": sum(len(c.real) for c in csets),
@@ -306,6 +323,7 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
         loaded = load_for_inference(spec, run, precision=precision)
         m, tok, info = loaded
         pcfg = shared if run is None else prompt_settings(run, shared.max_prompt_tokens)
+        pcfg = resolve_prompt_config(tok, pcfg, model=info.get("model"))  # a base model's `auto`: chat or plain, said on stderr
         tm: dict[str, Any] = {"load_s": time.perf_counter() - t0}
         if tok_count is None:
             tok_count = lambda t, tok=tok: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
@@ -316,6 +334,7 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
         tm.update(st)
         entry: dict[str, Any] = {"model": info["model"], "adapter": info["adapter"], "precision": info["precision"],
                                  "max_prompt_tokens": pcfg.max_prompt_tokens, "truncation": pcfg.truncation,
+                                 "prompt_format": pcfg.prompt_format,
                                  "likelihood": likelihood_summary(rows, seed), "ranking": ranking_summary(rows, seed),
                                  "generation": {}, "seed_generation": {}}
         per_video += [{"model": label, "video_id": v.video_id, "candidates": r["candidates"],
@@ -337,6 +356,10 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
                                                     emb, embedder, generic_emb, tok_count,
                                                     [r["finished"] for r in rr], [r["new_tokens"] for r in rr], ref,
                                                     seed)
+                n_real = (real_ref or {}).get("count", 0)
+                if key == "held_out" and mauve_available() and min(len(rr), n_real) < MAUVE_MIN_COMMENTS:
+                    notes.append(f"MAUVE of {label}/{p} not computed: {len(rr)} generated and {n_real} real comments, "
+                                 f"it needs {MAUVE_MIN_COMMENTS} on each side (more `num_comments` or videos)")
                 if name == "seed_generation":
                     result["seed_comparison"][f"{label}/{p}"] = entry[name][p]
                 gen_rows += [{"set": key, "model": label, "preset": p, "video_id": r["video_id"],

@@ -192,6 +192,7 @@ def evaluate_tiers(data: Any, models: Sequence[tuple[str, str | None, Any]], emb
     from vrp.evaluate.run import generation_metrics, shared_prompt_settings
     from vrp.model import autocast_ctx, load_for_inference, resolve_precision
     from vrp.predict import prompt_settings
+    from vrp.prompt_format import resolve_prompt_config
 
     sources = {label: run_tier_source(run) for label, _, run in models if run is not None}
     tiered = [label for label, s in sources.items() if s]
@@ -222,7 +223,8 @@ def evaluate_tiers(data: Any, models: Sequence[tuple[str, str | None, Any]], emb
         t1 = time.perf_counter()
         loaded = load_for_inference(spec, run, precision=cfg.precision)
         m, tok, _ = loaded
-        pcfg = shared if run is None else prompt_settings(run, shared.max_prompt_tokens)
+        pcfg = resolve_prompt_config(tok, shared if run is None else prompt_settings(run, shared.max_prompt_tokens),
+                                     announce=False, model=loaded[2].get("model"))  # said in the likelihood part
         with autocast_ctx(resolve_precision(cfg.precision)):
             records = score_under_markers(m, tok, pcfg, data.videos, source, cfg.score_row_tokens,
                                           cfg.score_rows_per_batch, progress=not cfg.quiet)
@@ -254,6 +256,23 @@ def evaluate_tiers(data: Any, models: Sequence[tuple[str, str | None, Any]], emb
 
 def _fmt(x: Any, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+NO_TIERED_COMMENTS = "no held-out comment has a tier, so there is no tier accuracy"
+NO_PAIRS = "no held-out video has both a top and a low comment, so there is no pairwise comparison"
+
+
+def tier_summary(label: str, entry: dict[str, Any]) -> str:
+    """The line `vrp evaluate` prints for one model's tier results (`entry`: `{accuracy, pairwise}` as
+    `evaluate_tiers` builds it): tier accuracy with chance, and the share of videos whose top comment is more likely
+    than their low one under the top marker. A measure with nothing to measure (no tiered comment, no video with both
+    a top and a low comment) is said to be missing, never printed as nan."""
+    a, p = entry["accuracy"], entry["pairwise"]["top"]
+    first = (f"tier accuracy {a['accuracy']:.3f} (chance {a['chance']:.3f}, {a['comments']} comments)"
+             if a.get("comments") else NO_TIERED_COMMENTS)
+    second = (f"top comment more likely than low under the top marker in {p['share']:.3f} of {p['videos']} videos"
+              if p.get("videos") and p.get("share") is not None else NO_PAIRS)
+    return f"{label}: {first}; {second}"
 
 
 def _ci(d: dict[str, Any] | None, signed: bool = False) -> str:
@@ -290,6 +309,11 @@ def tier_markdown(section: dict[str, Any] | None) -> list[str]:
                     f" | {_ci(p['top'])} ({p['top']['videos']}) | {_ci(p['any'])} | {_ci(p['low'])} |")
     out += ["| model | comments | tier accuracy (95% CI) | chance (majority) | pairwise, top marker (videos) | "
             "pairwise, no marker | pairwise, low marker |", "|---|---|---|---|---|---|---|", *rows, ""]
+    entries = list(section["models"].values())
+    if entries and not any(e["accuracy"].get("comments") for e in entries):
+        out += [f"Note: {NO_TIERED_COMMENTS}.", ""]
+    if entries and not any(e["pairwise"]["top"].get("videos") for e in entries):
+        out += [f"Note: {NO_PAIRS} (– above).", ""]
     for label, e in section["models"].items():
         conf = e["accuracy"].get("confusion")
         if conf:

@@ -4,7 +4,9 @@ Knows: the routes (`GET /` page, `GET /healthz`, `GET /v1/info`, `POST /v1/predi
 multipart upload, `GET /openapi.json`), request validation and its limits (`vrp.serve.config.ServeConfig`), that
 every error is the JSON error body (`vrp.serve.guard.error_response`; no stack traces, a 500 says only "internal
 error"), the body limit, origin check and security headers (`vrp.serve.guard.Guard`), and which
-status a worker outcome becomes (503 + Retry-After when the queue is full, 504 on timeout, 422 on bad input).
+status a worker outcome becomes (503 + Retry-After when the queue is full, 504 on timeout, 422 on bad input), and
+that every endpoint that generates hands the worker its request's disconnect check, so a client that hangs up
+stops its job (answered 499, nginx's "client closed request", which nobody receives).
 Uploads whose file name comes only as RFC 5987 `filename*` are accepted and validation messages never name a
 Python type (both in `vrp.serve.uploads`).
 Does not know: how the model is loaded (see `vrp.model.load_for_inference`, called by `vrp.cli.serve`) or how
@@ -29,6 +31,7 @@ from vrp.decoding import PRESETS
 from vrp.errors import ConfigError, VrpError
 from vrp.options import SEED_MAX
 from vrp.predict import prompt_settings
+from vrp.prompt_format import resolve_prompt_config
 from vrp.prompts import PromptConfig
 from vrp.rerank import check_rerank
 from vrp.serve.config import ServeConfig
@@ -36,6 +39,7 @@ from vrp.serve.guard import Guard, error_response, repeated_json_keys
 from vrp.serve.uploads import plain_message
 from vrp.serve.worker import (
     UPLOAD_SUFFIXES,
+    ClientGone,
     GenerateFn,
     GenerationWorker,
     Job,
@@ -250,7 +254,9 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
     otherwise only tier `any` is accepted (422). The page and its assets are read once here, from the installed
     package."""
     model, tokenizer, info = loaded
-    prompt = prompt or prompt_settings(None, settings.max_prompt_tokens)
+    # a model without run: `auto` becomes chat or plain here, once (said on stderr); a run's is recorded
+    prompt = resolve_prompt_config(tokenizer, prompt or prompt_settings(None, settings.max_prompt_tokens),
+                                   model=info.get("model"))
     worker = GenerationWorker(model, tokenizer, prompt, settings.queue_size, generate_fn, settings.rerank_lambda)
     page = {name: _static(name) for name in ("index.html", *STATIC_FILES)}
     PredictRequest = _request_model(settings, prompt, tiers)
@@ -267,9 +273,12 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
     _install_error_handlers(app)
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)
 
-    async def run_job(job: Job) -> Response:
-        try:
-            res: JobResult = await worker.run(job, settings.timeout_s)
+    async def run_job(job: Job, request: Request) -> Response:
+        try:  # a client that hangs up stops its job at the next decoding step (`GenerationWorker.run`)
+            res: JobResult = await worker.run(job, settings.timeout_s, request.is_disconnected)
+        except ClientGone:
+            log.info("client closed the connection; its generation was stopped")
+            return error_response(499, "client_closed_request", "the client closed the connection")
         except QueueFull as e:
             return error_response(503, "busy", f"the server is busy (one generation at a time, {settings.queue_size}"
                                   f" waiting); retry in about {e.retry_after} s",
@@ -323,6 +332,7 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
                   "max_title_chars": settings.max_title_chars, "queue_size": settings.queue_size,
                   "request_timeout_s": settings.timeout_s, "default_preset": settings.default_preset,
                   "max_prompt_tokens": prompt.max_prompt_tokens, "truncation": prompt.truncation,
+                  "prompt_format": prompt.prompt_format,
                   "upload_suffixes": list(UPLOAD_SUFFIXES), "max_rerank": settings.max_rerank,
                   "rerank_lambda": settings.rerank_lambda}
         return {"model": info.get("model"), "adapter": info.get("adapter"), "precision": info.get("precision"),
@@ -341,7 +351,7 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
                                   [{"loc": "body", "msg": f"field(s) given more than once: {repeated}"}])
         return await run_job(Job(title=r.title, preset=r.preset, num_comments=r.num_comments,
                                  max_new_tokens=r.max_new_tokens, seed=r.seed, transcript=r.transcript, tier=r.tier,
-                                 rerank=r.rerank))
+                                 rerank=r.rerank), request)
 
     preset_names = tuple(PRESETS)
 
@@ -385,7 +395,7 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
         data = await file.read()
         return await run_job(Job(title=title, preset=str(preset), num_comments=num_comments,
                                  max_new_tokens=max_new_tokens, seed=seed, tier=str(tier), rerank=rerank,
-                                 upload=(data, file.filename or "upload")))
+                                 upload=(data, file.filename or "upload")), request)
 
     return app
 

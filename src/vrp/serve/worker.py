@@ -7,7 +7,8 @@ comments (`rerank.comments_for_prompt`: plain decoding, or reranking from `reran
 prompt that `cad` and reranking need) on a single worker thread; how many jobs may be admitted (the running one +
 `queue_size` waiting, else `QueueFull` with a Retry-After estimate); and how a job that passed its deadline is
 stopped: a forward pre-hook on the model raises at the next forward pass (one decoding step), so a timed-out request
-frees the worker within one step instead of running to `max_new_tokens`.
+or one whose client hung up (checked every `DISCONNECT_POLL_S` while it waits, `GenerationWorker.run`) frees the
+worker within one step instead of running to `max_new_tokens`, and a queued one is dropped before it starts.
 Does not know: HTTP, JSON, status codes or the web page (see `vrp.serve.app`), nor how the model was loaded.
 
 Why a thread and not the event loop: `generate` holds the CPU for seconds; running it on the loop would stall
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from vrp import clean
 from vrp.decoding import GeneratedComment
@@ -35,6 +37,7 @@ from vrp.transcripts import SUPPORTED_SUFFIXES as UPLOAD_SUFFIXES  # the caption
 from vrp.transcripts import parse_transcript_bytes, segments_to_text
 
 GenerateFn = Callable[..., "list[GeneratedComment]"]
+DISCONNECT_POLL_S = 0.2  # how often a waiting request checks whether its client is still connected (seconds)
 
 
 class QueueFull(Exception):
@@ -47,6 +50,10 @@ class QueueFull(Exception):
 
 class JobTimeout(Exception):
     """A job did not finish (queue wait + generation) within the request timeout; it has been cancelled."""
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its job finished; the job has been cancelled."""
 
 
 class JobCancelled(Exception):
@@ -121,7 +128,9 @@ class GenerationWorker:
         self.tokenizer = tokenizer
         self.prompt_config = prompt_config
         self.queue_size = queue_size
-        self.generate_fn: GenerateFn = generate_fn or comments_for_prompt
+        # the default generation stops at the tokens of the prompts' format (an injected one is called as it is)
+        self.generate_fn: GenerateFn = generate_fn or functools.partial(comments_for_prompt,
+                                                                        prompt_format=prompt_config.prompt_format)
         self.rerank_lambda = rerank_lambda
         self._embedder: Any = None  # MiniLM, loaded on the first reranked job (worker thread)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vrp-generate")
@@ -164,22 +173,46 @@ class GenerationWorker:
         with self._lock:
             self._pending -= 1
 
-    async def run(self, job: Job, timeout_s: float) -> JobResult:
+    async def run(self, job: Job, timeout_s: float, disconnected: Callable[[], Awaitable[bool]] | None = None,
+                  poll_s: float = DISCONNECT_POLL_S) -> JobResult:
         """Run `job` on the worker thread without blocking the event loop.
 
+        `disconnected`: an async check whether the client is gone (Starlette's `Request.is_disconnected`), called
+        every `poll_s` seconds while the job waits or runs: once it says so the job is abandoned - dropped from the
+        queue at once if it has not started, else stopped at its next model forward pass (one decoding step).
         Raises QueueFull (not admitted), JobTimeout (queue wait + run exceeded `timeout_s` seconds; the job is
-        cancelled), VrpError (bad input found while building the prompt) or whatever generation raised.
+        cancelled), ClientGone (the client hung up; the job is cancelled), VrpError (bad input found while building
+        the prompt) or whatever generation raised.
         """
         cancel = threading.Event()
         fut = self.submit(job, cancel)
+        waiter = asyncio.wrap_future(fut)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout_s)
-        except asyncio.TimeoutError:
-            cancel.set()
-            raise JobTimeout(f"no result within {timeout_s:g} s") from None
-        except asyncio.CancelledError:  # client went away / server shutting down
-            cancel.set()
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    self._abandon(fut, waiter, cancel)
+                    raise JobTimeout(f"no result within {timeout_s:g} s")
+                done, _ = await asyncio.wait({waiter}, timeout=left if disconnected is None else min(left, poll_s))
+                if done:
+                    return waiter.result()
+                if disconnected is not None and await disconnected():
+                    self._abandon(fut, waiter, cancel)
+                    raise ClientGone("the client closed the connection; its job was cancelled")
+        except asyncio.CancelledError:  # the request task itself was cancelled (server shutting down)
+            self._abandon(fut, waiter, cancel)
             raise
+
+    def _abandon(self, fut: concurrent.futures.Future[JobResult], waiter: asyncio.Future[JobResult],
+                 cancel: threading.Event) -> None:
+        """Stop a job nobody waits for: the running job at its next forward pass (`cancel`), a queued one at once
+        (`Future.cancel` takes it off the executor's queue and frees its slot); the asyncio side is cancelled so
+        that the job's late JobCancelled is not logged as an unretrieved exception."""
+        cancel.set()
+        fut.cancel()
+        waiter.cancel()
 
     def close(self) -> None:
         """Cancel the running job and any waiting ones; do not wait for the thread."""

@@ -3,7 +3,9 @@
 Knows: what a checkpoint holds — `step-000050/{adapter/, optimizer.pt, scheduler.pt, rng.pt, state.json}` under
 the run dir's checkpoints (`vrp.rundir.RunDir.checkpoint_dir`); a checkpoint directory is first written as
 `.tmp-step-...` and renamed when complete (with its state.json, which makes it count as complete for
-`RunDir.checkpoints`), so a kill never leaves a checkpoint that a resume would trust. Keeps the newest `keep`.
+`RunDir.checkpoints`), so a kill never leaves a checkpoint that a resume would trust; a checkpoint damaged later
+(a garbage state.json, a truncated file) is found before anything is loaded (`checkpoint_problem`) and a resume
+falls back to the newest sound one (`resume_checkpoint`). Keeps the newest `keep`.
 Also the best checkpoint by validation NLL: `best-NNNNNN/{adapter/, state.json}` (`RunDir.best_checkpoint`), written
 at a validation whose NLL is lower than every earlier one (step 0, the base model with its zero-initialised LoRA,
 included) and never pruned with the step checkpoints; the new one is complete before the old one is removed.
@@ -20,11 +22,13 @@ import math
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from vrp.errors import ConfigError, VrpError
-from vrp.rundir import RunDir
+from vrp.model import first_line
+from vrp.rundir import RunDir, check_adapter
 
 
 def rng_state() -> dict[str, Any]:
@@ -93,23 +97,79 @@ def save_checkpoint(run: RunDir, step: int, model: Any, optimizer: Any, schedule
     return final
 
 
+WEIGHTS = "adapter_model.safetensors"
+TORCH_FILES = ("optimizer.pt", "scheduler.pt", "rng.pt")  # torch.save files of every checkpoint (zip archives)
+STATE_FIELDS = ("comments_seen", "tokens_seen", "train_seconds", "history")  # what a resume reads besides `step`
+
+
+def checkpoint_problem(run: RunDir, ckpt: Path) -> str | None:
+    """Why a resume cannot start from checkpoint `ckpt` - `<file>: <what is wrong>` for its first damaged or
+    missing file - or None. Checked without loading the tensors: state.json (a JSON object with the step of the
+    checkpoint's name and the counters a resume reads), the adapter's safetensors header (its offsets must cover
+    the file: a truncated file fails), and that each `torch.save` file is a complete zip archive (its central
+    directory is at the end, so a truncated file fails)."""
+    import zipfile
+
+    try:
+        state = run.checkpoint_state(ckpt)
+    except VrpError as e:
+        return str(e)
+    missing = [k for k in STATE_FIELDS if k not in state]
+    if missing:
+        return f"{ckpt / RunDir.STATE}: damaged checkpoint state (no {', '.join(map(repr, missing))})"
+    if not isinstance(state["history"], list):
+        return f"{ckpt / RunDir.STATE}: damaged checkpoint state ('history' is not a list)"
+    try:
+        check_adapter(ckpt / RunDir.ADAPTER)
+    except VrpError as e:
+        return str(e)
+    rank_files = sorted(p.name for p in ckpt.glob("rng-rank*.pt"))
+    for name in (*TORCH_FILES, *rank_files):
+        try:
+            with zipfile.ZipFile(ckpt / name) as z:
+                z.namelist()
+        except FileNotFoundError:
+            return f"{ckpt / name}: missing"
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"{ckpt / name}: damaged ({first_line(e)})"
+    return None
+
+
+def resume_checkpoint(run: RunDir) -> tuple[Path | None, list[str]]:
+    """`(the newest complete checkpoint that passes checkpoint_problem, or None; the problems of the newer ones
+    passed over, newest first)`: a resume falls back past damaged checkpoints to the newest sound one."""
+    skipped: list[str] = []
+    for ckpt in reversed(run.checkpoints()):
+        problem = checkpoint_problem(run, ckpt)
+        if problem is None:
+            return ckpt, skipped
+        skipped.append(problem)
+    return None, skipped
+
+
 def _read_checkpoint(ckpt: Path) -> dict[str, Any]:
     """The contents of checkpoint `ckpt`, tensors on the CPU: adapter weights (PEFT file keys), optimizer and
-    scheduler states, the RNG states of ranks 0, 1, ... and state.json."""
+    scheduler states, the RNG states of ranks 0, 1, ... and state.json. Raises VrpError naming a file that cannot be
+    read (damage that `checkpoint_problem` does not see, such as bytes changed inside an archive)."""
     import torch
     from safetensors.torch import load_file
 
-    weights = ckpt / RunDir.ADAPTER / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise VrpError(f"{ckpt}: checkpoint has no adapter weights")
-    rngs, rank = [torch.load(ckpt / "rng.pt", weights_only=False)], 1
+    def read(name: str, **kw: Any) -> Any:
+        try:
+            if name.endswith(".safetensors"):
+                return load_file(str(ckpt / name))
+            return torch.load(ckpt / name, weights_only=False, **kw)
+        except FileNotFoundError:
+            raise VrpError(f"{ckpt / name}: missing") from None
+        except Exception as e:  # noqa: BLE001 - unpickling and zip errors come in many types
+            raise VrpError(f"{ckpt / name}: damaged ({type(e).__name__}: {first_line(e)})") from None
+
+    rngs, rank = [read("rng.pt")], 1
     while (ckpt / f"rng-rank{rank}.pt").is_file():
-        rngs.append(torch.load(ckpt / f"rng-rank{rank}.pt", weights_only=False))
+        rngs.append(read(f"rng-rank{rank}.pt"))
         rank += 1
-    return {"adapter": load_file(str(weights)),
-            "optimizer": torch.load(ckpt / "optimizer.pt", weights_only=False, map_location="cpu"),
-            "scheduler": torch.load(ckpt / "scheduler.pt", weights_only=False), "rng": rngs,
-            "state": json.loads((ckpt / RunDir.STATE).read_text())}
+    return {"adapter": read(f"{RunDir.ADAPTER}/{WEIGHTS}"), "optimizer": read("optimizer.pt", map_location="cpu"),
+            "scheduler": read("scheduler.pt"), "rng": rngs, "state": RunDir(ckpt.parent.parent).checkpoint_state(ckpt)}
 
 
 def load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any, dist: Any = None) -> dict[str, Any]:
@@ -209,7 +269,13 @@ def resumed_best(run: RunDir, saved: dict[str, Any] | None) -> dict[str, Any] | 
     ckpt = run.best_checkpoint()
     if ckpt is None:
         return saved
-    disk = run.checkpoint_state(ckpt)
+    try:
+        disk = run.checkpoint_state(ckpt)
+        if not isinstance(disk.get("val_nll"), (int, float)):
+            raise VrpError(f"{ckpt / RunDir.STATE}: damaged checkpoint state ('val_nll' is {disk.get('val_nll')!r})")
+    except VrpError as e:  # the step checkpoint's own record stands; a better validation replaces the damaged one
+        print(f"warning: {e}; the best checkpoint is taken from the resumed checkpoint's record", file=sys.stderr)
+        return saved
     if saved is None or disk["val_nll"] < saved["val_nll"]:
         return {"step": disk["step"], "val_nll": disk["val_nll"]}
     return saved

@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from vrp.errors import ConfigError
+from vrp.limits import ROWS, STEPS, TOKENS
 from vrp.lora import LoraSettings
 from vrp.model import PRECISIONS, QUANTIZATIONS
 from vrp.options import check_choice, check_positive, check_range, coerce_fields, option, option_like
+from vrp.prompt_format import PROMPT_FORMAT_HELP
 from vrp.prompts import PromptConfig
 from vrp.tiers import TIER_SOURCES
 from vrp.train.launch import STRATEGIES, resolve_strategy
 from vrp.train.memory import check_budget
+from vrp.train.optim import OPTIMIZERS
 
 # transformers.get_scheduler names that need no extra arguments (reduce_lr_on_plateau needs a metric per step,
 # the *_min_lr ones a min_lr, warmup_stable_decay its phase lengths).
@@ -53,11 +56,12 @@ class TrainConfig:
     max_prompt_tokens: int = option_like(PromptConfig, "max_prompt_tokens")
     truncation: str = option_like(PromptConfig, "truncation")
     max_comment_tokens: int = option_like(PromptConfig, "max_comment_tokens")
+    prompt_format: str = option(PROMPT_FORMAT_HELP, "auto")
     # packing
     packing: str = option("shared_prefix (all comments of a video in one row, one pass over the transcript) or none "
                           "(one row per comment, as TRL SFTTrainer)", "shared_prefix")
     max_row_tokens: int = option("longest packed row in tokens; a video with more comments is split into rows that "
-                                 "repeat the prompt", 2048)
+                                 "repeat the prompt", 2048, limit=TOKENS)
     # like tiers (vrp.tiers)
     tiers: bool = option("train with like tiers: a marker ([most liked comment], [typical comment], [least liked "
                          "comment]) opens each comment's turn as context without loss, so `vrp generate` can ask for "
@@ -72,26 +76,29 @@ class TrainConfig:
     lora_dropout: float = option_like(LoraSettings, "dropout")
     target_modules: Any = option_like(LoraSettings, "target_modules")
     # optimisation
-    learning_rate: float = option("peak learning rate of AdamW", 2e-4)
+    learning_rate: float = option("peak learning rate of AdamW", 2e-4, aliases=("--lr",))
     weight_decay: float = option("AdamW weight decay", 0.0)
     lr_scheduler: str = option("learning-rate schedule after warmup (transformers.get_scheduler name: cosine, "
                                "linear, constant_with_warmup, ...)", "cosine")
     warmup_ratio: float = option("warmup steps as a fraction of all steps (ignored if warmup_steps > 0)", 0.03)
-    warmup_steps: int = option("warmup steps (0 = use warmup_ratio)", 0)
+    warmup_steps: int = option("warmup steps (0 = use warmup_ratio)", 0, limit=STEPS.from_(0))
     max_grad_norm: float = option("gradient clipping norm", 1.0)
-    optimizer: str = option("adamw, or paged_adamw_32bit (CUDA + bitsandbytes)", "adamw")
+    optimizer: str = option("adamw (torch), adamw_8bit (8-bit states), paged_adamw_32bit or paged_adamw_8bit (CUDA "
+                            "pages their state; on a CPU they become adamw / adamw_8bit, with a notice); all but "
+                            "adamw need bitsandbytes", "adamw")
     batch_size: int = option("rows per micro-batch (a row = one video's prompt and comments with shared_prefix; one "
-                             "comment with none)", 4)
-    grad_accum: int = option("micro-batches per optimizer step", 1)
-    max_steps: int = option("optimizer steps to run (-1 = run `epochs` epochs)", -1)
-    epochs: int = option("epochs when max_steps is -1", 1)
+                             "comment with none)", 4, limit=ROWS)
+    grad_accum: int = option("micro-batches per optimizer step", 1, limit=ROWS)
+    max_steps: int = option("optimizer steps to run (-1 = run `epochs` epochs)", -1, limit=STEPS.from_(-1))
+    epochs: int = option("epochs when max_steps is -1", 1, limit=STEPS)
     group_by_length: bool = option("batch rows of similar length together (less padding)", False)
     seed: int = option("random seed (data order, LoRA init, dropout)", 0)
     max_train_videos: int = option("use only the first N training videos (0 = all)", 0)
     # precision and memory
     precision: str = option("auto (bf16 autocast on CPUs with AVX512-BF16/AMX and on GPUs, else fp32), bf16, fp16 "
                             "(CUDA only) or fp32", "auto")
-    quantization: str = option("none, or 4bit (NF4 QLoRA, CUDA + bitsandbytes)", "none")
+    quantization: str = option("none, or 4bit (QLoRA: base weights in NF4 through bitsandbytes, on CPU or CUDA; "
+                               "docs/models.md)", "none")
     device: str = option("auto, cpu or cuda", "auto")
     attn_implementation: str = option("attention kernel: split_sdpa (PyTorch SDPA, with the causal kernel on the part "
                                       "of a masked batch that is plain causal attention; vrp.attention), sdpa or "
@@ -113,13 +120,13 @@ class TrainConfig:
                                        "auto")
     # evaluation and checkpoints
     eval_every: int = option("validation (NLL, learning-curve probes, best checkpoint) every N steps (and at the "
-                             "start and the end)", 50)
+                             "start and the end)", 50, limit=STEPS)
     max_eval_videos: int = option("validate on the first N validation videos (0 = all)", 0)
     curve_videos: int = option("learning-curve probes at each validation on the first N validation videos: "
                                "conditioning gain, Recall@10 and MRR by likelihood and by PMI among at most 50 "
                                "candidates, finished rate and median length of one sampled comment per video "
                                "(0 = off; see vrp.train.probes)", 16)
-    save_every: int = option("checkpoint every N steps (and at the end)", 50)
+    save_every: int = option("checkpoint every N steps (and at the end)", 50, limit=STEPS)
     save_total_limit: int = option("keep the newest N checkpoints (0 = all)", 2)
 
     def __post_init__(self) -> None:
@@ -140,7 +147,7 @@ class TrainConfig:
         if not 0 <= self.tier_marker_dropout < 1:
             raise ConfigError("tier_marker_dropout", f"must be in [0, 1), got {self.tier_marker_dropout}")
         check_choice(self, "lr_scheduler", LR_SCHEDULERS)
-        check_choice(self, "optimizer", ("adamw", "paged_adamw_32bit"))
+        check_choice(self, "optimizer", OPTIMIZERS)
         check_choice(self, "precision", PRECISIONS)
         check_choice(self, "quantization", QUANTIZATIONS)
         check_choice(self, "device", ("auto", "cpu", "cuda"))
@@ -180,7 +187,7 @@ class TrainConfig:
     def prompt_config(self) -> PromptConfig:
         """The prompt settings of this config."""
         return PromptConfig(max_prompt_tokens=self.max_prompt_tokens, truncation=self.truncation,
-                            max_comment_tokens=self.max_comment_tokens)
+                            max_comment_tokens=self.max_comment_tokens, prompt_format=self.prompt_format)
 
 
 # options that name a local path; config.yaml keeps them resolved (`resolve_path_option`)

@@ -138,8 +138,11 @@ def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 def _agrees(module: Any, forward: Any, width: int) -> bool:
     """Whether `forward` bound to `module` gives the module's own output on a random (2, 3, width) input (in the
-    module's parameter dtype, no gradients, tolerance 1e-3 relative: bf16 rounding)."""
-    p = next(module.parameters())
+    module's parameter dtype, no gradients, tolerance 1e-3 relative: bf16 rounding). The dtype is that of the first
+    floating-point parameter (4-bit weights are stored as uint8 bytes, bitsandbytes' `Params4bit`)."""
+    p = next((q for q in module.parameters() if q.is_floating_point()), None)
+    if p is None:
+        return False
     x = torch.randn(2, 3, width, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
     was_training = module.training
     module.eval()  # no dropout in the comparison

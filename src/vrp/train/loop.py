@@ -35,7 +35,7 @@ from vrp.rundir import RunDir
 from vrp.train.checkpoint import advance, keep_best, save_checkpoint
 from vrp.train.config import TrainConfig
 from vrp.train.distributed import Discard
-from vrp.train.memory import out_of_memory_as_config_error, peak_memory, trim_after_step
+from vrp.train.memory import check_peak, out_of_memory_as_config_error, peak_memory, trim_after_step
 from vrp.train.probes import curve_summary, validate, validation_scalars
 from vrp.train.setup import TrainSetup, TrainState, micro_batches, setup, starting_state
 from vrp.train.validate import evaluate_nll
@@ -189,7 +189,9 @@ def finish(s: TrainSetup, state: TrainState) -> dict[str, Any]:
         "val_videos": len(s.val_videos), "val_tokens": base_val["tokens"] if base_val else 0,
         "world_size": s.dist.world_size, "distributed_strategy": s.dist.strategy, "config": asdict(s.cfg),
         **peak_memory(s.prec.device), "memory_plan": s.memory.to_json() if s.memory else None,
+        "packing_check": getattr(s, "packing_check", None),  # `vrp.train.packing_check`: packed == per example
     }
+    metrics.update(check_peak(s.memory, metrics, s.prec.device))  # a budget that was not kept is said
     if not s.dist.is_main:
         return metrics
     s.run.save_adapter(view, s.tokenizer)
@@ -207,11 +209,16 @@ def train(cfg: TrainConfig, data_dir: str | Path | DatasetDir, out: str | Path |
     Writes the run dir `out` (layout: `vrp.rundir.RunDir`) and returns the final metrics dict. `resume`
     continues the run from its newest checkpoint (the data must be the same); `overwrite` empties a non-empty run
     dir first. Raises ConfigError / VrpError for a bad data dir, an existing run dir without `resume`/`overwrite`,
-    or an impossible precision request, before anything is written.
+    a run dir another command is writing (ConfigError('out'), `vrp.locks`), or an impossible precision request,
+    before anything is written.
     """
     data = data_dir if isinstance(data_dir, DatasetDir) else DatasetDir(data_dir)
     run = out if isinstance(out, RunDir) else RunDir(out)
-    s = setup(cfg, data, run, resume, overwrite)
-    state = starting_state(s, resume, progress and s.dist.is_main)
-    fit(s, state, on_step, progress)
-    return finish(s, state)
+    lock = run.lock("vrp train")  # one writer per run dir (`vrp.locks`): rank 0 holds it until the run ends
+    try:
+        s = setup(cfg, data, run, resume, overwrite, lock)
+        state = starting_state(s, resume, progress and s.dist.is_main)
+        fit(s, state, on_step, progress)
+        return finish(s, state)
+    finally:
+        lock.release()

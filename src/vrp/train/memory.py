@@ -15,12 +15,22 @@ Knows:
   `ROW_FACTOR` (the allocator's slack). On a CPU glibc's heap fragments (freed activations interleaved with kept
   ones), so a step's resident set exceeds its live tensors by about a fixed
   number of row costs whatever the rows per micro-batch: `HEAP_SLACK_ROWS` row costs are added (calibrated on
-  SmolLM2-135M runs with 1, 2 and 4 rows per micro-batch: BENCHMARKS.md, "--max-memory"). The other terms grow
-  linearly with the rows at a fixed row length, so the worst micro-batch is `rows` rows of the longest length;
+  SmolLM2-135M runs with 1, 2 and 4 rows per micro-batch: BENCHMARKS.md, "--max-memory"). With gradient
+  checkpointing the measured row cost is that of the checkpointed step (the layer inputs kept, one layer
+  recomputed at a time: 100 MB instead of 341 MB for a 384-token SmolLM2 row), but the heap churns through every
+  layer's activations as before, in the forward pass and again in the recomputation, so the slack is a larger
+  multiple of that smaller cost: `HEAP_SLACK_ROWS_CHECKPOINTED` (calibrated on SmolLM2-135M, bf16 autocast, one
+  thread, `--packing none --tiers`, measured peak RSS minus fixed part minus one row: 4.7 row costs at 384-token
+  rows, 5.2 at 1,152-token rows, 2026-12-07; with 4 rows of 384 tokens the plan of 1.75 GB is 0.25 GB above the
+  measured 1.50 GB). The other terms grow linearly with the rows at a fixed row length, so the worst micro-batch is
+  `rows` rows of the longest length. What loading the model reached (`rss_high_water_bytes` when the plan is made:
+  1.27 GB for SmolLM2 with 0.85 GB held afterwards) is not a training cost, but a budget below it cannot be kept:
+  the plan says so;
 - the plan (`plan_micro_batch`): the most rows per micro-batch that divide `batch_size` and fit, with the
   configured micro-batch split into `batch_size / rows` pieces, so an optimizer step still sees the same rows and
   the loss (normalised by the targets of the whole step) is the same up to float rounding; dropout masks differ;
-- what the run used (`peak_memory`: peak RSS and CUDA's peak allocated bytes) and how an out-of-memory error reads
+- what the run used (`peak_memory`: peak RSS and CUDA's peak allocated bytes), whether that kept the budget
+  (`check_peak`, said at the end of every run with a budget) and how an out-of-memory error reads
   (`out_of_memory_as_config_error`).
 Does not know: the training loop (`vrp.train.loop`), how rows are built (`vrp.packing`).
 """
@@ -35,12 +45,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from vrp.errors import ConfigError
-from vrp.procmem import available_ram_bytes, peak_rss_bytes, release_freed_memory, resident_bytes
+from vrp.procmem import (
+    available_ram_bytes,
+    peak_rss_bytes,
+    release_freed_memory,
+    resident_bytes,
+    rss_high_water_bytes,
+)
 
 AUTO_RAM_SHARE = 0.8
 AUTO_GPU_SHARE = 0.9
 ROW_FACTOR = 1.1
 HEAP_SLACK_ROWS = 2.8
+HEAP_SLACK_ROWS_CHECKPOINTED = 5.5  # row costs of heap slack with gradient checkpointing (module docstring)
 TRIM_EVERY = 8
 UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
@@ -257,10 +274,11 @@ class MemoryPlan:
 
 
 def plan_micro_batch(budget: int, fixed: int, row: int, row_tokens: int, batch_size: int,
-                     slack: int = 0) -> MemoryPlan:
+                     slack: int = 0, checkpointing: bool = False) -> MemoryPlan:
     """The most rows per micro-batch (a divisor of `batch_size`) with fixed + slack + rows x row <= budget (bytes).
 
-    Raises ConfigError('max_memory') when not even one row of `row_tokens` tokens fits, saying what it needs."""
+    Raises ConfigError('max_memory') when not even one row of `row_tokens` tokens fits, saying what it needs (and,
+    unless `checkpointing` is already on, that gradient checkpointing would help)."""
     fits = [d for d in range(batch_size, 0, -1) if batch_size % d == 0 and fixed + slack + d * row <= budget]
     if not fits:
         need = fixed + slack + row
@@ -268,7 +286,8 @@ def plan_micro_batch(budget: int, fixed: int, row: int, row_tokens: int, batch_s
         raise ConfigError("max_memory", f"{fmt_bytes(budget)} cannot fit one row of {row_tokens} tokens: that needs "
                                         f"about {fmt_bytes(need)} ({fmt_bytes(fixed)} for the model and optimizer + "
                                         f"{fmt_bytes(row)} for the row{heap}); raise it, or lower `max_row_tokens` / "
-                                        f"`max_prompt_tokens`, or turn on `gradient_checkpointing`")
+                                        f"`max_prompt_tokens`" + ("" if checkpointing
+                                                                  else ", or turn on `gradient_checkpointing`"))
     return MemoryPlan(budget, fixed, row, row_tokens, fits[0], batch_size, slack)
 
 
@@ -278,15 +297,36 @@ def plan_memory(model: Any, rows: list[Any], pad_id: int, cfg: Any, prec: Any) -
     stderr. Raises ConfigError('max_memory') when one row does not fit."""
     budget = resolve_budget(cfg.max_memory, prec.device)
     assert budget is not None
+    loaded = loading_peak(prec.device)
+    if loaded > budget:
+        print(f"warning: loading the model already reached {fmt_bytes(loaded)}, more than max_memory "
+              f"{fmt_bytes(budget)}: the run's peak cannot stay within it", file=sys.stderr, flush=True)
     release_freed_memory()  # heap left free by loading (e.g. a GGUF conversion in this process) is not fixed cost
     fixed = fixed_bytes(model, prec.device)
     longest = max(rows, key=lambda r: r.num_tokens)
     row = measure_row_bytes(model, longest, pad_id, cfg.packing, prec)
     release_freed_memory()
-    slack = int(HEAP_SLACK_ROWS * row) if prec.device == "cpu" else 0
-    plan = plan_micro_batch(budget, fixed, row, longest.num_tokens, cfg.batch_size, slack)
+    checkpointing = bool(getattr(cfg, "gradient_checkpointing", False))
+    slack = int(heap_slack_rows(checkpointing) * row) if prec.device == "cpu" else 0
+    plan = plan_micro_batch(budget, fixed, row, longest.num_tokens, cfg.batch_size, slack, checkpointing)
     print(plan.describe(cfg.grad_accum), file=sys.stderr, flush=True)
     return plan
+
+
+def heap_slack_rows(checkpointing: bool) -> float:
+    """Row costs of CPU heap slack in the plan: `HEAP_SLACK_ROWS_CHECKPOINTED` with gradient checkpointing (the row
+    cost is then the checkpointed one, the heap churn is not smaller), else `HEAP_SLACK_ROWS`."""
+    return HEAP_SLACK_ROWS_CHECKPOINTED if checkpointing else HEAP_SLACK_ROWS
+
+
+def loading_peak(device: str) -> int:
+    """What the process reached so far (loading the model): its resident high-water mark on a CPU
+    (`rss_high_water_bytes`), torch's peak allocated bytes on CUDA."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    return rss_high_water_bytes()
 
 
 def trim_after_step(step: int, budgeted: bool) -> bool:
@@ -308,6 +348,23 @@ def peak_memory(device: str) -> dict[str, int]:
 
         out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
     return out
+
+
+def check_peak(plan: MemoryPlan | None, peak: dict[str, int], device: str) -> dict[str, Any]:
+    """Whether a run kept its memory budget, as `metrics.json` fields: `memory_budget_exceeded` (None without a
+    budget) and `memory_over_budget_bytes` (how far the peak went past it, 0 when kept). The peak is what the budget
+    limits: the process's peak resident set on a CPU (`peak_rss_bytes`), torch's peak allocated bytes on CUDA
+    (`cuda_max_allocated_bytes`). A run past its budget says so on stderr in one line, with the plan's prediction."""
+    if plan is None:
+        return {"memory_budget_exceeded": None, "memory_over_budget_bytes": 0}
+    key, what = (("cuda_max_allocated_bytes", "CUDA allocated") if device == "cuda" else ("peak_rss_bytes", "RSS"))
+    used = int(peak.get(key) or 0)
+    over = max(0, used - plan.budget)
+    if over:
+        print(f"warning: the run's peak memory {fmt_bytes(used)} ({what}) went past max_memory {fmt_bytes(plan.budget)}"
+              f" by {fmt_bytes(over)} (the plan predicted {fmt_bytes(plan.predicted_peak)}); set a lower max_memory "
+              f"to leave that much room", file=sys.stderr, flush=True)
+    return {"memory_budget_exceeded": bool(over), "memory_over_budget_bytes": over}
 
 
 OOM_PATTERNS = ("out of memory", "can't allocate memory", "cannot allocate memory")

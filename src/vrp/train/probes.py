@@ -9,7 +9,8 @@ the candidate set of each subset video, and the probe metrics written to each va
 - `val_recall_at_10`, `val_mrr`: each real comment ranked by mean log-likelihood per token given its video's prompt
   among the video's distractors (the other real comments of the video are left out), tie-aware (scores within
   `TIE_TOLERANCE` nats per token count as tied, ties broken uniformly at random in expectation), averaged over a
-  video's real comments, then over videos;
+  video's real comments, then over videos; Recall@10 is None (not measured) when a video has 10 or fewer
+  candidates, where every order puts each real comment within the top 10;
 - `val_pmi_recall_at_10`, `val_pmi_mrr`: the same ranking by PMI, mean log p(c | video) - mean log p(c | no-video
   prompt), lambda = 1 (Holtzman et al. 2021, domain-conditional PMI; `prompts.no_video_prompt_ids`);
 - `val_finished_rate`, `val_median_new_tokens`: one comment per subset video sampled with the default preset
@@ -73,7 +74,8 @@ class ProbeSet:
     """The fixed probe data of a run. prompts: per subset video, its prompt ids; real / distractors: per video, the
     completion ids (ending with the end-of-turn token) of its real comments / its distractors; partner[i]: the video
     whose prompt video i's real comments are also scored under (-1 with a single video); no_video: the no-video
-    prompt ids; seed: generation seed of video 0."""
+    prompt ids; seed: generation seed of video 0; prompt_format: the format the prompts are rendered in (its stop
+    tokens end the sampled comments)."""
 
     video_ids: list[str]
     prompts: list[list[int]]
@@ -82,18 +84,26 @@ class ProbeSet:
     partner: list[int]
     no_video: list[int]
     seed: int
+    prompt_format: str = "auto"
 
     def describe(self) -> dict[str, Any]:
         """Sizes of the probe and the analytic random baseline of its ranking (a uniformly random order: MRR
-        H_n / n, Recall@10 min(10, n) / n for a video of n candidates, averaged over videos)."""
+        H_n / n, Recall@10 min(10, n) / n for a video of n candidates, averaged over videos; None when a video has 10
+        or fewer candidates, where Recall@10 is 1 whatever the order, `recall_defined`)."""
         mrr = [_random_rr(len(d) + 1) for d in self.distractors if d]
-        rec = [min(RECALL_K, len(d) + 1) / (len(d) + 1) for d in self.distractors if d]
+        rec = [min(RECALL_K, len(d) + 1) / (len(d) + 1) for d in self.distractors if d] if self.recall_defined() else []
         return {"videos": len(self.video_ids), "video_ids": self.video_ids,
                 "real_comments": sum(len(r) for r in self.real),
                 "mean_candidates": statistics.fmean(len(r) + len(d) for r, d in zip(self.real, self.distractors)),
                 "random_mrr": statistics.fmean(mrr) if mrr else None,
                 "random_recall_at_10": statistics.fmean(rec) if rec else None,
                 "pmi_lambda": PMI_LAMBDA, "generation_seed": self.seed}
+
+
+    def recall_defined(self) -> bool:
+        """Whether Recall@10 measures the ranking: every ranked video (one with distractors) has more than
+        `RECALL_K` candidates (its real comment + distractors); with fewer the rank is <= 10 whatever the scores."""
+        return all(len(d) + 1 > RECALL_K for d in self.distractors if d)
 
 
 def _random_rr(n: int) -> float:
@@ -136,7 +146,7 @@ def build_probe_set(tokenizer: Any, val_videos: Sequence[Any], train_videos: Seq
                     prompts=[video_prompt_ids(tokenizer, v, pcfg) for v in subset],
                     real=[[enc(t) for t in ts] for ts in texts], distractors=distractors,
                     partner=[(i + 1) % n if n > 1 else -1 for i in range(n)],
-                    no_video=no_video_prompt_ids(tokenizer, pcfg), seed=seed)
+                    no_video=no_video_prompt_ids(tokenizer, pcfg), seed=seed, prompt_format=pcfg.prompt_format)
 
 
 def _distinct(texts: Any) -> list[str]:
@@ -221,7 +231,8 @@ def run_probes(model: Any, tokenizer: Any, probes: ProbeSet, prec: Any) -> dict[
             nv = _score(model, probes.no_video, union)
             t1 = time.perf_counter()
             gen = [generate_comments(model, tokenizer, probes.prompts[i], DEFAULT_PRESET, 1, GENERATE_MAX_NEW_TOKENS,
-                                     seed=probes.seed + i, no_video_ids=probes.no_video)[0] for i in range(n)]
+                                     seed=probes.seed + i, no_video_ids=probes.no_video,
+                                     prompt_format=probes.prompt_format)[0] for i in range(n)]
             t2 = time.perf_counter()
     finally:
         model.train(was_training)
@@ -240,6 +251,8 @@ def run_probes(model: Any, tokenizer: Any, probes: ProbeSet, prec: Any) -> dict[
     if lik:
         out["val_mrr"], out["val_recall_at_10"] = (statistics.fmean(x[k] for x in lik) for k in (0, 1))
         out["val_pmi_mrr"], out["val_pmi_recall_at_10"] = (statistics.fmean(x[k] for x in pmi) for k in (0, 1))
+        if not probes.recall_defined():  # 10 or fewer candidates: Recall@10 would be 1 for any model
+            out["val_recall_at_10"] = out["val_pmi_recall_at_10"] = None
     out["val_finished_rate"] = statistics.fmean(g.finished for g in gen)
     out["val_median_new_tokens"] = float(statistics.median(g.tokens for g in gen))
     out.update(val_probe_score_seconds=t1 - t0, val_probe_generate_seconds=t2 - t1, val_probe_seconds=t2 - t0)
@@ -255,7 +268,8 @@ def validate(s: Any, progress: bool = False) -> tuple[dict[str, float], dict[str
     t0 = time.perf_counter()
     dist = getattr(s, "dist", None)  # a launched run: every process scores its share of the validation rows
     rows = s.memory.micro_rows if getattr(s, "memory", None) is not None else s.cfg.batch_size  # `max_memory`
-    res = evaluate_nll(s.model, s.val_rows, s.tokenizer.pad_token_id, s.prec, rows, progress, dist)
+    res = evaluate_nll(s.model, s.val_rows, s.tokenizer.pad_token_id, s.prec, rows, progress, dist,
+                       getattr(s, "val_packing", "shared_prefix"))
     row: dict[str, Any] = {"val_nll": res["nll"], "val_nll_seconds": time.perf_counter() - t0}
     if getattr(s, "probes", None) is not None and (dist is None or dist.is_main):  # rank 0 alone logs them
         row.update(run_probes(s.model, s.tokenizer, s.probes, s.prec))

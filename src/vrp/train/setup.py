@@ -53,6 +53,8 @@ class TrainSetup:
     probes: Any = None
     dist: Dist = field(default_factory=Dist)
     memory: Any = None  # `vrp.train.memory.MemoryPlan` when `max_memory` is set: rows per micro-batch
+    val_packing: str = "shared_prefix"  # 'none' for a model vrp cannot shared-prefix mask (`vrp.layer_masks`)
+    packing_check: dict[str, Any] | None = None  # `vrp.train.packing_check` result of a shared-prefix run
 
 
 @dataclass
@@ -81,20 +83,12 @@ class TrainState:
                 "best": self.best, "data_position": data_position(self.epoch, self.micro_batch, batch_size)}
 
 
-def _optimizer(model: Any, cfg: TrainConfig, prec: Any) -> Any:
-    import torch
+def _optimizer(model: Any, cfg: TrainConfig, prec: Any, notify: bool = True) -> Any:
+    """The run's optimizer (`vrp.train.optim.build_optimizer`: a paged one becomes its CPU equivalent on a CPU,
+    with a notice when `notify`)."""
+    from vrp.train.optim import build_optimizer
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "paged_adamw_32bit":
-        if prec.device != "cuda":
-            raise ConfigError("optimizer", "paged_adamw_32bit needs CUDA (bitsandbytes); use adamw on a CPU")
-        import bitsandbytes as bnb
-
-        return bnb.optim.PagedAdamW32bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    # the fused kernel: one pass over all LoRA weights (5 ms instead of 15 ms per step for SmolLM2's 5.9M on a CPU
-    # thread); plain fp32 tensors only (FSDP's sharded DTensor parameters keep the default implementation)
-    fused = all(type(p.data) is torch.Tensor and p.dtype == torch.float32 for p in params)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused or None)
+    return build_optimizer(model, cfg.optimizer, prec.device, cfg.learning_rate, cfg.weight_decay, notify)
 
 
 def _read_data(cfg: TrainConfig, data: DatasetDir) -> tuple[list[Any], list[Any]]:
@@ -141,7 +135,14 @@ def _check_run(cfg: TrainConfig, run: RunDir, data: DatasetDir, resume: bool, ov
     if resume:
         _check_resumed_total(cfg, run)
     data_sha = data.fingerprint()
-    if resume and (ckpt := run.latest_checkpoint()) is not None:
+    if not resume:
+        return data_sha, None
+    from vrp.train.checkpoint import resume_checkpoint
+
+    ckpt, skipped = resume_checkpoint(run)
+    for problem in skipped:  # a damaged newer checkpoint: said, and passed over for the newest sound one
+        print(f"warning: {problem}; the checkpoint is passed over", file=sys.stderr, flush=True)
+    if ckpt is not None:
         saved = run.checkpoint_state(ckpt)
         if saved.get("data_sha256") and saved["data_sha256"] != data_sha:
             raise ConfigError("data", f"{data} is not the data this run was trained on (its train.jsonl/"
@@ -165,30 +166,43 @@ def _check_not_done(run: RunDir, step: int, total_steps: int) -> None:
                                        f"the run is left as it is")
 
 
-def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwrite: bool) -> TrainSetup:
+def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwrite: bool,
+          lock: Any = None) -> TrainSetup:
     """Check everything, load and wrap the model, build optimizer and schedule, then create the run dir (emptied
     with `overwrite`) and save `config.yaml` (not on resume). Raises ConfigError / VrpError before anything is
     written: a bad run dir, data that differs from a resumed run's, an impossible precision, an unloadable model,
-    a prompt longer than the model's context, unknown LoRA target modules."""
+    a prompt longer than the model's context, unknown LoRA target modules. `lock` (`vrp.locks.DirLock` of the run
+    dir, released by the caller): taken by rank 0 before the run dir is looked at, so that a second writer (a
+    resume, an `overwrite`) is refused while this one runs (ConfigError('out'))."""
     import torch
     from transformers import get_scheduler
 
     from vrp.lora import attach_lora
     from vrp.model import check_context, load_base_model, resolve_precision
     from vrp.packing import make_rows
+    from vrp.prompt_format import resolve_prompt_config
     from vrp.prompts import encode_videos
     from vrp.tiers import encode_tiered_video, longest_marker
     from vrp.train.checkpoint import position_of, steps_until
     from vrp.train.distributed import start
     from vrp.train.memory import plan_memory
+    from vrp.train.optim import resolve_optimizer
+    from vrp.train.packing_check import packing_check, validation_packing
     from vrp.train.probes import build_probe_set
 
     cfg = replace(cfg, **{k: resolve_path_option(getattr(cfg, k)) for k in PATH_OPTIONS})
     if not data.train_path.is_file():
         data.train_videos()  # raises ConfigError('data') naming the missing file
     prec = resolve_precision(cfg.precision, cfg.quantization, cfg.device)
+    if cfg.compile_layers:  # an optional capability: checked before the model is loaded and anything is written
+        from vrp.train.compile import check_compiler
+
+        check_compiler(prec.device)
+    resolve_optimizer(cfg.optimizer, prec.device)  # a missing bitsandbytes is named before anything is loaded
     # a launched run (torchrun, accelerate launch) joins its process group; only rank 0 reads and writes the run dir
     dist = start(cfg.distributed_strategy, cfg.quantization, prec.device)
+    if lock is not None:
+        dist.main_only(lock.acquire)  # rank 0 alone writes the run dir
     data_sha, saved = dist.main_only(_check_run, cfg, run, data, resume, overwrite, _inputs(cfg, data))
     train_videos, val_videos = _read_data(cfg, data)
     if cfg.tiers:  # checked before anything is loaded or written; config.yaml records the resolved source
@@ -198,6 +212,8 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     torch.manual_seed(cfg.seed)
 
     model, tok = load_base_model(cfg.model, prec, cfg.attn_implementation)
+    # `auto` becomes chat or plain (said once); config.yaml records it for generate, evaluate and serve
+    cfg = resolve_prompt_config(tok, cfg, announce=dist.is_main, model=cfg.model)
     marker = longest_marker(tok) if cfg.tiers else 0
     check_context(model, cfg.model, cfg.max_prompt_tokens + cfg.max_comment_tokens + 1 + marker,
                   "`max_prompt_tokens` + `max_comment_tokens` + 1" + (" + the tier marker" if marker else ""))
@@ -209,7 +225,8 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     else:
         train_enc, val_enc = encode_videos(tok, train_videos, pcfg), encode_videos(tok, val_videos, pcfg)
     rows = make_rows(train_enc, cfg.packing, cfg.max_row_tokens)
-    val_rows = make_rows(val_enc, "shared_prefix", cfg.max_row_tokens)
+    val_packing = validation_packing(model, cfg.packing)  # refuses shared_prefix where masks cannot be exact
+    val_rows = make_rows(val_enc, val_packing, cfg.max_row_tokens)
     n_batches = len(micro_batches(rows, cfg.batch_size))
     per_step = cfg.grad_accum * dist.world_size  # micro-batches of one optimizer step, all processes together
     per_epoch = math.ceil(n_batches / per_step)
@@ -222,6 +239,12 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
 
     model = attach_lora(model, cfg.lora(), prec, cfg.gradient_checkpointing)
+    # before the first step: packed log-probs == per-example ones on this very model (VrpError when not)
+    checked = packing_check(model, rows, tok.pad_token_id, prec) if cfg.packing == "shared_prefix" else None
+    if checked is not None and dist.is_main:
+        print(f"packing check: max |difference| of {checked['n_tokens']} comment-token log-probs packed vs per "
+              f"example {checked['max_abs_diff']:.2g} nats (tolerance {checked['tolerance']:g} at "
+              f"{checked['dtype']})", file=sys.stderr, flush=True)
     # measured on the whole model before DDP / FSDP wrap it (its forward + backward would bypass their hooks)
     plan = plan_memory(model, rows, tok.pad_token_id, cfg, prec) if cfg.max_memory else None
     if cfg.compile_layers:  # after the memory probe, which should not pay for the compilation
@@ -230,14 +253,15 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
         compile_decoder_layers(model)
     dist.seed_rank(cfg.seed)
     dist.wrap(model)  # DDP / FSDP2 in a launched run; the optimizer must see FSDP's sharded parameters
-    optimizer = _optimizer(model, cfg, prec)
+    optimizer = _optimizer(model, cfg, prec, dist.is_main)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     # the probes call the model directly, which FSDP's sharded weights do not allow
     probes = (build_probe_set(tok, val_videos, train_videos, pcfg, cfg.curve_videos, cfg.seed)
               if dist.strategy != "fsdp" else None)
     dist.main_only(_create_run, run, cfg, resume, overwrite, _inputs(cfg, data))
     return TrainSetup(cfg, run, data_sha, prec, model, tok, train_videos, val_videos, rows, val_rows, optimizer,
-                      scheduler, per_epoch, total_steps, probes, dist, plan)
+                      scheduler, per_epoch, total_steps, probes, dist, plan, val_packing=val_packing,
+                      packing_check=checked)
 
 
 def starting_state(s: TrainSetup, resume: bool, progress: bool) -> TrainState:
@@ -245,12 +269,13 @@ def starting_state(s: TrainSetup, resume: bool, progress: bool) -> TrainState:
     restored, and the best validation so far, `vrp.train.checkpoint.resumed_best`), else step 0 with the base model's
     validation row (NLL and learning-curve probes, `vrp.train.probes.validate`) when there are validation rows, which
     is also the first best checkpoint."""
-    from vrp.train.checkpoint import keep_best, load_checkpoint, position_of, resumed_best
+    from vrp.train.checkpoint import keep_best, load_checkpoint, position_of, resume_checkpoint, resumed_best
     from vrp.train.probes import validate
 
-    ckpt = s.dist.main_only(s.run.latest_checkpoint) if resume else None
+    ckpt, skipped = s.dist.main_only(resume_checkpoint, s.run) if resume else (None, [])
     if resume and s.dist.is_main:  # say where a resumed run continues from
-        where = f"checkpoint {ckpt.name}" if ckpt is not None else "step 0 (the run has no complete checkpoint yet)"
+        where = (f"checkpoint {ckpt.name}" + (", the newest sound one" if skipped else "") if ckpt is not None
+                 else "step 0 (the run has no " + ("sound" if skipped else "complete") + " checkpoint yet)")
         print(f"resuming {s.run.path} from {where}", file=sys.stderr, flush=True)
     if ckpt is not None:
         st = load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler, s.dist)
