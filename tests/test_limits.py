@@ -11,7 +11,7 @@ from vrp.errors import ConfigError
 from vrp.limits import COMMENTS, LIMITS, command_configs, field_limits, limits_markdown
 from vrp.options import field_kind
 
-BASE = {"BenchServeConfig": {"model": "m"}}  # what a config needs besides defaults to be valid
+BASE = {"BenchServeConfig": {"model": "m"}, "BenchGenerateConfig": {"run": "r"}}  # what a config needs besides defaults
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "limits.md"
 
 
@@ -58,6 +58,10 @@ def test_generate_with_a_million_comments_is_one_line_before_any_model(tmp_path,
     (["serve", "--model", "m", "--max-rerank", "1000"], "error: --max-rerank: must be <= 200"),
     (["serve", "--model", "m", "--queue-size", "1000000"], "error: --queue-size: must be <= 1000"),
     (["bench", "serve", "--model", "m", "--max-new-tokens", "100000"], "error: --max-new-tokens: must be <= 2048"),
+    (["bench", "generate", "--run", "{t}/run", "--num-comments", "1000000", "--no-write"],
+     "error: --num-comments: must be <= 100"),
+    (["bench", "generate", "--run", "{t}/run", "--threads", "100000", "--no-write"],
+     "error: --threads: must be <= 1024"),
     (["bench", "train", "--peak-size", "1000000"], "error: --peak-size: must be <= 16384"),
     (["bench", "train", "--nproc", "100000"], "error: --nproc: must be <= 64"),
     (["collect", "dQw4w9WgXcQ", "--out", "{t}/c", "--comments-per-video", "10000000"],

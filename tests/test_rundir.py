@@ -149,3 +149,22 @@ def test_a_garbage_dataset_manifest_is_named(tmp_path, tiny_model_dir, capsys) -
     one_line_error(capsys, train_args(data, tmp_path / "run", tiny_model_dir, "--tiers", "--max-steps", "1"),
                    "manifest.json: damaged dataset manifest (expected a JSON object, got str)")
     assert not (tmp_path / "run").exists()  # refused before the run dir was written
+
+
+@pytest.mark.parametrize("line, option, says", [
+    ("max_prompt_tokens: 5", "max_prompt_tokens", "must be at least 16, got 5"),
+    ("prompt_format: weird", "prompt_format", "got 'weird'"),
+    ("truncation: middle", "truncation", "unknown strategy 'middle'"),
+])
+def test_a_saved_prompt_setting_that_is_refused_names_config_yaml_not_a_flag(tmp_path, capsys, line, option,
+                                                                              says) -> None:
+    """A run's `config.yaml` value that `PromptConfig` refuses is the file's fault: the error names the file and the
+    option, not the command's flag (`--max-prompt-tokens`), which the user did not pass."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"model: smollm2-135m\n{line}\n")
+    with pytest.raises(VrpError, match=rf"config\.yaml: option '{option}': .*{says}"):
+        RunDir(run).prompt_config()
+    err = one_line_error(capsys, ["generate", "--run", str(run), "--title", "T", "--transcript", "x",
+                                  "--print-prompt", "user"], f"{run / 'config.yaml'}: option '{option}': ", says)
+    assert not any(flag in err for flag in ("--max-prompt-tokens", "--prompt-format", "--truncation")), err

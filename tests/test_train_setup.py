@@ -43,6 +43,13 @@ def test_compile_layers_without_a_compiler_fails_before_anything_is_written(tmp_
                    "error: --compile-layers: torch.compile cannot build code on this machine",
                    "train without --compile-layers")
     assert not run.exists()
+    # the same check before `vrp bench train` starts any worker process
+    bench_json = tmp_path / "bench.json"
+    one_line_error(capsys, ["bench", "train", "--data", str(data_dir(tmp_path / "data2")), "--model",
+                            str(tiny_model_dir), "--configs", "none", "--no-write", "--compile-layers", "--json-out",
+                            str(bench_json)],
+                   "error: --compile-layers: torch.compile cannot build code on this machine")
+    assert not bench_json.exists()
 
 
 def test_device_cuda_without_cuda_fails_before_anything_is_written(tmp_path, tiny_model_dir, capsys) -> None:

@@ -139,3 +139,12 @@ def test_formats_that_cannot_be_shown_are_refused(value, code, why):
 def test_general_shows_fifteen_significant_digits():
     assert [general(x) for x in (3, 2.0, 1 / 3, 1e20, 1.5e-7, -0.25)] == [
         "3", "2", "0.333333333333333", "1E+20", "1.5E-07", "-0.25"]
+
+
+def test_a_date_cell_outside_the_sheets_date_range_is_refused_naming_the_cell(tmp_path):
+    # Excel shows a negative date serial as #####; openpyxl would turn -5 into 1899-12-25
+    path = write_xlsx(tmp_path / "neg.xlsx", [("fine", None), (-5, "yyyy-mm-dd")])
+    with pytest.raises(VrpError, match=r"neg\.xlsx: cell C3 holds .*outside the spreadsheet's range"):
+        load_source(path)
+    ok = write_xlsx(tmp_path / "ok.xlsx", [(45940, "yyyy-mm-dd")])                # 2025-10-10 stays as shown
+    assert comments_of(ok) == ["2025-10-10"]

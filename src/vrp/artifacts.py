@@ -25,7 +25,7 @@ from vrp.io import (
     check_writable,
     current_umask,
     iter_jsonl_rows,
-    loads_json,
+    read_json_object,
     repair_torn_tail,
     write_json_atomic,
     write_jsonl_atomic,
@@ -199,13 +199,7 @@ class DatasetDir(_Dir):
         path = self.path / self.MANIFEST
         if not path.is_file():
             return None
-        try:
-            m = loads_json(path.read_text(encoding="utf-8"), str(path))
-        except (OSError, UnicodeDecodeError) as e:
-            raise VrpError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-        if not isinstance(m, dict):
-            raise VrpError(f"{path}: damaged dataset manifest (expected a JSON object, got {type(m).__name__})")
-        return m
+        return read_json_object(path, "dataset manifest")
 
     def fingerprint(self) -> str:
         """Hex sha256 over the split files' names and bytes (a missing file counts as empty): the same data gives the

@@ -144,6 +144,21 @@ def loads_json(text: str, where: str, name_line: bool = True, **kwargs: Any) -> 
         raise VrpError(f"{where}: invalid JSON ({str(e).split(';')[0]})") from None
 
 
+def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """Read a JSON file that vrp wrote into one of its dirs (a manifest, a checkpoint's state, an adapter config) and
+    check that it holds a JSON object. Raises VrpError naming `path`: unreadable, not UTF-8, invalid JSON, or
+    "damaged {what} (expected a JSON object, got list)"."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise VrpError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    obj = loads_json(text, str(path))
+    if not isinstance(obj, dict):
+        raise VrpError(f"{path}: damaged {what} (expected a JSON object, got {type(obj).__name__})")
+    return obj
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSON Lines file. Blank lines are skipped. Raises VrpError naming the file and line on bad JSON."""
     path = Path(path)

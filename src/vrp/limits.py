@@ -116,6 +116,7 @@ def field_limits(cls: type) -> dict[str, Limit]:
 
 def command_configs() -> list[tuple[str, type]]:
     """`(command, config dataclass)` of every command whose flags come from a config (imported here, lazily)."""
+    from vrp.bench.generate import BenchGenerateConfig
     from vrp.bench.serve import BenchServeConfig
     from vrp.bench.train import BenchTrainConfig
     from vrp.collect.fetch import CollectConfig
@@ -126,7 +127,7 @@ def command_configs() -> list[tuple[str, type]]:
 
     return [("vrp collect", CollectConfig), ("vrp train", TrainConfig), ("vrp generate", GenerateConfig),
             ("vrp evaluate", EvaluateConfig), ("vrp serve", ServeConfig), ("vrp bench serve", BenchServeConfig),
-            ("vrp bench train", BenchTrainConfig)]
+            ("vrp bench train", BenchTrainConfig), ("vrp bench generate", BenchGenerateConfig)]
 
 
 def limits_markdown() -> str:

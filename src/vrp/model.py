@@ -357,7 +357,7 @@ def load_for_inference(model: str | None = None, run: Any = None, checkpoint: st
     A run trained on a 4-bit base (its config.yaml says `quantization: 4bit`) is loaded on the base in 4-bit again,
     which is the model its adapter was trained with, and its adapter is kept unmerged: merging would round
     `W + BA` back to NF4, so the merged model would not be the trained one (peft warns about this too)."""
-    from vrp.rundir import RunDir
+    from vrp.rundir import RunDir, check_adapter
 
     if not model and not run:
         raise ConfigError("model", "give a `model` or a `run`")
@@ -367,6 +367,7 @@ def load_for_inference(model: str | None = None, run: Any = None, checkpoint: st
         adapter = run.adapter(checkpoint)
         model = model or run.model_spec()
         quantization = str(run.config().get("quantization") or "none")
+        check_adapter(adapter)  # a damaged adapter is named before the base model's weights are loaded
     assert model is not None
     prec = resolve_precision(precision, quantization, device)
     m, tok = load_base_model(model, prec)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 from vrp.artifacts import _Dir, _In
 from vrp.errors import ConfigError, VrpError
-from vrp.io import check_writable, iter_jsonl_rows, loads_json, write_json_atomic, write_jsonl_atomic
+from vrp.io import check_writable, iter_jsonl_rows, loads_json, read_json_object, write_json_atomic, write_jsonl_atomic
 
 
 class RunDir(_Dir):
@@ -95,13 +95,19 @@ class RunDir(_Dir):
     def prompt_config(self, max_prompt_tokens: int | None = None) -> Any:
         """The `PromptConfig` the run was trained with (its `max_prompt_tokens`, `truncation`, `prompt_format`: `chat`
         for a run written before prompt formats existed, which was trained with its chat template),
-        `max_prompt_tokens` overriding when given. Raises VrpError naming config.yaml for a value of the wrong type."""
+        `max_prompt_tokens` overriding when given. Raises VrpError naming config.yaml and the option for a value of the
+        wrong type or one `PromptConfig` refuses (`max_prompt_tokens: 5`, `prompt_format: weird`): the saved value
+        is no flag of the command, so the error must not name one."""
         from vrp.options import coerce_values
         from vrp.prompts import PromptConfig
 
         saved = {"prompt_format": "chat", **self.config()}
         kw = coerce_values(PromptConfig, {k: saved[k] for k in ("max_prompt_tokens", "truncation", "prompt_format")
                                           if k in saved}, str(self.config_path))
+        try:
+            PromptConfig(**kw)  # the saved values alone, so that their error names the file
+        except ConfigError as e:
+            raise VrpError(f"{self.config_path}: option '{e.field}': {e.message}") from None
         if max_prompt_tokens:
             kw["max_prompt_tokens"] = max_prompt_tokens
         return PromptConfig(**kw)
@@ -134,14 +140,8 @@ class RunDir(_Dir):
         the file when it is not a JSON object with an integer `step` (and, for `step-NNNNNN` / `best-NNNNNN`, the
         step of its name)."""
         path = ckpt / self.STATE
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise VrpError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-        state = loads_json(text, str(path))
-        step = state.get("step") if isinstance(state, dict) else None
-        if not isinstance(state, dict):
-            raise VrpError(f"{path}: damaged checkpoint state (expected a JSON object, got {type(state).__name__})")
+        state = read_json_object(path, "checkpoint state")
+        step = state.get("step")
         if isinstance(step, bool) or not isinstance(step, int):
             raise VrpError(f"{path}: damaged checkpoint state ('step' is {'missing' if step is None else repr(step)})")
         named = ckpt.name.rsplit("-", 1)[-1]
@@ -282,12 +282,7 @@ def check_adapter(adapter_dir: Path) -> None:
     from safetensors import SafetensorError, safe_open
 
     cfg_path = adapter_dir / "adapter_config.json"
-    try:
-        cfg = loads_json(cfg_path.read_text(encoding="utf-8"), str(cfg_path))
-    except (OSError, UnicodeDecodeError) as e:
-        raise VrpError(f"{cfg_path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    if not isinstance(cfg, dict):
-        raise VrpError(f"{cfg_path}: damaged adapter config (expected a JSON object, got {type(cfg).__name__})")
+    cfg = read_json_object(cfg_path, "adapter config")
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         if (adapter_dir / "adapter_model.bin").is_file():

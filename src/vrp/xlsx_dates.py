@@ -39,6 +39,9 @@ def _round_time(value: dt.datetime, decimals: int) -> dt.datetime:
     return value.replace(microsecond=0) + dt.timedelta(microseconds=up)
 
 
+MAX_SERIAL = 2958466  # the serial day after 9999-12-31, the last date Excel shows (1900 date system)
+
+
 def format_datetime(value: Any, code: str, epoch: dt.datetime) -> str:
     """A date, time, datetime, timedelta or serial `value` shown with date/time format `code` (see the module doc).
     Raises UnsupportedFormat."""
@@ -68,6 +71,9 @@ def format_datetime(value: Any, code: str, epoch: dt.datetime) -> str:
             value = dt.datetime.combine(dt.date(1900, 1, 1), value)
         elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
             value = dt.datetime.combine(value, dt.time())
+        if not 0 <= to_excel(value, epoch) < MAX_SERIAL:  # Excel shows such a cell as #####
+            raise UnsupportedFormat(f"a date outside the spreadsheet's range (serial 0 to {MAX_SERIAL - 1}: "
+                                    f"the sheet shows #####)")
         when = _round_time(value, decimals)
     ampm = any(k == "ampm" for k, _ in codes)
     out = []

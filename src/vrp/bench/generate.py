@@ -29,6 +29,7 @@ from typing import Any
 
 from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS
 from vrp.errors import ConfigError
+from vrp.limits import COMMENTS, NEW_TOKENS, PROMPT_TOKENS, THREADS
 from vrp.options import check_choice, check_range, coerce_fields, option
 
 ENGINE_PRESETS = ("greedy", "nucleus")
@@ -47,11 +48,12 @@ class BenchGenerateConfig:
                                "transcript file; None: one built-in video)", None)
     max_videos: int = option("prompts: the first N videos of `input`", 4)
     preset: str = option(f"decoding preset: {' or '.join(ENGINE_PRESETS)}", DEFAULT_PRESET)
-    num_comments: int = option("comments per prompt (K; greedy gives one)", 5)
-    max_new_tokens: int = option("new tokens per comment at most", MAX_NEW_TOKENS)
-    max_prompt_tokens: int | None = option("prompt token budget (None: the run's)", None)
+    num_comments: int = option("comments per prompt (K; greedy gives one)", 5, limit=COMMENTS)
+    max_new_tokens: int = option("new tokens per comment at most", MAX_NEW_TOKENS, limit=NEW_TOKENS)
+    max_prompt_tokens: int | None = option("prompt token budget (None: the run's)", None, limit=PROMPT_TOKENS)
     precision: str = option("vrp's precision: auto (as vrp generate), bf16 or fp32", "auto")
-    threads: int = option("CPU threads of each engine (torch threads; llama.cpp n_threads)", 1)
+    threads: int = option("CPU threads of each engine (torch threads; llama.cpp n_threads)", 1,
+                          limit=THREADS.from_(1))
     seed: int = option("sampling seed", 0)
     write_when_busy: bool = option("append to the Markdown file even when the load average before the run exceeded "
                                    "the core count", False)

@@ -332,6 +332,10 @@ def run_bench(opts: BenchTrainConfig, progress: bool = True) -> dict[str, Any]:
         raise ConfigError("data", "no source of videos given")
     if "trl" in opts.configs:
         require_bench_extra()
+    if opts.compile_layers:  # before any worker starts: one line naming the option, not a worker's traceback
+        from vrp.train.compile import check_compiler
+
+        check_compiler("cuda" if torch.cuda.is_available() else "cpu")
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     t_start = time.perf_counter()
     videos, _ = load_source(opts.data)

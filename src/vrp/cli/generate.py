@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     inp.add_argument("--title", default="", help="video title (with --transcript)")
     inp.add_argument("--transcript", help="transcript text")
     inp.add_argument("--max-videos", type=int, default=0, help="only the first N videos (0 = all)")
-    p.add_argument("--out", help="output file: .csv, .xlsx or .jsonl (required unless --print-prompt)")
+    p.add_argument("--out", help="output file: .csv, .xlsx or .jsonl (required; refused with --print-prompt, which "
+                                 "prints to stdout)")
     p.add_argument("--print-prompt", choices=("text", "user", "json"),
                    help="print the prompt of the video instead of generating (no model weights are loaded): text = "
                         "the whole prompt text vrp tokenizes (for raw completion APIs), user = the user message "
@@ -86,8 +87,14 @@ def _print_prompts(args: argparse.Namespace) -> int:
     from vrp.export.prompts import video_prompts
     from vrp.options import config_from_args
     from vrp.predict import GenerateConfig, load_inputs
+    from vrp.rundir import RunDir
 
+    if args.out:  # the prompts go to stdout: an --out given with them would silently stay unwritten
+        raise ConfigError("out", f"{args.out} would not be written: `print_prompt` prints to stdout; leave out `out` "
+                                 f"and redirect stdout to a file")
     cfg = config_from_args(GenerateConfig, args)
+    if cfg.run and cfg.checkpoint:  # the prompt needs no weights, but a mistyped checkpoint is still an error
+        RunDir(cfg.run).adapter(cfg.checkpoint)
     videos = load_inputs(args.input, args.title, args.transcript, args.max_videos)
     if args.print_prompt != "json" and len(videos) != 1:
         raise ConfigError("print_prompt", f"{args.print_prompt} prints the prompt of one video and the input has "

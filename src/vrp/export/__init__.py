@@ -96,12 +96,13 @@ def _prepare(cfg: ExportConfig) -> dict[str, Any]:
     from vrp.export.gguf import check_supported
     from vrp.model import load_tokenizer, model_location
     from vrp.prompt_format import resolve_prompt_config
-    from vrp.rundir import RunDir
+    from vrp.rundir import RunDir, check_adapter
     from vrp.tiers import check_tier, run_tier_source
 
     run = RunDir(cfg.run)
     pcfg = run.prompt_config()  # ConfigError('run') when it is not a run
     adapter = run.adapter(cfg.checkpoint)  # ConfigError('run' / 'checkpoint') when missing
+    check_adapter(adapter)  # VrpError naming a damaged adapter file, before any weights are loaded
     check_tier(cfg.tier, run_tier_source(run) is not None)
     ExportDir(cfg.out).check_new(cfg.overwrite, inputs=[("run", cfg.run)])
     spec = run.model_spec()
