@@ -28,8 +28,11 @@ $(TEST_STAMP): $(STAMP)
 
 install: $(STAMP)
 
+# The layer contracts first (pyproject.toml [tool.importlinter], docs/architecture.md), then every test; the
+# slowest tests are listed at the end.
 test: $(TEST_STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	$(BIN)/lint-imports
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest --durations=15
 
 # `vrp bench train` on the seed data (needs an idle machine; see BENCHMARKS.md).
 bench-train: $(TEST_STAMP)

@@ -90,7 +90,7 @@ def one_line_error(capsys: Any, argv: list[str], *needles: str) -> str:
 
 def write_splits(path: Path, train: list[Any], validation: list[Any]) -> Path:
     """Write `train` and `validation` (lists of `vrp.records.Video`) as a dataset dir's two JSONL splits."""
-    from vrp.io import write_jsonl_atomic
+    from vrp.files import write_jsonl_atomic
 
     write_jsonl_atomic(path / "train.jsonl", (v.to_json() for v in train))
     write_jsonl_atomic(path / "validation.jsonl", (v.to_json() for v in validation))

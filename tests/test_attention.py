@@ -8,8 +8,8 @@ from test_lean import EOS, _assert_grads_close, _loss_and_grads, _model
 
 from vrp import attention
 from vrp.attention import RowPlan, SegmentAttention, row_plans, scored_pairs
-from vrp.model import Precision
 from vrp.packing import Row, collate
+from vrp.precision import Precision
 
 FP32 = Precision("cpu", torch.float32, None)
 ROWS = [Row(list(range(3, 23)), [[5, 6, 7, EOS], [8, 9, EOS], [4, 4, 4, 4, EOS]]),

@@ -129,7 +129,7 @@ def test_prepare_keeps_numeric_looking_text_columns_as_text(tmp_path) -> None:
 
 def test_prepare_failing_midway_leaves_no_partial_dataset(tmp_path, monkeypatch) -> None:
     import vrp.artifacts
-    import vrp.dataset
+    import vrp.prepare.run
 
     src = table(tmp_path / "t.csv", title=["a", "b"], transcript=["x", "y"], comment=["c", "d"])
 
@@ -138,7 +138,7 @@ def test_prepare_failing_midway_leaves_no_partial_dataset(tmp_path, monkeypatch)
 
     monkeypatch.setattr(vrp.artifacts, "write_json_atomic", boom)  # the manifest is written last
     with pytest.raises(KeyboardInterrupt):
-        vrp.dataset.prepare(src, tmp_path / "fresh")
+        vrp.prepare.run.prepare(src, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
 
@@ -405,7 +405,7 @@ def test_generate_run_with_broken_config_yaml(tmp_path, capsys, config_text, nee
 
 
 def test_write_predictions_xlsx_with_control_characters(tmp_path) -> None:
-    from vrp.predict import write_predictions
+    from vrp.generate.run import write_predictions
 
     write_predictions([{"video_id": "a", "title": "t\x01", "comment": "bell\x07 \x1b[31mred"}], tmp_path / "p.xlsx")
     df = pd.read_excel(tmp_path / "p.xlsx")
@@ -413,7 +413,7 @@ def test_write_predictions_xlsx_with_control_characters(tmp_path) -> None:
 
 
 def test_atomic_write_errors_are_vrp_errors(tmp_path) -> None:
-    from vrp.io import write_text_atomic
+    from vrp.files import write_text_atomic
 
     (tmp_path / "d").mkdir()
     with pytest.raises(VrpError, match="is a directory"):
@@ -459,7 +459,7 @@ def test_overlong_title_names_the_video(tmp_path, capsys, tokenizer, tiny_model_
 
 
 def test_video_jsonl_without_comments_is_read_as_videos(tmp_path) -> None:
-    from vrp.predict import load_inputs
+    from vrp.generate.run import load_inputs
 
     src = tmp_path / "v.jsonl"
     src.write_text(json.dumps({"video_id": "a", "title": "t", "transcript": "x"}) + "\n")
@@ -508,8 +508,9 @@ def test_target_modules_names_regex_and_tied_embeddings(tokenizer) -> None:
     changed the input embeddings too)."""
     import torch
 
-    from vrp.lora import LoraSettings, attach_lora
-    from vrp.model import Precision
+    from vrp.adapter import attach_lora
+    from vrp.lora import LoraSettings
+    from vrp.precision import Precision
     from vrp.train.config import TrainConfig
 
     assert TrainConfig(target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]

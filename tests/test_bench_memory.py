@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from vrp.adapter import attach_lora
 from vrp.bench.memory import KINDS, format_profile, profile_step
-from vrp.io import write_jsonl_atomic
-from vrp.lora import LoraSettings, attach_lora
-from vrp.model import Precision
+from vrp.files import write_jsonl_atomic
+from vrp.lora import LoraSettings
 from vrp.packing import Row, collate
+from vrp.precision import Precision
 from vrp.records import Comment, Video
 
 BF16 = Precision("cpu", torch.bfloat16, torch.bfloat16)
@@ -48,7 +49,8 @@ def test_profile_breaks_the_step_down(tokenizer) -> None:
 
 
 def test_memory_rows_have_one_shape_for_every_configuration(tokenizer) -> None:
-    from vrp.bench.train import BenchTrainConfig, memory_rows
+    from vrp.bench.config import BenchTrainConfig
+    from vrp.bench.train import memory_rows
 
     opts = BenchTrainConfig(data="x", comments_per_video=[3], batch_size=3, memory_row_tokens=400,
                             max_prompt_tokens=64)

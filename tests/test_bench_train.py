@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from vrp.bench.config import BenchTrainConfig, bench_train_config
 from vrp.bench.flops import FlopDims, executed_flops, useful_flops
-from vrp.bench.train import BenchTrainConfig, bench_train_config, expand_comments
+from vrp.bench.train import expand_comments
 from vrp.bench.train_report import append_section, format_table, markdown_section, summary_lines
 from vrp.errors import ConfigError, VrpError
-from vrp.io import write_jsonl_atomic
+from vrp.files import write_jsonl_atomic
 from vrp.records import Comment, Video
 
 SEED_XLSX = Path(__file__).resolve().parents[2] / "shared" / "data" / "uos2023" / "train_dataset.xlsx"
@@ -35,9 +36,10 @@ def test_dims_from_tiny_lora_model(tokenizer) -> None:
     import torch
     from helpers import tiny_llama
 
+    from vrp.adapter import attach_lora
     from vrp.bench.flops import dims_from_model
-    from vrp.lora import LoraSettings, attach_lora
-    from vrp.model import Precision
+    from vrp.lora import LoraSettings
+    from vrp.precision import Precision
 
     model = attach_lora(tiny_llama(tokenizer), LoraSettings(r=16), Precision("cpu", torch.float32, None))
     d = dims_from_model(model)
@@ -77,7 +79,7 @@ def test_expand_comments_deterministic_no_duplicates() -> None:
 
 @pytest.mark.skipif(not SEED_XLSX.is_file(), reason="seed dataset not available")
 def test_expand_real_comments() -> None:
-    from vrp.dataset import load_source
+    from vrp.sources import load_source
 
     videos, _ = load_source(SEED_XLSX)
     for v in expand_comments(videos, 30, 20):

@@ -134,7 +134,8 @@ def test_generation_scoring_and_serving_stop_at_the_end_of_turn(tokenizer_dir: P
                                                                   name: str) -> None:
     """Saved like a Hub checkpoint (generation_config.json lists only the EOS `<|end_of_text|>` / `<|endoftext|>`),
     loaded by vrp, the model stops after 'Great video' + its end-of-turn token, which is not the tokenizer's EOS."""
-    from vrp.model import Precision, load_base_model
+    from vrp.model import load_base_model
+    from vrp.precision import Precision
     from vrp.scoring import score_candidates
     from vrp.serve.worker import GenerationWorker, Job
 
@@ -179,7 +180,8 @@ def test_system_text_is_folded_into_the_user_turn(tokenizer_dir: Path, tokenizer
     template drops the system message without a word: all three get the system text at the top of the user turn."""
     from helpers import tiny_llama
 
-    from vrp.predict import GenerateConfig, predict
+    from vrp.generate.config import GenerateConfig
+    from vrp.generate.run import predict
 
     tok = chat_tokenizer(tokenizer_dir, name)
     cfg = PromptConfig(system_prompt="Write as a baker.")

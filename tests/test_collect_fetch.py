@@ -17,9 +17,10 @@ import youtube_transcript_api as yta
 from yt_dlp.utils import DownloadError
 
 from vrp.cli import main
-from vrp.collect.fetch import CollectConfig, collect, listing_params, video_params
-from vrp.collect.videos import load_collect_dir
+from vrp.collect.config import CollectConfig
+from vrp.collect.fetch import collect, listing_params, video_params
 from vrp.collect.youtube import watch_url
+from vrp.collected import load_collect_dir
 from vrp.errors import ConfigError, VrpError
 
 FIX = Path(__file__).parent / "fixtures" / "collect"

@@ -1,4 +1,4 @@
-"""Reading a collect dir into `Video` records (`vrp.collect.videos`), and the append/repair of its JSON Lines files."""
+"""Reading a collect dir into `Video` records (`vrp.collected`), and the append/repair of its JSON Lines files."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from vrp.artifacts import CollectDir
-from vrp.collect.videos import clean_comments, load_collect_dir
+from vrp.collected import clean_comments, load_collect_dir
 from vrp.errors import VrpError
-from vrp.io import append_jsonl_line, repair_torn_tail
+from vrp.files import append_jsonl_line, repair_torn_tail
 from vrp.records import Comment
 
 FIX = Path(__file__).parent / "fixtures" / "collect" / "collect_dir"
@@ -26,7 +26,7 @@ def _write(path: Path, rows: list) -> Path:
 
 
 def test_load_fixture_collect_dir_ranks_by_likes_and_drops_unusable(caplog):
-    caplog.set_level(logging.WARNING, logger="vrp.collect.videos")
+    caplog.set_level(logging.WARNING, logger="vrp.collected")
     videos, stats = load_collect_dir(FIX)
     assert [v.video_id for v in videos] == ["AAAAAAAAAAA"]
     v = videos[0]

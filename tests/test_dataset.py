@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from helpers import write_seed_xlsx
 
-from vrp.dataset import load_source, prepare, split_videos
 from vrp.errors import ConfigError, VrpError
+from vrp.prepare.run import prepare, split_videos
 from vrp.records import Comment, Video, read_videos
+from vrp.sources import load_source
 
 
 def test_seed_grouping_and_split_without_leakage(tmp_path: Path) -> None:

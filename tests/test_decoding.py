@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vrp.decoding import PRESETS, generate_comments
+from vrp.decoding import generate_comments
 from vrp.errors import VrpError
+from vrp.presets import PRESETS
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import torch
 from helpers import write_splits
 
 from vrp.errors import ConfigError, VrpError
-from vrp.io import write_jsonl_atomic
+from vrp.files import write_jsonl_atomic
 from vrp.records import Comment, Video
 from vrp.train.config import TrainConfig
 from vrp.train.loop import train

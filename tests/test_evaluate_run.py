@@ -13,7 +13,7 @@ import pytest
 from vrp.evaluate import run as E
 from vrp.evaluate.metrics import random_rank_stat
 from vrp.evaluate.pmi import LAMBDA_GRID
-from vrp.io import write_jsonl_atomic
+from vrp.files import write_jsonl_atomic
 from vrp.records import Comment, Video
 
 TOPICS = ["cooking pasta with garlic and olive oil", "building a gaming computer with a new graphics card",
@@ -39,9 +39,9 @@ def fake_embedder_one_thread(monkeypatch):
     """Inject the fake embedder; run torch on one thread (tiny matmuls, and 2 threads stall when the CPU is shared)."""
     import torch
 
-    import vrp.evaluate.embed
+    import vrp.embeddings
 
-    monkeypatch.setattr(vrp.evaluate.embed, "load_embedder", lambda: FakeEmbedder())
+    monkeypatch.setattr(vrp.embeddings, "load_embedder", lambda: FakeEmbedder())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -386,7 +386,7 @@ def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_
 
 def test_minilm_embedder_offline():
     """The bundled all-MiniLM-L6-v2 loads without network and puts paraphrases closer than unrelated text."""
-    from vrp.evaluate.embed import MiniLMEmbedder, embed_videos
+    from vrp.embeddings import MiniLMEmbedder, embed_videos
 
     emb = MiniLMEmbedder()
     e = emb.encode(["great video, loved it", "awesome video, I loved this", "the tax code of 1986 was amended"])

@@ -67,7 +67,8 @@ def run_dir(tmp_path_factory, tokenizer, model_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, run_dir) -> tuple[Path, dict]:
-    from vrp.export import ExportConfig, export
+    from vrp.export.config import ExportConfig
+    from vrp.export.run import export
 
     out = tmp_path_factory.mktemp("exports") / "all"
     return out, export(ExportConfig(run=str(run_dir), out=str(out), format="hf,gguf,ollama", gguf_type="f16"))
@@ -116,11 +117,11 @@ def test_hf_export_is_base_plus_adapter_and_stops_as_vrp(exported, run_dir: Path
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert files == set(manifest["files"]) | {"export.json"}
     assert json.loads((out / "export.json").read_text()) == manifest
-    from vrp.io import sha256_file
+    from vrp.files import sha256_file
 
     assert all(sha256_file(out / name) == digest for name, digest in manifest["files"].items())
     assert manifest["base_model"] == str(model_dir) and manifest["checkpoint"].startswith("adapter")
-    from vrp.io import current_umask
+    from vrp.files import current_umask
 
     assert {p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()} == {0o666 & ~current_umask()}
     assert out.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's private 0700
@@ -150,7 +151,8 @@ def test_gguf_logits_match_the_merged_model(exported, tmp_path_factory, run_dir:
     """Within the type's rounding (logits here reach about 3; a missing q/k permutation is off by about 1)."""
     from transformers import AutoModelForCausalLM
 
-    from vrp.export import ExportConfig, export
+    from vrp.export.config import ExportConfig
+    from vrp.export.run import export
 
     out = exported[0]
     if gguf_type != "f16":
@@ -389,7 +391,8 @@ def test_full_disk_leaves_no_file_and_keeps_the_earlier_export(run_dir: Path, tm
 
 
 def test_overwrite_replaces_an_earlier_export(run_dir: Path, tmp_path: Path) -> None:
-    from vrp.export import ExportConfig, export
+    from vrp.export.config import ExportConfig
+    from vrp.export.run import export
 
     out = tmp_path / "exp"
     export(ExportConfig(run=str(run_dir), out=str(out), format="gguf", gguf_type="q8_0"))
@@ -405,7 +408,8 @@ def test_4bit_run_is_dequantized_then_merged(tmp_path: Path, tokenizer, model_di
     pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForCausalLM
 
-    from vrp.export import ExportConfig, export
+    from vrp.export.config import ExportConfig
+    from vrp.export.run import export
     from vrp.model import load_for_inference
 
     run = make_run(tmp_path, tokenizer, model_dir, quantization="4bit")
@@ -425,7 +429,7 @@ def test_4bit_run_is_dequantized_then_merged(tmp_path: Path, tokenizer, model_di
 
 def test_bench_generate(run_dir: Path, tmp_path: Path, capsys) -> None:
     """`vrp bench generate` times vrp and, when llama-cpp-python is installed, llama.cpp on the same prompts."""
-    from vrp.bench.generate import BenchGenerateConfig
+    from vrp.bench.config import BenchGenerateConfig
     from vrp.cli import main
     from vrp.errors import ConfigError
 

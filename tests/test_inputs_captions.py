@@ -128,7 +128,7 @@ def test_sbv_is_read_by_transcript_and_generate_input(tmp_path, capsys):
                                      Segment(3723.5, 3725.0, "see you")]
     assert main(["transcript", str(path)]) == 0
     assert capsys.readouterr().out == "hello from YouTube Studio see you\n"
-    from vrp.predict import load_inputs
+    from vrp.generate.run import load_inputs
 
     videos = load_inputs(str(path), title="Studio export")
     assert [(v.video_id, v.title, v.transcript) for v in videos] == [
@@ -240,7 +240,7 @@ def test_deeply_nested_json_is_one_line_error_in_transcript_and_generate(tmp_pat
     assert main(["transcript", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {path}: invalid JSON (nested too deeply to read)"
-    from vrp.predict import load_inputs
+    from vrp.generate.run import load_inputs
 
     with pytest.raises(VrpError, match="deep.json: invalid JSON"):
         load_inputs(str(path))

@@ -9,7 +9,7 @@ import openpyxl
 import pytest
 
 from vrp.cli import build_parser
-from vrp.predict import write_predictions
+from vrp.generate.run import write_predictions
 
 TRIGGERS = ["=5 tips for sourdough", '=HYPERLINK("http://evil.example","click")', "+1 great video", "-5 stars",
             "@channel love it", "\tindented", "\rcarriage"]

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from vrp.cli import main
-from vrp.dataset import load_source
 from vrp.errors import VrpError
 from vrp.records import read_videos
+from vrp.sources import load_source
 
 ROWS = [  # comments and ids that look like numbers or NA words, as a person typed them
     {"video_id": "1e5", "title": "t1", "transcript": "first video", "comment": "1.10"},

@@ -1,4 +1,4 @@
-"""Memory-lean training (`vrp.train.lean`, `vrp.attention`, the chunked LM head of `vrp.loss`): the same maths as
+"""Memory-lean training (`vrp.lean`, `vrp.attention`, the chunked LM head of `vrp.loss`): the same maths as
 PEFT's LoRA forward, transformers' SDPA and a full-vocabulary cross-entropy, with less kept for backward."""
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import pytest
 import torch
 from helpers import tiny_llama
 
+from vrp.adapter import attach_lora
 from vrp.bench.memory import SavedTensorTracker
-from vrp.lora import LoraSettings, attach_lora
+from vrp.lean import DropoutLinear, _keep_mask, keep_probability
+from vrp.lora import LoraSettings
 from vrp.loss import loss_sum, target_nll
-from vrp.model import Precision, autocast_ctx
 from vrp.packing import Row, collate, make_rows
+from vrp.precision import Precision, autocast_ctx
 from vrp.prompts import EncodedVideo
-from vrp.train.lean import DropoutLinear, _keep_mask, keep_probability
 
 EOS = 2
 FP32 = Precision("cpu", torch.float32, None)

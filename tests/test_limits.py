@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from helpers import one_line_error
 
+from vrp.cli.limits_doc import command_configs, limits_markdown
 from vrp.errors import ConfigError
-from vrp.limits import COMMENTS, LIMITS, command_configs, field_limits, limits_markdown
+from vrp.limits import COMMENTS, LIMITS, field_limits
 from vrp.options import field_kind
 
 BASE = {"BenchServeConfig": {"model": "m"}, "BenchGenerateConfig": {"run": "r"}}  # what a config needs besides defaults
@@ -111,7 +112,7 @@ def test_the_docs_page_holds_the_table_written_from_the_code():
 
 
 def test_the_server_caps_and_generate_share_one_range():
-    from vrp.predict import GenerateConfig
+    from vrp.generate.config import GenerateConfig
     from vrp.serve.config import ServeConfig
 
     serve, gen = field_limits(ServeConfig), field_limits(GenerateConfig)

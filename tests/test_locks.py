@@ -118,7 +118,7 @@ def test_prepare_and_evaluate_refuse_a_dir_another_command_writes(tmp_path: Path
 
 
 def test_generate_never_replaces_a_file_another_command_wrote_meanwhile(tmp_path: Path, capsys, monkeypatch) -> None:
-    import vrp.predict
+    import vrp.generate.run
     from vrp.cli import main
 
     out, others = tmp_path / "p.csv", []
@@ -128,7 +128,7 @@ def test_generate_never_replaces_a_file_another_command_wrote_meanwhile(tmp_path
             out.write_text(others.pop())
         return [{"video_id": "v", "preset": "greedy", "comment": "mine"}]
 
-    monkeypatch.setattr(vrp.predict, "predict", predict)
+    monkeypatch.setattr(vrp.generate.run, "predict", predict)
     others.append("the other command's predictions\n")
     one_line_error(capsys, ["generate", "--model", "m", "--transcript", "hello", "--out", str(out)],
                    f"error: --out: {out}: another command created it while this one ran; not replaced (pass "

@@ -67,9 +67,10 @@ def test_allocated_peak_counts_the_tensors_of_a_step() -> None:
 
 def test_measure_row_bytes_grows_with_the_row_and_leaves_no_trace(tokenizer) -> None:
 
-    from vrp.lora import LoraSettings, attach_lora
-    from vrp.model import Precision
+    from vrp.adapter import attach_lora
+    from vrp.lora import LoraSettings
     from vrp.packing import Row
+    from vrp.precision import Precision
 
     prec = Precision("cpu", torch.float32, None)
     model = attach_lora(tiny_llama(tokenizer), LoraSettings(r=4, dropout=0.1), prec).eval()
@@ -239,7 +240,7 @@ def test_the_plan_models_gradient_checkpointing(monkeypatch, capsys) -> None:
     costs) predicted 1.23 GB; the checkpointed slack covers the measured peak."""
     from types import SimpleNamespace
 
-    from vrp.model import Precision
+    from vrp.precision import Precision
 
     mb = 10 ** 6
     monkeypatch.setattr(memory, "in_use_bytes", lambda device: 850 * mb)

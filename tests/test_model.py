@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vrp import model as vm
+from vrp import precision as vp
 from vrp.errors import ConfigError, VrpError
 
 
@@ -32,29 +33,29 @@ def test_missing_bundled_package_says_what_to_install(monkeypatch: pytest.Monkey
 
 
 def test_precision_choice_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm, "cpu_supports_bf16", lambda: True)
-    p = vm.resolve_precision("auto", "none", "cpu")
+    monkeypatch.setattr(vp, "cpu_supports_bf16", lambda: True)
+    p = vp.resolve_precision("auto", "none", "cpu")
     assert (p.device, p.weight_dtype, p.autocast_dtype) == ("cpu", torch.bfloat16, torch.bfloat16)
-    monkeypatch.setattr(vm, "cpu_supports_bf16", lambda: False)
-    p = vm.resolve_precision("auto", "none", "cpu")
+    monkeypatch.setattr(vp, "cpu_supports_bf16", lambda: False)
+    p = vp.resolve_precision("auto", "none", "cpu")
     assert (p.weight_dtype, p.autocast_dtype) == (torch.float32, None)
     with pytest.raises(ConfigError, match="precision: bf16: this CPU"):
-        vm.resolve_precision("bf16", "none", "cpu")
-    p = vm.resolve_precision("auto", "4bit", "cpu")  # QLoRA on a CPU: NF4 weights, fp32 compute here (tests/test_qlora)
+        vp.resolve_precision("bf16", "none", "cpu")
+    p = vp.resolve_precision("auto", "4bit", "cpu")  # QLoRA on a CPU: NF4 weights, fp32 compute here (tests/test_qlora)
     assert (p.load_in_4bit, p.weight_dtype, p.autocast_dtype) == (True, torch.float32, None)
     with pytest.raises(ConfigError, match="precision: fp16"):
-        vm.resolve_precision("fp16", "none", "cpu")
+        vp.resolve_precision("fp16", "none", "cpu")
     with pytest.raises(ConfigError, match="precision: choose from auto, bf16, fp16, fp32, got 'fp8'"):
-        vm.resolve_precision("fp8", "none", "cpu")
+        vp.resolve_precision("fp8", "none", "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="device: cuda"):
-            vm.resolve_precision("auto", "none", "cuda")
+            vp.resolve_precision("auto", "none", "cuda")
 
 
 def test_gguf_is_converted_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real bundled GGUF: first load converts (dequantize + save safetensors), the second reuses the cache."""
     monkeypatch.setenv("VRP_CACHE", str(tmp_path / "cache"))
-    prec = vm.Precision("cpu", torch.float32, None)
+    prec = vp.Precision("cpu", torch.float32, None)
     t0 = time.perf_counter()
     model, tok = vm.load_base_model("smollm2-135m", prec)
     first = time.perf_counter() - t0

@@ -3,8 +3,6 @@ and `vrp export` before the base model's weights are loaded, not after (the fp32
 and gigabytes to load)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from helpers import one_line_error
 

@@ -86,12 +86,11 @@ def test_cli_prints_config_errors_with_the_subcommands_flags() -> None:
 
 
 def test_every_config_with_a_seed_bounds_it() -> None:
-    from vrp.bench.serve import BenchServeConfig
-    from vrp.bench.train import BenchTrainConfig
-    from vrp.dataset import PrepareConfig
+    from vrp.bench.config import BenchServeConfig, BenchTrainConfig
     from vrp.evaluate.config import EvaluateConfig
+    from vrp.generate.config import GenerateConfig
     from vrp.options import SEED_MAX
-    from vrp.predict import GenerateConfig
+    from vrp.prepare.config import PrepareConfig
     from vrp.train.config import TrainConfig
 
     configs = [c for c in (PrepareConfig, EvaluateConfig, GenerateConfig, TrainConfig, BenchServeConfig,

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from vrp.errors import ConfigError, VrpError
-from vrp.predict import GenerateConfig, load_inputs, predict, write_predictions
+from vrp.generate.config import GenerateConfig
+from vrp.generate.run import load_inputs, predict, write_predictions
 from vrp.records import Video
 
 
@@ -59,7 +60,7 @@ def test_a_table_without_comments_is_a_generation_input(tmp_path: Path) -> None:
     videos = load_inputs(str(path))
     assert [(v.title, v.transcript, v.comments) for v in videos] == [("Bread", "we bake bread", []),
                                                                    ("Tea", "we brew tea", [])]
-    from vrp.dataset import load_source
+    from vrp.sources import load_source
 
     with pytest.raises(VrpError, match=r"missing column\(s\) \['comment'\]"):  # prepare still needs comments
         load_source(path)

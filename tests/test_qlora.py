@@ -41,7 +41,8 @@ def data(tmp_path: Path) -> Path:
 def test_4bit_load_quantizes_every_linear_layer_to_nf4_within_its_bound(model64: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from vrp.model import load_base_model, resolve_precision
+    from vrp.model import load_base_model
+    from vrp.precision import resolve_precision
     from vrp.quant import count_4bit_layers
 
     prec = resolve_precision("fp32", "4bit", "cpu")
@@ -62,13 +63,13 @@ def test_4bit_load_quantizes_every_linear_layer_to_nf4_within_its_bound(model64:
 
 
 def test_4bit_cpu_compute_dtype_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vrp.model as vm
+    import vrp.precision as vp
     from vrp.quant import bnb_config
 
-    monkeypatch.setattr(vm, "cpu_supports_bf16", lambda: True)
-    bf = vm.resolve_precision("auto", "4bit", "cpu")
-    monkeypatch.setattr(vm, "cpu_supports_bf16", lambda: False)
-    fp = vm.resolve_precision("auto", "4bit", "cpu")
+    monkeypatch.setattr(vp, "cpu_supports_bf16", lambda: True)
+    bf = vp.resolve_precision("auto", "4bit", "cpu")
+    monkeypatch.setattr(vp, "cpu_supports_bf16", lambda: False)
+    fp = vp.resolve_precision("auto", "4bit", "cpu")
     assert bnb_config(bf).bnb_4bit_compute_dtype == torch.bfloat16 and bf.autocast_dtype == torch.bfloat16
     assert bnb_config(fp).bnb_4bit_compute_dtype == torch.float32 and fp.autocast_dtype is None
     assert bnb_config(fp).bnb_4bit_quant_type == "nf4"
@@ -77,8 +78,10 @@ def test_4bit_cpu_compute_dtype_follows_the_cpu(monkeypatch: pytest.MonkeyPatch)
 def _lora_grads(model_dir: Path, prec, validation_first: bool, packed_kernel: bool) -> tuple[torch.Tensor, int]:
     """LoRA gradients of one training forward/backward on the 4-bit model (after a validation-style forward: eval
     mode, no gradients, when `validation_first`), and the number of layers allowed bitsandbytes' fused kernel."""
-    from vrp.lora import LoraSettings, attach_lora
-    from vrp.model import autocast_ctx, load_base_model
+    from vrp.adapter import attach_lora
+    from vrp.lora import LoraSettings
+    from vrp.model import load_base_model
+    from vrp.precision import autocast_ctx
     from vrp.quant import set_cpu_packed_kernel
 
     model, _ = load_base_model(str(model_dir), prec)
@@ -102,7 +105,7 @@ def _lora_grads(model_dir: Path, prec, validation_first: bool, packed_kernel: bo
 def test_a_validation_pass_does_not_change_the_gradients_of_later_steps(model64: Path) -> None:
     """bitsandbytes 0.50 repacks a Linear4bit for its fused AVX512-BF16 kernel at the first eval forward without
     gradients, and that kernel has no backward: vrp turns it off for training (vrp.quant.set_cpu_packed_kernel)."""
-    from vrp.model import resolve_precision
+    from vrp.precision import resolve_precision
 
     if not bnb.functional.has_avx512bf16():
         pytest.skip("bitsandbytes' fused kernel exists only on CPUs with AVX512-BF16")
@@ -145,7 +148,8 @@ def test_4bit_run_trains_falls_back_from_paged_adamw_and_reloads_in_4bit(tmp_pat
     # the reloaded model is the trained one: its validation NLL is the run's last one, which the same adapter on
     # the unquantized base does not give
     from vrp.artifacts import DatasetDir
-    from vrp.model import load_adapter, load_base_model, resolve_precision
+    from vrp.model import load_adapter, load_base_model
+    from vrp.precision import resolve_precision
 
     val = make_rows(encode_videos(tok, DatasetDir(data).validation_videos(), run.prompt_config()), "shared_prefix",
                     cfg.max_row_tokens)

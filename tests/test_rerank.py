@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from vrp.errors import ConfigError
-from vrp.rerank import check_rerank, drop_near_duplicates, pmi_score, rerank_comments
+from vrp.presets import check_rerank
+from vrp.rerank import drop_near_duplicates, pmi_score, rerank_comments
 
 
 class WordEmbedder:
@@ -103,11 +104,12 @@ def test_rerank_drops_all_near_duplicates(model, tokenizer) -> None:
 
 
 def test_generate_with_rerank_adds_pmi_column(model, tokenizer, monkeypatch) -> None:
-    import vrp.evaluate.embed
-    from vrp.predict import GenerateConfig, predict
+    import vrp.embeddings
+    from vrp.generate.config import GenerateConfig
+    from vrp.generate.run import predict
     from vrp.records import Video
 
-    monkeypatch.setattr(vrp.evaluate.embed, "load_embedder", lambda: WordEmbedder())
+    monkeypatch.setattr(vrp.embeddings, "load_embedder", lambda: WordEmbedder())
     rows = predict([Video("a", "Bread", "we bake bread")], GenerateConfig(preset="nucleus", num_comments=2, rerank=5,
                                                                           max_new_tokens=5),
                    progress=False, loaded=(model, tokenizer, {"model": "tiny", "adapter": None}))
@@ -123,11 +125,11 @@ def test_serve_rerank_field(model, tokenizer, monkeypatch) -> None:
     combinations are 422s naming the field."""
     from starlette.testclient import TestClient
 
-    import vrp.evaluate.embed
+    import vrp.embeddings
     from vrp.serve.app import create_app
     from vrp.serve.config import ServeConfig
 
-    monkeypatch.setattr(vrp.evaluate.embed, "load_embedder", lambda: WordEmbedder())
+    monkeypatch.setattr(vrp.embeddings, "load_embedder", lambda: WordEmbedder())
     app = create_app(ServeConfig(max_rerank=6, max_new_tokens=8, default_max_new_tokens=4),
                      (model, tokenizer, {"model": "tiny", "adapter": None, "precision": "fp32"}))
     c = TestClient(app, raise_server_exceptions=False)

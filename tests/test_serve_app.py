@@ -13,8 +13,9 @@ import httpx
 import pytest
 from helpers import VTT, live_server, one_line_error, tiny_llama
 
-from vrp.decoding import PRESETS, GeneratedComment
+from vrp.decoding import GeneratedComment
 from vrp.errors import ConfigError, VrpError
+from vrp.presets import PRESETS
 from vrp.prompts import PromptConfig
 from vrp.serve.app import create_app, is_loopback
 from vrp.serve.config import ServeConfig
@@ -410,7 +411,8 @@ def test_serve_options_are_checked_by_the_config(capsys):
 
 # --- vrp bench serve ---------------------------------------------------------------------------------------------
 def test_bench_refuses_non_loopback_targets_and_computes_percentiles():
-    from vrp.bench.serve import percentile, require_loopback_url
+    from vrp.bench.config import require_loopback_url
+    from vrp.bench.serve import percentile
 
     for bad in ["http://10.1.2.3:8000", "http://example.com:80", "https://127.0.0.1:8000", "ftp://localhost"]:
         with pytest.raises(VrpError):

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import VTT, live_server, tiny_llama
 
-from vrp.decoding import PRESETS, generate_comments
+from vrp.decoding import generate_comments
+from vrp.presets import PRESETS
 from vrp.serve.app import create_app
 from vrp.serve.config import ServeConfig
 

@@ -1,6 +1,6 @@
 """Like tiers (`vrp.tiers`): the rules (ties, missing likes, one-comment videos, seed ranks), where tiers come from,
 markers and marker dropout, the training config and the clear errors; and the tier statistics of
-`vrp.evaluate.tiers` on hand-made scores."""
+`vrp.evaluate.tier_ranking` on hand-made scores."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import pytest
 from helpers import one_line_error
 
 from vrp.errors import ConfigError
-from vrp.evaluate.tiers import pairwise, real_comment_differences, tier_accuracy
-from vrp.io import write_jsonl_atomic
+from vrp.evaluate.tier_ranking import pairwise, real_comment_differences, tier_accuracy
+from vrp.files import write_jsonl_atomic
 from vrp.records import Comment, Video
 from vrp.tiers import (
     assign_tiers,
@@ -174,7 +174,7 @@ def _entry(records):
 
 
 def test_summary_and_report_say_when_no_video_has_both_a_top_and_a_low_comment():
-    from vrp.evaluate.tiers import tier_markdown, tier_summary
+    from vrp.evaluate.tier_ranking import tier_markdown, tier_summary
 
     no_low = [_rec(0, "top", -1, -2, -3, -2), _rec(0, "typical", -5, -4, -6, -5), _rec(1, "top", -4, -3, -5, -3)]
     line = tier_summary("run", _entry(no_low))
@@ -191,7 +191,7 @@ def test_summary_and_report_say_when_no_video_has_both_a_top_and_a_low_comment()
 
 
 def test_summary_and_report_say_when_no_comment_has_a_tier():
-    from vrp.evaluate.tiers import tier_markdown, tier_summary
+    from vrp.evaluate.tier_ranking import tier_markdown, tier_summary
 
     line = tier_summary("base", _entry([]))
     assert line.startswith("base: no held-out comment has a tier, so there is no tier accuracy; no held-out video")

@@ -84,8 +84,7 @@ def test_serve_request_with_a_tier(tiered_run, tokenizer):
 
     from vrp.artifacts import DatasetDir
     from vrp.model import load_for_inference
-    from vrp.predict import prompt_settings
-    from vrp.rundir import RunDir
+    from vrp.rundir import RunDir, prompt_settings
     from vrp.serve.app import create_app
     from vrp.serve.config import ServeConfig
     from vrp.tiers import run_tier_source
@@ -112,9 +111,9 @@ def test_serve_request_with_a_tier(tiered_run, tokenizer):
 def test_evaluate_has_a_tier_section(tiered_run, tmp_path: Path, monkeypatch, capsys):
     from test_evaluate_run import FakeEmbedder
 
-    import vrp.evaluate.embed
+    import vrp.embeddings
 
-    monkeypatch.setattr(vrp.evaluate.embed, "load_embedder", lambda: FakeEmbedder())
+    monkeypatch.setattr(vrp.embeddings, "load_embedder", lambda: FakeEmbedder())
     ds, run = tiered_run
     out = tmp_path / "report"
     assert main(["evaluate", "--data", str(ds), "--run", str(run), "--out", str(out), "--presets", "greedy",

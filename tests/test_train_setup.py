@@ -1,6 +1,6 @@
 """The start of a training run (`vrp.train.setup`): optional capabilities are checked before the model is loaded
 or anything is written (`vrp.train.compile.check_compiler` for `--compile-layers`, CUDA for `--device cuda` in
-`vrp.model.resolve_precision`), and a run dir that a failed start left with only its config.yaml does not block the
+`vrp.precision.resolve_precision`), and a run dir that a failed start left with only its config.yaml does not block the
 rerun (`vrp.rundir.RunDir.never_trained`)."""
 from __future__ import annotations
 

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from vrp.cli import main
-from vrp.dataset import load_source
 from vrp.errors import VrpError
-from vrp.xlsx_cells import UnsupportedFormat, cell_text, format_number, general
+from vrp.sources import load_source
+from vrp.xlsx_cells import cell_text
+from vrp.xlsx_formats import UnsupportedFormat, format_number, general
 
 
 def write_xlsx(path: Path, comments: list[tuple[Any, str | None]], likes: list[tuple[Any, str | None]] | None = None

@@ -6,7 +6,7 @@ written (atomically, append-only for the collector's JSONL files; one writing co
 directories `overwrite` may replace (`_Dir.check_replaceable`: one recognisably of its kind - a run dir has
 config.yaml or checkpoints/, a dataset dir its split files or manifest.json, a report dir report.md or a report's
 metrics.json - that is not the current directory, the root, the home directory or one holding them, nor an input).
-Does not know: what the records mean (`vrp.records`, `vrp.collect.videos`), how a run is trained, scored or served.
+Does not know: what the records mean (`vrp.records`, `vrp.collected`), how a run is trained, scored or served.
 Errors: a missing or wrong directory is a `ConfigError` naming the argument that gave it (`run`, `checkpoint`,
 `data`, `out`), so that the CLI can name its flag.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vrp.errors import ConfigError, VrpError
-from vrp.io import (
+from vrp.files import (
     append_jsonl_line,
     check_writable,
     current_umask,
@@ -129,7 +129,7 @@ class CollectDir(_Dir):
     """What `vrp collect` writes: `videos.jsonl` (one line per video), `skipped.jsonl` (one line per skip, the last
     per id counts), `collect.json` (options and counts of the last run), and while a collector runs its lock file
     (`vrp.locks.LOCK_NAME`). Each JSONL line is
-    appended in one write and flushed (`vrp.io.append_jsonl_line`), so a kill leaves at most a torn last line."""
+    appended in one write and flushed (`vrp.files.append_jsonl_line`), so a kill leaves at most a torn last line."""
 
     VIDEOS, SKIPPED, SUMMARY = "videos.jsonl", "skipped.jsonl", "collect.json"
 

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-from vrp.io import atomic_path
+from vrp.files import atomic_path
 
 
 def _pyplot() -> Any:

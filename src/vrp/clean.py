@@ -7,7 +7,7 @@ also around caption structure lines; link-only spam and timestamp lists) and how
 text must be Unicode (`check_text`: no unpaired surrogates).
 Grapheme clusters follow Unicode UAX #29 through the `regex` module's `\\X` (a dependency).
 Does not know: like counts (`vrp.likes`), file formats (see `vrp.transcripts`), where comments come from (see
-`vrp.collect.fetch`) or records (see `vrp.collect.videos`). Depends only on `vrp.errors`.
+`vrp.collect.fetch`) or records (see `vrp.collected`). Depends only on `vrp.errors`.
 """
 from __future__ import annotations
 

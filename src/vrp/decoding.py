@@ -25,53 +25,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vrp.errors import ConfigError, VrpError
+from vrp.errors import VrpError
+from vrp.presets import DEFAULT_PRESET, MAX_NEW_TOKENS, Preset, get_preset
+from vrp.processors import ContextAwareLogitsProcessor, GeneratedTokensGuard
 from vrp.prompts import stop_token_ids
-
-MAX_NEW_TOKENS = 150  # as the original project
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A decoding setup: keyword arguments for `transformers.GenerationConfig`."""
-
-    name: str
-    description: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    repetition_penalty: float = 1.0   # over the generated tokens only, stop tokens exempt (1.0 = off)
-    no_repeat_ngram_size: int = 0     # over the generated tokens only, stop tokens exempt (0 = off)
-    cad_alpha: float | None = None    # context-aware decoding weight alpha (None = off); needs `no_video_ids`
-
-    @property
-    def deterministic(self) -> bool:
-        """True when repeated calls give the same output (no sampling)."""
-        return not self.kwargs.get("do_sample", False)
-
-
-_NUCLEUS = {"do_sample": True, "num_beams": 1, "top_p": 0.9, "top_k": 0, "temperature": 0.8}
-PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("greedy", "greedy decoding (one comment)", {"do_sample": False, "num_beams": 1}),
-    Preset("beam", "beam search, 5 beams", {"do_sample": False, "num_beams": 5}),
-    Preset("beam-temperature", "5 beams with temperature 0.7, top-k 50, top-p 0.9 passed as the original did "
-           "(without do_sample, so transformers ignores them: deterministic beam search)",
-           {"do_sample": False, "num_beams": 5, "temperature": 0.7, "top_k": 50, "top_p": 0.9}),
-    Preset("beam-sample", "beam search with do_sample (beam-search multinomial sampling), 5 beams",
-           {"do_sample": True, "num_beams": 5}),
-    Preset("nucleus", "nucleus (top-p 0.9) sampling at temperature 0.8 with a repetition guard over the "
-           "comment's own tokens (repetition penalty 1.15, no repeated 4-gram; the prompt and the stop tokens are "
-           "exempt); the default", _NUCLEUS, repetition_penalty=1.15, no_repeat_ngram_size=4),
-    Preset("cad", "context-aware decoding (Shi et al. 2023): next-token scores (1 + a) log p(video prompt) - a log "
-           "p(no-video prompt), a = 0.5, then nucleus sampling with nucleus's repetition guard", _NUCLEUS,
-           repetition_penalty=1.15, no_repeat_ngram_size=4, cad_alpha=0.5),
-]}
-DEFAULT_PRESET = "nucleus"
-
-
-def get_preset(name: str) -> Preset:
-    """Look up a preset by name. Raises ConfigError('preset') listing the valid names."""
-    if name not in PRESETS:
-        raise ConfigError("preset", f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[name]
 
 
 @dataclass
@@ -122,7 +79,6 @@ def logits_processors(model: Any, preset: Preset, prompt_len: int, stops: list[i
     context-aware decoding (`cad_alpha`, against `no_video_ids`), then the repetition guard over the generated tokens
     (`repetition_penalty`, `no_repeat_ngram_size`; `stops` exempt). prompt_len: tokens of the (video) prompt.
     Raises VrpError when the preset needs `no_video_ids` and none are given."""
-    from vrp.processors import ContextAwareLogitsProcessor, GeneratedTokensGuard
 
     out: list[Any] = []
     if preset.cad_alpha is not None:

@@ -25,3 +25,9 @@ class ConfigError(VrpError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (Hugging Face errors span several lines)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__

@@ -35,14 +35,14 @@ class Limit:
 
     def span(self) -> str:
         """The range as `--help` and docs/limits.md show it: `1..100`."""
-        return f"{_num(self.low)}..{_num(self.high)}"
+        return f"{num(self.low)}..{num(self.high)}"
 
     def from_(self, low: float) -> "Limit":
         """The same limit with another lower bound (`THREADS.from_(1)` where 0 has no meaning)."""
         return dataclasses.replace(self, low=low)
 
 
-def _num(x: float) -> str:
+def num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
@@ -93,9 +93,9 @@ def check_value(field: str, value: Any, limit: Limit, low: bool = True) -> None:
         if x is None or isinstance(x, bool) or not isinstance(x, (int, float)):
             continue
         if low and x < limit.low:
-            raise ConfigError(field, f"must be >= {_num(limit.low)}, got {x}")
+            raise ConfigError(field, f"must be >= {num(limit.low)}, got {x}")
         if x > limit.high:
-            raise ConfigError(field, f"must be <= {_num(limit.high)} (vrp's bound for {limit.what}; "
+            raise ConfigError(field, f"must be <= {num(limit.high)} (vrp's bound for {limit.what}; "
                                      f"docs/limits.md), got {x}")
 
 
@@ -112,33 +112,3 @@ def check_limits(obj: Any) -> None:
 def field_limits(cls: type) -> dict[str, Limit]:
     """`{field: Limit}` of the fields of dataclass `cls` declared with a limit (for docs and tests)."""
     return {f.name: f.metadata["limit"] for f in dataclasses.fields(cls) if f.metadata.get("limit") is not None}
-
-
-def command_configs() -> list[tuple[str, type]]:
-    """`(command, config dataclass)` of every command whose flags come from a config (imported here, lazily)."""
-    from vrp.bench.generate import BenchGenerateConfig
-    from vrp.bench.serve import BenchServeConfig
-    from vrp.bench.train import BenchTrainConfig
-    from vrp.collect.fetch import CollectConfig
-    from vrp.evaluate.config import EvaluateConfig
-    from vrp.predict import GenerateConfig
-    from vrp.serve.config import ServeConfig
-    from vrp.train.config import TrainConfig
-
-    return [("vrp collect", CollectConfig), ("vrp train", TrainConfig), ("vrp generate", GenerateConfig),
-            ("vrp evaluate", EvaluateConfig), ("vrp serve", ServeConfig), ("vrp bench serve", BenchServeConfig),
-            ("vrp bench train", BenchTrainConfig), ("vrp bench generate", BenchGenerateConfig)]
-
-
-def limits_markdown() -> str:
-    """The table of docs/limits.md: each limit's range, what it counts, why, and the flags that have it (a flag
-    whose lower bound differs says so). tests/test_limits.py checks that the page holds exactly this table."""
-    uses: dict[str, list[str]] = {lim.name: [] for lim in LIMITS}
-    for command, cls in command_configs():
-        for name, lim in field_limits(cls).items():
-            own = next(x for x in LIMITS if x.name == lim.name)
-            note = f" (from {_num(lim.low)})" if lim.low != own.low else ""
-            uses[lim.name].append(f"`{command} --{name.replace('_', '-')}`{note}")
-    rows = ["| range | what | why the bound | flags |", "|---|---|---|---|"]
-    rows += [f"| {lim.span()} | {lim.what} | {lim.why} | {', '.join(uses[lim.name]) or '–'} |" for lim in LIMITS]
-    return "\n".join(rows) + "\n"

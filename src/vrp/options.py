@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vrp.errors import ConfigError, VrpError
-from vrp.io import write_text_atomic
+from vrp.files import write_text_atomic
+from vrp.limits import check_limits
 
 T = TypeVar("T")
 SCALARS = (bool, int, float, str)
@@ -231,7 +232,6 @@ def coerce_fields(obj: Any) -> None:
     `__post_init__`, so that `TrainConfig(lora_r="8")` and `lora_r: 8.0` in YAML both give the int 8. A field named
     `seed` (every config's random seed) must then be in [0, `SEED_MAX`], and a field declared with a `limit` in its
     range (`vrp.limits.check_limits`): ConfigError(field) otherwise."""
-    from vrp.limits import check_limits
 
     for f in dataclasses.fields(obj):
         setattr(obj, f.name, coerce_value(type(obj), f, getattr(obj, f.name)))

@@ -186,3 +186,6 @@ def collate(rows: list[Row], pad_id: int, mode: str) -> Batch:
             "num_comments": n_comments, "num_tokens": sum(r.num_tokens for r in rows), "num_targets": len(tgt_ids)}
 
 
+def micro_batches(rows: list[Any], batch_size: int) -> list[list[Any]]:
+    """`rows` cut into consecutive micro-batches of `batch_size` (the last may be shorter)."""
+    return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]

@@ -2,15 +2,19 @@
 
 Knows: the resident set now (`resident_bytes`), its lifetime peak (`peak_rss_bytes`) and a resettable high-water
 mark (`reset_peak_rss`, `rss_high_water_bytes`), the RAM the kernel can still give (`available_ram_bytes`), and
-glibc's `malloc_trim` (`release_freed_memory`). Does not know: budgets or when to trim (`vrp.train.memory`).
+glibc's `malloc_trim` (`release_freed_memory`), and sizes as people write them (`parse_size`, `fmt_bytes`, `check_budget`
+for a `--max-memory` value). Does not know: budgets or when to trim (`vrp.train.memory`).
 """
 from __future__ import annotations
 
 import functools
 import os
+import re
 import resource
 import sys
 from typing import Any
+
+from vrp.errors import ConfigError
 
 
 def resident_bytes() -> int:
@@ -86,3 +90,44 @@ def _libc() -> Any:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
+
+
+UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+         "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as `8GB`, `7.5 GiB`, `512mb` or `100B` (units: `UNITS`, case-insensitive, required).
+    Raises ValueError for a number without a unit, anything else, or a size below 1 byte."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if m and not m[2]:
+        raise ValueError(f"needs a unit, e.g. 512MB or 8GB, got {str(text).strip()!r}")
+    if not m or m[2].lower() not in UNITS:
+        raise ValueError(f"not a size: {text!r} (write e.g. 8GB, 6GiB, 512MB or auto)")
+    value = float(m[1]) * UNITS[m[2].lower()]
+    if not value < 2 ** 63:  # also inf, from a number of hundreds of digits
+        raise ValueError(f"not a size: {str(text).strip()[:40]!r} is too large")
+    n = int(value)
+    if n < 1:
+        raise ValueError(f"not a size: {text!r} (must be at least 1 byte)")
+    return n
+
+
+def check_budget(spec: str) -> None:
+    """Raise ConfigError('max_memory') unless `spec` is '' (no budget), `auto` or a size (`parse_size`)."""
+    if spec in ("", "auto"):
+        return
+    try:
+        parse_size(spec)
+    except ValueError as e:
+        raise ConfigError("max_memory", str(e)) from None
+
+
+def fmt_bytes(n: float) -> str:
+    """`n` bytes as GB with two decimals below 10 GB (`3.42 GB`), else one (`11.7 GB`); MB below 1 GB, kB below
+    1 MB (`1 kB`, not `0 MB`)."""
+    if abs(n) < 1e6:
+        return f"{n / 1e3:.0f} kB"
+    if abs(n) < 1e9:
+        return f"{n / 1e6:.0f} MB"
+    return f"{n / 1e9:.2f} GB" if abs(n) < 1e10 else f"{n / 1e9:.1f} GB"

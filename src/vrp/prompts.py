@@ -37,11 +37,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vrp.chat_template import ChatFormat, chat_format, end_of_turn_id  # ChatFormat: re-exported
+from vrp.chat_template import chat_format, end_of_turn_id  # ChatFormat: re-exported
 from vrp.chat_template import model_name as _model_name
 from vrp.chat_template import token_ids as _ids
 from vrp.errors import ConfigError, VrpError
 from vrp.limits import PROMPT_TOKENS, TOKENS, check_limits
+from vrp.options import coerce_values
 from vrp.prompt_format import (
     PROMPT_FORMAT_HELP,
     bos_prefix,
@@ -76,8 +77,6 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         import dataclasses
-
-        from vrp.options import coerce_values
 
         for k, v in coerce_values(type(self), dataclasses.asdict(self)).items():
             setattr(self, k, v)

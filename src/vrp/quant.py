@@ -125,7 +125,7 @@ def prepare_for_kbit_training(model: Any, gradient_checkpointing: bool) -> Any:
 
     Why no fp32 cast: in QLoRA as published (and peft's helper) it protects fp16/bf16 norms and the LM head's
     softmax when training runs in half precision without autocast. vrp trains 16-bit weights under `torch.autocast`
-    (`vrp.model.autocast_ctx`), its RMSNorms (the model's and `vrp.train.lean.LeanRMSNorm`) reduce in fp32 and its
+    (`vrp.precision.autocast_ctx`), its RMSNorms (the model's and `vrp.lean.LeanRMSNorm`) reduce in fp32 and its
     loss takes the log-softmax in fp32 (`vrp.loss`), so the cast would only turn the residual stream fp32 (the
     embedding's output takes its weight's dtype): more activation memory and other rounding than vrp's 16-bit
     runs of the same model, with which a 4-bit run should be compared. In a fp32 run there is nothing to cast.

@@ -2,7 +2,7 @@
 
 Knows: the `Video` / `Comment` dataclasses of a prepared dataset (one JSON line per video) and their JSON form,
 with validation that names the line and field of a bad record.
-Does not know: where records come from (see `vrp.dataset`, `vrp.collect`), how files are written (see `vrp.io`)
+Does not know: where records come from (see `vrp.prepare.run`, `vrp.collect`), how files are written (see `vrp.files`)
 or how records are tokenized (see `vrp.prompts`).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from vrp.clean import check_text
 from vrp.errors import VrpError
-from vrp.io import read_jsonl
+from vrp.files import read_jsonl
 from vrp.likes import parse_like_count
 
 

@@ -24,10 +24,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, GeneratedComment, Preset, generate_comments, get_preset
+from vrp.decoding import GeneratedComment, generate_comments
+from vrp.embeddings import load_embedder
 from vrp.errors import ConfigError
+from vrp.presets import DEFAULT_PRESET, DEFAULT_RERANK_LAMBDA, MAX_NEW_TOKENS, Preset, check_rerank, get_preset
+from vrp.scoring import score_candidates
 
-DEFAULT_RERANK_LAMBDA = 1.0  # plain PMI until `vrp evaluate` chooses lambda on validation
 DUP_THRESHOLD = 0.9
 
 
@@ -64,15 +66,12 @@ def rerank_comments(model: Any, tokenizer: Any, prompt_ids: list[int], no_video_
     Raises ConfigError('rerank') when `pool < num_comments` or the preset gives a single comment (`greedy`), and
     whatever `generate_comments` raises.
     """
-    from vrp.scoring import score_candidates
 
     p = get_preset(preset) if isinstance(preset, str) else preset
     check_rerank(max(pool, 1), num_comments, [p.name])
     comments = generate_comments(model, tokenizer, prompt_ids, p, pool, max_new_tokens, seed,
                                  no_video_ids=no_video_ids, prompt_format=prompt_format)
     if embedder is None:
-        from vrp.evaluate.embed import load_embedder
-
         embedder = load_embedder()
     unique = list(dict.fromkeys(tuple(c.token_ids) for c in comments))
     longest = max(len(u) for u in unique)
@@ -104,22 +103,3 @@ def comments_for_prompt(model: Any, tokenizer: Any, prompt_ids: list[int], prese
                                rerank_lambda, embedder, prompt_format=prompt_format)
     return generate_comments(model, tokenizer, prompt_ids, preset, num_comments, max_new_tokens, seed,
                              no_video_ids=nv, prompt_format=prompt_format)
-
-
-def check_rerank(rerank: int, num_comments: int, presets: Sequence[str]) -> None:
-    """Validate a `rerank` option (0 = off, else the number of samples) against the comments asked for and the presets.
-    Raises ConfigError('rerank') for a negative value, fewer samples than `num_comments`, or with `greedy`."""
-    if rerank < 0:
-        raise ConfigError("rerank", f"must be >= 0 (0 = off), got {rerank}")
-    if rerank and rerank < num_comments:
-        raise ConfigError("rerank", f"must be at least `num_comments` ({num_comments}), got {rerank}")
-    if rerank and "greedy" in presets:
-        raise ConfigError("rerank", "preset greedy gives a single comment; rerank needs a preset that samples or "
-                                    "searches several (nucleus, cad, beam, beam-sample)")
-
-
-def needs_no_video_prompt(preset: str | Preset, rerank: int = 0) -> bool:
-    """True when generating with `preset` (and `rerank`) needs the no-video prompt: context-aware decoding or
-    reranking."""
-    p = get_preset(preset) if isinstance(preset, str) else preset
-    return p.cad_alpha is not None or rerank > 0

@@ -21,7 +21,17 @@ from typing import Any, Callable, Iterable
 
 from vrp.artifacts import _Dir, _In
 from vrp.errors import ConfigError, VrpError
-from vrp.io import check_writable, iter_jsonl_rows, loads_json, read_json_object, write_json_atomic, write_jsonl_atomic
+from vrp.files import (
+    check_writable,
+    iter_jsonl_rows,
+    loads_json,
+    read_json_object,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from vrp.locks import LOCK_NAME
+from vrp.options import coerce_values, load_yaml, save_config
+from vrp.prompts import PromptConfig
 
 
 class RunDir(_Dir):
@@ -71,8 +81,6 @@ class RunDir(_Dir):
         file when it is not a YAML mapping, or when it is damaged: empty, or without the base model (`model`, which
         vrp always writes) - read as defaults, such a file would put the run's adapter on another model."""
         if self._config is None:
-            from vrp.options import load_yaml
-
             if not self.exists():
                 raise ConfigError("run", f"{self.path} is not a vrp run directory (no {self.CONFIG})")
             saved = load_yaml(self.config_path)
@@ -98,8 +106,6 @@ class RunDir(_Dir):
         `max_prompt_tokens` overriding when given. Raises VrpError naming config.yaml and the option for a value of the
         wrong type or one `PromptConfig` refuses (`max_prompt_tokens: 5`, `prompt_format: weird`): the saved value
         is no flag of the command, so the error must not name one."""
-        from vrp.options import coerce_values
-        from vrp.prompts import PromptConfig
 
         saved = {"prompt_format": "chat", **self.config()}
         kw = coerce_values(PromptConfig, {k: saved[k] for k in ("max_prompt_tokens", "truncation", "prompt_format")
@@ -227,8 +233,6 @@ class RunDir(_Dir):
                 print(f"note: {self.path} holds a run that never reached a checkpoint (a start that failed or was "
                       f"stopped); starting over", file=sys.stderr, flush=True)
 
-            from vrp.locks import LOCK_NAME
-
             aside = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.absolute().parent))
             try:
                 for entry in list(self.path.iterdir()):
@@ -246,7 +250,6 @@ class RunDir(_Dir):
 
     def save_config(self, cfg: Any) -> None:
         """Write the resolved config dataclass as `config.yaml`."""
-        from vrp.options import save_config
 
         save_config(cfg, self.config_path)
         self._config = None
@@ -295,3 +298,13 @@ def check_adapter(adapter_dir: Path) -> None:
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
         raise VrpError(f"{weights}: damaged adapter weights ({lines[0] if lines else type(e).__name__})") from None
 
+
+def prompt_settings(run: RunDir | None, max_prompt_tokens: int | None = None) -> PromptConfig:
+    """The prompt settings of a model: the run's (`RunDir.prompt_config`, with the prompt format it was trained in),
+    else the defaults with prompt format `auto` (resolved once the tokenizer is loaded,
+    `vrp.prompt_format.resolve_prompt_config`); `max_prompt_tokens` overrides the budget when given. Used by
+    generate, evaluate and serve alike."""
+    if run is not None:
+        return run.prompt_config(max_prompt_tokens)
+    return PromptConfig(prompt_format="auto",
+                        **({"max_prompt_tokens": max_prompt_tokens} if max_prompt_tokens else {}))

@@ -10,7 +10,7 @@ protection off (`escape_formulas=False`) or read the JSONL output. In xlsx no pr
 string cell a formula when it starts with `=` and an error cell when it is an Excel error code (`#N/A`, `#REF!`,
 its `ERROR_CODES`), so every string cell is set back to a string (`data_type = "s"`) after pandas wrote it; Excel
 never evaluates a string cell. Control characters that xlsx cannot hold are dropped (openpyxl refuses them).
-Does not know: what the rows mean (see `vrp.predict`).
+Does not know: what the rows mean (see `vrp.generate.run`).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ bytes through `vrp.charsets`; the CSV delimiter from Excel's `sep=X` line or the
 checks a table must pass (every CSV row has as many fields as the header, RFC 4180 quoting; no column named twice, in
 any format; no key twice in a JSONL object); missing values (None, NaN, `pd.NA`, `NaT`) as ''; Parquet bytes as
 UTF-8; NUL characters removed from text cells.
-Does not know: what the columns mean or how rows become videos (see `vrp.dataset`).
+Does not know: what the columns mean or how rows become videos (see `vrp.prepare.run`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from typing import Any
 from vrp import clean
 from vrp.charsets import decode_bytes
 from vrp.errors import VrpError
-from vrp.io import loads_json
+from vrp.files import loads_json
+from vrp.xlsx_cells import read_xlsx_rows
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ def read_xlsx_table(path: Path) -> Any:
     typed as `10/10/2025`, which Excel stores as a date, stays `10/10/2025`; text cells as written), the first row as
     the header. Raises VrpError naming the file and the cell for a typed cell whose format cannot be shown."""
     import pandas as pd
-
-    from vrp.xlsx_cells import read_xlsx_rows
 
     try:
         rows = read_xlsx_rows(path)

@@ -29,7 +29,9 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
+from vrp.artifacts import DatasetDir
 from vrp.errors import ConfigError, VrpError
+from vrp.prompts import encode_video
 from vrp.records import Comment, Video
 
 TIERS = ("top", "typical", "low")
@@ -76,7 +78,6 @@ def dataset_format(data_dir: Any) -> str | None:
     """The `format` a dataset dir's `manifest.json` names (e.g. `seed xlsx (LLaMA-2 [INST] text)`), or None when
     there is no manifest or it names none. Raises VrpError naming the file when the manifest is damaged
     (`DatasetDir.manifest`)."""
-    from vrp.artifacts import DatasetDir
 
     fmt = (DatasetDir(data_dir).manifest() or {}).get("format")
     return fmt if isinstance(fmt, str) else None
@@ -138,7 +139,6 @@ def encode_tiered_video(tokenizer: Any, video: Video, pcfg: Any, source: str, dr
     """`prompts.encode_video` plus, per comment, its tier marker as context (`EncodedVideo.contexts`): the marker ids
     of its tier (`comment_tiers` over the video's non-empty comments), or [] when it has no tier or its marker is
     dropped (`marker_dropped`). Raises VrpError as `encode_video` does."""
-    from vrp.prompts import encode_video
 
     enc = encode_video(tokenizer, video, pcfg)
     kept = [c for c in video.comments if c.text.strip()]  # the comments encode_video keeps, in its order

@@ -14,7 +14,7 @@ invisible format characters (a left-to-right mark, a second BOM) around each lin
 first block, are stripped here (`tidy_caption_lines`). Cue text is read raw (`Caption.raw_text`), because inline
 timing tags are the evidence of rolling captions, then cleaned by `clean.clean_caption_line`.
 Does not know: how captions are downloaded (see `vrp.collect.fetch`) or comments (see `vrp.clean`,
-`vrp.collect.videos`). SubViewer 1/2 `.sub` files (centisecond times, `[br]` breaks) are not read (webvtt-py's
+`vrp.collected`). SubViewer 1/2 `.sub` files (centisecond times, `[br]` breaks) are not read (webvtt-py's
 `sbv` reader needs milliseconds).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 from vrp import clean
 from vrp.charsets import decode_bytes
 from vrp.errors import VrpError
-from vrp.io import loads_json
+from vrp.files import loads_json
 
 SUPPORTED_SUFFIXES = (".vtt", ".srt", ".sbv", ".json3", ".json", ".txt")
 

@@ -15,7 +15,7 @@ import datetime as dt
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from vrp.xlsx_cells import (
+from vrp.xlsx_formats import (
     UnsupportedFormat,
     format_number,
     is_date_section,

@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from vrp.loss import decoder_and_head
+
 
 @dataclass(frozen=True)
 class FlopDims:
@@ -73,8 +75,6 @@ def dims_from_model(model: Any) -> FlopDims:
     counted by their base layer); N_lora sums the trainable parameters; N_head is the output embedding's size.
     """
     import torch
-
-    from vrp.loss import decoder_and_head
 
     decoder, head = decoder_and_head(model)
     n_body = 0

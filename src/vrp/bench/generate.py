@@ -23,61 +23,24 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS
-from vrp.errors import ConfigError
-from vrp.limits import COMMENTS, NEW_TOKENS, PROMPT_TOKENS, THREADS
-from vrp.options import check_choice, check_range, coerce_fields, option
-
-ENGINE_PRESETS = ("greedy", "nucleus")
-
-
-@dataclass
-class BenchGenerateConfig:
-    """Options of `vrp bench generate`; the field docs are its `--help`."""
-
-    run: str | None = option("run dir to benchmark (its base model + adapter in vrp, its exported GGUF in llama.cpp)",
-                             None)
-    checkpoint: str | None = option("a checkpoint of the run instead of RUN/adapter: step-N, latest or best", None)
-    gguf: str | None = option("the run's GGUF from `vrp export` (None: export one into a temporary directory)", None)
-    gguf_type: str = option("tensor type when the GGUF is exported here: f16, bf16 or q8_0", "f16")
-    input: str | None = option("videos to take the prompts from (a dataset dir's validation split, a table, a "
-                               "transcript file; None: one built-in video)", None)
-    max_videos: int = option("prompts: the first N videos of `input`", 4)
-    preset: str = option(f"decoding preset: {' or '.join(ENGINE_PRESETS)}", DEFAULT_PRESET)
-    num_comments: int = option("comments per prompt (K; greedy gives one)", 5, limit=COMMENTS)
-    max_new_tokens: int = option("new tokens per comment at most", MAX_NEW_TOKENS, limit=NEW_TOKENS)
-    max_prompt_tokens: int | None = option("prompt token budget (None: the run's)", None, limit=PROMPT_TOKENS)
-    precision: str = option("vrp's precision: auto (as vrp generate), bf16 or fp32", "auto")
-    threads: int = option("CPU threads of each engine (torch threads; llama.cpp n_threads)", 1,
-                          limit=THREADS.from_(1))
-    seed: int = option("sampling seed", 0)
-    write_when_busy: bool = option("append to the Markdown file even when the load average before the run exceeded "
-                                   "the core count", False)
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        if not self.run:
-            raise ConfigError("run", "is required")
-        check_choice(self, "preset", ENGINE_PRESETS)
-        check_choice(self, "gguf_type", ("f16", "bf16", "q8_0"))
-        check_choice(self, "precision", ("auto", "bf16", "fp32"))
-        check_range(self, "max_videos", "num_comments", "max_new_tokens", "threads", low=1)
-        check_range(self, "max_prompt_tokens", low=16)
-        if self.preset == "greedy" and self.num_comments != 1:
-            raise ConfigError("num_comments", "greedy gives exactly one comment per prompt; set it to 1")
-        if self.checkpoint and self.gguf:
-            raise ConfigError("checkpoint", "with `gguf` the GGUF file holds the weights; export that checkpoint "
-                                            "(vrp export --checkpoint) or leave `gguf` out to export it here")
+from vrp.bench.config import DEFAULT_TITLE, DEFAULT_TRANSCRIPT, BenchGenerateConfig
+from vrp.bench.train_report import cpu_model
+from vrp.decoding import generate_comments
+from vrp.export.config import ExportConfig
+from vrp.export.run import ExportDir, export
+from vrp.generate.run import load_inputs
+from vrp.model import load_for_inference, load_tokenizer
+from vrp.presets import get_preset
+from vrp.prompt_format import resolve_prompt_config
+from vrp.prompts import stop_token_ids, video_prompt_ids
+from vrp.rundir import RunDir
 
 
 def _videos(cfg: BenchGenerateConfig) -> list[Any]:
-    from vrp.bench.serve import DEFAULT_TITLE, DEFAULT_TRANSCRIPT
-    from vrp.predict import load_inputs
-
     if cfg.input:
         return load_inputs(cfg.input, max_videos=cfg.max_videos)
     return load_inputs(None, DEFAULT_TITLE, DEFAULT_TRANSCRIPT)
@@ -98,10 +61,6 @@ def _bench_vrp(cfg: BenchGenerateConfig, prompts: list[list[int]], fmt: str) -> 
                                                                                       list[int]]:
     import torch
 
-    from vrp.decoding import generate_comments
-    from vrp.model import load_for_inference
-    from vrp.prompts import stop_token_ids
-
     torch.set_num_threads(cfg.threads)
     model, tok, info = load_for_inference(run=cfg.run, checkpoint=cfg.checkpoint, precision=cfg.precision)
     generate_comments(model, tok, prompts[0], cfg.preset, 1, 4, cfg.seed, prompt_format=fmt)  # warm-up
@@ -121,8 +80,6 @@ def _bench_vrp(cfg: BenchGenerateConfig, prompts: list[list[int]], fmt: str) -> 
 def _bench_llama_cpp(cfg: BenchGenerateConfig, gguf: str, prompts: list[list[int]], stops: list[int],
                      n_ctx: int) -> tuple[dict[str, Any], list]:
     import llama_cpp
-
-    from vrp.decoding import get_preset
 
     kw = get_preset(cfg.preset).kwargs
     sample = ({"temp": 0.0, "top_k": 1, "top_p": 1.0} if cfg.preset == "greedy" else
@@ -167,12 +124,6 @@ def run_bench(cfg: BenchGenerateConfig) -> dict[str, Any]:
     import importlib.util
     import tempfile
 
-    from vrp.export import ExportDir
-    from vrp.model import load_tokenizer
-    from vrp.prompt_format import resolve_prompt_config
-    from vrp.prompts import video_prompt_ids
-    from vrp.rundir import RunDir
-
     run = RunDir(cfg.run)
     pcfg = run.prompt_config(cfg.max_prompt_tokens)
     run.adapter(cfg.checkpoint)
@@ -195,8 +146,6 @@ def run_bench(cfg: BenchGenerateConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vrp-bench-gguf-") as tmp:
         gguf = cfg.gguf
         if gguf is None:
-            from vrp.export import ExportConfig, export
-
             export(ExportConfig(run=cfg.run, out=str(Path(tmp) / "export"), checkpoint=cfg.checkpoint,
                                 format="gguf", gguf_type=cfg.gguf_type))
             gguf = str(Path(tmp) / "export" / ExportDir.gguf_name(cfg.gguf_type))
@@ -209,8 +158,6 @@ def run_bench(cfg: BenchGenerateConfig) -> dict[str, Any]:
 
 
 def _cpu() -> str:
-    from vrp.bench.train_report import cpu_model
-
     return cpu_model()
 
 

@@ -25,6 +25,11 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from vrp.loss import loss_sum
+from vrp.precision import autocast_ctx
+from vrp.procmem import reset_peak_rss, resident_bytes, rss_high_water_bytes
+from vrp.train.memory import allocated_peak
+
 KINDS = ("attention", "MLP", "norms", "LoRA inputs", "LoRA dropout copies", "embeddings", "logits and loss", "other")
 CAST_OPS = ("_to_copy", "to", "_autocast_to_reduced_precision", "_autocast_to_full_precision")
 LAYER = re.compile(r"\.layers\.(\d+)\.")
@@ -149,11 +154,6 @@ def profile_step(model: Any, batch: dict[str, Any], prec: Any, optimizer: Any, m
     lora_grads, at least 0), `checkpointing` (gradient checkpointing on: the hooks do not see what it keeps),
     `rss_before`, `peak_rss`, `layers`, `tokens` (B*T positions), `rows`, `row_tokens`, `targets`."""
     import torch
-
-    from vrp.loss import loss_sum
-    from vrp.model import autocast_ctx
-    from vrp.procmem import reset_peak_rss, resident_bytes, rss_high_water_bytes
-    from vrp.train.memory import allocated_peak
 
     params = [p for p in model.parameters() if p.requires_grad]
     tracker = SavedTensorTracker(model)

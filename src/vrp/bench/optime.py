@@ -22,6 +22,8 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
+from vrp.bench.flops import executed_flops
+
 KINDS = ("attention kernel", "matmul", "loss", "optimizer", "elementwise and copies", "Python and autograd")
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
               "aten::_addmm_activation"}
@@ -65,7 +67,6 @@ def time_step(step: Callable[[], None], attention_flops: float, other_flops: flo
 def step_flops(dims: Any, row_lengths: list[int], head_positions: int, dense: bool, causal_prefix: int,
                pairs: float | None = None) -> tuple[float, float]:
     """(attention, everything else) of `vrp.bench.flops.executed_flops` for one batch, FLOPs."""
-    from vrp.bench.flops import executed_flops
 
     total = executed_flops(dims, row_lengths, head_positions, dense, causal_prefix, pairs)
     without = executed_flops(replace(dims, d_attn=0), row_lengths, head_positions, dense, causal_prefix, pairs)

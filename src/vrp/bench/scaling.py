@@ -23,7 +23,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from vrp.artifacts import DatasetDir
+from vrp.bench.train import expand_comments, select_videos
+from vrp.bench.train_report import cpu_model
 from vrp.errors import ConfigError, VrpError
+from vrp.model import load_tokenizer
+from vrp.sources import load_source
 
 
 def _train_args(opts: Any, data: Path, out: Path, grad_accum: int, steps: int) -> list[str]:
@@ -58,11 +63,6 @@ def run_scaling(opts: Any, progress: bool = True) -> dict[str, Any]:
     (JSON-ready): `options`, `env` (date, CPU, cores, load averages), `runs` (per process count: timed steps, their
     seconds, tokens, comments, last loss, wall seconds), `rows_per_step` (global), `scaling` (speedup,
     efficiency). Raises ConfigError('data') without a source, VrpError when a run fails (with its output's tail)."""
-    from vrp.artifacts import DatasetDir
-    from vrp.bench.train import expand_comments, select_videos
-    from vrp.bench.train_report import cpu_model
-    from vrp.dataset import load_source
-    from vrp.model import load_tokenizer
 
     if not opts.data:
         raise ConfigError("data", "no source of videos given")

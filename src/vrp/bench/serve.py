@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import platform
 import socket
@@ -28,20 +27,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit
 
+from vrp.bench.config import BenchServeConfig, require_loopback_url
 from vrp.bench.train_report import cpu_model
-from vrp.decoding import DEFAULT_PRESET
-from vrp.errors import ConfigError, VrpError
-from vrp.limits import COMMENTS, CONCURRENCY, NEW_TOKENS, QUEUE, REQUESTS, THREADS
-from vrp.options import check_positive, check_range, coerce_fields, option
-
-MAX_REQUESTS = int(REQUESTS.high)
-MAX_CONCURRENCY = int(CONCURRENCY.high)
-DEFAULT_TITLE = "Three tips for better sourdough bread"
-DEFAULT_TRANSCRIPT = ("Hi everyone, welcome back to the kitchen. Today I will show you three simple tricks for a "
-                      "better sourdough loaf: feed your starter the night before, use less water than you think, "
-                      "and bake it in a very hot covered pot. Let me know in the comments how yours turns out!")
+from vrp.errors import VrpError
 
 
 @dataclass
@@ -72,71 +61,8 @@ class LoadResult:
         return asdict(self)
 
 
-@dataclass
-class BenchServeConfig:
-    """Options of `vrp bench serve`; the field docs are its `--help`, `__post_init__` their one validation."""
-
-    url: str | None = option("a running server, e.g. http://127.0.0.1:8000 (loopback only); or give `model`/`run` "
-                             "to start one", None)
-    server_pid: int | None = option("pid of the `url` server, to read its RSS", None)
-    model: str | None = option("start `vrp serve --model MODEL` for the check", None)
-    run: str | None = option("start `vrp serve --run RUN` for the check", None)
-    checkpoint: str | None = option("with `run`: serve this checkpoint", None)
-    queue_size: int = option("queue size of the started server", 8, limit=QUEUE)
-    threads: int | None = option("threads of the started server (None: its own default)", None,
-                                 limit=THREADS.from_(1))
-    requests: int = option("requests to send", 50, limit=REQUESTS)
-    concurrency: int = option("requests in flight", 4, limit=CONCURRENCY)
-    max_seconds: float = option("start no request after this many seconds", 900.0)
-    request_timeout_s: float = option("client timeout per request in seconds", 300.0)
-    warmup: bool = option("send one uncounted warm-up request first", True)
-    title: str | None = option("video title (None: a short built-in one)", None)
-    transcript: str | None = option("transcript text (None: a short built-in one)", None)
-    num_comments: int = option("comments per request", 1, limit=COMMENTS)
-    max_new_tokens: int = option("new tokens per comment", 40, limit=NEW_TOKENS)
-    preset: str = option("decoding preset", DEFAULT_PRESET)
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        if bool(self.url) == bool(self.model or self.run):
-            raise ConfigError("url", "give either a `url` (a running server) or a `model`/`run` (start one)")
-        if self.url:
-            self.url = require_loopback_url(self.url)
-        if self.checkpoint and not self.run:
-            raise ConfigError("checkpoint", "needs a `run` (it names a checkpoint of that run)")
-        check_range(self, "requests", low=1, high=MAX_REQUESTS)
-        check_range(self, "concurrency", low=1, high=MAX_CONCURRENCY)
-        check_range(self, "queue_size", low=0)
-        check_range(self, "threads", "num_comments", "max_new_tokens", low=1)
-        check_positive(self, "max_seconds", "request_timeout_s")
-
-    def payload(self) -> dict[str, Any]:
-        """The JSON body of every request."""
-        return {"title": DEFAULT_TITLE if self.title is None else self.title,
-                "transcript": self.transcript or DEFAULT_TRANSCRIPT, "num_comments": self.num_comments,
-                "max_new_tokens": self.max_new_tokens, "preset": self.preset}
-
-    def server_args(self) -> list[str]:
-        """Extra `vrp serve` flags of a started server."""
-        return ["--queue-size", str(self.queue_size)] + (["--threads", str(self.threads)] if self.threads else [])
 
 
-def require_loopback_url(url: str) -> str:
-    """Return `url` without a trailing slash if it is `http://<loopback host>:<port>`; raise ConfigError('url')
-    otherwise. A host name must resolve only to loopback addresses (checked with the local resolver)."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError("url", f"expected http://127.0.0.1:PORT, got {url!r}")
-    host = parts.hostname
-    try:
-        addrs = {ipaddress.ip_address(host)}
-    except ValueError:
-        if host != "localhost":
-            raise ConfigError("url", f"only loopback targets are allowed (127.0.0.1, ::1, localhost), got {host!r}")
-        addrs = {ipaddress.ip_address(ai[4][0].split("%")[0]) for ai in socket.getaddrinfo(host, None)}
-    if not addrs or not all(a.is_loopback for a in addrs):
-        raise ConfigError("url", f"{host} is not a loopback address; the load check only targets this machine")
-    return url.rstrip("/")
 
 
 def read_rss_kb(pid: int) -> int | None:

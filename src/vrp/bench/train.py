@@ -36,141 +36,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from vrp.artifacts import DatasetDir
-from vrp.bench.train_report import CONFIGS, LABELS, cpu_model
+from vrp.bench.config import VRP_CONFIGS, BenchTrainConfig
+from vrp.bench.flops import matmul_peak
+from vrp.bench.train_report import LABELS, cpu_model
 from vrp.errors import ConfigError, VrpError
-from vrp.limits import BENCH_COMMENTS, MATRIX, PROCESSES, PROMPT_TOKENS, REPEATS, ROWS, STEPS, THREADS, TOKENS
-from vrp.lora import LoraSettings
-from vrp.options import check_choice, check_range, coerce_fields, option, option_like
-from vrp.prompts import PromptConfig
+from vrp.model import load_tokenizer
+from vrp.packing import make_rows
+from vrp.prompts import PromptConfig, encode_video
 from vrp.records import Comment, Video
-from vrp.train.config import TrainConfig
-
-QUICK = {"comments_per_video": [3], "vrp_only_comments_per_video": [], "max_prompt_tokens": 256, "batch_size": 2,
-         "min_comments": 6, "steps": 2, "val_train_videos": 2, "val_videos": 1, "val_steps": 1, "peak_repeats": 3,
-         "memory_row_tokens": 300}
-VRP_CONFIGS = ("none", "shared_prefix")
-
-
-@dataclass
-class BenchTrainConfig:
-    """Options of `vrp bench train`; the field docs are its `--help`, `__post_init__` their one validation. Token
-    counts in tokens. Shared-prefix rows are capped at 2x the prompt budget by default, the ratio of both shipped
-    recipes (`configs/smollm2-cpu-*.yaml`: prompts 512, rows 1,024; `vrp train`'s own default rows of 2,048 tokens
-    at 1,024-token prompts), so the bench times the rows `vrp train` builds."""
-
-    model: str = option_like(TrainConfig, "model")
-    data: str | None = option("source of videos: any file `vrp prepare` reads (the command's default: the seed "
-                              "train_dataset.xlsx)", None)
-    comments_per_video: list[int] = option("comment counts K per video; above a video's own count, real comments of "
-                                           "the following videos are added", [3, 10, 30], limit=BENCH_COMMENTS)
-    vrp_only_comments_per_video: list[int] = option("more comment counts, timed for (b) and (c) only (TRL's rows are "
-                                                    "the same per-example rows at any count)", [100],
-                                                    limit=BENCH_COMMENTS)
-    configs: list[str] = option("configurations to time: subset of " + ",".join(CONFIGS), list(CONFIGS))
-    videos: int = option("videos per comment count (0 = automatic: the fewest with >= `min_comments` comments whose "
-                         "shared-prefix rows fill `steps` batches)", 0)
-    steps: int = option("timed optimizer steps per configuration, after one warm-up step (the table shows their "
-                        "median and spread)", 3, limit=STEPS)
-    min_comments: int = option("comments per comment count at least (with `videos` 0)", 24)
-    batch_size: int = option("rows per optimizer step, all configurations", 4, limit=ROWS)
-    max_prompt_tokens: int = option_like(PromptConfig, "max_prompt_tokens")
-    max_comment_tokens: int = option_like(PromptConfig, "max_comment_tokens")
-    max_row_tokens: int = option("longest shared-prefix row in tokens; longer videos are split into rows (0 = "
-                                 "automatic: 2 x `max_prompt_tokens`, as the shipped recipes, at least prompt + one longest comment)", 0,
-                                 limit=TOKENS.from_(0))
-    precision: str = option("auto, bf16 or fp32", "auto")
-    attn_implementation: str = option_like(TrainConfig, "attn_implementation")
-    lean: bool = option("memory-lean LoRA of `vrp train` (vrp.train.lean); off = PEFT's own LoRA forward, for "
-                        "before/after comparisons", True)
-    gradient_checkpointing: bool = option_like(TrainConfig, "gradient_checkpointing")
-    compile_layers: bool = option_like(TrainConfig, "compile_layers")
-    memory: bool = option("instead of timing: profile one training step of each configuration at one shape "
-                          "(`batch_size` rows x `memory_row_tokens` tokens; (c) holds the first `comments_per_video` "
-                          "count of comments per row): the memory of all three, and where the time of (b) and (c) "
-                          "goes by kind of operation; written to the output file like a timed run (a few minutes)",
-                          False)
-    memory_row_tokens: int = option("row length of the memory profile, tokens", 1100, limit=TOKENS)
-    write_when_busy: bool = option("append to the Markdown file even when the 1-minute load average at the start "
-                                   "exceeded the core count (the section then says so in bold)", False)
-    learning_rate: float = option_like(TrainConfig, "learning_rate")
-    lora: dict[str, Any] = option("LoRA settings of every configuration (r, alpha, dropout, target_modules)",
-                                  asdict(LoraSettings()), cli=False)
-    val_check: bool = option("check that packing none and shared_prefix reach the same validation NLL", True)
-    val_train_videos: int = option("training videos of the validation check", 4)
-    val_videos: int = option("validation videos of the validation check", 4)
-    val_steps: int = option("epochs of the validation check", 1, limit=STEPS)
-    val_learning_rate: float = option("learning rate of the validation check", 1e-3)
-    peak_size: int = option("matrix size of the matmul-peak measurement", 4096, limit=MATRIX)
-    peak_repeats: int = option("repeats of the matmul-peak measurement (the best counts)", 5, limit=REPEATS)
-    threads: int = option("torch CPU threads in every configuration (0 = torch's own, one per core; on a busy "
-                          "machine 1 thread can be much faster)", 0, limit=THREADS)
-    nproc: int = option("N >= 2: instead of the configurations, time `vrp train` (shared_prefix) in 1 process and "
-                        "in N processes (torchrun, `threads` threads each, default 1) on the same global batch and "
-                        "report the scaling efficiency (vrp.bench.scaling)", 1, limit=PROCESSES)
-    quick: bool = option("small smoke run (" + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + "; about 2 "
-                         "minutes on an idle 2-core machine)", False)
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        if not self.max_row_tokens:
-            self.max_row_tokens = max(self.max_prompt_tokens * 2,
-                                      self.max_prompt_tokens + self.max_comment_tokens + 1)
-        check_range(self, "batch_size", "steps", "peak_size", "peak_repeats", "max_comment_tokens",
-                    "memory_row_tokens", low=1)
-        check_range(self, "max_prompt_tokens", low=PROMPT_TOKENS.low)  # as `PromptConfig` checks it
-        check_range(self, "videos", "threads", "min_comments", low=0)
-        check_range(self, "nproc", low=1)
-        if not self.comments_per_video or min(self.comments_per_video) < 1:
-            raise ConfigError("comments_per_video", f"expected positive integers, got {self.comments_per_video}")
-        if self.vrp_only_comments_per_video and min(self.vrp_only_comments_per_video) < 1:
-            raise ConfigError("vrp_only_comments_per_video", f"expected positive integers, got "
-                                                             f"{self.vrp_only_comments_per_video}")
-        bad = [c for c in self.configs if c not in CONFIGS]
-        if bad or not self.configs:
-            raise ConfigError("configs", f"choose from {','.join(CONFIGS)}, got {','.join(self.configs)}")
-        check_choice(self, "precision", ("auto", "bf16", "fp32"))
-        check_range(self, "val_train_videos", "val_videos", "val_steps", low=1)
-        if not self.val_learning_rate > 0:
-            raise ConfigError("val_learning_rate", f"must be > 0, got {self.val_learning_rate}")
-        self._check_training_options()
-        if self.max_row_tokens < self.max_prompt_tokens + 2:
-            raise ConfigError("max_row_tokens", f"({self.max_row_tokens}) must exceed `max_prompt_tokens` "
-                                                f"({self.max_prompt_tokens}) so that a comment fits behind the prompt")
-
-
-    def _check_training_options(self) -> None:
-        """`lora` completed with `LoraSettings`' defaults, and it, `model`, `learning_rate` and
-        `attn_implementation` checked as `vrp train` checks them (`TrainConfig`); ConfigError('lora') or the field."""
-        keys = {f.name for f in fields(LoraSettings)}
-        if not isinstance(self.lora, dict) or set(self.lora) - keys:
-            raise ConfigError("lora", f"expected a mapping with keys among {sorted(keys)}, got {self.lora!r}")
-        self.lora = {**asdict(LoraSettings()), **self.lora}
-        bad = [k for k in ("r", "alpha") if not isinstance(self.lora[k], int) or isinstance(self.lora[k], bool)]
-        if bad or isinstance(self.lora["dropout"], bool) or not isinstance(self.lora["dropout"], (int, float)):
-            raise ConfigError("lora", f"r and alpha must be integers and dropout a number, got {self.lora!r}")
-        try:
-            TrainConfig(model=self.model, learning_rate=self.learning_rate, attn_implementation=self.attn_implementation,
-                        lora_r=self.lora["r"], lora_alpha=self.lora["alpha"], lora_dropout=self.lora["dropout"],
-                        target_modules=self.lora["target_modules"])
-        except ConfigError as e:
-            lora_field = e.field.startswith("lora_") or e.field == "target_modules"
-            raise ConfigError("lora" if lora_field else e.field, e.message) from None
-
-
-def bench_train_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchTrainConfig:
-    """The config of one run: the defaults, then the `QUICK` values when `quick` is set (in the YAML `source` or in
-    `overrides`), then the YAML file, then `overrides`."""
-    from vrp.options import build_config, load_yaml
-
-    values = load_yaml(source) if source else {}
-    quick = bool((overrides or {}).get("quick", values.get("quick", False)))
-    return build_config(BenchTrainConfig, {**(QUICK if quick else {}), **values}, overrides,
-                        where=str(source) if source else "the quick preset" if quick else None)
+from vrp.sources import load_source
+from vrp.train.compile import check_compiler
 
 
 def expand_video(videos: list[Video], i: int, k: int) -> Video:
@@ -199,8 +79,6 @@ def expand_comments(videos: list[Video], k: int, n: int) -> list[Video]:
 def select_videos(videos: list[Video], k: int, tok: Any, opts: BenchTrainConfig) -> list[Any]:
     """Encoded videos (`EncodedVideo`) for comment count `k`: `opts.videos` of them, or automatically the fewest
     with >= `min_comments` comments whose shared-prefix rows fill `steps` batches of `batch_size`."""
-    from vrp.packing import make_rows
-    from vrp.prompts import encode_video
 
     pcfg = PromptConfig(max_prompt_tokens=opts.max_prompt_tokens, max_comment_tokens=opts.max_comment_tokens,
                         prompt_format="auto")  # a base model (no chat template) gets the plain layout
@@ -246,7 +124,6 @@ def _spec(opts: BenchTrainConfig, kind: str, enc: list[Any]) -> dict[str, Any]:
 
 def _val_check(opts: BenchTrainConfig, videos: list[Video], k: int, tok: Any, tmp: Path) -> dict[str, Any]:
     """Validation NLL after the same training comments with `vrp.train.loop.train`, packing none vs shared_prefix."""
-    from vrp.packing import make_rows
 
     n_train = opts.val_train_videos
     if len(videos) < n_train + opts.val_videos:
@@ -273,7 +150,6 @@ def memory_rows(videos: list[Video], tok: Any, opts: BenchTrainConfig, mode: str
     first videos' real comments (K = the first of `comments_per_video` for shared_prefix, one for none and trl)
     behind their real prompt, cut (or repeated) to fill the row. Every configuration thus has the same shape.
     Raises ConfigError('memory_row_tokens') when K comments leave no room for a prompt."""
-    from vrp.prompts import encode_video
 
     pcfg = PromptConfig(max_prompt_tokens=opts.max_prompt_tokens, max_comment_tokens=opts.max_comment_tokens,
                         prompt_format="auto")  # a base model (no chat template) gets the plain layout
@@ -324,16 +200,11 @@ def run_bench(opts: BenchTrainConfig, progress: bool = True) -> dict[str, Any]:
     without the `bench` extra."""
     import torch
 
-    from vrp.bench.flops import matmul_peak
-    from vrp.dataset import load_source
-    from vrp.model import load_tokenizer
-
     if not opts.data:
         raise ConfigError("data", "no source of videos given")
     if "trl" in opts.configs:
         require_bench_extra()
     if opts.compile_layers:  # before any worker starts: one line naming the option, not a worker's traceback
-        from vrp.train.compile import check_compiler
 
         check_compiler("cuda" if torch.cuda.is_available() else "cpu")
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)

@@ -18,7 +18,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-CONFIGS = ("trl", "none", "shared_prefix")
+from vrp.bench.memory import format_profile
+from vrp.bench.optime import format_time_profile
+from vrp.files import atomic_path
+
 LABELS = {"trl": "(a) TRL SFTTrainer, per example", "none": "(b) vrp --packing none",
           "shared_prefix": "(c) vrp --packing shared_prefix"}
 TARGETS = {3: 8.0, 30: 25.0}           # (c)/(a) comments/s at K comments/video, reported not asserted
@@ -171,7 +174,6 @@ def markdown_section(bench: dict[str, Any], command: str) -> str:
 def append_section(path: Path, section: str) -> None:
     """Append `section` to the Markdown file at `path` by rewriting the whole file atomically (a temporary file
     renamed over it; the file's permission bits are kept, 0644 for a new file)."""
-    from vrp.io import atomic_path
 
     old = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
     mode = path.stat().st_mode & 0o777 if path.is_file() else 0o644
@@ -183,7 +185,6 @@ def append_section(path: Path, section: str) -> None:
 def memory_section(bench: dict[str, Any], command: str) -> str:
     """The BENCHMARKS.md section of a memory run (`memory` option): machine, command, shape, each configuration's
     peak RSS at that shape, and the breakdown of (b) and (c) (`vrp.bench.memory.format_profile`)."""
-    from vrp.bench.memory import format_profile
 
     e, o = bench["env"], bench["options"]
     lora = o["lora"]
@@ -208,8 +209,6 @@ def memory_section(bench: dict[str, Any], command: str) -> str:
             out += ["", format_profile(r["profile"], LABELS[r["mode"]])]
     timed = [r for r in bench["memory"] if "time" in r]
     if timed:
-        from vrp.bench.optime import format_time_profile
-
         load = e["load_start"][0]
         note = (f"**the 1-minute load average at the start was {load:.2f}, above the {e['cores']} cores: the seconds "
                 f"are not trustworthy**" if busy(bench) else f"1-minute load average at the start {load:.2f}")

@@ -28,12 +28,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vrp.adapter import attach_lora
+from vrp.attention import MIN_PREFIX, scored_pairs
 from vrp.bench.flops import FlopDims, dims_from_model, executed_flops, useful_flops
+from vrp.bench.memory import profile_step
+from vrp.bench.optime import step_flops, time_step
+from vrp.files import write_json_atomic
+from vrp.lora import LoraSettings
+from vrp.loss import loss_sum
+from vrp.model import load_base_model
+from vrp.packing import Row, collate, make_rows
+from vrp.precision import autocast_ctx, resolve_precision
+from vrp.procmem import peak_rss_bytes, release_freed_memory
+from vrp.prompts import EncodedVideo
+from vrp.train.compile import compile_decoder_layers
+from vrp.train.config import TrainConfig
+from vrp.train.loop import train
+from vrp.train.memory import trim_after_step
 
 
 def _load(spec: dict[str, Any], attn: str | None = None) -> tuple[Any, Any, Any]:
-    from vrp.model import load_base_model, resolve_precision
-
     prec = resolve_precision(spec["precision"], "none", "cpu")
     model, tok = load_base_model(spec["model"], prec, attn or spec.get("attn_implementation") or "sdpa")
     return prec, model, tok
@@ -43,22 +57,17 @@ def _vrp_model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
     """`(prec, model, tokenizer)`: the base model with LoRA attached as `vrp train` does it."""
     import torch
 
-    from vrp.lora import LoraSettings, attach_lora
-
     prec, model, tok = _load(spec)
     torch.manual_seed(int(spec.get("seed", 0)))
     model = attach_lora(model, LoraSettings(**spec["lora"]), prec, bool(spec.get("gradient_checkpointing")),
                         lean=bool(spec.get("lean", True)))
     if spec.get("compile_layers"):  # compiled in the untimed warm-up step
-        from vrp.train.compile import compile_decoder_layers
 
         compile_decoder_layers(model)
     return prec, model, tok
 
 
 def _encoded(spec: dict[str, Any]) -> list[Any]:
-    from vrp.prompts import EncodedVideo
-
     return [EncodedVideo(v["video_id"], v["prompt_ids"], v["completions"]) for v in spec["videos"]]
 
 
@@ -77,7 +86,6 @@ def _attention_shape(batch: dict[str, Any], lens: list[int], mode: str,
     dense = mode == "shared_prefix" or len(set(lens)) > 1
     if not dense or spec.get("attn_implementation") != "split_sdpa":
         return dense, 0, None
-    from vrp.attention import MIN_PREFIX, scored_pairs
 
     mask = batch["attention_mask"]
     if mask.ndim == 2:  # padded `none` rows: transformers' causal + padding mask, causal up to the shortest
@@ -88,7 +96,6 @@ def _attention_shape(batch: dict[str, Any], lens: list[int], mode: str,
 def _summary(step_seconds: list[float], per_step: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
     """Totals over the timed steps (the first entry of `step_seconds` is the warm-up and is left out), and each
     timed step's seconds, comments, tokens and padded shape in `per_step`."""
-    from vrp.procmem import peak_rss_bytes
 
     timed = step_seconds[1:]
     out = {k: sum(s[k] for s in per_step) for k in per_step[0]} if per_step else {}
@@ -103,12 +110,6 @@ def _summary(step_seconds: list[float], per_step: list[dict[str, float]], extra:
 def run_vrp(spec: dict[str, Any]) -> dict[str, Any]:
     """Time the vrp training step for packing mode `spec['kind']` (`none` or `shared_prefix`)."""
     import torch
-
-    from vrp.loss import loss_sum
-    from vrp.model import autocast_ctx
-    from vrp.packing import collate, make_rows
-    from vrp.procmem import release_freed_memory
-    from vrp.train.memory import trim_after_step
 
     mode, bs = spec["kind"], int(spec["batch_size"])
     prec, model, tok = _vrp_model(spec)
@@ -213,8 +214,6 @@ def run_val(spec: dict[str, Any]) -> dict[str, Any]:
     """Train with `vrp.train.loop.train` in packing modes `none` and `shared_prefix` on `spec['data_dir']` with the
     same optimizer steps (each step = every training comment, via gradient accumulation) and return both runs'
     validation NLL per comment token (nats)."""
-    from vrp.train.config import TrainConfig
-    from vrp.train.loop import train
 
     res: dict[str, Any] = {"kind": "val"}
     for mode in ("none", "shared_prefix"):
@@ -239,9 +238,6 @@ def run_memory(spec: dict[str, Any]) -> dict[str, Any]:
     SFTTrainer run of a warm-up and one step on the same examples."""
     import torch
 
-    from vrp.packing import Row, collate
-    from vrp.procmem import peak_rss_bytes
-
     mode = spec["mode"]
     rows = [Row(list(r["prompt_ids"]), [list(c) for c in r["completions"]]) for r in spec["rows"]]
     if mode == "trl":
@@ -251,7 +247,6 @@ def run_memory(spec: dict[str, Any]) -> dict[str, Any]:
         res = run_trl(sub)
         return {"kind": "memory", "mode": mode, "peak_rss_bytes": res["peak_rss_bytes"],
                 "rows": len(rows), "row_tokens": max(r.num_tokens for r in rows)}
-    from vrp.bench.memory import profile_step
 
     prec, model, tok = _vrp_model(spec)
     batch = {k: v.to(prec.device) if hasattr(v, "to") else v for k, v in collate(rows, tok.pad_token_id, mode).items()}
@@ -269,10 +264,6 @@ def _time_profile(spec: dict[str, Any], model: Any, batch: dict[str, Any], prec:
                   mode: str) -> dict[str, Any]:
     """`vrp.bench.optime.time_step` of one more training step on `batch` (the model and AdamW are warm)."""
     import torch
-
-    from vrp.bench.optime import step_flops, time_step
-    from vrp.loss import loss_sum
-    from vrp.model import autocast_ctx
 
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -300,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(spec["threads"]))
     runs = {"trl": run_trl, "none": run_vrp, "shared_prefix": run_vrp, "val": run_val, "memory": run_memory}
     run = runs[spec["kind"]]
-    from vrp.io import write_json_atomic
 
     write_json_atomic(out_path, run(spec))
     return 0

@@ -27,7 +27,7 @@ def _command(name: str) -> str:
 
 def add_serve_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp bench serve`."""
-    from vrp.bench.serve import BenchServeConfig
+    from vrp.bench.config import BenchServeConfig
     from vrp.options import add_config_args
 
     p = bsub.add_parser("serve", help="load check of the prediction server on 127.0.0.1",
@@ -46,8 +46,9 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run `vrp bench serve`; exit status 1 when a status other than 200/503 was seen."""
     import contextlib
 
-    from vrp.bench.serve import BenchServeConfig, format_result, markdown_section, run_load, started_server
-    from vrp.io import write_json_atomic
+    from vrp.bench.config import BenchServeConfig
+    from vrp.bench.serve import format_result, markdown_section, run_load, started_server
+    from vrp.files import write_json_atomic
     from vrp.options import config_from_args
 
     cfg = config_from_args(BenchServeConfig, args)
@@ -76,7 +77,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def add_train_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp bench train` (training throughput: TRL per example vs vrp none vs shared_prefix; see
     `vrp.bench.train`)."""
-    from vrp.bench.train import BenchTrainConfig
+    from vrp.bench.config import BenchTrainConfig
     from vrp.options import add_config_args
 
     p = bsub.add_parser("train", help="training throughput: TRL SFTTrainer vs vrp packing none / shared_prefix",
@@ -100,7 +101,8 @@ def run_train(args: argparse.Namespace) -> int:
     ratio), append the section to BENCHMARKS.md unless `--no-write`, optionally write the raw results as JSON."""
     import dataclasses
 
-    from vrp.bench.train import bench_train_config, run_bench
+    from vrp.bench.config import bench_train_config
+    from vrp.bench.train import run_bench
     from vrp.bench.train_report import (
         append_section,
         busy,
@@ -109,7 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
         memory_section,
         summary_lines,
     )
-    from vrp.io import write_json_atomic
+    from vrp.files import write_json_atomic
 
     cfg = bench_train_config(args.config, vars(args))
     if cfg.data is None and SEED_TRAIN.is_file():
@@ -145,7 +147,7 @@ def run_train(args: argparse.Namespace) -> int:
 def add_generate_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp bench generate` (comment generation: vrp in PyTorch vs llama.cpp on the exported GGUF; see
     `vrp.bench.generate`)."""
-    from vrp.bench.generate import BenchGenerateConfig
+    from vrp.bench.config import BenchGenerateConfig
     from vrp.options import add_config_args
 
     p = bsub.add_parser("generate", help="generation speed: vrp (PyTorch) vs llama.cpp on the run's exported GGUF",
@@ -166,9 +168,10 @@ def add_generate_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentPa
 def run_generate(args: argparse.Namespace) -> int:
     """`vrp bench generate`: run, print the table, append the section unless `--no-write` (and not on a busy machine
     unless `--write-when-busy`), optionally write the raw results as JSON."""
-    from vrp.bench.generate import BenchGenerateConfig, busy, format_table, markdown_section, run_bench
+    from vrp.bench.config import BenchGenerateConfig
+    from vrp.bench.generate import busy, format_table, markdown_section, run_bench
     from vrp.bench.train_report import append_section
-    from vrp.io import write_json_atomic
+    from vrp.files import write_json_atomic
     from vrp.options import config_from_args
 
     cfg = config_from_args(BenchGenerateConfig, args)

@@ -19,7 +19,7 @@ next run. Respect YouTube's terms of service and the commenters' privacy: `vrp p
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp collect`; every `CollectConfig` field is a flag (flags override the --config YAML)."""
-    from vrp.collect.fetch import CollectConfig
+    from vrp.collect.config import CollectConfig
     from vrp.collect.youtube import ACCEPTED_FORMS
     from vrp.options import add_config_args
 
@@ -44,7 +44,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 def run(args: argparse.Namespace) -> int:
     """Run `vrp collect`; prints the counts. Exit status 0 when something was collected or nothing was left."""
-    from vrp.collect.fetch import CollectConfig, collect
+    from vrp.collect.config import CollectConfig
+    from vrp.collect.fetch import collect
     from vrp.collect.youtube import parse_target
     from vrp.options import config_from_args
 

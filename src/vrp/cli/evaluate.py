@@ -75,12 +75,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     import time
 
     from vrp.artifacts import ReportDir
-    from vrp.evaluate.config import EvaluateConfig
+    from vrp.embeddings import load_embedder
     from vrp.evaluate.candidates import check_candidate_count
-    from vrp.evaluate.embed import load_embedder
+    from vrp.evaluate.config import EvaluateConfig
     from vrp.evaluate.report import write_outputs
     from vrp.evaluate.run import evaluate_run, load_eval_data
-    from vrp.evaluate.tiers import evaluate_tiers, tier_summary
+    from vrp.evaluate.tier_ranking import evaluate_tiers, tier_summary
     from vrp.options import config_from_args
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,7 +88,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import sys
 
     from vrp.evaluate.generation import mauve_available
-    from vrp.model import resolve_precision
+    from vrp.precision import resolve_precision
 
     resolve_precision(cfg.precision)  # e.g. bf16 on a CPU without it: said before any data or model is loaded
     if cfg.preset_list() and not mauve_available():  # optional: said now, not only in the report at the end

@@ -7,7 +7,7 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp export`; every `ExportConfig` field is a flag."""
-    from vrp.export import ExportConfig
+    from vrp.export.config import ExportConfig
     from vrp.options import add_dataclass_args
 
     p = sub.add_parser("export", help="export a run as merged HF weights, GGUF (llama.cpp) and an Ollama Modelfile",
@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run `vrp export` and print what was written."""
-    from vrp.export import ExportConfig, export
+    from vrp.export.config import ExportConfig
+    from vrp.export.run import export
     from vrp.options import build_config
 
     m = export(build_config(ExportConfig, None, vars(args)))

@@ -6,9 +6,9 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp generate`; every `GenerateConfig` field is a flag (flags override the --config YAML)."""
-    from vrp.decoding import PRESETS
+    from vrp.generate.config import GenerateConfig
     from vrp.options import add_config_args
-    from vrp.predict import GenerateConfig
+    from vrp.presets import PRESETS
 
     p = sub.add_parser("generate", help="predict comments for videos",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -41,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vrp.errors import ConfigError
-    from vrp.io import check_writable
+    from vrp.files import check_writable
+    from vrp.generate.config import GenerateConfig
+    from vrp.generate.run import load_inputs, predict, write_predictions
     from vrp.options import config_from_args
-    from vrp.predict import GenerateConfig, load_inputs, predict, write_predictions
 
     if args.print_prompt:
         return _print_prompts(args)
@@ -85,8 +86,9 @@ def _print_prompts(args: argparse.Namespace) -> int:
 
     from vrp.errors import ConfigError
     from vrp.export.prompts import video_prompts
+    from vrp.generate.config import GenerateConfig
+    from vrp.generate.run import load_inputs
     from vrp.options import config_from_args
-    from vrp.predict import GenerateConfig, load_inputs
     from vrp.rundir import RunDir
 
     if args.out:  # the prompts go to stdout: an --out given with them would silently stay unwritten

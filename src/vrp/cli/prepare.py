@@ -6,8 +6,8 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp prepare`; every `PrepareConfig` field is a flag."""
-    from vrp.dataset import PrepareConfig
     from vrp.options import add_dataclass_args
+    from vrp.prepare.config import PrepareConfig
 
     p = sub.add_parser("prepare", help="import videos and comments into a dataset dir (train/validation split)",
                        description="Read the seed xlsx (comments/titles/text), a CSV/JSONL/Parquet/xlsx table with "
@@ -23,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run `vrp prepare`; prints the counts."""
     from vrp.artifacts import DatasetDir
-    from vrp.dataset import PrepareConfig, prepare
     from vrp.options import build_config
+    from vrp.prepare.config import PrepareConfig
+    from vrp.prepare.run import prepare
 
     DatasetDir(args.out).check_new(args.overwrite, inputs=[("input", args.input)])  # never replace its own input
     m = prepare(args.input, args.out, build_config(PrepareConfig, None, vars(args)), overwrite=args.overwrite)

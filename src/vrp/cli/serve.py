@@ -70,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from vrp.errors import ConfigError, VrpError
     from vrp.model import load_for_inference
     from vrp.options import config_from_args
-    from vrp.predict import prompt_settings
-    from vrp.rundir import RunDir
+    from vrp.rundir import RunDir, prompt_settings
     from vrp.serve.app import create_app, is_loopback
     from vrp.serve.config import ServeConfig
     from vrp.tiers import run_tier_source

@@ -1,6 +1,6 @@
 """`EvaluateConfig`: the options of `vrp evaluate`, with their help texts, defaults and validation.
 
-Knows: names, defaults (the generation defaults come from `vrp.predict.GenerateConfig`, defined once there) and valid
+Knows: names, defaults (the generation defaults come from `vrp.generate.config.GenerateConfig`, defined once there) and valid
 values of the evaluation options. Does not know: how they are used (`vrp.evaluate.run`); which data, runs and report
 dir are evaluated (arguments of the command, `vrp.artifacts`).
 """
@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vrp.decoding import get_preset
 from vrp.errors import ConfigError
+from vrp.generate.config import GenerateConfig
 from vrp.limits import CANDIDATES, COMMENTS, PROMPT_TOKENS, RERANK, ROWS, THREADS, TOKENS
-from vrp.model import PRECISIONS
 from vrp.options import check_choice, check_no_repeats, check_range, coerce_fields, option, option_like
-from vrp.predict import GenerateConfig
-from vrp.rerank import check_rerank
+from vrp.precision import PRECISIONS
+from vrp.presets import check_rerank, get_preset
 
 RANKINGS = ("likelihood", "pmi", "both")
 
@@ -91,7 +90,7 @@ class EvaluateConfig:
     def setups(self) -> list[tuple[str, str, int]]:
         """`(label, preset, rerank)` of every generation setup: each preset without reranking (label = the preset)
         and with each `rerank` N > 0 (label `preset+rerankN`). Greedy, which gives one comment, cannot be reranked:
-        `__post_init__` refuses it with any N > 0 (`vrp.rerank.check_rerank`, as `vrp generate` does), so every
+        `__post_init__` refuses it with any N > 0 (`vrp.presets.check_rerank`, as `vrp generate` does), so every
         preset and N asked for is a setup."""
         return [(p if n == 0 else f"{p}+rerank{n}", p, n)
                 for p in self.preset_list() for n in dict.fromkeys(self.rerank)]

@@ -5,7 +5,7 @@ reference-free metrics of a set of comments (distinct-n, repetition, generic rat
 comments end (finished rate), their length next to the real comments' (median new tokens, ratio), MAUVE between the
 generated and the real comments' embeddings, the original project's published outputs, and the side-by-side
 examples of report.md.
-Does not know: metric formulas (`vrp.evaluate.metrics`), decoding (`vrp.predict`, `vrp.decoding`, `vrp.rerank`), report
+Does not know: metric formulas (`vrp.evaluate.metrics`), decoding (`vrp.generate.run`, `vrp.decoding`, `vrp.rerank`), report
 layout (`vrp.evaluate.report`).
 
 MAUVE (Pillutla et al. 2021, "MAUVE: Measuring the Gap Between Neural Text and Human Text using Divergence
@@ -25,7 +25,9 @@ import numpy as np
 from vrp.errors import ConfigError, VrpError
 from vrp.evaluate import metrics as M
 from vrp.evaluate.config import EvaluateConfig
+from vrp.generate.run import predict
 from vrp.records import Video
+from vrp.tables import read_table
 
 MAUVE_MIN_COMMENTS = 10
 
@@ -92,9 +94,8 @@ def real_reference(texts: Sequence[str], embedder: Any, count_tokens: Callable[[
 def run_generation(loaded: tuple[Any, Any, dict[str, Any]], videos: Sequence[Video], pcfg: Any,
                    cfg: EvaluateConfig, embedder: Any = None
                    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
-    """Generate comments for `videos` with each setup of `cfg` (`EvaluateConfig.setups`, via `vrp.predict.predict`,
+    """Generate comments for `videos` with each setup of `cfg` (`EvaluateConfig.setups`, via `vrp.generate.run.predict`,
     prompts built with `pcfg`; reranking embeds with `embedder`); rows and seconds per setup label."""
-    from vrp.predict import predict
 
     rows, secs = {}, {}
     for label, preset, rerank in cfg.setups():
@@ -108,7 +109,6 @@ def run_generation(loaded: tuple[Any, Any, dict[str, Any]], videos: Sequence[Vid
 def read_seed_outputs(seed_dir: str | Path, n_videos: int) -> dict[str, list[str]]:
     """The original project's outputs: `DIR/*.xlsx`, column `text`, one row per test video in order. Raises VrpError
     for a missing dir, no xlsx, a missing column or a row count different from `n_videos`."""
-    from vrp.tables import read_table
 
     d = Path(seed_dir)
     files = sorted(d.glob("*.xlsx")) if d.is_dir() else []

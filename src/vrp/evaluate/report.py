@@ -15,8 +15,8 @@ from typing import Any, Sequence
 from vrp.artifacts import ReportDir
 from vrp.charts import bar_chart, loss_curve
 from vrp.evaluate.metrics import METRICS_VERSION
-from vrp.evaluate.tiers import tier_markdown
-from vrp.io import atomic_path, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from vrp.evaluate.tier_ranking import tier_markdown
+from vrp.files import atomic_path, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from vrp.rundir import RunDir
 
 GEN_METRICS = [("finished_rate", "finished rate"), ("median_new_tokens", "median new tokens"),
@@ -269,7 +269,7 @@ def render_markdown(res: dict[str, Any], gen_rows: Sequence[dict[str, Any]], cha
                 "`original/*` are the published outputs of the 2023 project (LLaMA-2-7B-chat base, and its fine-tune "
                 "with beam search / beam + do_sample), cut at 150 LLaMA tokens; the others are ours on the same "
                 "videos.", "", _table(GEN_HEADER, _gen_rows(res["seed_comparison"])), ""]
-    out += tier_markdown(res.get("tiers"))  # vrp.evaluate.tiers: only for runs trained with like tiers
+    out += tier_markdown(res.get("tiers"))  # vrp.evaluate.tier_ranking: only for runs trained with like tiers
     out += ["## 7. Timing (seconds)", "", _table(["model", "load", "ranking + likelihood (own prompts)",
                                                  "title-only prompts", "no-video prompt", "ranking total",
                                                  "per video", "generation"],

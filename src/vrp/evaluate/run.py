@@ -1,7 +1,7 @@
 """`vrp evaluate`: does a model's comment prediction use the video? Likelihood, conditioning gain, ranking, generation.
 
 Knows: which videos are evaluated (a dataset dir's `validation.jsonl`, its `train.jsonl` for the most frequent
-training comments, or any source `vrp.dataset.load_source` reads), how the ranking candidates of a video are drawn
+training comments, or any source `vrp.sources.load_source` reads), how the ranking candidates of a video are drawn
 (`num_candidates`, 100 by default), how real comments and candidates are scored with shared-prefix scoring
 (`vrp.scoring.score_candidates`) under four prompts (own video, another video, title only, and no video for the PMI
 ranking, whose lambda `vrp.evaluate.pmi` cross-fits), and which generated comments are measured
@@ -25,10 +25,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from vrp.artifacts import DatasetDir
+from vrp.embeddings import embed_videos
 from vrp.errors import VrpError
 from vrp.evaluate import metrics as M
-from vrp.evaluate.candidates import CandidateSet, build_candidate_sets, derangement, frequent_comments, norm_key  # noqa: F401 (re-exported)
-from vrp.evaluate.candidates import check_candidate_count
+from vrp.evaluate.candidates import (  # noqa: F401 (re-exported)
+    CandidateSet,
+    build_candidate_sets,
+    check_candidate_count,
+    derangement,
+    frequent_comments,
+    norm_key,
+)
 from vrp.evaluate.config import EvaluateConfig
 from vrp.evaluate.generation import (  # noqa: F401 (re-exported)
     MAUVE_MIN_COMMENTS,
@@ -40,9 +47,14 @@ from vrp.evaluate.generation import (  # noqa: F401 (re-exported)
     side_by_side,
 )
 from vrp.evaluate.pmi import cross_fit
-from vrp.prompts import PromptConfig
+from vrp.model import load_for_inference
+from vrp.precision import autocast_ctx, resolve_precision
+from vrp.prompt_format import resolve_prompt_config
+from vrp.prompts import PromptConfig, build_completion_ids, no_video_prompt_ids, video_prompt_ids
 from vrp.records import Video
-from vrp.rundir import RunDir
+from vrp.rundir import RunDir, prompt_settings
+from vrp.scoring import score_candidates
+from vrp.sources import load_source
 
 KS = (1, 5, 10)
 
@@ -61,7 +73,6 @@ def load_eval_data(path: str | Path, max_videos: int = 0) -> EvalData:
     """Videos to evaluate: `DIR/validation.jsonl` (+ `DIR/train.jsonl` for training comments) of a prepared dataset,
     otherwise every video of any source `load_source` reads (no training comments). Raises VrpError for fewer than 2
     usable videos (conditioning gain and ranking need another video)."""
-    from vrp.dataset import load_source
 
     path, data = Path(path), DatasetDir(path)
     notes: list[str] = []
@@ -98,7 +109,6 @@ class CachedScorer:
 
     def score(self, prompt: list[int], cands: Sequence[list[int]]) -> list[tuple[float, int]]:
         """Scores of `cands` given `prompt`, computing only those not cached for this prompt."""
-        from vrp.scoring import score_candidates
 
         memo = self.cache.setdefault(tuple(prompt), {})
         todo = list(dict.fromkeys(tuple(c) for c in cands if tuple(c) not in memo))
@@ -127,8 +137,6 @@ def score_videos(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video], csets
     import contextlib
 
     from tqdm.auto import tqdm
-
-    from vrp.prompts import build_completion_ids, no_video_prompt_ids, video_prompt_ids
 
     ids: dict[str, list[int]] = {}
 
@@ -232,7 +240,6 @@ def shared_prompt_settings(models: Sequence[tuple[str, str | None, RunDir | None
     """The prompt settings every model of one report is scored with, so that base and fine-tuned numbers compare:
     the budget `max_prompt_tokens` when given, else the first run's (with its truncation, which the base model then
     uses too), else the defaults. Returns them and a note for each run trained with other settings."""
-    from vrp.predict import prompt_settings
 
     runs = [r for _, _, r in models if r is not None]
     shared = prompt_settings(runs[0] if runs else None, max_prompt_tokens)
@@ -257,12 +264,6 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
     `RunDir`). Raises ConfigError / VrpError from loading or inputs.
     """
     import torch
-
-    from vrp.dataset import load_source
-    from vrp.evaluate.embed import embed_videos
-    from vrp.model import autocast_ctx, load_for_inference, resolve_precision
-    from vrp.predict import prompt_settings
-    from vrp.prompt_format import resolve_prompt_config
 
     cfg = cfg or EvaluateConfig()
     presets, num_comments, max_new_tokens, seed = cfg.preset_list(), cfg.num_comments, cfg.max_new_tokens, cfg.seed

@@ -8,7 +8,7 @@ prompt text carries any BOS itself, and the default preset's sampling as `genera
 (`gguf.get_tensor_name_map`), the row order llama.cpp's RoPE wants for the q/k projections (`permute_qk`) and the
 tensor types of each `--gguf-type` (`f16`, `bf16`, `q8_0`; 1-D tensors stay F32, and a q8_0 tensor whose rows are not
 a multiple of 32 values long is written F16, as llama.cpp's converter does).
-Does not know: merging the adapter (`vrp.export.hf`), prompts (`vrp.prompts`), where the file goes (`vrp.export`).
+Does not know: merging the adapter (`vrp.export.hf`), prompts (`vrp.prompts`), where the file goes (`vrp.export.run`).
 
 Sources: the GGUF format (ggml's docs/gguf.md, the `gguf` package's `Keys` and `GGUFWriter`); llama.cpp's
 convert_hf_to_gguf.py (the Llama q/k permutation, token types of added tokens, `[PADn]` for ids without a token)
@@ -30,7 +30,6 @@ from typing import Any
 
 from vrp.errors import VrpError
 
-GGUF_TYPES = ("f16", "bf16", "q8_0")
 CONVERTER_HINT = ("export the merged model with `--format hf` and convert that with llama.cpp's convert_hf_to_gguf.py "
                   "(https://github.com/ggml-org/llama.cpp)")
 # The split regex of Llama 3's tokenizer.json (its `Split` pre-tokenizer), which llama.cpp calls `llama-bpe`.

@@ -6,7 +6,7 @@ Knows: how a run's model is merged (`merged_model`: the base in fp32 on the CPU,
 the base weights are (`base_weights_note`: a GGUF base such as the bundled model is dequantized to fp32 once by
 transformers; the NF4 base of a run trained in 4-bit (QLoRA) is dequantized to fp32 before the merge), which dtype
 the files get (`hf_dtype`), and what goes into `generation_config.json` (`write_hf`).
-Does not know: GGUF or Ollama (`vrp.export.gguf`, `vrp.export.ollama`), where the directory goes (`vrp.export`).
+Does not know: GGUF or Ollama (`vrp.export.gguf`, `vrp.export.ollama`), where the directory goes (`vrp.export.run`).
 
 The directory loads with `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` alone,
 so `vllm serve DIR` and TGI take it as it is. `generation_config.json` lists vrp's stop ids as `eos_token_id`
@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from vrp.errors import ConfigError
-
-HF_DTYPES = ("auto", "fp32", "bf16", "fp16")
+from vrp.export.config import HF_DTYPES
+from vrp.model import load_adapter, load_base_model, load_for_inference, resolve_model_path
+from vrp.precision import resolve_precision
 
 
 def merged_model(run: Any, checkpoint: str | None) -> tuple[Any, Any, dict[str, Any]]:
@@ -36,7 +37,6 @@ def merged_model(run: Any, checkpoint: str | None) -> tuple[Any, Any, dict[str, 
     `vrp generate` runs as the 4-bit base plus the unmerged adapter (merging into NF4 would round it).
     Raises ConfigError('run' / 'checkpoint') when the run or its adapter is missing, ConfigError('quantization')
     for a 4-bit run without bitsandbytes."""
-    from vrp.model import load_adapter, load_base_model, load_for_inference, resolve_precision
 
     if str(run.config().get("quantization") or "none") != "4bit":
         return load_for_inference(run=run, checkpoint=checkpoint, precision="fp32", device="cpu", merge=True)
@@ -51,7 +51,6 @@ def merged_model(run: Any, checkpoint: str | None) -> tuple[Any, Any, dict[str, 
 
 def base_weights_note(run: Any) -> str:
     """One sentence on the weights the adapter is merged into (for export.json and the command's output)."""
-    from vrp.model import resolve_model_path
 
     spec = run.model_spec()
     _, gguf = resolve_model_path(spec)

@@ -29,6 +29,7 @@ from enum import Enum
 from typing import Any
 
 from vrp.errors import VrpError
+from vrp.prompts import prompt_text, user_message
 
 SYSTEM_MARK, TITLE_MARK, TRANSCRIPT_MARK = "VRPSYSTEMTEXT", "VRPTITLETEXT", "VRPTRANSCRIPTTEXT"
 SYSTEM_VAR, PROMPT_VAR = "{{ .System }}", "{{ .Prompt }}"
@@ -63,8 +64,6 @@ def prompt_layout(tokenizer: Any, pcfg: Any, marker: str = "") -> PromptLayout:
     not found exactly once (a template that rewrites the message's text), or when the text around the system prompt
     depends on it."""
     import dataclasses
-
-    from vrp.prompts import prompt_text, user_message
 
     text = prompt_text(tokenizer, TITLE_MARK, TRANSCRIPT_MARK, dataclasses.replace(pcfg, system_prompt=SYSTEM_MARK))
     real = prompt_text(tokenizer, TITLE_MARK, TRANSCRIPT_MARK, pcfg)  # what the system slot holds, as rendered

@@ -5,12 +5,19 @@ Knows: how a video's prompt is put together from `vrp.prompts` (`fitted_transcri
 run's budget as vrp cuts it; `prompt_text`: the rendered prompt; `user_message`: the user turn) in the run's prompt
 format (`RunDir.prompt_config`, or `auto` for a base model), plus the tier marker vrp puts after the prompt
 (`vrp.tiers.MARKERS`). Only the tokenizer is loaded, never the weights.
-Does not know: rendering or truncation rules themselves (`vrp.prompts`), nor the export formats (`vrp.export`).
+Does not know: rendering or truncation rules themselves (`vrp.prompts`), nor the export formats (`vrp.export.run`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from vrp.errors import ConfigError
+from vrp.model import load_tokenizer
+from vrp.prompt_format import resolve_prompt_config
+from vrp.prompts import build_prompt_ids, fitted_transcript, prompt_text, user_message
+from vrp.rundir import RunDir, prompt_settings
+from vrp.tiers import MARKERS, check_tier, marker_ids, run_tier_source
 
 PRINT_MODES = ("text", "user", "json")
 
@@ -46,13 +53,6 @@ def video_prompts(videos: list[Any], model: str | None = None, run: str | None =
     settings and format; `model` overrides the base), with the budget `max_prompt_tokens` (None: the run's, else
     1024) and the marker of like tier `tier`. Raises ConfigError naming the option (`model`, `run`, `tier`,
     `max_prompt_tokens`, `prompt_format`) as `vrp generate` would, before any text is printed."""
-    from vrp.errors import ConfigError
-    from vrp.model import load_tokenizer
-    from vrp.predict import prompt_settings
-    from vrp.prompt_format import resolve_prompt_config
-    from vrp.prompts import build_prompt_ids, fitted_transcript, prompt_text, user_message
-    from vrp.rundir import RunDir
-    from vrp.tiers import MARKERS, check_tier, marker_ids, run_tier_source
 
     if not model and not run:
         raise ConfigError("model", "give a `model` or a `run`")

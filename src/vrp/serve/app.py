@@ -27,13 +27,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vrp.clean import check_text
-from vrp.decoding import PRESETS
 from vrp.errors import ConfigError, VrpError
 from vrp.options import SEED_MAX
-from vrp.predict import prompt_settings
+from vrp.presets import PRESETS, check_rerank
 from vrp.prompt_format import resolve_prompt_config
 from vrp.prompts import PromptConfig
-from vrp.rerank import check_rerank
+from vrp.rundir import prompt_settings
 from vrp.serve.config import ServeConfig
 from vrp.serve.guard import Guard, error_response, repeated_json_keys
 from vrp.serve.uploads import plain_message
@@ -136,7 +135,7 @@ def default_comments(preset: str, default: int) -> int:
 
 
 def _rerank_problem(rerank: int, num_comments: int, preset: str) -> str | None:
-    """Why `rerank` cannot be served with these fields (`vrp.rerank.check_rerank`), or None."""
+    """Why `rerank` cannot be served with these fields (`vrp.presets.check_rerank`), or None."""
     try:
         check_rerank(rerank, num_comments, [preset])
     except ConfigError as e:
@@ -248,7 +247,7 @@ def create_app(settings: ServeConfig, loaded: tuple[Any, Any, dict[str, Any]], p
                generate_fn: GenerateFn | None = None, tiers: bool = False) -> FastAPI:
     """Build the app around an already loaded `(model, tokenizer, info)`; `info` as from `load_for_inference`
     (`model`, `adapter` (path or None), `precision`). `prompt`: how prompts are built (the run's settings, see
-    `vrp.predict.prompt_settings`; default: those without a run). `generate_fn` replaces
+    `vrp.rundir.prompt_settings`; default: those without a run). `generate_fn` replaces
     `rerank.comments_for_prompt` (tests; it gets `no_video_ids` / `rerank` keywords only for `cad` / reranking).
     `tiers`: the model was trained with like tiers (`vrp.tiers.run_tier_source`), so requests may ask for a tier;
     otherwise only tier `any` is accepted (422). The page and its assets are read once here, from the installed

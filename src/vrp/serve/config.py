@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, PRESETS
 from vrp.errors import ConfigError
+from vrp.generate.config import PROMPT_BUDGET_HELP, GenerateConfig
 from vrp.limits import BODY_MB, COMMENTS, NEW_TOKENS, PROMPT_TOKENS, QUEUE, RERANK, THREADS, TITLE_CHARS
-from vrp.model import PRECISIONS
 from vrp.options import check_choice, check_positive, check_range, coerce_fields, option, option_like
-from vrp.predict import PROMPT_BUDGET_HELP, GenerateConfig
+from vrp.precision import PRECISIONS
+from vrp.presets import DEFAULT_PRESET, MAX_NEW_TOKENS, PRESETS
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

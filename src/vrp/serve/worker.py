@@ -29,9 +29,11 @@ from typing import Any, Awaitable, Callable
 
 from vrp import clean
 from vrp.decoding import GeneratedComment
+from vrp.embeddings import load_embedder
 from vrp.errors import VrpError
+from vrp.presets import DEFAULT_RERANK_LAMBDA, needs_no_video_prompt
 from vrp.prompts import PromptConfig, build_prompt_ids, no_video_prompt_ids
-from vrp.rerank import DEFAULT_RERANK_LAMBDA, comments_for_prompt, needs_no_video_prompt
+from vrp.rerank import comments_for_prompt
 from vrp.tiers import prompt_with_tier
 from vrp.transcripts import SUPPORTED_SUFFIXES as UPLOAD_SUFFIXES  # the caption formats an upload may have
 from vrp.transcripts import parse_transcript_bytes, segments_to_text
@@ -268,8 +270,6 @@ class GenerationWorker:
             extra["no_video_ids"] = prompt_with_tier(tok, no_video_prompt_ids(tok, cfg), job.tier)
         if job.rerank:
             if self._embedder is None:
-                from vrp.evaluate.embed import load_embedder
-
                 self._embedder = load_embedder()
             extra.update(rerank=job.rerank, rerank_lambda=self.rerank_lambda, embedder=self._embedder)
         try:

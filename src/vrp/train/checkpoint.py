@@ -26,8 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vrp.errors import ConfigError, VrpError
-from vrp.model import first_line
+from vrp.errors import ConfigError, VrpError, first_line
 from vrp.rundir import RunDir, check_adapter
 
 

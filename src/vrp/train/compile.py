@@ -4,7 +4,7 @@ Knows: that the decoder layers are the repeated blocks of the decoder (`decoder.
 `vrp.loss.decoder_and_head`); that compiling each with `dynamic=True` makes one graph serve every row length, so rows
 need no bucketing to repeat shapes (checked: lengths 100, 120, 140 ran without recompiling) and dynamo reuses the
 compiled code for all layers (same class, the weights are graph inputs); that `vrp.attention`'s causal-prefix search
-runs eagerly (one graph break per layer); that LoRA dropout (`vrp.train.lean.DropoutLinear`: a seed drawn with
+runs eagerly (one graph break per layer); that LoRA dropout (`vrp.lean.DropoutLinear`: a seed drawn with
 `.item()` and a `torch.Generator` per call) breaks the graph around every LoRA layer, so compilation pays with
 `lora_dropout` 0 only.
 Measured (SmolLM2-135M, 4 shared-prefix rows x 1,103 tokens, bf16 autocast, lora_dropout 0, 1 CPU thread): 13.6 s
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from vrp.errors import ConfigError, VrpError, first_line
+from vrp.loss import decoder_and_head
+
 
 def compile_decoder_layers(model: Any) -> int:
     """Compile every decoder layer of `model` in place (`nn.Module.compile(dynamic=True)`); returns how many.
     Raises VrpError when the model is not a causal LM (`decoder_and_head`) or its decoder has no `layers`."""
-    from vrp.errors import VrpError
-    from vrp.loss import decoder_and_head
 
     decoder, _ = decoder_and_head(model)
     layers = getattr(decoder, "layers", None)
@@ -45,9 +46,6 @@ def check_compiler(device: str) -> None:
 
     import torch
     from torch._inductor import config as inductor_config
-
-    from vrp.errors import ConfigError
-    from vrp.model import first_line
 
     scale = 1.0 + secrets.randbelow(10 ** 6) / 10 ** 7
     # a new code object with the constant as a literal: dynamo traces it afresh and inductor generates new source

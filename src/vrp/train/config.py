@@ -13,13 +13,13 @@ from typing import Any
 from vrp.errors import ConfigError
 from vrp.limits import ROWS, STEPS, TOKENS
 from vrp.lora import LoraSettings
-from vrp.model import PRECISIONS, QUANTIZATIONS
 from vrp.options import check_choice, check_positive, check_range, coerce_fields, option, option_like
+from vrp.precision import PRECISIONS, QUANTIZATIONS
+from vrp.procmem import check_budget
 from vrp.prompt_format import PROMPT_FORMAT_HELP
 from vrp.prompts import PromptConfig
 from vrp.tiers import TIER_SOURCES
 from vrp.train.launch import STRATEGIES, resolve_strategy
-from vrp.train.memory import check_budget
 from vrp.train.optim import OPTIMIZERS
 
 # transformers.get_scheduler names that need no extra arguments (reduce_lr_on_plateau needs a metric per step,

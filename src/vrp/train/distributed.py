@@ -46,14 +46,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from vrp.errors import ConfigError, VrpError
+from vrp.loss import loss_sum
 from vrp.train.launch import detect_launch, resolve_strategy
 
 
 def _loss_module(model: Any) -> Any:
     """`LossModule(model)`: a torch module whose forward(batch) is `vrp.loss.loss_sum(model, batch)`."""
     import torch
-
-    from vrp.loss import loss_sum
 
     class LossModule(torch.nn.Module):
         """The completion-only loss as a module, so that DDP / FSDP hooks see the whole forward."""
@@ -140,7 +139,6 @@ class Dist:
         """`vrp.loss.loss_sum(model, batch)`, through the DDP / FSDP module when there is one."""
         if self.engine is not None:
             return self.engine(batch)
-        from vrp.loss import loss_sum
 
         return loss_sum(model, batch)
 

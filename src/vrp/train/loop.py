@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vrp.artifacts import DatasetDir
+from vrp.charts import loss_curve
 from vrp.errors import VrpError
-from vrp.model import autocast_ctx
+from vrp.packing import collate, micro_batches
+from vrp.precision import autocast_ctx
 from vrp.procmem import release_freed_memory
 from vrp.rundir import RunDir
 from vrp.train.checkpoint import advance, keep_best, save_checkpoint
@@ -37,7 +39,7 @@ from vrp.train.config import TrainConfig
 from vrp.train.distributed import Discard
 from vrp.train.memory import check_peak, out_of_memory_as_config_error, peak_memory, trim_after_step
 from vrp.train.probes import curve_summary, validate, validation_scalars
-from vrp.train.setup import TrainSetup, TrainState, micro_batches, setup, starting_state
+from vrp.train.setup import TrainSetup, TrainState, setup, starting_state
 from vrp.train.validate import evaluate_nll
 
 __all__ = ["TrainConfig", "train", "fit", "finish", "epoch_order", "evaluate_nll"]
@@ -66,8 +68,6 @@ def _step(s: TrainSetup, micro: list[list[Any]], state: TrainState) -> dict[str,
     In a launched run each process takes its share of `micro` and the counts are summed over all processes
     (`vrp.train.distributed.Dist.share`, `grad_scale`), so the step is that of one process."""
     import torch
-
-    from vrp.packing import collate
 
     cfg, prec, d = s.cfg, s.prec, s.dist
     if s.memory is not None:  # `max_memory`: each micro-batch cut into micro-batches of the planned rows
@@ -173,7 +173,6 @@ def fit(s: TrainSetup, state: TrainState, on_step: Callable[[int], None] | None 
 def finish(s: TrainSetup, state: TrainState) -> dict[str, Any]:
     """Save the last step's adapter (with the tokenizer) as `adapter/` (the best one stays in its checkpoint),
     `metrics.json`, `loss.png` and `curve.png`; return the metrics."""
-    from vrp.charts import loss_curve
 
     view = s.dist.adapter_view(s.model)  # every process: FSDP gathers the LoRA weights; rank 0 writes
     history, base_val, secs = state.history, state.base_val, state.train_seconds

@@ -38,15 +38,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from vrp.errors import ConfigError
+from vrp.loss import loss_sum
+from vrp.packing import collate
+from vrp.precision import autocast_ctx
 from vrp.procmem import (
     available_ram_bytes,
+    check_budget,
+    fmt_bytes,
+    parse_size,
     peak_rss_bytes,
     release_freed_memory,
     resident_bytes,
@@ -59,47 +64,6 @@ ROW_FACTOR = 1.1
 HEAP_SLACK_ROWS = 2.8
 HEAP_SLACK_ROWS_CHECKPOINTED = 5.5  # row costs of heap slack with gradient checkpointing (module docstring)
 TRIM_EVERY = 8
-UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
-         "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes of a size such as `8GB`, `7.5 GiB`, `512mb` or `100B` (units: `UNITS`, case-insensitive, required).
-    Raises ValueError for a number without a unit, anything else, or a size below 1 byte."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if m and not m[2]:
-        raise ValueError(f"needs a unit, e.g. 512MB or 8GB, got {str(text).strip()!r}")
-    if not m or m[2].lower() not in UNITS:
-        raise ValueError(f"not a size: {text!r} (write e.g. 8GB, 6GiB, 512MB or auto)")
-    value = float(m[1]) * UNITS[m[2].lower()]
-    if not value < 2 ** 63:  # also inf, from a number of hundreds of digits
-        raise ValueError(f"not a size: {str(text).strip()[:40]!r} is too large")
-    n = int(value)
-    if n < 1:
-        raise ValueError(f"not a size: {text!r} (must be at least 1 byte)")
-    return n
-
-
-def check_budget(spec: str) -> None:
-    """Raise ConfigError('max_memory') unless `spec` is '' (no budget), `auto` or a size (`parse_size`)."""
-    if spec in ("", "auto"):
-        return
-    try:
-        parse_size(spec)
-    except ValueError as e:
-        raise ConfigError("max_memory", str(e)) from None
-
-
-def fmt_bytes(n: float) -> str:
-    """`n` bytes as GB with two decimals below 10 GB (`3.42 GB`), else one (`11.7 GB`); MB below 1 GB, kB below
-    1 MB (`1 kB`, not `0 MB`)."""
-    if abs(n) < 1e6:
-        return f"{n / 1e3:.0f} kB"
-    if abs(n) < 1e9:
-        return f"{n / 1e6:.0f} MB"
-    return f"{n / 1e9:.2f} GB" if abs(n) < 1e10 else f"{n / 1e9:.1f} GB"
-
-
 def in_use_bytes(device: str) -> int:
     """What this process holds now: the resident set on a CPU, torch's allocated bytes on CUDA."""
     if device == "cuda":
@@ -210,10 +174,6 @@ def measure_row_bytes(model: Any, row: Any, pad_id: int, packing: str, prec: Any
     `ROW_FACTOR`. Runs in train mode under the run's autocast; the RNG state is restored and the gradients are
     dropped afterwards, so the run that follows is the same as without the measurement."""
     import torch
-
-    from vrp.loss import loss_sum
-    from vrp.model import autocast_ctx
-    from vrp.packing import collate
 
     batch = {k: v.to(prec.device) if hasattr(v, "to") else v for k, v in collate([row], pad_id, packing).items()}
     was_training = model.training

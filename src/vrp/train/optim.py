@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from vrp.errors import ConfigError
+from vrp.quant import INSTALL_HINT, import_bitsandbytes
 
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit")
 # what a paged optimizer becomes without CUDA
@@ -34,8 +35,6 @@ def resolve_optimizer(name: str, device: str) -> tuple[str, str | None]:
         notice = (f"notice: optimizer {name} pages its state between GPU and CPU memory, which needs CUDA; this "
                   f"{device} run uses {used} (the same update, state in CPU memory)")
     if used != "adamw":
-        from vrp.quant import INSTALL_HINT, import_bitsandbytes
-
         if import_bitsandbytes() is None:
             raise ConfigError("optimizer", f"{used} needs the bitsandbytes package: {INSTALL_HINT}; or use adamw")
     return used, notice
@@ -57,7 +56,6 @@ def build_optimizer(model: Any, name: str, device: str, lr: float, weight_decay:
         # CPU thread); plain fp32 tensors only (FSDP's sharded DTensor parameters keep the default implementation)
         fused = all(type(p.data) is torch.Tensor and p.dtype == torch.float32 for p in params)
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-    from vrp.quant import import_bitsandbytes
 
     bnb = import_bitsandbytes()
     cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,

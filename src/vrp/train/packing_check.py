@@ -27,6 +27,10 @@ from __future__ import annotations
 from typing import Any
 
 from vrp.errors import VrpError
+from vrp.layer_masks import shared_prefix_problem
+from vrp.loss import decoder_and_head, target_logprobs
+from vrp.packing import Row, collate
+from vrp.precision import autocast_ctx
 
 CHECK_ROWS = 2
 CHECK_COMMENTS = 4
@@ -37,8 +41,6 @@ def validation_packing(model: Any, packing: str) -> str:
     """The packing of a run's validation rows: 'shared_prefix' when vrp can mask the model exactly
     (`vrp.layer_masks.shared_prefix_problem`), else 'none'. Raises VrpError with the problem when the run itself is
     to be trained with `packing` 'shared_prefix' on such a model."""
-    from vrp.layer_masks import shared_prefix_problem
-    from vrp.loss import decoder_and_head
 
     problem = shared_prefix_problem(decoder_and_head(model)[0])
     if problem is not None and packing == "shared_prefix":
@@ -49,7 +51,6 @@ def validation_packing(model: Any, packing: str) -> str:
 def check_rows(rows: list[Any]) -> list[Any]:
     """The rows the check scores: the `CHECK_ROWS` rows with the most comments (then the most tokens, then the
     first), each cut to its first `CHECK_COMMENTS` comments (`vrp.packing.Row`s, new objects)."""
-    from vrp.packing import Row
 
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].completions), -rows[i].num_tokens, i))
     out = []
@@ -64,16 +65,12 @@ def packing_check(model: Any, rows: list[Any], pad_id: int, prec: Any) -> dict[s
     """Compare per-token log-probs (nats) of the comments of `check_rows(rows)` packed vs per example.
 
     model: the causal LM (PEFT-wrapped or not); rows: shared-prefix rows (`vrp.packing.make_rows`); prec: the run's
-    `vrp.model.Precision` (autocast). Returns `{max_abs_diff, mean_abs_diff, tolerance, precision, dtype, n_tokens,
+    `vrp.precision.Precision` (autocast). Returns `{max_abs_diff, mean_abs_diff, tolerance, precision, dtype, n_tokens,
     n_comments}` (differences in nats; dtype: the compute dtype that picks the tolerance).
     Raises VrpError naming the model type, the difference and the tolerance when they disagree. The model's
     train/eval mode is restored afterwards.
     """
     import torch
-
-    from vrp.loss import decoder_and_head, target_logprobs
-    from vrp.model import autocast_ctx
-    from vrp.packing import Row, collate
 
     picked = check_rows(rows)
     decoder, _ = decoder_and_head(model)

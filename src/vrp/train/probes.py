@@ -39,7 +39,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from vrp.decoding import MAX_NEW_TOKENS
+from vrp.charts import learning_curve
+from vrp.decoding import generate_comments
+from vrp.precision import autocast_ctx
+from vrp.presets import DEFAULT_PRESET, MAX_NEW_TOKENS
+from vrp.prompts import build_completion_ids, no_video_prompt_ids, video_prompt_ids
+from vrp.scoring import score_candidates
+from vrp.train.validate import evaluate_nll
 
 MAX_CANDIDATES = 50
 GENERATE_MAX_NEW_TOKENS = MAX_NEW_TOKENS  # the generation budget of the finished-rate probe (tests shorten it)
@@ -99,7 +105,6 @@ class ProbeSet:
                 "random_recall_at_10": statistics.fmean(rec) if rec else None,
                 "pmi_lambda": PMI_LAMBDA, "generation_seed": self.seed}
 
-
     def recall_defined(self) -> bool:
         """Whether Recall@10 measures the ranking: every ranked video (one with distractors) has more than
         `RECALL_K` candidates (its real comment + distractors); with fewer the rank is <= 10 whatever the scores."""
@@ -116,7 +121,6 @@ def build_probe_set(tokenizer: Any, val_videos: Sequence[Any], train_videos: Seq
 
     pcfg: the run's `PromptConfig`; seed: the generation seed. Candidates as in the module doc. Raises VrpError from
     `prompts` for a prompt that does not fit (not after `setup`, which encoded the same videos)."""
-    from vrp.prompts import build_completion_ids, no_video_prompt_ids, video_prompt_ids
 
     subset = list(val_videos[:n_videos])
     if not subset:
@@ -183,7 +187,6 @@ def rank_stats(gold: float, others: Sequence[float], k: int = RECALL_K) -> tuple
 
 def _score(model: Any, prompt: list[int], cands: Sequence[list[int]]) -> dict[tuple[int, ...], tuple[float, int]]:
     """`(sum log-prob in nats, tokens)` of each distinct candidate given `prompt`."""
-    from vrp.scoring import score_candidates
 
     todo = list(dict.fromkeys(tuple(c) for c in cands))
     row = len(prompt) + max(512, max(len(c) for c in todo))
@@ -206,11 +209,8 @@ def _ranking(real: Sequence[float], dis: Sequence[float]) -> tuple[float, float]
 
 def run_probes(model: Any, tokenizer: Any, probes: ProbeSet, prec: Any) -> dict[str, Any]:
     """The probe metrics of `model` (keys and definitions in the module doc; None where a metric needs more videos or
-    candidates than the probe has). prec: the run's `vrp.model.Precision` (its autocast is used)."""
+    candidates than the probe has). prec: the run's `vrp.precision.Precision` (its autocast is used)."""
     import torch
-
-    from vrp.decoding import DEFAULT_PRESET, generate_comments
-    from vrp.model import autocast_ctx
 
     was_training = model.training
     model.eval()
@@ -263,7 +263,6 @@ def validate(s: Any, progress: bool = False) -> tuple[dict[str, float], dict[str
     """Validate the model of the run setup `s` (`vrp.train.setup.TrainSetup`): `(evaluate_nll's {nll, perplexity,
     tokens} over all validation rows, the `val_*` fields of a metrics.jsonl row)`: `val_nll`, `val_nll_seconds`,
     and with a probe set (`s.probes`) the probe metrics and seconds of `run_probes`."""
-    from vrp.train.validate import evaluate_nll
 
     t0 = time.perf_counter()
     dist = getattr(s, "dist", None)  # a launched run: every process scores its share of the validation rows
@@ -281,7 +280,6 @@ def curve_summary(s: Any, state: Any) -> dict[str, Any]:
     validation rows of `state.history` (against comments seen): `best_step`, `best_val_nll`, `best_checkpoint` (the
     path relative to the run dir, None without validation), `final_validation` (the `val_*` fields of the last
     validation row) and `curve` (`ProbeSet.describe`, None without probes)."""
-    from vrp.charts import learning_curve
 
     rows = [h for h in state.history if h.get("val_nll") is not None]
     best = getattr(state, "best", None) or {}

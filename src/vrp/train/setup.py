@@ -17,16 +17,33 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from vrp.adapter import attach_lora
 from vrp.artifacts import DatasetDir
 from vrp.errors import ConfigError, VrpError
+from vrp.model import check_context, load_base_model
+from vrp.options import build_config
+from vrp.packing import make_rows, micro_batches
+from vrp.precision import resolve_precision
+from vrp.prompt_format import resolve_prompt_config
+from vrp.prompts import encode_videos
 from vrp.rundir import RunDir
+from vrp.tiers import dataset_format, encode_tiered_video, longest_marker, resolve_tier_source
+from vrp.train.checkpoint import (
+    data_position,
+    keep_best,
+    load_checkpoint,
+    position_of,
+    resume_checkpoint,
+    resumed_best,
+    steps_until,
+)
+from vrp.train.compile import check_compiler, compile_decoder_layers
 from vrp.train.config import PATH_OPTIONS, TrainConfig, resolve_path_option
-from vrp.train.distributed import Dist
-
-
-def micro_batches(rows: list[Any], batch_size: int) -> list[list[Any]]:
-    """`rows` cut into consecutive micro-batches of `batch_size` (the last may be shorter)."""
-    return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+from vrp.train.distributed import Dist, start
+from vrp.train.memory import plan_memory
+from vrp.train.optim import build_optimizer, resolve_optimizer
+from vrp.train.packing_check import packing_check, validation_packing
+from vrp.train.probes import build_probe_set, validate
 
 
 @dataclass
@@ -76,7 +93,6 @@ class TrainState:
     def checkpoint_fields(self, data_sha: str, batch_size: int) -> dict[str, Any]:
         """What a checkpoint's state.json holds besides its step (`data_position`: `epoch` and `micro_batch`, the
         micro-batches of `batch_size` rows of that epoch's order trained, `vrp.train.checkpoint.data_position`)."""
-        from vrp.train.checkpoint import data_position
 
         return {"comments_seen": self.comments_seen, "tokens_seen": self.tokens_seen, "data_sha256": data_sha,
                 "train_seconds": self.train_seconds, "base_val": self.base_val, "history": self.history,
@@ -86,7 +102,6 @@ class TrainState:
 def _optimizer(model: Any, cfg: TrainConfig, prec: Any, notify: bool = True) -> Any:
     """The run's optimizer (`vrp.train.optim.build_optimizer`: a paged one becomes its CPU equivalent on a CPU,
     with a notice when `notify`)."""
-    from vrp.train.optim import build_optimizer
 
     return build_optimizer(model, cfg.optimizer, prec.device, cfg.learning_rate, cfg.weight_decay, notify)
 
@@ -114,7 +129,6 @@ def _check_resumed_total(cfg: TrainConfig, run: RunDir) -> None:
     """Raise ConfigError('max_steps' / 'epochs') when a resume changes the run's length while its learning-rate
     schedule depends on it: the schedule was fixed for the old total, so the resumed steps would follow neither the old
     nor a fresh run's schedule."""
-    from vrp.options import build_config
 
     old = build_config(TrainConfig, run.config(), {}, where=str(run.config_path))
     field = ("max_steps" if old.max_steps != cfg.max_steps
@@ -137,7 +151,6 @@ def _check_run(cfg: TrainConfig, run: RunDir, data: DatasetDir, resume: bool, ov
     data_sha = data.fingerprint()
     if not resume:
         return data_sha, None
-    from vrp.train.checkpoint import resume_checkpoint
 
     ckpt, skipped = resume_checkpoint(run)
     for problem in skipped:  # a damaged newer checkpoint: said, and passed over for the newest sound one
@@ -177,25 +190,11 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     import torch
     from transformers import get_scheduler
 
-    from vrp.lora import attach_lora
-    from vrp.model import check_context, load_base_model, resolve_precision
-    from vrp.packing import make_rows
-    from vrp.prompt_format import resolve_prompt_config
-    from vrp.prompts import encode_videos
-    from vrp.tiers import encode_tiered_video, longest_marker
-    from vrp.train.checkpoint import position_of, steps_until
-    from vrp.train.distributed import start
-    from vrp.train.memory import plan_memory
-    from vrp.train.optim import resolve_optimizer
-    from vrp.train.packing_check import packing_check, validation_packing
-    from vrp.train.probes import build_probe_set
-
     cfg = replace(cfg, **{k: resolve_path_option(getattr(cfg, k)) for k in PATH_OPTIONS})
     if not data.train_path.is_file():
         data.train_videos()  # raises ConfigError('data') naming the missing file
     prec = resolve_precision(cfg.precision, cfg.quantization, cfg.device)
     if cfg.compile_layers:  # an optional capability: checked before the model is loaded and anything is written
-        from vrp.train.compile import check_compiler
 
         check_compiler(prec.device)
     resolve_optimizer(cfg.optimizer, prec.device)  # a missing bitsandbytes is named before anything is loaded
@@ -206,7 +205,6 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     data_sha, saved = dist.main_only(_check_run, cfg, run, data, resume, overwrite, _inputs(cfg, data))
     train_videos, val_videos = _read_data(cfg, data)
     if cfg.tiers:  # checked before anything is loaded or written; config.yaml records the resolved source
-        from vrp.tiers import dataset_format, resolve_tier_source
 
         cfg = replace(cfg, tier_source=resolve_tier_source(cfg.tier_source, train_videos, dataset_format(data)))
     torch.manual_seed(cfg.seed)
@@ -248,7 +246,6 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     # measured on the whole model before DDP / FSDP wrap it (its forward + backward would bypass their hooks)
     plan = plan_memory(model, rows, tok.pad_token_id, cfg, prec) if cfg.max_memory else None
     if cfg.compile_layers:  # after the memory probe, which should not pay for the compilation
-        from vrp.train.compile import compile_decoder_layers
 
         compile_decoder_layers(model)
     dist.seed_rank(cfg.seed)
@@ -269,8 +266,6 @@ def starting_state(s: TrainSetup, resume: bool, progress: bool) -> TrainState:
     restored, and the best validation so far, `vrp.train.checkpoint.resumed_best`), else step 0 with the base model's
     validation row (NLL and learning-curve probes, `vrp.train.probes.validate`) when there are validation rows, which
     is also the first best checkpoint."""
-    from vrp.train.checkpoint import keep_best, load_checkpoint, position_of, resume_checkpoint, resumed_best
-    from vrp.train.probes import validate
 
     ckpt, skipped = s.dist.main_only(resume_checkpoint, s.run) if resume else (None, [])
     if resume and s.dist.is_main:  # say where a resumed run continues from

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from vrp.model import autocast_ctx
-from vrp.train.setup import micro_batches
+from vrp.loss import loss_sum
+from vrp.packing import collate, micro_batches
+from vrp.precision import autocast_ctx
 
 
 def evaluate_nll(model: Any, rows: list[Any], pad_id: int, prec: Any, batch_size: int = 4,
@@ -27,9 +28,6 @@ def evaluate_nll(model: Any, rows: list[Any], pad_id: int, prec: Any, batch_size
     not counted) and the summed NLL and token counts are all-reduced, so the result is that of one process."""
     import torch
     from tqdm.auto import tqdm
-
-    from vrp.loss import loss_sum
-    from vrp.packing import collate
 
     batches = micro_batches(rows, batch_size)
     mine, calls = dist.share(batches) if dist is not None else (batches, len(batches))

@@ -1,31 +1,27 @@
-"""Import video/comment data from the supported sources, group rows into videos and split by video.
+"""Video/comment data from the supported sources, read into `Video` records: rows grouped into videos.
 
 Knows: the original project's seed xlsx (`comments`, `titles`, `text`, `length`: LLaMA-2 `[INST]` strings, the rows
 of one video adjacent with equal prompts up to a truncated tail), a test xlsx with only `text` (no comments),
 user tables (CSV, JSONL, Parquet, xlsx) with `title`, `transcript`, `comment` and optional `video_id`, `like_count`,
-and collect dirs written by `vrp collect` (via `vrp.collect.videos`); the options of `vrp prepare` (`PrepareConfig`)
-and the manifest. Table cells are read as text exactly as written, in every format (`007`, `1.10`, `1e5`, `NA`
+and collect dirs written by `vrp collect` (via `vrp.collected`). Table cells are read as text exactly as written, in every format (`007`, `1.10`, `1e5`, `NA`
 stay what they are; reading and shape checks live in `vrp.tables`), CSV/JSONL bytes in any encoding `vrp.charsets`
 reads, and like counts by the one parser `likes.parse_like_count` (strict: a value that is not a count is an error
-naming file, row and value). Writes a dataset directory through `vrp.artifacts.DatasetDir`.
-Does not know: tokens or models.
+naming file, row and value).
+Does not know: tokens or models, the split or the dataset dir (`vrp.prepare`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vrp import clean, likes
 from vrp.artifacts import CollectDir, DatasetDir
-from vrp.errors import ConfigError, VrpError
-from vrp.io import sha256_file
-from vrp.options import coerce_fields, option
+from vrp.collected import load_collect_dir
+from vrp.errors import VrpError
 from vrp.records import Comment, Video, read_videos
 from vrp.tables import TABLE_EXTS, read_jsonl_table  # noqa: F401  (read_jsonl_table: part of this module's API)
 from vrp.tables import cell as _cell
@@ -190,7 +186,6 @@ def load_source(path: str | Path, require_comments: bool = True) -> tuple[list[V
             if data.train_path.is_file():
                 return data.train_videos() + data.validation_videos(), {"format": "prepared dataset dir"}
             raise VrpError(f"{path}: directory has no videos.jsonl (collect dir) or train.jsonl (dataset dir)")
-        from vrp.collect.videos import load_collect_dir
 
         videos, cstats = load_collect_dir(path)
         stats.update({k: v for k, v in cstats.items() if isinstance(v, int)})
@@ -231,76 +226,3 @@ def _looks_like_videos(path: Path) -> bool:
     except (ValueError, RecursionError):  # JSONDecodeError, too deep, too long a number
         return '"video_id"' in first and '"comments"' in first  # a broken first line: let read_videos name it
     return isinstance(obj, dict) and "video_id" in obj and "transcript" in obj and "comment" not in obj
-
-
-@dataclass
-class PrepareConfig:
-    """Options of `vrp prepare`; the field docs are its `--help`."""
-
-    val_fraction: float = option("share of videos in validation.jsonl", 0.1)
-    seed: int = option("seed of the split", 0)
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
-
-
-def split_videos(videos: list[Video], val_fraction: float, seed: int) -> tuple[list[Video], list[Video]]:
-    """Split by video (never one video in both): shuffle with `random.Random(seed)`, the first
-    round(n * val_fraction) (at least 1 when val_fraction > 0 and n >= 2) go to validation."""
-    if not 0 <= val_fraction < 1:
-        raise ConfigError("val_fraction", f"must be in [0, 1), got {val_fraction}")
-    order = list(range(len(videos)))
-    random.Random(seed).shuffle(order)
-    n_val = round(len(videos) * val_fraction)
-    if val_fraction > 0 and len(videos) >= 2:
-        n_val = max(1, min(n_val, len(videos) - 1))
-    val_idx = set(order[:n_val])
-    return ([v for i, v in enumerate(videos) if i not in val_idx], [v for i, v in enumerate(videos) if i in val_idx])
-
-
-def _source_sha256(source: Path) -> str:
-    """sha256 of a source file, of a collect dir's videos.jsonl, or a dataset dir's fingerprint."""
-    if source.is_file():
-        return sha256_file(source)
-    if CollectDir(source).exists():
-        return sha256_file(CollectDir(source).videos_path)
-    return DatasetDir(source).fingerprint()
-
-
-def prepare(source: str | Path, out: str | Path, config: PrepareConfig | None = None, overwrite: bool = False,
-            **options: Any) -> dict[str, Any]:
-    """Import `source`, split by video (`config`, or `PrepareConfig(**options)`) and write the dataset dir `out`
-    (`train.jsonl`, `validation.jsonl`, `manifest.json`; see `vrp.artifacts.DatasetDir.write`).
-
-    Returns the manifest. Refuses a non-empty `out` unless `overwrite`, an `out` that is a file, and an `out` that
-    another command is writing (ConfigError 'out', `vrp.locks`). The files appear together; a failure leaves `out`
-    as it was.
-    """
-    config = config or PrepareConfig(**options)  # checked before the source is read
-    source, dataset = Path(source), DatasetDir(out)
-    with dataset.lock("vrp prepare"):  # one writer per dir (`vrp.locks`)
-        return _prepare(source, dataset, config, overwrite)
-
-
-def _prepare(source: Path, dataset: DatasetDir, config: PrepareConfig, overwrite: bool) -> dict[str, Any]:
-    dataset.check_new(overwrite)
-    videos, stats = load_source(source)
-    seen: set[str] = set()
-    for v in videos:
-        if v.video_id in seen:
-            raise VrpError(f"{source}: duplicate video_id {v.video_id!r}")
-        seen.add(v.video_id)
-    train, val = split_videos(videos, config.val_fraction, config.seed)
-    manifest = {
-        "source": str(source.resolve()),
-        "source_sha256": _source_sha256(source),
-        "format": stats.pop("format"),
-        "val_fraction": config.val_fraction, "seed": config.seed,
-        "videos": {"train": len(train), "validation": len(val), "total": len(videos)},
-        "comments": {"train": sum(len(v.comments) for v in train), "validation": sum(len(v.comments) for v in val)},
-        "stats": stats,
-    }
-    dataset.write(train, val, manifest)
-    return manifest

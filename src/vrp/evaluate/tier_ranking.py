@@ -27,10 +27,30 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vrp.clean import is_pictographic
+from vrp.embeddings import embed_videos
 from vrp.errors import ConfigError
 from vrp.evaluate import metrics as M
+from vrp.evaluate.candidates import frequent_comments
+from vrp.evaluate.run import generation_metrics, shared_prompt_settings
+from vrp.generate.run import predict
+from vrp.model import load_for_inference
+from vrp.precision import autocast_ctx, resolve_precision
+from vrp.prompt_format import resolve_prompt_config
+from vrp.prompts import build_completion_ids, video_prompt_ids
 from vrp.records import Video
-from vrp.tiers import LABELS, MARKERS, TIERS, comment_tiers, dataset_format, resolve_tier_source, run_tier_source
+from vrp.rundir import prompt_settings
+from vrp.scoring import score_packed
+from vrp.tiers import (
+    LABELS,
+    MARKERS,
+    TIERS,
+    comment_tiers,
+    dataset_format,
+    marker_ids,
+    resolve_tier_source,
+    run_tier_source,
+)
 
 VARIANTS = TIERS + ("any",)  # the markers each comment is scored under; "any" = no marker
 
@@ -46,10 +66,6 @@ def score_under_markers(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video]
     """
     import torch
     from tqdm.auto import tqdm
-
-    from vrp.prompts import build_completion_ids, video_prompt_ids
-    from vrp.scoring import score_packed
-    from vrp.tiers import marker_ids
 
     model.eval()
     markers = {t: marker_ids(tok, t) for t in VARIANTS}
@@ -126,8 +142,6 @@ def pairwise(records: Sequence[dict[str, Any]], marker: str = "top", seed: int =
 
 
 def _features(texts: Sequence[str], embedder: Any, generic_emb: np.ndarray | None) -> dict[str, np.ndarray]:
-    from vrp.clean import is_pictographic
-
     out = {"words": np.array([len(t.split()) for t in texts], dtype=float),
            "question": np.array([float("?" in t) for t in texts]),
            "emoji": np.array([float(any(is_pictographic(ch) for ch in t)) for t in texts])}
@@ -173,8 +187,7 @@ def real_comment_differences(videos: Sequence[Video], source: str, embedder: Any
 
 def generation_by_tier(loaded: tuple[Any, Any, dict[str, Any]], run: Any, videos: Sequence[Video], pcfg: Any,
                        cfg: Any, preset: str, progress: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """(c) Prediction rows (`vrp.predict.predict`) for `videos` with each tier's marker, one preset."""
-    from vrp.predict import predict
+    """(c) Prediction rows (`vrp.generate.run.predict`) for `videos` with each tier's marker, one preset."""
 
     return {t: predict(list(videos), replace(cfg.generate_config(preset), run=str(run.path), tier=t),
                        progress=progress, loaded=loaded, prompt=pcfg) for t in TIERS}
@@ -187,12 +200,6 @@ def evaluate_tiers(data: Any, models: Sequence[tuple[str, str | None, Any]], emb
     `(None, [])` when no run was trained with tiers. The base model (run None) is scored as the reference; runs
     without tiers are left out. Generation per tier uses the first preset of `cfg.presets` (none: skipped) on the
     first `cfg.max_gen_videos` videos. When the held-out videos have no tiers the section says why."""
-    from vrp.evaluate.candidates import frequent_comments
-    from vrp.evaluate.embed import embed_videos
-    from vrp.evaluate.run import generation_metrics, shared_prompt_settings
-    from vrp.model import autocast_ctx, load_for_inference, resolve_precision
-    from vrp.predict import prompt_settings
-    from vrp.prompt_format import resolve_prompt_config
 
     sources = {label: run_tier_source(run) for label, _, run in models if run is not None}
     tiered = [label for label, s in sources.items() if s]

@@ -1,7 +1,7 @@
 """Batch prediction: inputs -> prompts -> comments for each decoding preset -> CSV / XLSX / JSONL rows.
 
 Knows: the options of `vrp generate` (`GenerateConfig`: model or run, presets, counts and budgets), which inputs it
-accepts (dataset dirs and tables via `vrp.dataset`, transcript files via `vrp.transcripts`, or a title + transcript
+accepts (dataset dirs and tables via `vrp.prepare.run`, transcript files via `vrp.transcripts`, or a title + transcript
 string) and the output columns `video_id, title, model, adapter, preset, comment_index, comment, new_tokens, logprob,
 finished, prompt_tokens, seconds, tier` (the like tier asked for, `vrp.tiers`: `any` or, for a run trained with tiers,
 `top` / `typical` / `low`, whose marker opens the assistant turn before generation), and with `rerank` also `pmi`
@@ -12,83 +12,26 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vrp.artifacts import CollectDir, DatasetDir
-from vrp.decoding import DEFAULT_PRESET, MAX_NEW_TOKENS, get_preset
+from vrp.clean import check_text
+from vrp.embeddings import load_embedder
 from vrp.errors import ConfigError, VrpError
-from vrp.io import atomic_path
-from vrp.limits import COMMENTS, NEW_TOKENS, PROMPT_TOKENS, RERANK
-from vrp.model import PRECISIONS
-from vrp.options import check_choice, check_no_repeats, check_range, coerce_fields, option
-from vrp.prompts import PromptConfig
+from vrp.files import atomic_path
+from vrp.generate.config import TRANSCRIPT_EXTS, GenerateConfig
+from vrp.model import check_context, load_for_inference
+from vrp.presets import needs_no_video_prompt
+from vrp.prompt_format import resolve_prompt_config
+from vrp.prompts import PromptConfig, no_video_prompt_ids, video_prompt_ids
 from vrp.records import Video
-from vrp.rerank import DEFAULT_RERANK_LAMBDA, check_rerank
-from vrp.rundir import RunDir
-from vrp.tiers import TIER_CHOICES, check_tier, marker_ids, run_tier_source
-from vrp.transcripts import SUPPORTED_SUFFIXES
-
-TRANSCRIPT_EXTS = SUPPORTED_SUFFIXES  # caption files `--input` accepts
-PROMPT_BUDGET_HELP = (f"prompt token budget; the transcript is cut to fit (None: the run's, else "
-                      f"{PromptConfig.max_prompt_tokens})")
-
-
-@dataclass
-class GenerateConfig:
-    """Options of `vrp generate` (and of the generation step of `vrp evaluate`); the field docs are the `--help`."""
-
-    model: str | None = option("base model (smollm2-135m, .gguf, HF dir or id); overrides the run's", None)
-    run: str | None = option("run dir from `vrp train` (its base model + adapter)", None)
-    checkpoint: str | None = option("use a checkpoint of the run instead of RUN/adapter (the last step's): "
-                                    "step-000050, latest or best (the lowest validation NLL)", None)
-    preset: str = option("decoding preset, or several separated by commas", DEFAULT_PRESET)
-    num_comments: int = option("comments per video (greedy always gives one)", 1, limit=COMMENTS)
-    max_new_tokens: int = option("new tokens per comment at most", MAX_NEW_TOKENS, limit=NEW_TOKENS)
-    max_prompt_tokens: int | None = option(PROMPT_BUDGET_HELP, None, limit=PROMPT_TOKENS)
-    seed: int = option("sampling seed", 0)
-    precision: str = option("auto, bf16 or fp32", "auto")
-    tier: str = option("like tier of the comments for a run trained with tiers: top (the top comment), typical, low "
-                       "(an ignored comment) or any (no marker: any comment, the only choice for an untiered model)",
-                       "any")
-    rerank: int = option("sample this many comments per video and preset, and keep the best `num_comments` by "
-                         "PMI with the video, near-duplicates dropped (maximum mutual information reranking; 0 = off)",
-                         0, limit=RERANK)
-    rerank_lambda: float = option("weight of the no-video log-likelihood in the reranking score (mean log p(comment | "
-                                  "video) - lambda * mean log p(comment | no video))", DEFAULT_RERANK_LAMBDA)
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        check_choice(self, "tier", TIER_CHOICES)
-        if not self.presets():
-            raise ConfigError("preset", f"no preset named in {self.preset!r}")
-        for name in self.presets():
-            get_preset(name)  # ConfigError('preset') naming the valid ones
-        check_no_repeats(self, "preset", self.presets())
-        check_range(self, "num_comments", "max_new_tokens", low=1)
-        check_range(self, "max_prompt_tokens", low=PROMPT_TOKENS.low)  # as `PromptConfig` checks it
-        check_choice(self, "precision", PRECISIONS)
-        if self.checkpoint and not self.run:
-            raise ConfigError("checkpoint", "needs a `run` (it names a checkpoint of that run)")
-        check_rerank(self.rerank, self.num_comments, self.presets())
-        if not self.rerank_lambda >= 0:
-            raise ConfigError("rerank_lambda", f"must be >= 0, got {self.rerank_lambda}")
-
-    def presets(self) -> list[str]:
-        """The preset names of `preset` (comma-separated), in order."""
-        return [x.strip() for x in self.preset.split(",") if x.strip()]
-
-
-def prompt_settings(run: RunDir | None, max_prompt_tokens: int | None = None) -> PromptConfig:
-    """The prompt settings of a model: the run's (`RunDir.prompt_config`, with the prompt format it was trained in),
-    else the defaults with prompt format `auto` (resolved once the tokenizer is loaded,
-    `vrp.prompt_format.resolve_prompt_config`); `max_prompt_tokens` overrides the budget when given. Used by
-    generate, evaluate and serve alike."""
-    if run is not None:
-        return run.prompt_config(max_prompt_tokens)
-    return PromptConfig(prompt_format="auto",
-                        **({"max_prompt_tokens": max_prompt_tokens} if max_prompt_tokens else {}))
+from vrp.rerank import comments_for_prompt
+from vrp.rundir import RunDir, prompt_settings
+from vrp.sheets import write_csv, write_xlsx
+from vrp.sources import load_source
+from vrp.tiers import check_tier, marker_ids, run_tier_source
+from vrp.transcripts import read_transcript, segments_to_text
 
 
 def load_inputs(input_path: str | None, title: str = "", transcript: str | None = None,
@@ -104,7 +47,6 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
         raise ConfigError("max_videos", f"must be >= 0 (0 = all), got {max_videos}")
     if bool(input_path) == (transcript is not None):
         raise ConfigError("input", "give exactly one of an `input` file or a `transcript` text")
-    from vrp.clean import check_text
 
     for name, text in (("title", title), ("transcript", transcript or "")):
         bad = next((i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff"), None)
@@ -121,8 +63,6 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
         return [Video(video_id="input", title=title, transcript=transcript)]
     path = Path(str(input_path))
     if path.suffix.lower() in TRANSCRIPT_EXTS and path.is_file():
-        from vrp.transcripts import read_transcript, segments_to_text
-
         text = segments_to_text(read_transcript(path))  # any encoding: vrp.charsets, a guess is logged
         if not text.strip():
             raise VrpError(f"{path}: empty transcript")
@@ -130,7 +70,6 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
     if title:
         raise ConfigError("title", f"goes with a transcript text or a transcript file ({', '.join(TRANSCRIPT_EXTS)}); "
                                    f"the videos of {path} have their own titles")
-    from vrp.dataset import load_source
 
     videos, _ = load_source(path, require_comments=False)
     data = DatasetDir(path)
@@ -158,11 +97,6 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
     """
     from tqdm.auto import tqdm
 
-    from vrp.model import check_context, load_for_inference
-    from vrp.prompt_format import resolve_prompt_config
-    from vrp.prompts import no_video_prompt_ids, video_prompt_ids
-    from vrp.rerank import comments_for_prompt, needs_no_video_prompt
-
     cfg = cfg or GenerateConfig()
     run = RunDir(cfg.run) if cfg.run else None
     pcfg = prompt or prompt_settings(run, cfg.max_prompt_tokens)  # checked before the model is loaded
@@ -179,8 +113,6 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
     no_video = (no_video_prompt_ids(tok, pcfg) + marker
                 if any(needs_no_video_prompt(p, cfg.rerank) for p in presets) else None)
     if cfg.rerank and embedder is None:
-        from vrp.evaluate.embed import load_embedder
-
         embedder = load_embedder()
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(videos) * len(presets), desc="generate (videos x presets)", unit="setup",
@@ -216,14 +148,12 @@ def _json_scalar(value: Any) -> Any:
 def write_predictions(rows: list[dict[str, Any]], out: str | Path, escape_formulas: bool = True,
                       replace: bool = True) -> None:
     """Write prediction rows to `.csv`, `.xlsx` or `.jsonl` (by extension), atomically; with `replace=False` only as
-    a new file (VrpError when another command created `out` meanwhile, `vrp.io.atomic_path`).
+    a new file (VrpError when another command created `out` meanwhile, `vrp.files.atomic_path`).
 
     Text is protected for spreadsheets (`vrp.sheets`): xlsx text cells are always string cells (never formulas);
     CSV text cells that start with `=`, `+`, `-`, `@`, tab or CR get a leading `'` (OWASP "CSV Injection") unless
     `escape_formulas` is False (for programs that read the CSV). JSONL is written as is."""
     import pandas as pd
-
-    from vrp.sheets import write_csv, write_xlsx
 
     out = Path(out)
     df = pd.DataFrame(rows)

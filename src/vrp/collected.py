@@ -7,7 +7,7 @@ and of `skipped.jsonl` (`{id, url, reason, permanent, detail}`), and how collect
 transcript segments joined into clean text, comments cleaned (`vrp.clean`), filtered, de-duplicated and ranked by
 like count (rank 1 = most liked; ties keep YouTube's "top" order).
 Does not know: the dir's files and how they are appended and repaired (`vrp.artifacts.CollectDir`), how the data is
-fetched (see `vrp.collect.fetch`) or how splits are made (see `vrp.dataset`).
+fetched (see `vrp.collect.fetch`) or how splits are made (see `vrp.prepare.run`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 from vrp import clean, likes
 from vrp.artifacts import CollectDir
 from vrp.errors import VrpError
-from vrp.io import iter_jsonl_rows
+from vrp.files import iter_jsonl_rows
 from vrp.records import Comment, Video
 from vrp.transcripts import Segment, segments_to_text
 
