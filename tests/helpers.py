@@ -1,9 +1,12 @@
-"""Helpers shared by several test modules (fixtures live in conftest.py): a tiny random Llama, seed-format xlsx
-files, a caption file, dataset dirs and training configs for tiny runs, a live uvicorn server and the one-line CLI
-error check."""
+"""Helpers shared by several test modules (fixtures live in conftest.py; no test module imports another): a tiny
+random Llama, seed-format xlsx files, a caption file, dataset dirs and training configs for tiny runs, a live uvicorn
+server and the one-line CLI error check, the packing and lean-LoRA exactness helpers, chat formats of other model
+families, a fake sentence embedder, and the fakes of the `vrp serve` tests."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +15,8 @@ from typing import Any
 
 VTT = (b"WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nhello <b>viewers</b>\n\n"
        b"00:00:02.000 --> 00:00:04.000\ntoday we bake bread\n")
+
+VRP_COMMAND = [sys.executable, "-c", "import sys; from vrp.cli import main; sys.exit(main())"]  # `vrp` in a subprocess
 
 
 def tiny_llama(tokenizer: Any, seed: int = 0, **overrides: Any) -> Any:
@@ -97,6 +102,27 @@ def write_splits(path: Path, train: list[Any], validation: list[Any]) -> Path:
     return path
 
 
+def write_csv_table(path: Path, **cols: list[Any]) -> Path:
+    """A CSV table at `path` with one column per keyword (equal-length lists); returns `path`."""
+    import pandas as pd
+
+    pd.DataFrame(cols).to_csv(path, index=False)
+    return path
+
+
+def prepared_dataset(tmp_path: Path) -> Path:
+    """`vrp prepare` of a 2-video table (2 comments each; one video per split) into `tmp_path/ds`."""
+    from vrp.cli import main
+
+    d = tmp_path / "ds"
+    src = write_csv_table(tmp_path / "t.csv", title=["a", "a", "b", "b"],
+                          transcript=["one two", "one two", "three", "three"], comment=["c1", "c2", "c3", "c4"])
+    assert main(["prepare", str(src), "--out", str(d), "--val-fraction", "0.5"]) == 0
+    return d
+
+
+SMALL_RUN_FLAGS = ["--precision", "fp32", "--max-prompt-tokens", "64", "--max-row-tokens", "256"]  # tiny-model runs
+
 def tiny_train_config(model_dir: Path, **overrides: Any) -> Any:
     """A `TrainConfig` for a seconds-long CPU run of the tiny model saved at `model_dir`: fp32, 64-token prompts,
     LoRA r8 without dropout, learning rate 1e-2 after one warm-up step, seed 0; `overrides` set any field."""
@@ -165,3 +191,181 @@ def packed_loss(model: Any, rows: list[Any], mode: str, rows_per_batch: int) -> 
     loss = total / n
     loss.backward()
     return loss.detach()
+
+
+# --- memory-lean LoRA training (tests/test_lean.py, tests/test_attention.py) ---------------------------------------
+def lean_videos() -> list[Any]:
+    """Three encoded videos (prompts of 40, 23 and 31 random tokens; 3, 1 and 2 comments ending in `PACK_EOS`)."""
+    import torch
+
+    from vrp.prompts import EncodedVideo
+
+    g = torch.Generator().manual_seed(3)
+    ids = lambda n: torch.randint(3, 5000, (n,), generator=g).tolist()  # noqa: E731
+    return [EncodedVideo("a", ids(40), [ids(11) + [PACK_EOS], ids(8) + [PACK_EOS], ids(5) + [PACK_EOS]]),
+            EncodedVideo("b", ids(23), [ids(6) + [PACK_EOS]]),
+            EncodedVideo("c", ids(31), [ids(3) + [PACK_EOS], ids(9) + [PACK_EOS]])]
+
+
+def lean_model(tokenizer: Any, prec: Any, lean: bool, dropout: float = 0.0, attn: str = "sdpa", seed: int = 0) -> Any:
+    """Tiny Llama in `prec` (a `vrp.precision.Precision`) with LoRA r 4 on every linear layer (A and B random, so
+    every LoRA weight gets a gradient), `lean` selecting vrp's lean LoRA forward, attention `attn`, in train mode."""
+    import torch
+
+    from vrp.adapter import attach_lora
+    from vrp.attention import register
+    from vrp.lora import LoraSettings
+
+    if attn == "split_sdpa":
+        register()
+    model = tiny_llama(tokenizer, attn_implementation=attn, initializer_range=0.2).to(prec.weight_dtype)
+    torch.manual_seed(seed)
+    model = attach_lora(model, LoraSettings(r=4, alpha=8, dropout=dropout), prec, lean=lean)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.train()
+
+
+def lean_loss_and_grads(model: Any, prec: Any, mode: str = "shared_prefix") -> tuple[float, dict[str, Any]]:
+    """Mean NLL per target of `lean_videos()` packed in `mode` (rows of 70 tokens, 3 rows a batch, under `prec`'s
+    autocast) and the fp32 gradients of the trainable parameters by name; zeroes the gradients."""
+    import torch
+
+    from vrp.loss import loss_sum
+    from vrp.packing import collate, make_rows
+    from vrp.precision import autocast_ctx
+
+    rows = make_rows(lean_videos(), mode, 70)
+    total, n = torch.zeros(()), 0
+    for i in range(0, len(rows), 3):
+        with autocast_ctx(prec):
+            s, k = loss_sum(model, collate(rows[i:i + 3], PACK_EOS, mode))
+        total, n = total + s, n + k
+    (total / n).backward()
+    out = {k: p.grad.detach().float().clone() for k, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return float((total / n).detach()), out
+
+
+def assert_grads_close(got: dict[str, Any], want: dict[str, Any], rel: float) -> None:
+    """The gradients of `lean_model` (2 layers x 7 linear x LoRA A and B) agree within `rel` of each one's max."""
+    assert got.keys() == want.keys() and len(want) == 2 * 7 * 2
+    for k in want:
+        scale = want[k].abs().max()
+        assert scale > 0, k
+        assert (got[k] - want[k]).abs().max() <= rel * scale, k
+
+
+# --- chat formats of other model families (tests/test_chat_template.py, tests/test_export.py) -------------------
+# The turn markup of Llama-3, Gemma, Phi-3-mini, Mistral v0.1 and LLaMA-2 as each family's tokenizer_config.json
+# renders it.
+LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+          "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+          "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+         "{% endif %}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+         "<start_of_turn>{{ role }}\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+         "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+PHI3 = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}<|end|>\n"
+        "<|assistant|>\n{% elif m['role'] == 'assistant' %}{{ m['content'] }}<|end|>\n{% endif %}{% endfor %}")
+MISTRAL = ("{{ bos_token }}{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+           "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+           "{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %}{{ m['content'] }}{{ eos_token }}"
+           "{% endif %}{% endfor %}")
+LLAMA2 = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ bos_token }}[INST] <<SYS>>\n{{ m['content'] }}\n"
+          "<</SYS>>\n\n{% elif m['role'] == 'user' %}{% if loop.index0 == 0 %}{{ bos_token }}[INST] {% endif %}"
+          "{{ m['content'] | trim }} [/INST]{% else %}{{ ' ' + m['content'] | trim + ' ' + eos_token }}{% endif %}"
+          "{% endfor %}")
+
+# name: (chat template, added special tokens, bos, eos, end-of-turn token, renders a system message)
+FORMATS = {
+    "chatml-eos-endoftext": (None, [], None, "<|endoftext|>", "<|im_end|>", True),   # the issue's example
+    "llama3": (LLAMA3, ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                        "<|eot_id|>", "<|eom_id|>"], "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", True),
+    "gemma": (GEMMA, ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", "<end_of_turn>", False),
+    "phi3": (PHI3, ["<s>", "<|user|>", "<|assistant|>", "<|end|>"], "<s>", "<|endoftext|>", "<|end|>", False),
+    "mistral": (MISTRAL, ["<s>", "</s>"], "<s>", "</s>", "</s>", False),
+    "llama2": (LLAMA2, ["<s>", "</s>"], "<s>", "</s>", "</s>", True),
+}
+
+
+def chat_tokenizer(tokenizer_dir: Path, name: str) -> Any:
+    """A fresh copy of the SmolLM2 tokenizer turned into the chat format `name` of FORMATS."""
+    from transformers import AutoTokenizer
+
+    template, added, bos, eos, _, _ = FORMATS[name]
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if added:
+        tok.add_special_tokens({"additional_special_tokens": added})
+    if template:
+        tok.chat_template = template
+    if bos:
+        tok.bos_token = bos
+    tok.eos_token = eos
+    return tok
+
+
+# --- videos for `vrp bench train` (tests/test_bench_train.py, tests/test_train_distributed.py) --------------------
+def bench_videos(n: int = 6) -> list[Any]:
+    """n videos of 3 comments; comment 'shared' appears in videos 1 and 2 (a duplicate text across videos)."""
+    from vrp.records import Comment, Video
+
+    out = []
+    for i in range(n):
+        texts = [f"v{i} first", "shared" if i in (1, 2) else f"v{i} second", f"v{i} third"]
+        out.append(Video(video_id=f"vid{i}", title=f"Video {i}",
+                         transcript=" ".join(f"word{i}_{j}" for j in range(300)),
+                         comments=[Comment(text=t, rank=r + 1) for r, t in enumerate(texts)]))
+    return out
+
+
+# --- a sentence embedder without a model (tests/test_evaluate_run.py, tests/test_cli_tiers.py) ----------------
+class FakeEmbedder:
+    """Deterministic bag-of-words hashing embedder (64 dims, unit rows): similar words -> similar vectors."""
+
+    def encode(self, texts: list[str]) -> Any:
+        """(len(texts), 64) float32 unit rows (all zeros for a text without words)."""
+        import numpy as np
+
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 64] += 1
+        n = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(n == 0, 1, n)
+
+
+# --- vrp serve (tests/test_serve_*.py) -----------------------------------------------------------------------
+INFO = {"model": "tiny-llama", "adapter": "runs/demo/adapter", "precision": "cpu-fp32"}  # the app's model info
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def client(app: Any) -> Any:
+    """A Starlette TestClient of `app` that turns server exceptions into 500 responses, as uvicorn does."""
+    from starlette.testclient import TestClient
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+class Recorder:
+    """A fake generator: records the prompt and returns `n` fixed comments; optionally waits for `release`."""
+
+    def __init__(self, release: threading.Event | None = None) -> None:
+        self.prompts: list[list[int]] = []
+        self.started = threading.Event()
+        self.release = release
+
+    def __call__(self, model: Any, tok: Any, prompt_ids: list[int], preset: Any, n: int, max_new_tokens: int,
+                 seed: int) -> list[Any]:
+        from vrp.decoding import GeneratedComment
+
+        self.prompts.append(list(prompt_ids))
+        self.started.set()
+        if self.release is not None:
+            assert self.release.wait(20), "test never released the fake generator"
+        return [GeneratedComment(text=f"comment {i}", tokens=3, logprob=-1.5, finished=True) for i in range(n)]

@@ -47,12 +47,12 @@ def test_named_checkpoints_are_one_table(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_run_config_is_read_once_and_gives_model_and_prompt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vrp.options
+    import vrp.rundir
 
     run = make_run(tmp_path / "run")
     reads: list[str] = []
-    load_yaml = vrp.options.load_yaml
-    monkeypatch.setattr(vrp.options, "load_yaml", lambda p: reads.append(str(p)) or load_yaml(p))
+    load_yaml = vrp.rundir.load_yaml
+    monkeypatch.setattr(vrp.rundir, "load_yaml", lambda p: reads.append(str(p)) or load_yaml(p))
     assert run.model_spec() == "some/model"
     p = run.prompt_config()
     assert (p.max_prompt_tokens, p.truncation) == (300, "head_tail")
@@ -161,6 +161,7 @@ def test_overwrite_replaces_only_a_recognisable_output_that_holds_no_input(tmp_p
     assert run.path.is_dir() and not any(run.path.iterdir()) and list(tmp_path.glob(".run.old-*")) == []
 
 
+@pytest.mark.slow
 def test_train_overwrite_of_its_own_data_dir_deletes_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
     from helpers import one_line_error
 

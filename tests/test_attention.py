@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_lean import EOS, _assert_grads_close, _loss_and_grads, _model
+from helpers import PACK_EOS as EOS
+from helpers import assert_grads_close, lean_loss_and_grads, lean_model
 
 from vrp import attention
 from vrp.attention import RowPlan, SegmentAttention, row_plans, scored_pairs
@@ -103,13 +104,13 @@ def test_a_mask_broadcast_over_the_batch_takes_the_split_path(monkeypatch) -> No
 
 
 def test_tiny_model_trains_the_same_through_segments(tokenizer, monkeypatch) -> None:
-    ref_loss, ref = _loss_and_grads(_model(tokenizer, FP32, lean=True), FP32)
+    ref_loss, ref = lean_loss_and_grads(lean_model(tokenizer, FP32, lean=True), FP32)
     monkeypatch.setattr(attention, "MIN_PREFIX", 4)
     monkeypatch.setattr(attention, "SEGMENT_BELOW", 10.0)                 # always take the segment path
     calls = []
     real = SegmentAttention.apply
     monkeypatch.setattr(SegmentAttention, "apply", lambda *a: calls.append(len(a[3])) or real(*a))
-    loss, got = _loss_and_grads(_model(tokenizer, FP32, lean=True, attn="split_sdpa"), FP32)
+    loss, got = lean_loss_and_grads(lean_model(tokenizer, FP32, lean=True, attn="split_sdpa"), FP32)
     assert len(calls) >= 2                     # every layer of at least one batch ran by segments
     assert loss == pytest.approx(ref_loss, rel=1e-6)
-    _assert_grads_close(got, ref, 1e-5)
+    assert_grads_close(got, ref, 1e-5)

@@ -71,6 +71,7 @@ def _videos(n: int) -> list[Video]:
                   [Comment(f"v{i} comment {k}") for k in range(3)]) for i in range(n)]
 
 
+@pytest.mark.slow
 def test_bench_memory_end_to_end_tiny(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from vrp.cli import main
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import bench_videos
 
 from vrp.bench.config import BenchTrainConfig, bench_train_config
 from vrp.bench.flops import FlopDims, executed_flops, useful_flops
@@ -13,7 +14,6 @@ from vrp.bench.train import expand_comments
 from vrp.bench.train_report import append_section, format_table, markdown_section, summary_lines
 from vrp.errors import ConfigError, VrpError
 from vrp.files import write_jsonl_atomic
-from vrp.records import Comment, Video
 
 SEED_XLSX = Path(__file__).resolve().parents[2] / "shared" / "data" / "uos2023" / "train_dataset.xlsx"
 
@@ -49,19 +49,8 @@ def test_dims_from_tiny_lora_model(tokenizer) -> None:
     assert d == FlopDims(n_layers=2, d_attn=32, n_body=2 * per_layer, n_head=32 * len(tokenizer), n_lora=2 * lora)
 
 
-def _videos(n: int = 6) -> list[Video]:
-    """n videos of 3 comments; comment 'shared' appears in videos 1 and 2 (a duplicate text across videos)."""
-    out = []
-    for i in range(n):
-        texts = [f"v{i} first", "shared" if i in (1, 2) else f"v{i} second", f"v{i} third"]
-        out.append(Video(video_id=f"vid{i}", title=f"Video {i}",
-                         transcript=" ".join(f"word{i}_{j}" for j in range(300)),
-                         comments=[Comment(text=t, rank=r + 1) for r, t in enumerate(texts)]))
-    return out
-
-
 def test_expand_comments_deterministic_no_duplicates() -> None:
-    vids = _videos()
+    vids = bench_videos()
     ex = expand_comments(vids, 10, 6)
     assert ex == expand_comments(vids, 10, 6)
     for i, v in enumerate(ex):
@@ -155,6 +144,58 @@ def test_busy_run_is_not_appended_unless_asked(tmp_path: Path, monkeypatch: pyte
     assert "**The 1-minute load average before the run was 3.00 on 2 cores" in out.read_text()
 
 
+@pytest.mark.parametrize("bench", ["train", "generate"])
+def test_results_go_where_told_or_to_the_current_directory(bench: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --output a section goes to docs/benchmarks-history.md under the current directory when that exists,
+    else to ./BENCHMARKS.md; --output is relative to the current directory; nothing lands in the package's tree."""
+    import uuid
+
+    import vrp
+    import vrp.bench.generate as bench_generate
+    import vrp.bench.train as bench_train
+    from vrp.cli import main
+
+    marker = {"cpu": f"cpu-{uuid.uuid4().hex}"}   # a heading no other run writes
+    if bench == "train":
+        def fake_train(cfg: object, progress: bool = True) -> dict:
+            b = _fake_bench((3,))
+            b["env"]["cpu"] = marker["cpu"]
+            return b
+        monkeypatch.setattr(bench_train, "run_bench", fake_train)
+        argv = ["bench", "train", "--data", "x.xlsx"]
+    else:
+        monkeypatch.setattr(bench_generate, "run_bench", lambda cfg: {"cpu": marker["cpu"]})
+        monkeypatch.setattr(bench_generate, "format_table", lambda b: "")
+        monkeypatch.setattr(bench_generate, "busy", lambda b: None)
+        monkeypatch.setattr(bench_generate, "markdown_section", lambda b, command: f"## run on {b['cpu']}\n")
+        argv = ["bench", "generate", "--run", "some-run"]
+    package_tree = Path(vrp.__file__).resolve().parents[2]    # the checkout's root in an editable install
+    watched = [package_tree / "BENCHMARKS.md", package_tree / "docs" / "benchmarks-history.md",
+               Path(vrp.__file__).resolve().parent / "BENCHMARKS.md"]
+    monkeypatch.chdir(tmp_path)
+
+    assert main(argv) == 0                                            # a plain directory: ./BENCHMARKS.md
+    first = marker["cpu"]
+    assert first in (tmp_path / "BENCHMARKS.md").read_text() and not (tmp_path / "docs").exists()
+
+    (tmp_path / "docs").mkdir()                                       # a checkout: its history log
+    (tmp_path / "docs" / "benchmarks-history.md").write_text("# Benchmark history\n\n## older\n")
+    marker["cpu"] = f"cpu-{uuid.uuid4().hex}"
+    assert main(argv) == 0
+    history = (tmp_path / "docs" / "benchmarks-history.md").read_text()
+    assert history.startswith("# Benchmark history\n\n## older\n\n## ") and marker["cpu"] in history
+    assert marker["cpu"] not in (tmp_path / "BENCHMARKS.md").read_text()
+
+    second = marker["cpu"]
+    marker["cpu"] = f"cpu-{uuid.uuid4().hex}"
+    assert main([*argv, "--output", "out/given.md"]) == 0             # relative to the current directory
+    assert marker["cpu"] in (tmp_path / "out" / "given.md").read_text()
+    for f in watched:
+        text = f.read_text() if f.is_file() else ""
+        assert not any(m in text for m in (first, second, marker["cpu"])), f
+
+
 def test_append_section_keeps_old_text(tmp_path: Path) -> None:
     f = tmp_path / "BENCHMARKS.md"
     f.write_text("# Benchmarks\n\n## older\n\ntext\n")
@@ -202,12 +243,13 @@ def test_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
             bench_train_config(tmp_path / "bad.yaml")
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_tiny(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """All three configurations (TRL with a few steps) and the validation check on a tiny random model, fp32."""
     from vrp.cli import main
 
     data = tmp_path / "videos.jsonl"
-    write_jsonl_atomic(data, (v.to_json() for v in _videos()))
+    write_jsonl_atomic(data, (v.to_json() for v in bench_videos()))
     out, raw = tmp_path / "BENCH.md", tmp_path / "raw.json"
     rc = main(["bench", "train", "--quick", "--model", str(tiny_model_dir), "--precision", "fp32", "--data", str(data),
                "--comments-per-video", "2", "--max-prompt-tokens", "64", "--peak-size", "128", "--threads", "1",

@@ -90,9 +90,9 @@ def test_truncate_never_cuts_inside_a_grapheme_cluster():
     assert clean.truncate_graphemes("short", 10) == "short"
     assert clean.truncate_graphemes("abcdefgh", 5, ellipsis="…") == "abcd…"
     for n in range(len(text) + 1):  # no prefix ever ends with a dangling ZWJ or a lone half of the sequence
-        out = clean.truncate_graphemes(text, n)
-        assert out.startswith(CODER) or out == ""
-    with pytest.raises(ValueError):
+        want = "" if n == 0 else (CODER + " great video"[:n - 1]).rstrip()  # CODER is one grapheme
+        assert clean.truncate_graphemes(text, n) == want, n
+    with pytest.raises(ValueError, match=r"^max_graphemes must be >= 0, got -1$"):
         clean.truncate_graphemes(text, -1)
 
 

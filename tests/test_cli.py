@@ -1,14 +1,16 @@
-"""The real `vrp` entry point on a tiny model: prepare -> train -> generate, help texts, errors, shipped configs."""
+"""The real `vrp` entry point (`vrp.cli`) on a tiny model: prepare -> train -> generate, help texts, errors, shipped
+configs, and output piped into a reader that stops early."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import write_seed_xlsx
+from helpers import VRP_COMMAND, one_line_error, prepared_dataset, write_seed_xlsx
 
 from vrp.cli import main
 from vrp.options import build_config
@@ -17,6 +19,7 @@ from vrp.train.config import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.e2e
 def test_prepare_train_generate_end_to_end(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     write_seed_xlsx(tmp_path / "seed.xlsx", 6)
     assert main(["prepare", str(tmp_path / "seed.xlsx"), "--out", str(tmp_path / "ds"), "--val-fraction", "0.34"]) == 0
@@ -68,6 +71,17 @@ def test_help_lists_every_option_with_defaults() -> None:
         assert cmd in top
 
 
+def test_every_parser_builds_without_importing_heavy_packages() -> None:
+    """The one lazy-import rule (docs/architecture.md): `cli/` imports a stage only when its command runs, and the
+    configs behind every `--help` import no torch, transformers, peft, numpy or pandas; in a fresh interpreter, so
+    nothing imported by other tests counts."""
+    code = ("import sys; from vrp.cli import build_parser; p = build_parser(); "
+            "[a.choices[c].format_help() for a in p._subparsers._group_actions for c in a.choices]; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'numpy', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path: Path) -> None:
     cfg = build_config(TrainConfig, path)
@@ -85,6 +99,7 @@ def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
         build_config(TrainConfig, tmp_path / "c.yaml")
 
 
+@pytest.mark.slow
 def test_resume_with_the_same_relative_model_of_a_finished_run_rewrites_nothing(tmp_path: Path, tiny_model_dir: Path,
                                                                                    capsys, monkeypatch) -> None:
     write_seed_xlsx(tmp_path / "seed.xlsx", 4)
@@ -162,6 +177,66 @@ def test_warnings_are_one_line_without_source_location(tmp_path: Path) -> None:
 def test_version(capsys) -> None:
     from vrp import __version__
 
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit, match="^0$"):  # the exit status
         main(["--version"])
-    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"vrp {__version__}"
+    assert capsys.readouterr().out.strip() == f"vrp {__version__}"
+
+
+def test_unwritable_out_fails_before_any_work(tmp_path, capsys) -> None:
+    ds = prepared_dataset(tmp_path)
+    (tmp_path / "file").write_text("x")
+    blocked = tmp_path / "file"
+    one_line_error(capsys, ["generate", "--model", "no-such-model", "--transcript", "hi", "--out",
+                            str(blocked / "p.csv")], "error: --out: cannot write", "is a file")
+    one_line_error(capsys, ["train", "--data", str(ds), "--out", str(blocked / "run"), "--model", "no-such-model"],
+                   "error: --out: cannot write", "is a file")
+
+
+# --- output piped into a reader that stops early (the guard in `vrp.cli.main`) -----------------------------------
+@pytest.fixture()
+def long_vtt(tmp_path: Path) -> Path:
+    cues = [f"00:{i // 60:02d}:{i % 60:02d}.000 --> 00:{i // 60:02d}:{i % 60:02d}.500\ncaption {i} " + "word " * 60
+            for i in range(3000)]  # about 1 MB of text: far more than a pipe buffer holds
+    path = tmp_path / "long.vtt"
+    path.write_text("WEBVTT\n\n" + "\n\n".join(cues) + "\n", encoding="utf-8")
+    return path
+
+
+def test_reader_that_stops_after_the_first_line(long_vtt):
+    # `vrp transcript long.vtt --format json | head -1`
+    p = subprocess.Popen([*VRP_COMMAND, "transcript", str(long_vtt), "--format", "json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"[\n"
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
+def test_reader_gone_before_any_output(long_vtt):
+    # `vrp transcript long.vtt | true`: the one long line is still buffered when stdout is flushed at exit
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([*VRP_COMMAND, "transcript", str(long_vtt)], stdout=w, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(w)
+    err = p.stderr.decode()
+    assert p.returncode == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
+def test_another_command_writing_to_a_closed_pipe(tmp_path):
+    # the guard is in `main`, around every subcommand: `vrp prepare ... | true` ends as quietly
+    # (argparse's --help output needs no guard: argparse ignores write errors itself)
+    (tmp_path / "t.csv").write_text("title,transcript,comment\na,one two,c1\n", encoding="utf-8")
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([*VRP_COMMAND, "prepare", str(tmp_path / "t.csv"), "--out", str(tmp_path / "ds"),
+                            "--val-fraction", "0"], stdout=w, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(w)
+    err = p.stderr.decode()
+    assert p.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+    assert (tmp_path / "ds" / "manifest.json").is_file()  # the work was done before the summary line

@@ -274,10 +274,10 @@ def test_resume_after_interrupt_completes_without_duplicates(tmp_path):
     listing = {"_type": "playlist", "id": "PLabcdefghij123",
                "entries": [{"_type": "url", "ie_key": "Youtube", "id": i, "url": watch_url(i)} for i in IDS]}
     pages = {PLAYLIST: listing, **{watch_url(i): make_info(i) for i in IDS}}
-    pages[watch_url(IDS[1])] = [KeyboardInterrupt(), make_info(IDS[1])]
+    pages[watch_url(IDS[1])] = [KeyboardInterrupt("Ctrl-C during the second video"), make_info(IDS[1])]
     world = World(pages)
     cfg, sleeps = config(), []
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^Ctrl-C during the second video$"):
         collect([PLAYLIST], tmp_path / "out", cfg, ydl_factory=world.factory, transcript_api=FakeTranscriptApi(),
                     sleep=sleeps.append)
     out = tmp_path / "out" / "videos.jsonl"
@@ -345,7 +345,7 @@ def test_cli_collect_end_to_end_with_fake_yt_dlp(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_help_documents_every_option(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^0$"):
         main(["collect", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     for text in ["--out DIR", "--max-videos N", "--comments-per-video K", "(default: 20)", "--languages LANGS",

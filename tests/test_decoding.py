@@ -157,3 +157,32 @@ def test_cad_scores_equal_the_formula_for_every_row(model, tokenizer) -> None:
 def test_cad_needs_the_no_video_prompt(model, tokenizer) -> None:
     with pytest.raises(VrpError, match="preset cad needs the no-video prompt"):
         generate_comments(model, tokenizer, prompt(tokenizer), "cad", 2, max_new_tokens=3)
+
+
+def test_cpu_decoding_step_packs_grouped_query_heads_with_the_same_tokens(tokenizer, tiny_model_dir,
+                                                                         monkeypatch) -> None:
+    """Inference on a CPU (`load_for_inference`) runs `split_sdpa`, whose unmasked one-query decoding step packs the
+    query heads onto their key/value heads (`attention.decode_step_attention`): the same attention as SDPA's
+    `enable_gqa` up to float rounding, so greedy, beam and sampled comments keep their tokens (fp32)."""
+    from vrp import attention
+    from vrp.model import load_for_inference
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 4, 1, 8), torch.randn(3, 2, 9, 8), torch.randn(3, 2, 9, 8)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True).transpose(1, 2)
+    assert torch.allclose(attention.decode_step_attention(q, k, v, None, 2), ref, atol=1e-6)
+
+    m, tok, _ = load_for_inference(str(tiny_model_dir), precision="fp32")  # 4 query heads on 2 key/value heads
+    assert m.config._attn_implementation == attention.NAME
+    calls = []
+    real = attention.decode_step_attention
+    monkeypatch.setattr(attention, "decode_step_attention", lambda *a: calls.append(a[0].shape) or real(*a))
+    for name, n in (("greedy", 1), ("beam", 3), ("nucleus", 3)):
+        torch.manual_seed(0)
+        packed = generate_comments(m, tok, prompt(tokenizer), name, n, max_new_tokens=8, seed=5)
+        m.set_attn_implementation("sdpa")
+        plain = generate_comments(m, tok, prompt(tokenizer), name, n, max_new_tokens=8, seed=5)
+        m.set_attn_implementation(attention.NAME)
+        assert [c.token_ids for c in packed] == [c.token_ids for c in plain], name
+        assert [c.logprob for c in packed] == pytest.approx([c.logprob for c in plain], abs=1e-4)
+    assert calls and all(s[2] == 1 for s in calls)  # every packed call was one decoding step

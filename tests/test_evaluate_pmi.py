@@ -16,11 +16,10 @@ A = {"own_all": [(-1.0, 1), (-2.0, 1)], "no_video_all": [(-1.0, 1), (-5.0, 1)], 
 B = {"own_all": [(-2.0, 1), (-1.0, 1)], "no_video_all": [(-5.0, 1), (-1.0, 1)], "n_real": 1}
 
 
-def test_pmi_values_and_ranks():
-    assert P.pmi_values([(-6.0, 3)], [(-9.0, 3)], 1.0) == [pytest.approx(1.0)]
-    assert P.pmi_values([(-6.0, 3)], [(-9.0, 3)], 0.0) == [pytest.approx(-2.0)]   # plain likelihood
-    with pytest.raises(ValueError):
-        P.pmi_values([(-1.0, 1)], [], 1.0)
+def test_pmi_ranks():
+    with pytest.raises(ValueError, match="pmi_scores: 2 own scores but 1 no-video scores"):
+        P.pmi_ranks({"own_all": A["own_all"], "no_video_all": A["no_video_all"][:1], "n_real": 1}, 1.0)
+    assert P.pmi_ranks({**A, "own_all": A["own_all"][:1], "no_video_all": A["no_video_all"][:1]}, 0.0) == []
     assert P.pmi_ranks(A, 0.0)[0].mean_rank == 1 and P.pmi_ranks(A, 0.3)[0].mean_rank == 2
     tie = P.pmi_ranks(A, 0.25)[0]                                   # -0.75 vs -0.75: a tie, expected rank 1.5
     assert tie.mean_rank == pytest.approx(1.5) and tie.rr == pytest.approx(0.75)
@@ -46,7 +45,7 @@ def test_cross_fit_never_uses_a_videos_own_lambda():
     assert cf["grid_mrr_all"][0.0] == pytest.approx(0.75)
     many = P.cross_fit([A, B, A, B, A], seed=3)
     assert sorted(i for f in many["folds"] for i in f) == list(range(5)) and len(many["folds"][0]) == 2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^cross_fit: need at least 2 videos, got 1$"):
         P.cross_fit([A])
 
 
@@ -69,6 +68,7 @@ def test_generation_metrics_finished_length_and_ratio():
     assert ref["median_new_tokens"] == 3.0 and ref["emb"].shape == (3, 4)  # lengths 3, 5, 2 (+1 end-of-turn each)
 
 
+@pytest.mark.slow
 def test_mauve_identical_near_one_disjoint_low():
     """The wiring of `mauve-text` with our features: the same set scores ~1, disjoint clusters score low, and a
     half-overlapping set in between; too few comments give None."""

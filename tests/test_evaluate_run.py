@@ -1,7 +1,6 @@
 """`vrp evaluate` end to end on tiny random models, a model that ignores its input, and the evaluation helpers."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -9,29 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FakeEmbedder
 
+from vrp.comment_pool import frequent_comments, text_key
 from vrp.evaluate import run as E
-from vrp.evaluate.metrics import random_rank_stat
 from vrp.evaluate.pmi import LAMBDA_GRID
 from vrp.files import write_jsonl_atomic
+from vrp.ranking import random_rank_stat
 from vrp.records import Comment, Video
 
 TOPICS = ["cooking pasta with garlic and olive oil", "building a gaming computer with a new graphics card",
           "a morning run through the city park", "reviewing a budget smartphone camera",
           "learning to play the guitar chords", "painting a landscape with watercolors",
           "a trip to the mountains with friends", "fixing a leaking kitchen sink"]
-
-
-class FakeEmbedder:
-    """Deterministic bag-of-words hashing embedder (64 dims, unit rows): similar words -> similar vectors."""
-
-    def encode(self, texts):
-        out = np.zeros((len(texts), 64), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for w in t.lower().split():
-                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 64] += 1
-        n = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(n == 0, 1, n)
 
 
 @pytest.fixture(autouse=True)
@@ -85,11 +74,11 @@ def test_candidate_sets_sources_and_no_duplicates():
               for i in range(6)]
     emb = FakeEmbedder().encode([v.transcript for v in videos])
     train = ["great video", "Great  video", "nice", "c0a", "wow"]
-    freq = E.frequent_comments(train, 50)
+    freq = frequent_comments(train, 50)
     assert freq[0] == "great video" and len(freq) == 4          # "Great  video" is the same text
     sets = E.build_candidate_sets(videos, emb, freq, train, n_candidates=8, n_similar=3, n_frequent=2, seed=0)
     for i, cs in enumerate(sets):
-        keys = [E.norm_key(t) for t in cs.real + cs.distractors]
+        keys = [text_key(t) for t in cs.real + cs.distractors]
         assert cs.real == [f"c{i}a", f"c{i}b"]
         assert len(keys) == len(set(keys)) == 8
         assert cs.sources["similar_videos"] == 3 and cs.sources["frequent_training"] == 2
@@ -114,6 +103,7 @@ def _run(argv):
     return main(argv)
 
 
+@pytest.mark.e2e
 def test_cli_end_to_end_tiny_model(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
     import vrp.evaluate.generation as G
 
@@ -232,6 +222,7 @@ def input_blind_model_dir(tmp_path_factory, tokenizer):
     return out
 
 
+@pytest.mark.slow
 def test_input_ignoring_model_has_zero_gain_and_random_ranking(tmp_path, input_blind_model_dir):
     # one real comment per video and training comments that repeat validation texts: every video's candidate set is
     # the same 8 texts, so a model that ignores the video ranks them in one fixed order and the real comments occupy
@@ -334,13 +325,14 @@ def test_a_video_without_distractors_is_left_out_of_the_ranking():
     assert pmi["videos"] == 2 and pmi["fold_videos"] == [1, 1] and rows[0]["rank_pmi"] == []
 
 
+@pytest.mark.slow
 def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
     """A `vrp train`-style run dir (config.yaml + adapter/ + metrics.jsonl): evaluated with its adapter, chart made."""
     import torch
     from helpers import tiny_llama
     from peft import LoraConfig, get_peft_model
 
-    import vrp.options
+    import vrp.rundir
 
     run = tmp_path / "run-a"
     model = get_peft_model(tiny_llama(tokenizer), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
@@ -355,8 +347,8 @@ def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_
     ds = write_dataset(tmp_path / "ds")
     out = tmp_path / "report"
     reads: list[str] = []
-    load_yaml = vrp.options.load_yaml
-    monkeypatch.setattr(vrp.options, "load_yaml", lambda path: reads.append(str(path)) or load_yaml(path))
+    load_yaml = vrp.rundir.load_yaml
+    monkeypatch.setattr(vrp.rundir, "load_yaml", lambda path: reads.append(str(path)) or load_yaml(path))
     monkeypatch.setattr(E, "mauve_available", lambda: True)  # as with vrp[mauve]: too few comments is then said
     assert _run(["evaluate", "--data", str(ds / "validation.jsonl"), "--run", str(run), "--out", str(out),
                  "--presets", "greedy", "--max-new-tokens", "4", "--max-gen-videos", "3", "--num-candidates", "6",
@@ -384,6 +376,7 @@ def test_run_dir_is_evaluated_next_to_base_with_loss_curve(tmp_path, tiny_model_
             and "Recall@5, Recall@10 not reported (–)" in report)
 
 
+@pytest.mark.slow
 def test_minilm_embedder_offline():
     """The bundled all-MiniLM-L6-v2 loads without network and puts paraphrases closer than unrelated text."""
     from vrp.embeddings import MiniLMEmbedder, embed_videos

@@ -1,4 +1,4 @@
-"""`vrp export` (issue 21): merged Hugging Face weights equal base + adapter, the GGUF file read back by transformers'
+"""`vrp export` (`vrp.export`): merged Hugging Face weights equal base + adapter, the GGUF file read back by transformers'
 GGUF loader gives the original tokens and the merged model's logits, the Ollama Modelfile's TEMPLATE renders vrp's
 prompt and stops at vrp's stop tokens, `vrp generate --print-prompt`, and bad inputs; with llama-cpp-python
 installed, llama.cpp's greedy comment from the exported GGUF equals vrp's.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import one_line_error, tiny_llama, tiny_train_config
+from helpers import chat_tokenizer, one_line_error, tiny_llama, tiny_train_config
 
 from vrp.records import Video
 
@@ -128,6 +128,7 @@ def test_hf_export_is_base_plus_adapter_and_stops_as_vrp(exported, run_dir: Path
     assert manifest["prompt"]["stop_tokens"] == [{"id": 2, "text": "<|im_end|>"}]
 
 
+@pytest.mark.slow
 def test_gguf_reads_back_with_the_original_tokens(exported, tokenizer) -> None:
     from gguf import GGUFReader
     from transformers import AutoTokenizer
@@ -145,6 +146,7 @@ def test_gguf_reads_back_with_the_original_tokens(exported, tokenizer) -> None:
     assert fields["general.file_type"].contents() == 1  # MOSTLY_F16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gguf_type, tolerance", [("f16", 0.02), ("bf16", 0.1), ("q8_0", 0.2)])
 def test_gguf_logits_match_the_merged_model(exported, tmp_path_factory, run_dir: Path, model_dir: Path, tokenizer,
                                             gguf_type: str, tolerance: float) -> None:
@@ -261,8 +263,6 @@ def test_modelfile_template_renders_vrp_prompt_and_stops(exported, tokenizer) ->
 @pytest.mark.parametrize("name", ["llama3", "gemma", "phi3", "mistral", "llama2"])
 def test_template_layout_for_other_chat_formats(tokenizer_dir: Path, name: str) -> None:
     """Templates with their own markup, and ones without a system role (the system text opens the user turn)."""
-    from test_chat_templates import chat_tokenizer
-
     from vrp.export.ollama import go_template, prompt_layout
     from vrp.prompts import PromptConfig, fitted_transcript, prompt_text, user_message
 
@@ -368,6 +368,7 @@ def test_unsupported_architecture_is_refused_before_loading(tmp_path: Path, toke
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_full_disk_leaves_no_file_and_keeps_the_earlier_export(run_dir: Path, tmp_path: Path, capsys,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import gguf
@@ -390,6 +391,7 @@ def test_full_disk_leaves_no_file_and_keeps_the_earlier_export(run_dir: Path, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # no temporary directory left
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_an_earlier_export(run_dir: Path, tmp_path: Path) -> None:
     from vrp.export.config import ExportConfig
     from vrp.export.run import export
@@ -402,6 +404,7 @@ def test_overwrite_replaces_an_earlier_export(run_dir: Path, tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
 
 
+@pytest.mark.slow
 def test_4bit_run_is_dequantized_then_merged(tmp_path: Path, tokenizer, model_dir: Path) -> None:
     """A QLoRA run: vrp runs the NF4 base with the adapter unmerged; the export dequantizes the NF4 weights to fp32
     and merges into those, which gives the same logits."""
@@ -427,6 +430,7 @@ def test_4bit_run_is_dequantized_then_merged(tmp_path: Path, tokenizer, model_di
         assert (want - unrounded).abs().max() > 1e-3  # NF4 rounding shows: the merge is not into the fp32 base
 
 
+@pytest.mark.slow
 def test_bench_generate(run_dir: Path, tmp_path: Path, capsys) -> None:
     """`vrp bench generate` times vrp and, when llama-cpp-python is installed, llama.cpp on the same prompts."""
     from vrp.bench.config import BenchGenerateConfig
@@ -452,6 +456,7 @@ def test_bench_generate(run_dir: Path, tmp_path: Path, capsys) -> None:
 
 
 # --- llama.cpp (optional: pip install 'vrp[llamacpp]') --------------------------------------------------------------
+@pytest.mark.slow
 def test_llama_cpp_greedy_comment_equals_vrp(exported, run_dir: Path, model_dir: Path, tokenizer) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
     from vrp.decoding import generate_comments

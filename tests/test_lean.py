@@ -4,66 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_llama
+from helpers import assert_grads_close, lean_loss_and_grads, lean_model, lean_videos
 
-from vrp.adapter import attach_lora
 from vrp.bench.memory import SavedTensorTracker
 from vrp.lean import DropoutLinear, _keep_mask, keep_probability
-from vrp.lora import LoraSettings
 from vrp.loss import loss_sum, target_nll
 from vrp.packing import Row, collate, make_rows
 from vrp.precision import Precision, autocast_ctx
-from vrp.prompts import EncodedVideo
 
 EOS = 2
 FP32 = Precision("cpu", torch.float32, None)
 BF16 = Precision("cpu", torch.bfloat16, torch.bfloat16)
-
-
-def _videos() -> list[EncodedVideo]:
-    g = torch.Generator().manual_seed(3)
-    ids = lambda n: torch.randint(3, 5000, (n,), generator=g).tolist()
-    return [EncodedVideo("a", ids(40), [ids(11) + [EOS], ids(8) + [EOS], ids(5) + [EOS]]),
-            EncodedVideo("b", ids(23), [ids(6) + [EOS]]),
-            EncodedVideo("c", ids(31), [ids(3) + [EOS], ids(9) + [EOS]])]
-
-
-def _model(tokenizer, prec: Precision, lean: bool, dropout: float = 0.0, attn: str = "sdpa", seed: int = 0):
-    """Tiny Llama with LoRA (A and B random, so every LoRA weight gets a gradient), in train mode."""
-    if attn == "split_sdpa":
-        from vrp.attention import register
-
-        register()
-    model = tiny_llama(tokenizer, attn_implementation=attn, initializer_range=0.2).to(prec.weight_dtype)
-    torch.manual_seed(seed)
-    model = attach_lora(model, LoraSettings(r=4, alpha=8, dropout=dropout), prec, lean=lean)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.train()
-
-
-def _loss_and_grads(model, prec: Precision, mode: str = "shared_prefix") -> tuple[float, dict[str, torch.Tensor]]:
-    rows = make_rows(_videos(), mode, 70)
-    total, n = torch.zeros(()), 0
-    for i in range(0, len(rows), 3):
-        with autocast_ctx(prec):
-            s, k = loss_sum(model, collate(rows[i:i + 3], EOS, mode))
-        total, n = total + s, n + k
-    (total / n).backward()
-    grads = {k: p.grad.detach().float().clone() for k, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad(set_to_none=True)
-    return float(total / n), grads
-
-
-def _assert_grads_close(got: dict, want: dict, rel: float) -> None:
-    assert got.keys() == want.keys() and len(want) == 2 * 7 * 2
-    for k in want:
-        scale = want[k].abs().max()
-        assert scale > 0, k
-        assert (got[k] - want[k]).abs().max() <= rel * scale, k
 
 
 def test_dropout_linear_equals_masked_reference() -> None:
@@ -91,23 +42,23 @@ def test_dropout_linear_equals_masked_reference() -> None:
 def test_lean_lora_equals_peft_forward(tokenizer, prec, rel) -> None:
     """Without dropout the lean model computes PEFT's loss and gradients (fp32: to rounding; bf16 autocast: within
     bf16 rounding, the norm and SwiGLU backward run in fp32)."""
-    ref_loss, ref = _loss_and_grads(_model(tokenizer, prec, lean=False), prec)
-    model = _model(tokenizer, prec, lean=True)
-    loss, got = _loss_and_grads(model, prec)
+    ref_loss, ref = lean_loss_and_grads(lean_model(tokenizer, prec, lean=False), prec)
+    model = lean_model(tokenizer, prec, lean=True)
+    loss, got = lean_loss_and_grads(model, prec)
     assert loss == pytest.approx(ref_loss, rel=1e-6 if prec is FP32 else 1e-3)
-    _assert_grads_close(got, ref, rel)
+    assert_grads_close(got, ref, rel)
     patched = [m for m in model.modules() if "forward" in vars(m)]
     assert sum(type(m).__name__ == "LlamaRMSNorm" for m in patched) == 5      # 2 per layer + the final norm
     assert sum(type(m).__name__ == "LlamaMLP" for m in patched) == 2
     assert ({k for k in model.state_dict()} ==
-            {k for k in _model(tokenizer, prec, lean=False).state_dict()})     # the adapter's format is unchanged
+            {k for k in lean_model(tokenizer, prec, lean=False).state_dict()})     # the adapter's format is unchanged
 
 
 def test_lean_keeps_no_dropout_copies_nor_fp32_inputs(tokenizer) -> None:
-    rows = make_rows(_videos(), "shared_prefix", 70)
+    rows = make_rows(lean_videos(), "shared_prefix", 70)
     saved = {}
     for lean in (False, True):
-        model = _model(tokenizer, BF16, lean=lean, dropout=0.1)
+        model = lean_model(tokenizer, BF16, lean=lean, dropout=0.1)
         lora_bf16 = 2 * sum(p.numel() for p in model.parameters() if p.requires_grad)
         tracker = SavedTensorTracker(model)
         with autocast_ctx(BF16), tracker:
@@ -123,8 +74,8 @@ def test_lean_keeps_no_dropout_copies_nor_fp32_inputs(tokenizer) -> None:
 
 
 def test_lean_dropout_is_a_function_of_the_seed(tokenizer) -> None:
-    runs = [_loss_and_grads(_model(tokenizer, FP32, lean=True, dropout=0.2, seed=s), FP32) for s in (5, 5, 6)]
-    no_drop = _loss_and_grads(_model(tokenizer, FP32, lean=True, dropout=0.0, seed=5), FP32)
+    runs = [lean_loss_and_grads(lean_model(tokenizer, FP32, lean=True, dropout=0.2, seed=s), FP32) for s in (5, 5, 6)]
+    no_drop = lean_loss_and_grads(lean_model(tokenizer, FP32, lean=True, dropout=0.0, seed=5), FP32)
     assert runs[0][0] == runs[1][0] and all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
     assert runs[0][0] != runs[2][0]           # another seed, other masks
     assert runs[0][0] != no_drop[0]           # the dropout drops
@@ -151,19 +102,19 @@ def test_causal_prefix_of_collated_masks() -> None:
 def test_split_sdpa_equals_sdpa(tokenizer, mode, monkeypatch) -> None:
     from vrp import attention
 
-    ref_loss, ref = _loss_and_grads(_model(tokenizer, FP32, lean=True), FP32, mode)
+    ref_loss, ref = lean_loss_and_grads(lean_model(tokenizer, FP32, lean=True), FP32, mode)
     prefixes = []
     real = attention.causal_prefix
     monkeypatch.setattr(attention, "causal_prefix", lambda m: prefixes.append(real(m)) or prefixes[-1])
     monkeypatch.setattr(attention, "MIN_PREFIX", 4)
-    loss, got = _loss_and_grads(_model(tokenizer, FP32, lean=True, attn="split_sdpa"), FP32, mode)
+    loss, got = lean_loss_and_grads(lean_model(tokenizer, FP32, lean=True, attn="split_sdpa"), FP32, mode)
     assert prefixes and max(prefixes) >= 24   # the split ran (a prompt of 23+ tokens in every batch)
     assert loss == pytest.approx(ref_loss, rel=1e-6)
-    _assert_grads_close(got, ref, 1e-5)
+    assert_grads_close(got, ref, 1e-5)
 
 
 def test_chunked_lm_head_equals_full_and_keeps_no_logits(tokenizer) -> None:
-    model = _model(tokenizer, FP32, lean=True)
+    model = lean_model(tokenizer, FP32, lean=True)
     decoder = model.get_base_model().model
     head = model.get_base_model().lm_head
     hidden = torch.randn(10, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
@@ -186,7 +137,7 @@ def test_compile_decoder_layers_compiles_each_layer_once(tokenizer) -> None:
     from vrp.errors import VrpError
     from vrp.train.compile import compile_decoder_layers
 
-    model = _model(tokenizer, FP32, lean=True)
+    model = lean_model(tokenizer, FP32, lean=True)
     layers = model.get_base_model().model.layers
     assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in layers)
     assert compile_decoder_layers(model) == 2

@@ -75,6 +75,7 @@ def test_a_lock_removes_the_dir_it_created_only_when_nothing_was_written(tmp_pat
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_train_refuses_a_second_writer_with_one_line(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     from helpers import write_splits
 

@@ -15,6 +15,8 @@ import yaml
 
 from vrp.cli import main
 
+pytestmark = pytest.mark.e2e  # the whole chain through the real CLI (a lane of its own)
+
 WINDOW = 8
 SMALL = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
              max_position_embeddings=4096, tie_word_embeddings=True, pad_token_id=None)

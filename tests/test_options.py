@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error
 
 from vrp.errors import ConfigError, VrpError
 from vrp.options import add_config_args, build_config, check_range, coerce_fields, config_from_args, option, option_like
@@ -112,3 +113,36 @@ def test_a_yaml_key_given_twice_is_an_error_naming_the_line(tmp_path: Path) -> N
         load_yaml(tmp_path / "c.yaml")
     (tmp_path / "n.yaml").write_text("lora: {r: 8, alpha: 16}\nlora_r: 8\n")   # the same key in two mappings: fine
     assert load_yaml(tmp_path / "n.yaml") == {"lora": {"r": 8, "alpha": 16}, "lora_r": 8}
+
+
+@pytest.mark.parametrize("yaml_text, needle", [
+    ('lora_r: "abc"\n', "option 'lora_r' must be an integer, got 'abc'"),
+    ("learning_rate: fast\n", "option 'learning_rate' must be a number, got 'fast'"),
+    ("learning_rate: .nan\n", "option 'learning_rate' must be a finite number"),
+    ("group_by_length: 1\n", "option 'group_by_length' must be true or false"),
+    ("lora_r: [1, 2\n", "c.yaml:2: invalid YAML"),
+])
+def test_yaml_config_wrong_types_name_file_and_option(tmp_path, capsys, yaml_text, needle) -> None:
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    one_line_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--config",
+                            str(tmp_path / "c.yaml")], needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_yaml_exponent_learning_rate_is_a_number(tmp_path) -> None:
+    from vrp.options import build_config
+    from vrp.train.config import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("learning_rate: 2e-4\nlora_r: 8.0\n")  # YAML 1.1 reads 2e-4 as a string
+    cfg = build_config(TrainConfig, tmp_path / "c.yaml")
+    assert cfg.learning_rate == 2e-4 and cfg.lora_r == 8 and isinstance(cfg.lora_r, int)
+
+
+def test_target_modules_flag_takes_the_documented_json_list() -> None:
+    from vrp.cli import build_parser
+    from vrp.options import build_config
+    from vrp.train.config import TrainConfig
+
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--target-modules", '["q_proj","v_proj"]'])
+    cfg = build_config(TrainConfig, None, vars(args))
+    assert cfg.target_modules == ["q_proj", "v_proj"]  # was the string '["q_proj","v_proj"]' (a regex to PEFT)

@@ -1,7 +1,10 @@
 """Chat-template rendering, truncation budgets and completion-only labels with the real SmolLM2 tokenizer."""
 from __future__ import annotations
 
+import json
+
 import pytest
+from helpers import one_line_error
 
 from vrp.errors import ConfigError, VrpError
 from vrp.prompts import PromptConfig, build_completion_ids, build_prompt_ids, encode_video, encode_videos
@@ -138,3 +141,18 @@ def test_a_video_whose_title_exceeds_the_budget_is_named(tokenizer) -> None:
             as e:
         encode_videos(tokenizer, videos, PromptConfig(max_prompt_tokens=60))
     assert e.value.field == "max_prompt_tokens"  # so the CLI names --max-prompt-tokens
+
+
+def test_overlong_title_names_the_video(tmp_path, capsys, tokenizer, tiny_model_dir) -> None:
+    from vrp.prompts import PromptConfig, encode_video
+    from vrp.records import Comment, Video
+
+    long = Video("v-long", "long " * 300, "words", [Comment("c")])
+    with pytest.raises(VrpError, match="video 'v-long': the title and chat template take"):
+        encode_video(tokenizer, long, PromptConfig(max_prompt_tokens=64))
+    src = tmp_path / "v.jsonl"
+    src.write_text(json.dumps({"video_id": "ok", "title": "t", "transcript": "x"}) + "\n"
+                   + json.dumps(long.to_json()) + "\n")
+    one_line_error(capsys, ["generate", "--model", str(tiny_model_dir), "--input", str(src), "--precision", "fp32",
+                            "--max-prompt-tokens", "64", "--max-new-tokens", "2", "--preset", "greedy", "--out",
+                            str(tmp_path / "p.csv")], "video 'v-long'")

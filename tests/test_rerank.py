@@ -8,7 +8,7 @@ import torch
 
 from vrp.errors import ConfigError
 from vrp.presets import check_rerank
-from vrp.rerank import drop_near_duplicates, pmi_score, rerank_comments
+from vrp.rerank import drop_near_duplicates, rerank_comments
 
 
 class WordEmbedder:
@@ -40,9 +40,7 @@ def prompts(tokenizer):
         no_video_prompt_ids(tokenizer, cfg)
 
 
-def test_pmi_score_and_near_duplicates() -> None:
-    assert pmi_score(-6.0, -9.0, 3, 1.0) == pytest.approx(1.0)          # (-6 + 9) / 3
-    assert pmi_score(-6.0, -9.0, 3, 0.5) == pytest.approx(-0.5)         # (-6 + 4.5) / 3
+def test_near_duplicates() -> None:
     a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
     assert drop_near_duplicates(np.stack([a, 0.99 * a + 0.01 * b, b, a])) == [0, 2]
     assert drop_near_duplicates(np.stack([a, 0.8 * a + 0.6 * b]), threshold=0.9) == [0, 1]   # cosine 0.8

@@ -44,6 +44,7 @@ def copy_run(src: Path, dest: Path) -> RunDir:
     return RunDir(dest)
 
 
+@pytest.mark.slow
 def test_resume_passes_over_a_damaged_checkpoint_and_says_so(trained, tmp_path: Path, tiny_model_dir, capsys) -> None:
     data, src = trained
     run = copy_run(src, tmp_path / "run")
@@ -81,6 +82,7 @@ def test_each_damaged_checkpoint_file_is_named(trained, tmp_path: Path, damage, 
     assert resume_checkpoint(run) == (run.checkpoint_dir(1), [problem])
 
 
+@pytest.mark.slow
 def test_a_damaged_best_checkpoint_does_not_stop_a_resume(trained, tmp_path, tiny_model_dir, capsys) -> None:
     data, src = trained
     run = copy_run(src, tmp_path / "run")
@@ -168,3 +170,16 @@ def test_a_saved_prompt_setting_that_is_refused_names_config_yaml_not_a_flag(tmp
     err = one_line_error(capsys, ["generate", "--run", str(run), "--title", "T", "--transcript", "x",
                                   "--print-prompt", "user"], f"{run / 'config.yaml'}: option '{option}': ", says)
     assert not any(flag in err for flag in ("--max-prompt-tokens", "--prompt-format", "--truncation")), err
+
+
+@pytest.mark.parametrize("config_text, needle", [
+    ("- a list\n", "expected a mapping"),
+    ("model: [unclosed\n", "invalid YAML"),
+    ("model: m\nmax_prompt_tokens: abc\n", "option 'max_prompt_tokens' must be an integer"),
+])
+def test_generate_run_with_broken_config_yaml(tmp_path, capsys, config_text, needle) -> None:
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text(config_text)
+    one_line_error(capsys, ["generate", "--run", str(run), "--transcript", "hi", "--out", str(tmp_path / "p.csv")],
+                   "config.yaml", needle)

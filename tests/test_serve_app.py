@@ -1,5 +1,6 @@
 """API tests of `vrp serve` (tiny random Llama over the real SmolLM2 tokenizer, or a fake generator where only the
-HTTP behaviour matters), the `vrp serve` CLI wiring, schemathesis against /openapi.json, and `vrp bench serve`."""
+HTTP behaviour matters), the `vrp serve` CLI wiring and schemathesis against /openapi.json; `vrp bench serve` is
+tests/test_bench_serve.py."""
 from __future__ import annotations
 
 import asyncio
@@ -11,16 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import VTT, live_server, one_line_error, tiny_llama
+from helpers import INFO, VTT, Recorder, client, one_line_error, tiny_llama
 
-from vrp.decoding import GeneratedComment
-from vrp.errors import ConfigError, VrpError
+from vrp.errors import ConfigError
 from vrp.presets import PRESETS
 from vrp.prompts import PromptConfig
 from vrp.serve.app import create_app, is_loopback
 from vrp.serve.config import ServeConfig
 
-INFO = {"model": "tiny-llama", "adapter": "runs/demo/adapter", "precision": "cpu-fp32"}
 BODY = {"title": "Three sourdough tips", "transcript": "Feed the starter, use less water, bake it hot."}
 
 
@@ -34,28 +33,6 @@ def make_app(model: Any, tokenizer: Any, generate_fn: Any = None, prompt: Prompt
     """An app with small test limits; `kw` overrides ServeConfig fields."""
     config = ServeConfig(**{"default_max_new_tokens": 4, "max_new_tokens": 32, **kw})
     return create_app(config, (model, tokenizer, INFO), prompt, generate_fn=generate_fn)
-
-
-def client(app):
-    from starlette.testclient import TestClient
-
-    return TestClient(app, raise_server_exceptions=False)
-
-
-class Recorder:
-    """A fake generator: records the prompt and returns `n` fixed comments; optionally waits for `release`."""
-
-    def __init__(self, release: threading.Event | None = None) -> None:
-        self.prompts: list[list[int]] = []
-        self.started = threading.Event()
-        self.release = release
-
-    def __call__(self, model, tok, prompt_ids, preset, n, max_new_tokens, seed):
-        self.prompts.append(list(prompt_ids))
-        self.started.set()
-        if self.release is not None:
-            assert self.release.wait(20), "test never released the fake generator"
-        return [GeneratedComment(text=f"comment {i}", tokens=3, logprob=-1.5, finished=True) for i in range(n)]
 
 
 # --- info, page, schema ----------------------------------------------------------------------------------------
@@ -296,6 +273,7 @@ def test_bad_uploads_give_clear_errors(tiny, tokenizer, files, data, status, wor
 
 
 # --- schemathesis: no 500s -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_errors(tiny, tokenizer):
     import schemathesis
     from hypothesis import HealthCheck, given, settings
@@ -407,52 +385,6 @@ def test_serve_options_are_checked_by_the_config(capsys):
                    "error: --url: give either a --url (a running server) or a --model/--run (start one)")
     one_line_error(capsys, ["bench", "serve", "--model", "m", "--concurrency", "0"],
                    "error: --concurrency: must be >= 1, got 0")
-
-
-# --- vrp bench serve ---------------------------------------------------------------------------------------------
-def test_bench_refuses_non_loopback_targets_and_computes_percentiles():
-    from vrp.bench.config import require_loopback_url
-    from vrp.bench.serve import percentile
-
-    for bad in ["http://10.1.2.3:8000", "http://example.com:80", "https://127.0.0.1:8000", "ftp://localhost"]:
-        with pytest.raises(VrpError):
-            require_loopback_url(bad)
-    assert require_loopback_url("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
-    assert require_loopback_url("http://localhost:9") == "http://localhost:9"
-    assert percentile([], 50) is None and percentile([5.0], 95) == 5.0
-    assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile(list(range(101)), 95) == pytest.approx(95.0)
-
-
-def test_bench_serve_against_a_live_server(tiny, tokenizer, tmp_path, capsys):
-    import os
-
-    from vrp.cli import main
-
-    rec = Recorder()
-    app = make_app(tiny, tokenizer, generate_fn=rec, queue_size=0)
-    with live_server(app) as url:
-        out = tmp_path / "bench.json"
-        md = tmp_path / "BENCHMARKS.md"
-        md.write_text("# Benchmarks\n\nolder section\n")
-        rc = main(["bench", "serve", "--url", url, "--server-pid", str(os.getpid()), "--requests", "12",
-                   "--concurrency", "3", "--max-new-tokens", "8", "--json-out", str(out), "--append-md", str(md)])
-    assert rc == 0
-    res = json.loads(out.read_text())
-    assert sum(res["statuses"].values()) == 12 and set(res["statuses"]) <= {"200", "503"}
-    assert res["statuses"].get("200", 0) >= 1 and len(rec.prompts) == res["statuses"]["200"] + 1  # + warm-up
-    assert res["p50_ms"] > 0 and res["p95_ms"] >= res["p50_ms"] and res["rss_after_kb"] > 0
-    assert md.read_text().startswith("# Benchmarks\n\nolder section\n") and "## vrp bench serve" in md.read_text()
-    assert "latency (all)" in capsys.readouterr().out
-    assert main(["bench", "serve", "--url", "http://192.0.2.1:8000"]) == 2
-    assert "not a loopback address" in capsys.readouterr().err
-
-
-def test_bench_serve_without_a_server_is_a_one_line_error(capsys):
-    """Nothing listening at --url: the warm-up request's connection error becomes one `error:` line (exit 2)."""
-    from vrp.bench.serve import free_port
-
-    one_line_error(capsys, ["bench", "serve", "--url", f"http://127.0.0.1:{free_port()}", "--requests", "1"],
-                   "no answer from http://127.0.0.1:", "is `vrp serve` running there?")
 
 
 def test_a_json_field_given_twice_is_refused_not_the_last_one_taken(tiny, tokenizer):

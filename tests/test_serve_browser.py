@@ -9,16 +9,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import VTT, live_server, tiny_llama
+from helpers import CHROMIUM, CHROMIUM_ARGS, VTT, live_server, tiny_llama
 
 from vrp.decoding import generate_comments
 from vrp.presets import PRESETS
 from vrp.serve.app import create_app
 from vrp.serve.config import ServeConfig
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DOCS_PNG = Path(__file__).resolve().parents[1] / "docs" / "serve.png"
 TITLE = "Three tips for better sourdough bread"
 TRANSCRIPT = ("Hi everyone, welcome back to the kitchen. Today I'll show you three simple tricks for a better "
@@ -29,7 +26,8 @@ pytestmark = [pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                  reason=f"{CHROMIUM} not found: install Debian's browser with "
                                         "`apt-get install -y chromium` (this test never downloads one)"),
               pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
-                                 reason="playwright not installed: pip install -e '.[dev]'")]
+                                 reason="playwright not installed: pip install -e '.[dev]'"),
+              pytest.mark.browser]
 
 
 def _loaded(tokenizer):

@@ -62,6 +62,7 @@ def health(url: str) -> dict[str, Any]:
     return httpx.get(url + "/healthz").json()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ["json", "file"])
 def test_a_client_that_hangs_up_stops_its_generation(tokenizer, endpoint) -> None:
     slow = SlowModel(tokenizer)
@@ -84,6 +85,7 @@ def test_a_client_that_hangs_up_stops_its_generation(tokenizer, endpoint) -> Non
     assert len(slow.model._forward_pre_hooks) == 1  # the server's cancel hook was removed
 
 
+@pytest.mark.slow
 def test_a_queued_job_of_a_client_that_hung_up_is_dropped(tokenizer) -> None:
     slow = SlowModel(tokenizer)
     app = app_for(slow, tokenizer, queue_size=2)

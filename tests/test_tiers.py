@@ -70,7 +70,7 @@ def test_resolve_tier_source():
     with pytest.raises(ConfigError, match="no comment gets a tier") as e:
         resolve_tier_source("auto", _videos([[5], [3, 3]]), None)
     assert e.value.field == "tiers"
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(ConfigError, match=r"^tier_source: choose from .*, got 'views'$") as e:
         resolve_tier_source("views", seed, None)
     assert e.value.field == "tier_source"
     with pytest.raises(ConfigError, match=r"^tier_source: likes: no comment in the dataset has a like count; ") as e:
@@ -84,7 +84,7 @@ def test_markers_and_dropout(tokenizer):
     ids = {t: marker_ids(tokenizer, t) for t in ("top", "typical", "low")}
     assert tokenizer.decode(ids["low"]) == "[least liked comment]\n"
     assert len({tuple(v) for v in ids.values()}) == 3 and marker_ids(tokenizer, "any") == []
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(ConfigError, match=r"^tier: choose from .*, got 'best'$") as e:
         marker_ids(tokenizer, "best")
     assert e.value.field == "tier"
     draws = [marker_dropped(0, "v", i, 0.2) for i in range(3000)]
@@ -113,8 +113,9 @@ def test_encode_tiered_video_puts_markers_before_the_comments(tokenizer):
 
 def test_train_config_fields_and_check_tier():
     assert TrainConfig().tiers is False and TrainConfig().tier_source == "auto"
-    for kw, field in (({"tier_marker_dropout": 1.0}, "tier_marker_dropout"), ({"tier_source": "views"}, "tier_source")):
-        with pytest.raises(ConfigError) as e:
+    for kw, field, why in (({"tier_marker_dropout": 1.0}, "tier_marker_dropout", r"must be in \[0, 1\), got 1.0$"),
+                           ({"tier_source": "views"}, "tier_source", r"choose from .*, got 'views'$")):
+        with pytest.raises(ConfigError, match=f"^{field}: {why}") as e:
             TrainConfig(**kw)
         assert e.value.field == field
     check_tier("any", False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_train_config, write_splits
+from helpers import prepared_dataset, tiny_train_config, write_splits
 
 from vrp.errors import ConfigError, VrpError
 from vrp.records import Comment, Video
@@ -35,6 +35,7 @@ def data(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_overfit_then_generate_trained_comment_and_stop(tmp_path: Path, data: Path, tokenizer) -> None:
     from helpers import tiny_llama
 
@@ -59,6 +60,7 @@ def test_overfit_then_generate_trained_comment_and_stop(tmp_path: Path, data: Pa
         assert out.finished and out.tokens == len(tok(comment, add_special_tokens=False).input_ids) + 1
 
 
+@pytest.mark.slow
 def test_run_dir_contents_and_peft_adapter_roundtrip(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -95,6 +97,7 @@ def _adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data: Path, tiny_model_dir: Path, capsys) -> None:
     c = cfg(tiny_model_dir, lora_dropout=0.1, max_steps=6, save_every=2, batch_size=1, grad_accum=2)
     full = train(c, data, tmp_path / "full", progress=False)
@@ -104,9 +107,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data: Path, tiny_m
 
     def kill_at_3(step: int) -> None:
         if step == 3:  # after the step-2 checkpoint and one more step that is lost
-            raise Killed
+            raise Killed("killed at step 3")
 
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match="^killed at step 3$"):
         train(c, data, tmp_path / "resumed", on_step=kill_at_3, progress=False)
     assert not (tmp_path / "resumed" / "adapter").exists()
     with pytest.raises(VrpError, match="pass `resume` to continue it"):
@@ -121,6 +124,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data: Path, tiny_m
     assert resumed["comments_seen"] == full["comments_seen"] == 12
 
 
+@pytest.mark.slow
 def test_packing_none_and_shared_prefix_learn_the_same(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
     # one comment per video: both modes build identical rows, so the runs must agree
     a = train(cfg(tiny_model_dir, packing="none"), data, tmp_path / "a", progress=False)
@@ -140,6 +144,7 @@ def test_config_errors(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r3").exists()
 
 
+@pytest.mark.slow
 def test_training_changes_only_the_adapter(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
     """The base model's weights are frozen: after the optimizer steps every base tensor is bit-identical, while
     every LoRA tensor moved (lora_B starts at zero, so a B still zero would mean the adapter learned nothing)."""
@@ -183,6 +188,29 @@ def test_resume_refuses_another_length_when_the_schedule_depends_on_it(tmp_path:
     assert replace(constant, warmup_steps=0, warmup_ratio=0.1).schedule_uses_total()
 
 
+@pytest.mark.slow
+def test_resume_from_python_refuses_what_the_cli_refuses(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
+    """`train(cfg, resume=True)` from Python checks the same resume policy as `vrp train --resume`: another learning
+    rate is refused naming the option, before anything is written (config.yaml and the checkpoints stay as they
+    were); the resumable options and `auto` prompt format still pass."""
+    from dataclasses import replace
+
+    from vrp.rundir import RunDir
+    from vrp.train.setup import _check_resumed_total
+
+    first = cfg(tiny_model_dir, lr_scheduler="constant", warmup_steps=0, warmup_ratio=0.0, max_steps=2)
+    train(first, data, tmp_path / "run", progress=False)
+    run = RunDir(tmp_path / "run")
+    before = run.config_path.read_bytes()
+    with pytest.raises(ConfigError, match=r"^learning_rate: a resumed run continues with the options in .*config\.yaml; "
+                                          r"changed: learning_rate 0\.5 \(run: "):
+        train(replace(first, learning_rate=0.5, max_steps=3), data, tmp_path / "run", resume=True, progress=False)
+    assert run.config_path.read_bytes() == before
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["best-000002", "step-000002"]
+    _check_resumed_total(replace(first, max_steps=4, grad_accum=2, prompt_format="auto"), run)  # allowed changes
+
+
+@pytest.mark.slow
 def test_a_diverged_run_stops_with_an_error_before_spoiling_the_adapter(tmp_path: Path, data: Path,
                                                                        tiny_model_dir: Path) -> None:
     """A learning rate of 1e30 makes step 2's loss non-finite: the run stops there with an error that names the
@@ -195,6 +223,7 @@ def test_a_diverged_run_stops_with_an_error_before_spoiling_the_adapter(tmp_path
     assert (tmp_path / "run" / "checkpoints" / "step-000001").is_dir()
 
 
+@pytest.mark.slow
 def test_resume_records_the_options_it_continues_with(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
     """A resume that runs longer (constant schedule) and without the memory budget leaves a config.yaml that says
     so (it kept the first run's `max_steps: 2` and `max_memory` before)."""
@@ -208,3 +237,53 @@ def test_resume_records_the_options_it_continues_with(tmp_path: Path, data: Path
     train(replace(first, max_steps=3, max_memory=""), data, tmp_path / "run", resume=True, progress=False)
     saved = RunDir(tmp_path / "run").config()
     assert (saved["max_steps"], saved["max_memory"]) == (3, "")
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_keeps_metrics_and_refuses_other_data(tmp_path, tiny_model_dir) -> None:
+    from vrp.options import build_config
+    from vrp.train.config import TrainConfig
+    from vrp.train.loop import train
+
+    ds = prepared_dataset(tmp_path)
+    cfg = build_config(TrainConfig, None, dict(model=str(tiny_model_dir), precision="fp32", max_prompt_tokens=64,
+                                               max_row_tokens=256, lora_r=2, max_steps=4, save_every=2,
+                                               eval_every=100))
+
+    def kill_after_3(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt("killed after step 3")
+
+    with pytest.raises(KeyboardInterrupt, match="^killed after step 3$"):
+        train(cfg, ds, tmp_path / "run", on_step=kill_after_3, progress=False)
+    assert not (tmp_path / "run" / "adapter").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "validation.jsonl").write_text((ds / "validation.jsonl").read_text())
+    (other / "train.jsonl").write_text((ds / "train.jsonl").read_text() + json.dumps(
+        {"video_id": "new", "title": "", "transcript": "x", "comments": [{"text": "c", "rank": 1}]}) + "\n")
+    with pytest.raises(ConfigError, match="data: .*other is not the data this run was trained on"):
+        train(cfg, other, tmp_path / "run", resume=True, progress=False)
+    train(cfg, ds, tmp_path / "run", resume=True, progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4]  # the base model's validation row, then one row per step (none twice)
+
+
+def test_kill_while_saving_the_final_adapter_leaves_no_half_adapter(tmp_path, tiny_model_dir, monkeypatch) -> None:
+    from transformers import PreTrainedTokenizerBase
+
+    from vrp.options import build_config
+    from vrp.train.config import TrainConfig
+    from vrp.train.loop import train
+
+    ds = prepared_dataset(tmp_path)
+    cfg = build_config(TrainConfig, None, dict(model=str(tiny_model_dir), precision="fp32", max_prompt_tokens=64,
+                                               max_row_tokens=256, lora_r=2, max_steps=1, eval_every=100))
+
+    def killed(self, *a, **k):
+        raise KeyboardInterrupt("killed while saving the tokenizer")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt, match="^killed while saving the tokenizer$"):
+        train(cfg, ds, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "adapter").exists()

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error
 
 from vrp.cli import main
 from vrp.errors import VrpError
@@ -88,9 +90,8 @@ def test_utf16_srt_is_decoded():
     (b'[{"text": "x", "start": "soon", "duration": 1}]', "f.json", "f.json[0]: 'start'/'duration' must be numbers"),
 ])
 def test_bad_input_names_the_file(data, name, message):
-    with pytest.raises(VrpError) as e:
+    with pytest.raises(VrpError, match=re.escape(message)):
         parse_transcript_bytes(data, name)
-    assert message in str(e.value)
 
 
 def test_missing_file_is_a_vrp_error(tmp_path):
@@ -196,3 +197,172 @@ def test_a_file_that_is_not_srt_still_says_what_an_srt_starts_with():
     with pytest.raises(VrpError, match=r"x\.srt: not a valid SubRip \(\.srt\) file; it must start with a cue number "
                                        r"or a timing line"):
         parse_transcript_bytes(b"just some words\nmore words\n", "x.srt")
+
+
+# --- bad caption files: one line naming the file -------------------------------------------------------------
+@pytest.mark.parametrize("content, name", [
+    ('[{"text": "a", "start": "NaN", "duration": 1}]', "api.json"),
+    ('[{"text": "a", "start": 1e400, "duration": 1}]', "inf.json"),
+    ('[{"text": "a", "start": 0, "end": 1e999}]', "seg.json"),
+    ('{"events": [{"segs": [{"utf8": "hi"}], "tStartMs": 1e400}]}', "yt.json3"),
+])
+def test_transcript_non_finite_times_are_errors_not_invalid_json(tmp_path, capsys, content, name) -> None:
+    (tmp_path / name).write_text(content)
+    one_line_error(capsys, ["transcript", str(tmp_path / name), "--format", "json"], name)
+
+
+@pytest.mark.parametrize("content, name", [(b"", "e.txt"), (b"\xef\xbb\xbf  \n", "bom.txt"), (b"[]", "e.json")])
+def test_transcript_of_an_empty_file_is_an_error(tmp_path, capsys, content, name) -> None:
+    (tmp_path / name).write_bytes(content)
+    one_line_error(capsys, ["transcript", str(tmp_path / name)], name, "no transcript text")
+    (tmp_path / "d.vtt").mkdir()
+    one_line_error(capsys, ["transcript", str(tmp_path / "d.vtt")], "d.vtt", "directory")
+
+
+# --- ASS/SSA override tags, invisible format characters, YouTube Studio .sbv ------------------------------------
+ISSUE_SRT = ("1\n00:00:01,000 --> 00:00:03,000\n{\\an8}Welcome back to the channel\n\n"
+             "2\n00:00:03,000 --> 00:00:05,000\n{\\i1}today{\\i0} we bake bread\n")
+
+
+ISSUE_TEXT = "Welcome back to the channel today we bake bread"
+
+
+def text_of(data: bytes, name: str) -> str:
+    return " ".join(s.text for s in parse_transcript_bytes(data, name))
+
+
+def test_ass_override_tags_are_stripped_from_srt():
+    assert text_of(ISSUE_SRT.encode(), "a.srt") == ISSUE_TEXT
+
+
+@pytest.mark.parametrize("name, data", [
+    # WebVTT exported by a subtitle editor: position + colour overrides in one block, \N hard line break, \h space
+    ("b.vtt", "WEBVTT\n\n00:00:01.000 --> 00:00:03.000\n{\\pos(320,50)\\c&H00FFFF&}first line\\Nsecond\\hline\n"),
+    # YouTube json3 whose text came from an ASS upload
+    ("c.json3", json.dumps({"events": [{"tStartMs": 0, "dDurationMs": 900,
+                                        "segs": [{"utf8": "{\\b1}first line{\\b0} second"}, {"utf8": " line"}]}]})),
+    ("d.sbv", "0:00:01.000,0:00:03.000\n{\\fad(200,200)}first line\nsecond line\n"),
+])
+def test_ass_overrides_and_escapes_in_other_caption_formats(name, data):
+    assert text_of(data.encode(), name) == "first line second line"
+
+
+def test_braces_without_an_override_code_are_text():
+    srt = "1\n00:00:01,000 --> 00:00:02,000\nthe set {a, b} is small\n"
+    assert text_of(srt.encode(), "e.srt") == "the set {a, b} is small"
+
+
+def test_left_to_right_mark_before_the_first_cue_number():
+    assert text_of(("\u200e" + ISSUE_SRT).encode(), "lrm.srt") == ISSUE_TEXT
+
+
+@pytest.mark.parametrize("name, data", [
+    # RLM before a timing line, a second BOM from concatenated files before a cue number, a ZWSP before a timing
+    ("rtl.srt", "\u200f1\n\u200f00:00:01,000 --> 00:00:02,000\n\u200fhello\n\n\ufeff2\n"
+                "\u200b00:00:02,000 --> 00:00:03,000\nwor\u200bld\n"),
+    ("hdr.vtt", "\u200eWEBVTT\n\n\u206600:00:01.000 --> 00:00:02.000\u2069\nhello\n\n00:00:02.000 --> "
+                "00:00:03.000\nworld\n"),
+    ("lrm.sbv", "\u200e0:00:01.000,0:00:02.000\nhello\n\n\u200e0:00:02.000,0:00:03.000\nworld\n"),
+    ("lrm.json3", "\u200e\ufeff" + json.dumps({"events": [{"tStartMs": 1000, "dDurationMs": 2000,
+                                                         "segs": [{"utf8": "hello world"}]}]})),
+])
+def test_format_characters_in_other_positions_and_formats(name, data):
+    segments = parse_transcript_bytes(data.encode(), name)
+    assert " ".join(s.text for s in segments) == "hello world"
+    assert segments[0].start == 1.0
+
+
+def test_a_line_of_format_characters_inside_rolling_captions_keeps_the_cue():
+    # YouTube's rolling captions hold a " " line inside a cue; a ZWSP line must behave the same way
+    vtt = "WEBVTT\n\n00:00:00.000 --> 00:00:02.000\n\u200b\ngood morning\n"
+    assert parse_transcript_bytes(vtt.encode(), "z.vtt") == [Segment(0.0, 2.0, "good morning")]
+
+
+SBV = "0:00:01.000,0:00:03.000\nhello from\nYouTube Studio\n\n1:02:03.500,1:02:05.000\nsee you\n"
+
+
+def test_sbv_is_read_by_transcript_and_generate_input(tmp_path, capsys):
+    path = tmp_path / "studio.sbv"
+    path.write_text(SBV, encoding="utf-8")
+    assert read_transcript(path) == [Segment(1.0, 3.0, "hello from YouTube Studio"),
+                                     Segment(3723.5, 3725.0, "see you")]
+    assert main(["transcript", str(path)]) == 0
+    assert capsys.readouterr().out == "hello from YouTube Studio see you\n"
+    from vrp.generate.run import load_inputs
+
+    videos = load_inputs(str(path), title="Studio export")
+    assert [(v.video_id, v.title, v.transcript) for v in videos] == [
+        ("studio", "Studio export", "hello from YouTube Studio see you")]
+
+
+def test_sbv_with_upper_case_suffix_bom_and_crlf():
+    data = ("\ufeff" + SBV).replace("\n", "\r\n").encode("utf-8")
+    assert text_of(data, "EXPORT.SBV") == "hello from YouTube Studio see you"
+
+
+# --- malformed timing lines and JSON: errors naming file, line and the line ------------------------------------
+SRT_OK = "1\n00:00:01,000 --> 00:00:02,000\nfirst\n\n2\n00:00:02,000 --> 00:00:02,500\nsecond\n\n"
+
+
+@pytest.mark.parametrize("name, text, line, shown", [
+    ("a.sbv", "0:00:01.000,0:00:03.000\nhello\n\nbad,line\nworld\n", 4, "bad,line"),
+    ("b.sbv", "0:00:01.000,0:00:03.000\nhello\n\n0:00:04.000-0:00:05.000\nworld\n", 4, "0:00:04.000-0:00:05.000"),
+    ("a.vtt", "WEBVTT\n\n00:00:00.500 --> 00:00:01.000\nok\n\n00:00:01.000 --> 00:00:0x.000\nlost\n", 6,
+     "00:00:01.000 --> 00:00:0x.000"),
+    ("b.vtt", "WEBVTT\n\n00:00:01.000 --> garbage\nonly\n", 3, "00:00:01.000 --> garbage"),
+    ("c.vtt", "WEBVTT\n\n00:00:01.000 --> 00:00:02.000\nhello\n\nworld\n", 6, "world"),  # text outside any cue
+    ("d.vtt", "WEBVTT\n\n00:00:01.000 --> 00:01:70.000\nseventy seconds\n", 3, "00:00:01.000 --> 00:01:70.000"),
+    ("a.srt", SRT_OK + "3\n00:00:02,000 -> 00:00:03,000\nthird\n", 10, "00:00:02,000 -> 00:00:03,000"),
+    ("b.srt", "1\n00:00:05,000 --> 00:00:02,000\nbackwards\n", 2, "00:00:05,000 --> 00:00:02,000"),
+    ("c.srt", "1\n-00:00:01,000 --> 00:00:02,000\nnegative\n", 2, "-00:00:01,000 --> 00:00:02,000"),
+    ("d.srt", "\ufeff\n1\n00:00:01,000 --> 00:00:02,000\nok\n\n2\n00:00:03,000 ---> 00:00:04,000\nx\n", 7,
+     "00:00:03,000 ---> 00:00:04,000"),  # a blank line before the first cue still counts
+])
+def test_a_malformed_timing_line_names_file_line_and_the_line(name, text, line, shown):
+    with pytest.raises(VrpError, match=rf"^{re.escape(name)}:{line}: .*{re.escape(repr(shown))}"):
+        parse_transcript_bytes(text.encode(), name)
+
+
+def test_valid_captions_around_the_timing_checks_still_parse():
+    srt = "1\n00:00:01,000 --> 00:00:02,000\nhello\n\nsame cue after a blank line\n\n2\n00:00:03.000 --> 00:00:04,000\nbye\n"
+    assert text_of(srt.encode(), "ok.srt") == "hello same cue after a blank line bye"
+    vtt = ("WEBVTT\nKind: captions\n\nNOTE a --> inside a note\n\nSTYLE\n::cue { color: red }\n\n"
+           "intro\n00:01.000 --> 00:02.000 align:start\nhi\n")
+    assert text_of(vtt.encode(), "ok.vtt") == "hi"
+
+
+@pytest.mark.parametrize("event, message", [
+    ({"tStartMs": "1000", "segs": [{"utf8": "a"}]}, "events[0].tStartMs must be a number"),
+    ({"tStartMs": 0, "dDurationMs": True, "segs": [{"utf8": "a"}]}, "events[0].dDurationMs must be a number"),
+    ({"tStartMs": -5, "segs": [{"utf8": "a"}]}, "events[0].tStartMs must be a number of milliseconds >= 0"),
+    ({"tStartMs": 0, "segs": [{"utf8": "a"}, {"utf8": 5}]}, "events[0].segs[1].utf8 must be text, got 5"),
+])
+def test_json3_with_bad_types_names_the_event(event, message):
+    with pytest.raises(VrpError, match=r"^y\.json3: " + message.replace("[", r"\[").replace("]", r"\]")):
+        parse_transcript_bytes(json.dumps({"events": [event]}).encode(), "y.json3")
+
+
+def test_deeply_nested_json_is_one_line_error_in_transcript_and_generate(tmp_path, capsys):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["transcript", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {path}: invalid JSON (nested too deeply to read)"
+    from vrp.generate.run import load_inputs
+
+    with pytest.raises(VrpError, match="deep.json: invalid JSON"):
+        load_inputs(str(path))
+    with pytest.raises(VrpError, match=r"deep\.json3: invalid JSON \(nested"):
+        parse_transcript_bytes(b'{"events": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "deep.json3")
+
+
+@pytest.mark.parametrize(("timing", "why"), [
+    ("99999999999999999999:00:00.000 --> 99999999999999999999:00:01.000", "invalid timing (hours must have at most 5"),
+    ("00:00:01.000 --> 00:00:0\uff15.000", "malformed timing line"),  # a full-width digit
+])
+def test_timing_lines_webvtt_py_would_drop_are_errors(tmp_path, timing, why):
+    """A huge hour field and non-ASCII digits: webvtt-py skipped such a cue without a word (its text was lost)."""
+    path = tmp_path / "c.vtt"
+    path.write_text(f"WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhello\n\n{timing}\nbody\n", encoding="utf-8")
+    with pytest.raises(VrpError, match=rf"c.vtt:6: {re.escape(why)}"):
+        read_transcript(path)

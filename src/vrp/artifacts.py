@@ -12,12 +12,13 @@ Errors: a missing or wrong directory is a `ConfigError` naming the argument that
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from vrp.errors import ConfigError, VrpError
 from vrp.files import (
@@ -28,7 +29,6 @@ from vrp.files import (
     read_json_object,
     repair_torn_tail,
     write_json_atomic,
-    write_jsonl_atomic,
 )
 from vrp.locks import LOCK_NAME, DirLock
 from vrp.records import Video, read_videos
@@ -216,8 +216,23 @@ class DatasetDir(_Dir):
 
     def write(self, train: Iterable[Video], validation: Iterable[Video], manifest: dict[str, Any]) -> None:
         """Write the three files so that the dir never holds a mix of old and new files or a dataset without its
-        manifest: they are written into a temporary directory, which is renamed to the dir when it does not exist,
-        else moved into it one by one with `manifest.json` last (an old manifest is removed first)."""
+        manifest (`writer`)."""
+        with self.writer() as w:
+            for v in train:
+                w.add(self.TRAIN, v)
+            for v in validation:
+                w.add(self.VALIDATION, v)
+            w.finish(manifest)
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator["DatasetWriter"]:
+        """A `DatasetWriter` whose files appear in the dir only when the block ends without an error after its
+        `finish`: they are written into a temporary directory (beside a new dir, inside an existing one), which is
+        renamed to the dir when it does not exist, else its files are moved into it one by one with
+        `manifest.json` last (an old manifest is removed first). An error, a kill or a full disk before that
+        leaves the dir as it was and no file that looks complete; the temporary directory is removed (a kill
+        leaves it, named `.<dir>.tmp-*`, and no dataset). Raises ConfigError('out') when the dir cannot be
+        created, VrpError naming it when a file cannot be written."""
         import tempfile
 
         out = self.path.absolute()
@@ -229,11 +244,13 @@ class DatasetDir(_Dir):
             blocker = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
             why = f"{blocker} is a file, not a directory" if blocker else (e.strerror or str(e))
             raise ConfigError("out", f"cannot create {out} ({why})") from None
+        writer = None
         try:
             os.chmod(stage, 0o777 & ~current_umask())
-            write_jsonl_atomic(stage / self.TRAIN, (v.to_json() for v in train))
-            write_jsonl_atomic(stage / self.VALIDATION, (v.to_json() for v in validation))
-            write_json_atomic(stage / self.MANIFEST, manifest)
+            writer = DatasetWriter(stage, out)
+            yield writer
+            if not writer.finished:
+                raise RuntimeError("DatasetDir.writer: the block ended without finish(manifest)")
             try:
                 if not out.exists():
                     os.replace(stage, out)
@@ -244,8 +261,63 @@ class DatasetDir(_Dir):
             except OSError as e:
                 raise VrpError(f"{out}: cannot write the dataset ({e.strerror or e})") from None
         finally:
+            if writer is not None:
+                writer.abort()
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)
+
+
+class DatasetWriter:
+    """The files of a dataset being written by `DatasetDir.writer`, in its temporary directory `stage`: `add` a
+    video (or its JSON line) to a split file, then `finish(manifest)`. `scratch` is a directory for temporary files
+    of the command (removed with the stage, never part of the dataset). Write errors (a full disk) raise VrpError
+    naming the dataset dir `out`."""
+
+    def __init__(self, stage: Path, out: Path) -> None:
+        self.stage, self.out = stage, out
+        self.scratch = stage / ".scratch"
+        self.finished = False
+        self.counts = {DatasetDir.TRAIN: 0, DatasetDir.VALIDATION: 0}
+        self._files: dict[str, Any] = {}
+        with self._errors():
+            self.scratch.mkdir()
+            for name in self.counts:
+                self._files[name] = open(stage / name, "wb")
+                os.chmod(stage / name, 0o666 & ~current_umask())
+
+    def add(self, split: str, video: Video) -> None:
+        """Append `video` to the split file `split` (`DatasetDir.TRAIN` or `DatasetDir.VALIDATION`)."""
+        self.add_line(split, (json.dumps(video.to_json(), ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def add_line(self, split: str, line: bytes) -> None:
+        """Append one video's JSON line (UTF-8, ending in a newline, as `add` writes it) to the split file."""
+        with self._errors():
+            self._files[split].write(line)
+        self.counts[split] += 1
+
+    def finish(self, manifest: dict[str, Any]) -> None:
+        """Flush the split files to disk, delete `scratch`, and write `manifest.json` (last)."""
+        with self._errors():
+            for f in self._files.values():
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+            shutil.rmtree(self.scratch)
+        write_json_atomic(self.stage / DatasetDir.MANIFEST, manifest)
+        self.finished = True
+
+    def abort(self) -> None:
+        """Close the split files without checking them (the stage is deleted next)."""
+        for f in self._files.values():
+            with contextlib.suppress(OSError):
+                f.close()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            raise VrpError(f"{self.out}: cannot write the dataset ({e.strerror or e})") from None
 
 
 # --- report dir -----------------------------------------------------------------------------------------------

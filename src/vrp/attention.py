@@ -13,7 +13,8 @@ which gives the same softmax over the same keys for every query (exact up to flo
 masked kernels take no GQA, so the heads are repeated as transformers does). `p` is found once per mask
 (`causal_prefix`, cached per mask tensor: each layer type of a model may have its own mask, `vrp.layer_masks`).
 Measured (SmolLM2-135M, 4 rows x 1,103 tokens, bf16, 1 thread, CPU seconds per training step): shared-prefix rows
-faster than `sdpa` and, for padded `none` rows, 17.5 s instead of 21.9 s (BENCHMARKS.md, "Training memory and step time").
+faster than `sdpa` and, for padded `none` rows, 17.5 s instead of 21.9 s
+(docs/benchmarks-history.md, "Training memory and step time").
 Registered with transformers as attention implementation `split_sdpa` (its masks are built like `sdpa`'s), so a
 model loaded with `attn_implementation="split_sdpa"` uses it in every layer.
 On a CPU, when every row of a batch is a shared-prefix row (prompt, then comments that see the prompt and
@@ -32,6 +33,9 @@ stay exact: `causal_prefix` counts only query rows that are exactly causal (a wi
 and `row_plans` accepts only masks that are exactly shared-prefix rows, so a window or chunk that cuts into a row
 sends the batch to the split path, whose masked tail applies the mask as it is; a window longer than every logical
 sequence leaves the mask unchanged and the segment path applies.
+An unmasked decoding step (one query per sequence, grouped-query attention, CPU) runs `decode_step_attention`,
+the query heads packed onto their key/value heads, instead of SDPA's slower bf16 `enable_gqa` kernel; inference on
+a CPU uses `split_sdpa` for this (`vrp.model.load_for_inference`).
 Does not know: how masks are built (`vrp.packing`, `vrp.loss.model_attention_mask`).
 """
 from __future__ import annotations
@@ -251,14 +255,34 @@ def _segments(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plans
     return SegmentAttention.apply(query, key.to(query.dtype), value.to(query.dtype), plans, scale, groups)
 
 
+def decode_step_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
+                          groups: int) -> torch.Tensor:
+    """One decoding step of grouped-query attention on a CPU, unmasked: query (B, H, 1, D), key/value (B, H_kv, K, D)
+    with H = groups * H_kv; returns (B, 1, H, D). The `groups` query heads of each key/value head become `groups`
+    query rows of that head (transformers' own `pack_gqa` layout, which it uses when a decoding step has a mask), so
+    SDPA runs on the H_kv heads without repeating keys and values and without `enable_gqa`, whose bf16 CPU kernel
+    (torch 2.13) is ~5x slower at this shape: 1.9 ms instead of 0.37 ms per layer for SmolLM2-135M with 5 sequences
+    and 600 cached keys, about a third of a decoding step (measured 2026-12-08, docs/evaluation.md#speed). The same
+    softmax over the same keys: equal to `enable_gqa` up to float rounding (fp32 ~1e-7)."""
+    b, h, _, d = query.shape
+    out = torch.nn.functional.scaled_dot_product_attention(query.reshape(b, h // groups, groups, d), key, value,
+                                                           scale=scale)
+    return out.reshape(b, h, 1, out.shape[-1]).transpose(1, 2).contiguous()
+
+
 def split_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                          is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """Attention function with transformers' signature: query (B, H, Q, D), key/value (B, H_kv, K, D), mask
-    (B, 1, Q, K) or None; returns (B, Q, H, D) and no attention weights. Falls back to transformers' `sdpa`
+    (B, 1, Q, K) or None; returns (B, Q, H, D) and no attention weights. An unmasked single-query step of
+    grouped-query attention on a CPU (decoding) runs `decode_step_attention`. Falls back to transformers' `sdpa`
     function when there is no mask, a KV cache (Q != K), dropout, or a causal prefix shorter than `MIN_PREFIX`."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    groups = getattr(module, "num_key_value_groups", 1)   # a Python int: static under torch.compile
+    if (attention_mask is None and query.shape[2] == 1 and groups > 1 and query.device.type == "cpu"
+            and dropout == 0.0 and all(kwargs.get(k) is None for k in ("softcap", "position_bias", "s_aux"))):
+        return decode_step_attention(query, key, value, scaling, groups), None
     p = 0
     if attention_mask is not None and attention_mask.ndim == 4 and dropout == 0.0 and not kwargs.get("softcap"):
         p = _prefix_of(attention_mask)
@@ -266,7 +290,6 @@ def split_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, va
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    groups = getattr(module, "num_key_value_groups", 1)   # a Python int: static under torch.compile
     plans = _plans_of(attention_mask)
     if plans is not None and query.device.type == "cpu" and len(plans) == query.shape[0]:
         out = _segments(query, key, value, plans, scaling, groups)

@@ -15,7 +15,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vrp import clean, likes
 from vrp.artifacts import CollectDir
@@ -83,7 +83,20 @@ def clean_comments(raw: Any, where: str, drop_uploader: bool = True, max_comment
 def load_collect_dir(path: str | os.PathLike[str], drop_uploader_comments: bool = True,
                      drop_annotations: bool = True, max_comments: int | None = None,
                      max_comment_graphemes: int | None = None) -> tuple[list[Video], dict[str, Any]]:
-    """Read a collect dir (or its `videos.jsonl`) into `Video` records plus stats for the dataset manifest.
+    """Read a collect dir (or its `videos.jsonl`) into `Video` records plus stats for the dataset manifest: the
+    list of `iter_collect_dir`'s videos and its stats."""
+    stats: dict[str, Any] = {}
+    videos = list(iter_collect_dir(path, stats, drop_uploader_comments, drop_annotations, max_comments,
+                                   max_comment_graphemes))
+    return videos, stats
+
+
+def iter_collect_dir(path: str | os.PathLike[str], stats: dict[str, Any], drop_uploader_comments: bool = True,
+                     drop_annotations: bool = True, max_comments: int | None = None,
+                     max_comment_graphemes: int | None = None) -> Iterator[Video]:
+    """The `Video` records of a collect dir (or its `videos.jsonl`), read one line at a time; `stats` (a dict,
+    filled when the iterator is exhausted) gets the counts for the dataset manifest. Only the ids seen so far are
+    held (to drop a duplicate id), not the videos.
 
     Videos with no transcript text or no usable comment are dropped, with one counted warning. A torn last line
     (a kill during `vrp collect`) is ignored and counted. Stats (flat, all ints but `source`): `source`,
@@ -98,7 +111,7 @@ def load_collect_dir(path: str | os.PathLike[str], drop_uploader_comments: bool 
     file = collect_dir.videos_path if path.is_dir() else path
     if not file.is_file():
         raise VrpError(f"{file}: file not found (expected a collect dir written by `vrp collect`)")
-    videos: list[Video] = []
+    kept = comments_kept = 0
     seen: set[str] = set()
     vdrop: Counter = Counter({r: 0 for r in VIDEO_DROP_REASONS})
     cdrop: Counter = Counter({r: 0 for r in COMMENT_DROP_REASONS})
@@ -129,18 +142,18 @@ def load_collect_dir(path: str | os.PathLike[str], drop_uploader_comments: bool 
             continue
         title = clean.collapse_spaces(clean.remove_invisible(clean.check_text(str(row.get("title") or ""),
                                                                               f"{where}: field 'title'")))
-        videos.append(Video(video_id=vid, title=title, transcript=transcript, comments=comments))
+        kept += 1
+        comments_kept += len(comments)
+        yield Video(video_id=vid, title=title, transcript=transcript, comments=comments)
     n_dropped = sum(vdrop.values())
     if n_dropped:
         reasons = ", ".join(f"{k}: {v}" for k, v in vdrop.items() if v)
         log.warning("%s: dropped %d of %d videos (%s)", file, n_dropped, read, reasons)
     skipped = Counter(str(r.get("reason", "unknown")) for r in collect_dir.skipped().values())
-    stats: dict[str, Any] = {"source": str(file), "videos_read": read, "videos_kept": len(videos),
-                             "videos_dropped": n_dropped}
+    stats.update({"source": str(file), "videos_read": read, "videos_kept": kept, "videos_dropped": n_dropped})
     stats.update({f"videos_dropped_{k}": v for k, v in vdrop.items()})
-    stats.update({"comments_read": comments_read, "comments_kept": sum(len(v.comments) for v in videos),
+    stats.update({"comments_read": comments_read, "comments_kept": comments_kept,
                   "comments_dropped": sum(cdrop.values())})
     stats.update({f"comments_dropped_{k}": v for k, v in cdrop.items()})
     stats["torn_last_line"] = torn
     stats.update({f"skipped_at_collection_{k}": v for k, v in sorted(skipped.items())})
-    return videos, stats

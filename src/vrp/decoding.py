@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vrp.errors import VrpError
-from vrp.presets import DEFAULT_PRESET, MAX_NEW_TOKENS, Preset, get_preset
+from vrp.presets import DEFAULT_PRESET, MAX_NEW_TOKENS, PRESETS, Preset, get_preset
 from vrp.processors import ContextAwareLogitsProcessor, GeneratedTokensGuard
 from vrp.prompts import stop_token_ids
 
@@ -106,7 +106,7 @@ def generate_comments(model: Any, tokenizer: Any, prompt_ids: list[int], preset:
     all of the model's `eos_token_id`s, the tokenizer's EOS); `prompt_format` is the one the prompt was rendered in
     (a run's `PromptConfig.prompt_format`; `auto` resolves as `vrp.prompt_format.resolve_prompt_format`).
     Processors: `logits_processors` (the guard of `nucleus` / `cad` sees only the new tokens).
-    Raises VrpError for `greedy` with num_comments > 1 (it can only give one comment), for num_comments /
+    Raises VrpError for a `single_output` preset (`greedy`) with num_comments > 1, for num_comments /
     max_new_tokens < 1, for `cad` without `no_video_ids`, or naming the model when its chat template is unusable
     (`prompts.chat_format`).
     """
@@ -116,8 +116,9 @@ def generate_comments(model: Any, tokenizer: Any, prompt_ids: list[int], preset:
     p = get_preset(preset) if isinstance(preset, str) else preset
     if num_comments < 1 or max_new_tokens < 1:
         raise VrpError("num_comments and max_new_tokens must be at least 1")
-    if p.name == "greedy" and num_comments > 1:
-        raise VrpError("preset greedy gives exactly one comment; use beam, nucleus or beam-sample for several")
+    if p.single_output and num_comments > 1:
+        raise VrpError(f"preset {p.name} gives exactly one comment; use a preset that samples or searches several "
+                       f"for more ({', '.join(n for n, q in PRESETS.items() if not q.single_output)})")
     if seed is not None:
         torch.manual_seed(seed)
     stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None), prompt_format)

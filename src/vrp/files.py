@@ -161,10 +161,15 @@ def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSON Lines file. Blank lines are skipped. Raises VrpError naming the file and line on bad JSON."""
+    return [obj for _, obj in iter_jsonl(path)]
+
+
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSON Lines file, read one line at a time. Raises VrpError
+    naming the file (and line): missing, not UTF-8, bad JSON, a line that is not an object."""
     path = Path(path)
     if not path.is_file():
         raise VrpError(f"{path}: file not found")
-    rows = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -177,8 +182,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             obj = loads_json(line, f"{path}:{lineno}", name_line=False)
             if not isinstance(obj, dict):
                 raise VrpError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append(obj)
-    return rows
+            yield lineno, obj
 
 
 

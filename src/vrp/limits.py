@@ -62,7 +62,7 @@ ROWS = Limit("rows", 1, 1024, "rows per micro-batch or scoring pass, or micro-ba
 STEPS = Limit("steps", 1, 10_000_000, "optimizer steps, epochs or step intervals",
               "far past any run on one machine; catches a mistyped number")
 THREADS = Limit("threads", 0, 1024, "torch CPU threads", "more threads than any machine's cores only slow it down")
-PROCESSES = Limit("processes", 1, 64, "training processes of `vrp bench train --nproc`",
+PROCESSES = Limit("processes", 1, 64, "training processes a benchmark starts",
                   "each process loads the model")
 QUEUE = Limit("queue", 0, 1000, "requests waiting in the server's queue", "each waiting request holds its body")
 BODY_MB = Limit("body_mb", 0.001024, 1000, "MB of a request body", "the body is read whole into memory")

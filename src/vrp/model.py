@@ -270,7 +270,9 @@ def load_for_inference(model: str | None = None, run: Any = None, checkpoint: st
 
     A run trained on a 4-bit base (its config.yaml says `quantization: 4bit`) is loaded on the base in 4-bit again,
     which is the model its adapter was trained with, and its adapter is kept unmerged: merging would round
-    `W + BA` back to NF4, so the merged model would not be the trained one (peft warns about this too)."""
+    `W + BA` back to NF4, so the merged model would not be the trained one (peft warns about this too).
+    On a CPU a model that uses transformers' `sdpa` attention gets `split_sdpa` (`vrp.attention`): the same kernels
+    for prompts and scoring, and a decoding step without SDPA's slow bf16 grouped-query kernel."""
 
     if not model and not run:
         raise ConfigError("model", "give a `model` or a `run`")
@@ -284,6 +286,8 @@ def load_for_inference(model: str | None = None, run: Any = None, checkpoint: st
     assert model is not None
     prec = resolve_precision(precision, quantization, device)
     m, tok = load_base_model(model, prec)
+    if prec.device == "cpu" and getattr(m.config, "_attn_implementation", None) == "sdpa":
+        m.set_attn_implementation(register())  # `sdpa` plus a faster CPU decoding step (`vrp.attention`)
     if prec.load_in_4bit:  # bitsandbytes' fused CPU kernel computes in bf16: only for a bf16 run
         import torch
 

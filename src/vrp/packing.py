@@ -88,6 +88,7 @@ def make_rows(videos: list[EncodedVideo], mode: str, max_row_tokens: int) -> lis
         if contexts and len(contexts) != len(v.completions):
             raise VrpError(f"video {v.video_id!r}: {len(contexts)} contexts for {len(v.completions)} comments")
         current: Row | None = None
+        length = 0  # current.num_tokens, kept as a running sum (recomputing it is quadratic in a video's comments)
         for i, c in enumerate(v.completions):
             if not c:
                 raise VrpError(f"video {v.video_id!r}: comment {i} has no tokens")
@@ -97,11 +98,13 @@ def make_rows(videos: list[EncodedVideo], mode: str, max_row_tokens: int) -> lis
                 raise VrpError(f"video {v.video_id!r}: prompt ({p} tokens) + comment {i} ({n} tokens) exceed "
                                f"max_row_tokens={max_row_tokens}; raise it or lower max_prompt_tokens / "
                                f"max_comment_tokens")
-            if mode == "none" or current is None or current.num_tokens + n > max_row_tokens:
+            if mode == "none" or current is None or length + n > max_row_tokens:
                 current = Row(list(v.prompt_ids), [], v.video_id)
                 rows.append(current)
+                length = p
             current.completions.append(list(c))
             current.contexts.append(ctx)
+            length += n
     return rows
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from vrp.clean import check_text
 from vrp.errors import VrpError
-from vrp.files import read_jsonl
+from vrp.files import iter_jsonl
 from vrp.likes import parse_like_count
 
 
@@ -100,4 +100,11 @@ class Video:
 
 def read_videos(path: str | os.PathLike[str]) -> list[Video]:
     """Read a prepared dataset split (`train.jsonl`, `validation.jsonl`) into `Video` records."""
-    return [Video.from_json(d, where=f"{path}:{i + 1}") for i, d in enumerate(read_jsonl(path))]
+    return list(iter_videos(path))
+
+
+def iter_videos(path: str | os.PathLike[str]) -> Iterator[Video]:
+    """The `Video` records of a video JSON Lines file (a dataset split), read one line at a time. Raises VrpError
+    naming the file and line (`vrp.files.iter_jsonl`, `Video.from_json`)."""
+    for lineno, d in iter_jsonl(path):
+        yield Video.from_json(d, where=f"{path}:{lineno}")

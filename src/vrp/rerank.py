@@ -9,10 +9,11 @@ Does not know: where prompts or the embedder come from (the callers build the vi
 
 Score (maximum mutual information, Li et al. 2016, "A Diversity-Promoting Objective Function for Neural Conversation
 Models", the anti-LM form with a weight; per token as in domain-conditional PMI, Holtzman et al. 2021, "Surface Form
-Competition"): `pmi = mean log p(c | video prompt) - lambda * mean log p(c | no-video prompt)`, means over the
-comment's generated tokens (its stop token included when it has one). The first term is the model's log-probability
-that generation already computed from the raw logits (no second prefill of the long video prompt); the second is
-computed with the shared-prefix scorer (`scoring.score_candidates`, the short no-video prompt prefilled once for all N).
+Competition"; `vrp.ranking.pmi_score`, the one PMI of vrp): `pmi = mean log p(c | video prompt) - lambda * mean log
+p(c | no-video prompt)`, means over the comment's generated tokens (its stop token included when it has one). The
+first term is the model's log-probability that generation already computed from the raw logits (no second prefill of
+the long video prompt); the second is computed with the shared-prefix scorer (`scoring.score_candidates`, the short
+no-video prompt prefilled once for all N).
 Order: non-empty before empty, finished (ended with a stop token) before cut-off comments, then by pmi, then by
 sampling order. Near-duplicates: going down that order, a comment whose embedding has cosine >= `dup_threshold`
 (0.9) with one already kept is dropped (so the better-scored one stays). Fewer than K remain when the N samples hold
@@ -28,16 +29,10 @@ from vrp.decoding import GeneratedComment, generate_comments
 from vrp.embeddings import load_embedder
 from vrp.errors import ConfigError
 from vrp.presets import DEFAULT_PRESET, DEFAULT_RERANK_LAMBDA, MAX_NEW_TOKENS, Preset, check_rerank, get_preset
+from vrp.ranking import pmi_score
 from vrp.scoring import score_candidates
 
 DUP_THRESHOLD = 0.9
-
-
-def pmi_score(logprob_video: float, logprob_no_video: float, tokens: int, lam: float) -> float:
-    """`(logprob_video - lam * logprob_no_video) / tokens`: the per-token PMI of a comment whose `tokens` tokens have
-    summed natural-log probabilities `logprob_video` / `logprob_no_video` under the two prompts. Example: sums -6
-    and -9 over 3 tokens, lam 1 -> (-6 + 9) / 3 = 1.0."""
-    return (logprob_video - lam * logprob_no_video) / max(tokens, 1)
 
 
 def drop_near_duplicates(emb: np.ndarray, threshold: float = DUP_THRESHOLD) -> list[int]:
@@ -63,12 +58,12 @@ def rerank_comments(model: Any, tokenizer: Any, prompt_ids: list[int], no_video_
     prompt_ids / no_video_ids: the video prompt and the no-video prompt (token ids, same markers appended).
     embedder: `encode(texts) -> (N, D)` (default: the bundled MiniLM, `evaluate.embed.load_embedder`).
     prompt_format: the format both prompts were rendered in (its stop tokens end the samples, `generate_comments`).
-    Raises ConfigError('rerank') when `pool < num_comments` or the preset gives a single comment (`greedy`), and
+    Raises ConfigError('rerank') when `pool < num_comments` or the preset gives a single comment (`single_output`), and
     whatever `generate_comments` raises.
     """
 
     p = get_preset(preset) if isinstance(preset, str) else preset
-    check_rerank(max(pool, 1), num_comments, [p.name])
+    check_rerank(max(pool, 1), num_comments, [p])
     comments = generate_comments(model, tokenizer, prompt_ids, p, pool, max_new_tokens, seed,
                                  no_video_ids=no_video_ids, prompt_format=prompt_format)
     if embedder is None:
@@ -79,7 +74,7 @@ def rerank_comments(model: Any, tokenizer: Any, prompt_ids: list[int], no_video_
                               max_row_tokens=len(no_video_ids) + max(longest, 512))
     no_video = dict(zip(unique, scored))
     for c in comments:
-        c.pmi = pmi_score(c.logprob, no_video[tuple(c.token_ids)][0], len(c.token_ids), lam)
+        c.pmi = pmi_score((c.logprob, len(c.token_ids)), no_video[tuple(c.token_ids)], lam)
     order = sorted(range(len(comments)),
                    key=lambda i: (not comments[i].text, not comments[i].finished, -float(comments[i].pmi or 0.0), i))
     ranked = [comments[i] for i in order]

@@ -285,7 +285,7 @@ def check_adapter(adapter_dir: Path) -> None:
     from safetensors import SafetensorError, safe_open
 
     cfg_path = adapter_dir / "adapter_config.json"
-    cfg = read_json_object(cfg_path, "adapter config")
+    read_json_object(cfg_path, "adapter config")  # VrpError naming the file when it is not a JSON object
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         if (adapter_dir / "adapter_model.bin").is_file():

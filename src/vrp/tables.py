@@ -6,24 +6,21 @@ bytes through `vrp.charsets`; the CSV delimiter from Excel's `sep=X` line or the
 checks a table must pass (every CSV row has as many fields as the header, RFC 4180 quoting; no column named twice, in
 any format; no key twice in a JSONL object); missing values (None, NaN, `pd.NA`, `NaT`) as ''; Parquet bytes as
 UTF-8; NUL characters removed from text cells.
-Does not know: what the columns mean or how rows become videos (see `vrp.prepare.run`).
+Does not know: what the columns mean or how rows become videos (`vrp.sources`), chunked reading (`vrp.table_chunks`).
 """
 from __future__ import annotations
 
 import io
-import logging
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from vrp import clean
 from vrp.charsets import decode_bytes
 from vrp.errors import VrpError
 from vrp.files import loads_json
 from vrp.xlsx_cells import read_xlsx_rows
-
-log = logging.getLogger(__name__)
 
 TABLE_EXTS = (".xlsx", ".csv", ".tsv", ".jsonl", ".parquet")
 
@@ -38,33 +35,46 @@ def read_table(path: Path, stats: Counter | None = None) -> Any:
     `stats["source_encoding"]` and logged). Raises VrpError naming the file."""
     import pandas as pd
 
-    ext = path.suffix.lower()
-    if ext not in TABLE_EXTS:
-        raise VrpError(f"{path}: unknown extension {ext!r}; expected {', '.join(TABLE_EXTS)} or a collect dir "
-                       f"(a tab-separated .txt from Excel: rename it to .tsv)")
+    ext = check_table_ext(path)
     try:
         if ext in (".csv", ".tsv", ".jsonl"):
-            decoded = decode_bytes(path.read_bytes(), str(path))
-            if decoded.how == "guessed" and stats is not None:
-                stats["source_encoding"] = f"{decoded.encoding} (guessed)"  # type: ignore[assignment]
-            if decoded.nul_removed and stats is not None:
-                stats["nul_characters_removed"] += decoded.nul_removed
+            decoded = decode_table_bytes(path, stats)
             if ext == ".jsonl":
-                return read_jsonl_table(decoded.text, path)
-            text, sep = csv_delimiter(decoded.text, path)
+                return read_jsonl_table(decoded, path)
+            text, sep = csv_delimiter(decoded, path)
             check_csv_shape(text, path, sep)
             # index_col=False: a row with an extra field must never turn the first column into an index
             return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
         if ext == ".xlsx":
             return read_xlsx_table(path)
         df = pd.read_parquet(path)
-        _check_unique_columns([str(c) for c in df.columns], path)
+        check_unique_columns([str(c) for c in df.columns], path)
         return df
     except VrpError:
         raise
     except Exception as e:  # pandas/openpyxl/pyarrow raise many types for a corrupt file
         detail = " ".join(str(e).split())  # one line: pandas' ParserError spans two
         raise VrpError(f"{path}: cannot read as {ext[1:]} ({type(e).__name__}: {detail})") from None
+
+
+def check_table_ext(path: Path) -> str:
+    """The lower-case extension of a table file; VrpError naming `path` when it is not one of `TABLE_EXTS`."""
+    ext = path.suffix.lower()
+    if ext not in TABLE_EXTS:
+        raise VrpError(f"{path}: unknown extension {ext!r}; expected {', '.join(TABLE_EXTS)} or a collect dir "
+                       f"(a tab-separated .txt from Excel: rename it to .tsv)")
+    return ext
+
+
+def decode_table_bytes(path: Path, stats: Counter | None = None) -> str:
+    """The text of a CSV/JSONL file, read whole and decoded by `vrp.charsets.decode_bytes`; a guessed encoding is
+    recorded in `stats["source_encoding"]`, removed NUL characters in `stats["nul_characters_removed"]`."""
+    decoded = decode_bytes(path.read_bytes(), str(path))
+    if decoded.how == "guessed" and stats is not None:
+        stats["source_encoding"] = f"{decoded.encoding} (guessed)"  # type: ignore[assignment]
+    if decoded.nul_removed and stats is not None:
+        stats["nul_characters_removed"] += decoded.nul_removed
+    return decoded.text
 
 
 def read_xlsx_table(path: Path) -> Any:
@@ -82,11 +92,11 @@ def read_xlsx_table(path: Path) -> Any:
     if not rows:
         return pd.DataFrame()
     header = [cell(x) for x in rows[0]]
-    _check_unique_columns(header, path)
+    check_unique_columns(header, path)
     return pd.DataFrame(rows[1:], columns=header, dtype=object)
 
 
-def _check_unique_columns(header: list[str], path: Path) -> None:
+def check_unique_columns(header: list[str], path: Path) -> None:
     """VrpError naming `path` and the column when a header names a column twice (pandas would rename or drop
     one silently)."""
     seen: set[str] = set()
@@ -134,10 +144,16 @@ def check_csv_shape(text: str, path: Path, delimiter: str = ",") -> None:
     the header, and the header no column twice. Blank lines are skipped (pandas skips them too). Raises VrpError
     naming `path`, the line where the row starts, the expected and the found number of fields: an unquoted comma
     in a cell (`wow, amazing`) otherwise shifts every column, or turns the first column into an index."""
+    check_csv_rows(io.StringIO(text, newline=""), path, delimiter)
+
+
+def check_csv_rows(lines: Iterable[str], path: Path, delimiter: str = ",") -> None:
+    """`check_csv_shape` over the lines of a CSV file (each with its line end, as a file opened with `newline=""`
+    gives them), read one at a time: the check of a file too large to hold in memory."""
     import csv
 
     csv.field_size_limit(2 ** 31 - 1)  # a transcript of a 3-hour talk is over the default 131,072 characters
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(lines, delimiter=delimiter)
     header: list[str] | None = None
     start = 1
     try:
@@ -145,7 +161,7 @@ def check_csv_shape(text: str, path: Path, delimiter: str = ",") -> None:
             if row and (len(row) > 1 or row[0].strip()):  # a blank line has no field or one blank field
                 if header is None:
                     header = [name.strip() for name in row]
-                    _check_unique_columns(header, path)
+                    check_unique_columns(header, path)
                 elif len(row) != len(header):
                     name = {",": "comma", ";": "semicolon", "\t": "tab"}.get(delimiter, f"{delimiter!r}")
                     hint = (f"; quote a cell that holds a {name} (\"wow{delimiter} amazing\")" if len(row) > len(header)
@@ -159,29 +175,33 @@ def check_csv_shape(text: str, path: Path, delimiter: str = ",") -> None:
 
 def read_jsonl_table(text: str, path: Path) -> Any:
     """JSON Lines text (one object per line, blank lines skipped) as a DataFrame of Python values, one row per
-    line. Strings stay as written (`"007"`, `"1.10"`, `"1e5"`), and so do numbers: they are kept as the text of
-    their JSON literal (`1.10` -> `"1.10"`, `1e5` -> `"1e5"`), never converted to float and back.
-    `df.attrs["line_numbers"]` holds each row's line in the file. Raises VrpError naming `path` and the line for
-    invalid JSON or a line that is not an object."""
+    line (`iter_jsonl_objects`). Row numbers for messages come with the rows from `vrp.table_chunks`, never in
+    `DataFrame.attrs` (pandas deep-copies `attrs` on every column access, so a per-row list there makes reading
+    cells cost O(rows^2)). Raises VrpError naming `path` and the line for invalid JSON or a line that is not an
+    object."""
     import pandas as pd
 
-    rows, line_numbers = [], []
-    for lineno, raw in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a JSON string
+    return pd.DataFrame([obj for _, obj in iter_jsonl_objects(text.split("\n"), path)], dtype=object)
+
+
+def iter_jsonl_objects(lines: Iterable[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of JSON Lines text (`lines`: the text split at `\n` only, not
+    `splitlines()`: a U+2028 may sit inside a JSON string). Strings stay as written (`"007"`, `"1.10"`, `"1e5"`),
+    and so do numbers: they are kept as the text of their JSON literal (`1.10` -> `"1.10"`, `1e5` -> `"1e5"`), never
+    converted to float and back. Raises VrpError naming `path` and the line for invalid JSON, a key twice in one
+    object, or a line that is not an object."""
+    for lineno, raw in enumerate(lines, 1):
         line = clean.strip_format_chars(raw)
         if not line.strip():
             continue
         obj = loads_json(line, f"{path}:{lineno}", name_line=False, parse_int=str, parse_float=str,
-                         parse_constant=str, object_pairs_hook=_no_duplicate_keys)
+                         parse_constant=str, object_pairs_hook=no_duplicate_keys)
         if not isinstance(obj, dict):
             raise VrpError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        rows.append(obj)
-        line_numbers.append(lineno)
-    df = pd.DataFrame(rows, dtype=object)
-    df.attrs["line_numbers"] = line_numbers  # error messages name the file's line, blank lines included
-    return df
+        yield lineno, obj
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object's pairs as a dict; ValueError naming the key when a key appears twice (json keeps the last
     silently, which would drop a column's value)."""
     out: dict[str, Any] = {}
@@ -224,21 +244,14 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
-def remove_nuls(df: Any, path: Path, stats: Counter | None) -> Any:
-    """`df` with NUL characters (U+0000) removed from every text cell; how many were removed goes to
-    `stats["nul_characters_removed"]` and a warning names `path`. NUL is never text (a spreadsheet export or a
-    binary tool left it), and it would end up in the training data."""
+def remove_nuls(columns: dict[str, list[Any]]) -> int:
+    """Remove NUL characters (U+0000) from every text cell of `columns` (a table's columns as lists, changed in
+    place); returns how many were removed. NUL is never text (a spreadsheet export or a binary tool left it), and it
+    would end up in the training data; the caller counts and reports them (`vrp.sources`)."""
     removed = 0
-    for column in df.columns:
-        col = df[column]
-        if col.dtype != object and str(col.dtype) not in ("string", "str"):
-            continue
-        n = sum(x.count("\x00") for x in col.tolist() if isinstance(x, str))
-        if n:
-            df[column] = col.map(lambda x: x.replace("\x00", "") if isinstance(x, str) else x)
-            removed += n
-    if removed:
-        log.warning("%s: removed %d NUL character(s) from text cells", path, removed)
-        if stats is not None:
-            stats["nul_characters_removed"] += removed
-    return df
+    for values in columns.values():
+        for i, x in enumerate(values):
+            if isinstance(x, str) and "\x00" in x:
+                removed += x.count("\x00")
+                values[i] = x.replace("\x00", "")
+    return removed

@@ -1,6 +1,7 @@
-"""The options of `vrp bench train`, `vrp bench serve` and `vrp bench generate` (`BenchTrainConfig`,
-`BenchServeConfig`, `BenchGenerateConfig`), with their help texts, defaults and checks. Imports nothing heavy, so that
-`vrp bench --help` stays fast; each benchmark lives in its own module (`train`, `serve`, `generate`).
+"""The options of `vrp bench train`, `vrp bench serve`, `vrp bench generate` and `vrp bench data` (`BenchTrainConfig`,
+`BenchServeConfig`, `BenchGenerateConfig`, `BenchDataConfig`), with their help texts, defaults and checks. Imports
+nothing heavy, so that `vrp bench --help` stays fast; each benchmark lives in its own module (`train`, `serve`,
+`generate`, `data`).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from vrp.options import (
     option,
     option_like,
 )
-from vrp.presets import DEFAULT_PRESET, MAX_NEW_TOKENS
+from vrp.presets import DEFAULT_PRESET, MAX_NEW_TOKENS, PRESETS, get_preset, single_output_presets
 from vrp.prompts import PromptConfig
 from vrp.train.config import TrainConfig
 
@@ -61,8 +62,7 @@ class BenchTrainConfig:
     at 1,024-token prompts), so the bench times the rows `vrp train` builds."""
 
     model: str = option_like(TrainConfig, "model")
-    data: str | None = option("source of videos: any file `vrp prepare` reads (the command's default: the seed "
-                              "train_dataset.xlsx)", None)
+    data: str | None = option("source of videos: any file `vrp prepare` reads (required)", None)
     comments_per_video: list[int] = option("comment counts K per video; above a video's own count, real comments of "
                                            "the following videos are added", [3, 10, 30], limit=BENCH_COMMENTS)
     vrp_only_comments_per_video: list[int] = option("more comment counts, timed for (b) and (c) only (TRL's rows are "
@@ -231,7 +231,10 @@ class BenchServeConfig:
         return ["--queue-size", str(self.queue_size)] + (["--threads", str(self.threads)] if self.threads else [])
 
 
-ENGINE_PRESETS = ("greedy", "nucleus")
+def engine_presets() -> list[str]:
+    """Presets `vrp bench generate` can run in both engines: llama.cpp decodes one sequence at a time from one
+    prompt, so no beam search (`Preset.beams` > 1) and no second prompt (`Preset.needs_no_video_prompt`)."""
+    return [n for n, p in PRESETS.items() if p.beams == 1 and not p.needs_no_video_prompt]
 
 
 @dataclass
@@ -246,8 +249,9 @@ class BenchGenerateConfig:
     input: str | None = option("videos to take the prompts from (a dataset dir's validation split, a table, a "
                                "transcript file; None: one built-in video)", None)
     max_videos: int = option("prompts: the first N videos of `input`", 4)
-    preset: str = option(f"decoding preset: {' or '.join(ENGINE_PRESETS)}", DEFAULT_PRESET)
-    num_comments: int = option("comments per prompt (K; greedy gives one)", 5, limit=COMMENTS)
+    preset: str = option(f"decoding preset: {' or '.join(engine_presets())}", DEFAULT_PRESET)
+    num_comments: int = option(f"comments per prompt (K; a single-output preset, {', '.join(single_output_presets())}"
+                               f", gives one)", 5, limit=COMMENTS)
     max_new_tokens: int = option("new tokens per comment at most", MAX_NEW_TOKENS, limit=NEW_TOKENS)
     max_prompt_tokens: int | None = option("prompt token budget (None: the run's)", None, limit=PROMPT_TOKENS)
     precision: str = option("vrp's precision: auto (as vrp generate), bf16 or fp32", "auto")
@@ -261,13 +265,13 @@ class BenchGenerateConfig:
         coerce_fields(self)
         if not self.run:
             raise ConfigError("run", "is required")
-        check_choice(self, "preset", ENGINE_PRESETS)
+        check_choice(self, "preset", engine_presets())
         check_choice(self, "gguf_type", ("f16", "bf16", "q8_0"))
         check_choice(self, "precision", ("auto", "bf16", "fp32"))
         check_range(self, "max_videos", "num_comments", "max_new_tokens", "threads", low=1)
         check_range(self, "max_prompt_tokens", low=16)
-        if self.preset == "greedy" and self.num_comments != 1:
-            raise ConfigError("num_comments", "greedy gives exactly one comment per prompt; set it to 1")
+        if get_preset(self.preset).single_output and self.num_comments != 1:
+            raise ConfigError("num_comments", f"{self.preset} gives exactly one comment per prompt; set it to 1")
         if self.checkpoint and self.gguf:
             raise ConfigError("checkpoint", "with `gguf` the GGUF file holds the weights; export that checkpoint "
                                             "(vrp export --checkpoint) or leave `gguf` out to export it here")
@@ -289,3 +293,45 @@ def require_loopback_url(url: str) -> str:
     if not addrs or not all(a.is_loopback for a in addrs):
         raise ConfigError("url", f"{host} is not a loopback address; the load check only targets this machine")
     return url.rstrip("/")
+
+
+@dataclass
+class BenchDataConfig:
+    """Options of `vrp bench data` (how the cost of `vrp prepare` and of `vrp train`'s start-up grows with the
+    number of videos, `vrp.bench.data`); the field docs are its `--help`."""
+
+    videos: list[int] = option("numbers of synthetic videos to measure, smallest first", [1000, 10000, 100000])
+    min_comments: int = option("comments per video at least (one table row per comment)", 3)
+    max_comments: int = option("comments per video at most (drawn uniformly)", 20)
+    transcript_chars: int = option("mean transcript length in characters (each drawn from 0.6x to 1.4x)", 5000)
+    seed: int = option("seed of the synthetic data", 0)
+    train: bool = option("also time `vrp train --max-steps 1` to its first optimizer step (token cache built, then "
+                         "reused) with each of `processes`", True)
+    train_max_videos: int = option("time `vrp train` only at sizes up to this many videos (0 = every size)", 0)
+    processes: list[int] = option("training process counts to time (N > 1 runs torchrun)", [1, 2],
+                                  limit=PROCESSES)
+    model: str = option("model of the `vrp train` runs", "smollm2-135m")
+    max_prompt_tokens: int = option("prompt token budget of the `vrp train` runs", 512, limit=PROMPT_TOKENS)
+    threads: int = option("torch threads per training process", 1, limit=THREADS.from_(1))
+    work_dir: str | None = option("directory for the temporary data (tables, datasets, runs; deleted at the end; "
+                                  "default: the system's temporary directory). 10^5 videos need about 9 GB", None)
+    timeout_s: float = option("give up on one command after this many seconds", 3600.0)
+    write_when_busy: bool = option("append to the Markdown file even when the 1-minute load average at the start "
+                                   "exceeded the core count (the section then says so in bold)", False)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if not self.videos or min(self.videos) < 2 or max(self.videos) > 10 ** 7:
+            raise ConfigError("videos", f"expected video counts from 2 to 10,000,000, got {self.videos}")
+        self.videos = sorted(set(self.videos))
+        check_range(self, "min_comments", low=1)
+        if self.max_comments < self.min_comments:
+            raise ConfigError("max_comments", f"must be >= min_comments ({self.min_comments}), got "
+                                              f"{self.max_comments}")
+        check_range(self, "transcript_chars", low=10)
+        check_range(self, "train_max_videos", low=0)
+        check_range(self, "max_prompt_tokens", low=PROMPT_TOKENS.low)  # as `PromptConfig` checks it
+        check_range(self, "threads", low=1)
+        if not self.processes or min(self.processes) < 1:
+            raise ConfigError("processes", f"expected positive integers, got {self.processes}")
+        check_positive(self, "timeout_s")

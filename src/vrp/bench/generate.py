@@ -9,13 +9,13 @@ comments one after another; the prompt's KV cache is kept between them (llama-cp
 prefix), so it is also prefilled once. Both use `threads` CPU threads and stop at vrp's stop tokens
 (`vrp.prompts.stop_token_ids`) or after `max_new_tokens`. Reported per engine: comments per second (all comments /
 wall time), time to first comment (median over prompts, from the call to the first finished comment), new tokens per
-second, mean new tokens per comment, the share of comments that ended with a stop token, and for `greedy` how many
-prompts got the same comment from both engines.
+second, mean new tokens per comment, the share of comments that ended with a stop token, and for a deterministic
+preset (`greedy`) how many prompts got the same comment from both engines.
 Does not know: the sampling internals of either engine. The sampling presets match only in their parameters:
 `nucleus` is temperature 0.8 and top-p 0.9 in both, but llama.cpp applies the temperature after top-p and has no
 counterpart of vrp's repetition guard over the comment's own tokens (it runs with repeat_penalty 1, off), so sampled
-comments differ in distribution; `greedy` is the same decision rule. Beam presets and `cad` have no llama.cpp
-counterpart and are refused.
+comments differ in distribution; `greedy` is the same decision rule. Presets with beam search or a second prompt
+(`cad`) have no llama.cpp counterpart and are refused (`vrp.bench.config.engine_presets`).
 """
 from __future__ import annotations
 
@@ -81,9 +81,10 @@ def _bench_llama_cpp(cfg: BenchGenerateConfig, gguf: str, prompts: list[list[int
                      n_ctx: int) -> tuple[dict[str, Any], list]:
     import llama_cpp
 
-    kw = get_preset(cfg.preset).kwargs
-    sample = ({"temp": 0.0, "top_k": 1, "top_p": 1.0} if cfg.preset == "greedy" else
-              {"temp": float(kw["temperature"]), "top_p": float(kw["top_p"]), "top_k": int(kw["top_k"])})
+    preset = get_preset(cfg.preset)
+    kw = preset.kwargs  # without sampling: the most likely token, as vrp's greedy search
+    sample = ({"temp": float(kw["temperature"]), "top_p": float(kw["top_p"]), "top_k": int(kw["top_k"])}
+              if preset.samples else {"temp": 0.0, "top_k": 1, "top_p": 1.0})
     llm = llama_cpp.Llama(model_path=gguf, n_ctx=n_ctx, n_threads=cfg.threads, n_threads_batch=cfg.threads,
                           seed=cfg.seed, verbose=False)
     stop_set = set(stops)
@@ -152,7 +153,7 @@ def run_bench(cfg: BenchGenerateConfig) -> dict[str, Any]:
         bench["gguf"] = cfg.gguf or ExportDir.gguf_name(cfg.gguf_type)  # a bare name: exported for the run
         result, llama_ids = _bench_llama_cpp(cfg, gguf, prompts, stops, n_ctx)
     bench["engines"]["llama.cpp"] = result
-    if cfg.preset == "greedy":
+    if get_preset(cfg.preset).deterministic:  # the same decision rule in both engines: comparable comments
         bench["agreement"] = sum(a[0] == b[0] for a, b in zip(vrp_ids, llama_ids))
     return bench
 
@@ -184,8 +185,8 @@ def format_table(bench: dict[str, Any]) -> str:
         examples.append(f"- {name}, first comment of the first prompt: {r['example'][:160]!r}")
     lines = [head, *rows, "", *examples]
     if "agreement" in bench:
-        lines.append(f"- greedy: the same comment from both engines for {bench['agreement']} of {bench['prompts']} "
-                     f"prompts")
+        lines.append(f"- {bench['config']['preset']}: the same comment from both engines for {bench['agreement']} of "
+                     f"{bench['prompts']} prompts")
     return "\n".join(lines)
 
 

@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from vrp.generate.config import GenerateConfig
+    from vrp.records import Video
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,14 +28,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     inp.add_argument("--transcript", help="transcript text")
     inp.add_argument("--max-videos", type=int, default=0, help="only the first N videos (0 = all)")
     p.add_argument("--out", help="output file: .csv, .xlsx or .jsonl (required; refused with --print-prompt, which "
-                                 "prints to stdout)")
+                                 "prints to stdout). .jsonl is written as it goes, one video at a time, and is "
+                                 "resumable: a rerun with the same --out and options skips the videos already in it "
+                                 "(options are kept in FILE.jsonl.meta.json; other options are refused); .csv and "
+                                 ".xlsx are written once at the end (docs/generation.md)")
     p.add_argument("--print-prompt", choices=("text", "user", "json"),
                    help="print the prompt of the video instead of generating (no model weights are loaded): text = "
                         "the whole prompt text vrp tokenizes (for raw completion APIs), user = the user message "
                         "(Ollama's prompt for an exported Modelfile, a chat API's user message), json = one JSON "
                         "line per video with both and the system prompt; the transcript is cut to the budget as "
                         "vrp cuts it (docs/export.md)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (a .jsonl: start it over "
+                                                             "instead of resuming it)")
     p.add_argument("--no-escape-formulas", dest="escape_formulas", action="store_false",
                    help="write .csv text cells as generated: without the leading ' that keeps spreadsheets from "
                         "running a cell starting with =, +, -, @, tab or CR as a formula (for programs reading it)")
@@ -63,11 +74,14 @@ def run(args: argparse.Namespace) -> int:
             if source == here or source in here.parents:
                 raise ConfigError("out", f"{out} is or lies in an input of the command, `{name}` ({given}); "
                                          f"write the predictions elsewhere")
-    if out.exists() and not args.overwrite:
+    stream = out.suffix.lower() == ".jsonl"  # written as it goes, resumable (`vrp.generate.stream`)
+    if out.exists() and not args.overwrite and not stream:
         raise ConfigError("out", f"{out} exists; pass `overwrite` to replace it")
     check_writable(out, "out")
     cfg = config_from_args(GenerateConfig, args)
     videos = load_inputs(args.input, args.title, args.transcript, args.max_videos)
+    if stream:
+        return _stream(args, cfg, videos, out)
     rows = predict(videos, cfg)
     # without --overwrite a file another command wrote meanwhile (the same --out) is not replaced
     write_predictions(rows, out, escape_formulas=args.escape_formulas, replace=args.overwrite)
@@ -75,6 +89,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{r['video_id'][:16]} {r['preset']}] {r['comment'][:100]!r}")
     print(f"{len(rows)} comment{'s' * (len(rows) != 1)} for {len(videos)} video{'s' * (len(videos) != 1)} "
           f"written to {out}")
+    return 0
+
+
+def _stream(args: argparse.Namespace, cfg: GenerateConfig, videos: list[Video], out: Path) -> int:
+    """`--out FILE.jsonl`: each video's rows appended as they come; a rerun resumes (`vrp.generate.stream`)."""
+    from vrp.generate.run import predict_videos
+    from vrp.generate.stream import run_meta, stream_predictions
+
+    meta = run_meta(cfg, args.input, args.title, args.transcript, args.max_videos)
+    res = stream_predictions(out, videos, meta, args.overwrite, lambda start: predict_videos(videos, cfg, start=start))
+    for r in res.head:
+        print(f"[{r['video_id'][:16]} {r['preset']}] {r['comment'][:100]!r}")
+    skipped = f" ({res.skipped} video{'s' * (res.skipped != 1)} already in it)" if res.skipped else ""
+    print(f"{res.rows} comment{'s' * (res.rows != 1)} for {res.videos} video{'s' * (res.videos != 1)} written to "
+          f"{out}{skipped}")
     return 0
 
 

@@ -3,7 +3,7 @@ config declares which field has which range). Knows every command's config; does
 """
 from __future__ import annotations
 
-from vrp.bench.config import BenchGenerateConfig, BenchServeConfig, BenchTrainConfig
+from vrp.bench.config import BenchDataConfig, BenchGenerateConfig, BenchServeConfig, BenchTrainConfig
 from vrp.collect.config import CollectConfig
 from vrp.evaluate.config import EvaluateConfig
 from vrp.generate.config import GenerateConfig
@@ -16,7 +16,8 @@ def command_configs() -> list[tuple[str, type]]:
     """`(command, config dataclass)` of every command whose flags come from a config."""
     return [("vrp collect", CollectConfig), ("vrp train", TrainConfig), ("vrp generate", GenerateConfig),
             ("vrp evaluate", EvaluateConfig), ("vrp serve", ServeConfig), ("vrp bench serve", BenchServeConfig),
-            ("vrp bench train", BenchTrainConfig), ("vrp bench generate", BenchGenerateConfig)]
+            ("vrp bench train", BenchTrainConfig), ("vrp bench generate", BenchGenerateConfig),
+            ("vrp bench data", BenchDataConfig)]
 
 
 def limits_markdown() -> str:

@@ -20,12 +20,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-# options a resumed run may change; the data position is global, so also the number of processes, and grad_accum
-# keeps the global batch (batch_size x grad_accum x processes) when that changes; max_steps and epochs only when the
-# learning-rate schedule does not depend on the total (`TrainConfig.schedule_uses_total`, checked by the training setup)
-RESUMABLE = ("max_steps", "epochs", "distributed_strategy", "grad_accum", "max_memory")
-
-
 def resumed_config(args: argparse.Namespace) -> object:
     """The config of the run in `--out` (its config.yaml), with only `RESUMABLE` options taken from the flags.
     Raises ConfigError / VrpError when the flags ask for anything else."""
@@ -34,7 +28,7 @@ def resumed_config(args: argparse.Namespace) -> object:
     from vrp.errors import ConfigError, VrpError
     from vrp.options import build_config, coerce_values
     from vrp.rundir import RunDir
-    from vrp.train.config import PATH_OPTIONS, TrainConfig, resolve_path_option
+    from vrp.train.config import PATH_OPTIONS, RESUMABLE, TrainConfig, resolve_path_option
 
     run = RunDir(args.out)
     if not run.exists():

@@ -1,53 +1,27 @@
 """Ranking candidates for the LiveBot-style evaluation: which comments compete with a video's real comments.
 
-Knows: text normalisation for de-duplication (`norm_key`), the most frequent training comments, how the
-`num_candidates` candidates of a held-out video are drawn (its real comments, comments of similar held-out videos,
-frequent training comments, random others) and that they must exceed its real comments (`check_candidate_count`),
-and the fixed random pairing of videos for the conditioning gain (`derangement`).
-Does not know: how candidates are scored or ranked (`evaluate`, `scoring`, `metrics`).
+Knows: how the `num_candidates` candidates of a held-out video are drawn (its real comments, comments of similar
+held-out videos, frequent training comments, random others) and that they must exceed its real comments
+(`check_candidate_count`), and the fixed random pairing of videos for the conditioning gain (`derangement`).
+Does not know: when two comments are the same text and which are the most frequent (`vrp.comment_pool`, shared with
+training's learning curve), how candidates are scored or ranked (`evaluate`, `scoring`, `vrp.ranking`).
 Protocol: Ma et al., "LiveBot: Generating Live Video Comments Based on Visual and Textual Contexts", AAAI 2019,
 with the fixes described in `vrp.evaluate.report.DEFINITIONS` (no test videos in training, an analytic random baseline).
 """
 from __future__ import annotations
 
 import random
-import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from vrp.comment_pool import distinct_texts, text_key
 from vrp.errors import ConfigError
 from vrp.evaluate import metrics as M
 from vrp.records import Video
 
 MAX_REAL = 25  # real comments of a video that enter its candidate set (its best-ranked distinct ones)
-
-
-def norm_key(text: str) -> str:
-    """Key under which two comments count as the same text: lower-cased, whitespace collapsed."""
-    return re.sub(r"\s+", " ", text.strip().lower())
-
-
-
-
-def frequent_comments(comments: Sequence[str], n: int, emb: np.ndarray | None = None) -> list[str]:
-    """The `n` most frequent comments (by `norm_key`), first spelling kept. Ties in count are broken by centrality,
-    the cosine similarity of a comment's embedding (rows of `emb`, aligned with `comments`) to the mean embedding of
-    all comments, so that among comments seen once the most typical ("love this video") come first; then by order."""
-    first: dict[str, int] = {}
-    counts: Counter = Counter()
-    for i, c in enumerate(comments):
-        k = norm_key(c)
-        counts[k] += 1
-        first.setdefault(k, i)
-    cent = np.zeros(len(comments))
-    if emb is not None and len(comments):
-        e = M.l2_normalize(emb)
-        cent = e @ M.l2_normalize(e.mean(axis=0, keepdims=True))[0]
-    keys = sorted(first, key=lambda k: (-counts[k], -cent[first[k]], first[k]))
-    return [comments[first[k]] for k in keys[:n]]
 
 
 @dataclass
@@ -63,27 +37,24 @@ def build_candidate_sets(videos: Sequence[Video], video_emb: np.ndarray, frequen
                          train_comments: Sequence[str], n_candidates: int = 100, n_similar: int = 30,
                          n_frequent: int = 20, max_real: int = MAX_REAL, seed: int = 0) -> list[CandidateSet]:
     """Candidates per video, in this order until `n_candidates` (real + distractors) are reached:
-    1. its real comments (distinct texts, at most `max_real`, best-ranked first);
+    1. its real comments (distinct non-blank texts, `comment_pool.distinct_texts`, at most `max_real`, best-ranked
+       first);
     2. comments of the most similar other held-out videos (`video_emb` cosine), whole videos, up to `n_similar`;
     3. the first `n_frequent` of `frequent` (most frequent training comments);
     4. random comments of other held-out videos and of the training split (`random.Random(seed, video index)`).
-    A text equal (`norm_key`) to one already chosen is skipped, so no distractor duplicates a real comment. Fewer
-    than `n_candidates` only when the pool runs out (`sources['short_by']` says by how many)."""
+    A text equal (`comment_pool.text_key`) to one already chosen, or blank, is skipped, so no distractor duplicates a
+    real comment. Fewer than `n_candidates` only when the pool runs out (`sources['short_by']` says by how many)."""
     sims = M.cosine_matrix(video_emb, video_emb)
     pool = [c.text for v in videos for c in v.comments] + list(train_comments)
     out = []
     for vi, v in enumerate(videos):
-        chosen: set[str] = set()
-        real = []
-        for c in sorted(v.comments, key=lambda c: c.rank):
-            if norm_key(c.text) not in chosen and len(real) < max_real:
-                chosen.add(norm_key(c.text))
-                real.append(c.text)
+        real = distinct_texts(c.text for c in sorted(v.comments, key=lambda c: c.rank))[:max_real]
+        chosen = {text_key(t) for t in real}
         dis: list[str] = []
         src = {"similar_videos": 0, "frequent_training": 0, "random": 0}
 
         def add(text: str, source: str) -> None:
-            k = norm_key(text)
+            k = text_key(text)
             if k and k not in chosen and len(real) + len(dis) < n_candidates:
                 chosen.add(k)
                 dis.append(text)
@@ -108,9 +79,9 @@ def build_candidate_sets(videos: Sequence[Video], video_emb: np.ndarray, frequen
 
 
 def real_count(video: Video, max_real: int = MAX_REAL) -> int:
-    """How many of `video`'s comments enter its candidate set as real comments: its distinct texts (`norm_key`),
-    at most `max_real`."""
-    return min(len({norm_key(c.text) for c in video.comments if norm_key(c.text)}), max_real)
+    """How many of `video`'s comments enter its candidate set as real comments: its distinct non-blank texts
+    (`comment_pool.distinct_texts`), at most `max_real`."""
+    return min(len(distinct_texts(c.text for c in video.comments)), max_real)
 
 
 def check_candidate_count(videos: Sequence[Video], n_candidates: int, max_real: int = MAX_REAL) -> None:

@@ -13,7 +13,7 @@ from vrp.generate.config import GenerateConfig
 from vrp.limits import CANDIDATES, COMMENTS, PROMPT_TOKENS, RERANK, ROWS, THREADS, TOKENS
 from vrp.options import check_choice, check_no_repeats, check_range, coerce_fields, option, option_like
 from vrp.precision import PRECISIONS
-from vrp.presets import check_rerank, get_preset
+from vrp.presets import check_rerank, get_preset, single_output_presets
 
 RANKINGS = ("likelihood", "pmi", "both")
 
@@ -27,8 +27,9 @@ class EvaluateConfig:
                                     "step's): step-000050, latest or best (the lowest validation NLL)", None)
     presets: str = option("comma-separated decoding presets for the generation metrics ('none' = skip generation)",
                           "nucleus,beam")
-    num_comments: int = option("generated comments per video and preset (MAUVE wants >= 5 per video; greedy gives "
-                               "one)", 5, limit=COMMENTS)
+    num_comments: int = option(f"generated comments per video and preset (MAUVE wants >= 5 per video; "
+                               f"a single-output preset ({', '.join(single_output_presets())}) gives one)", 5,
+                               limit=COMMENTS)
     max_new_tokens: int = option_like(GenerateConfig, "max_new_tokens", "generation budget per comment in tokens "
                                                                          "(the original used 150)")
     max_prompt_tokens: int | None = option_like(GenerateConfig, "max_prompt_tokens")
@@ -49,8 +50,8 @@ class EvaluateConfig:
     max_gen_videos: int = option("generate for the first N held-out videos (0 = all; on-topic retrieval still "
                                  "searches all evaluated videos). Beam search on a 2-core CPU takes ~20-50 s per "
                                  "video", 24)
-    seed_results: str | None = option("dir of the original project's outputs (*.xlsx, column text), e.g. "
-                                      "../shared/data/uos2023/seed_results; needs `seed_test`", None)
+    seed_results: str | None = option("dir of the original 2023 project's outputs (its seed_results: *.xlsx, column "
+                                      "text); needs `seed_test`", None)
     seed_test: str | None = option("the original test set (test_dataset.xlsx): ours are generated for its videos and "
                                    "compared with `seed_results`", None)
     threads: int = option("torch CPU threads (0 = torch's default; 1 can be much faster when other processes share "
@@ -66,19 +67,19 @@ class EvaluateConfig:
                     "score_rows_per_batch", low=1)
         check_choice(self, "precision", PRECISIONS)
         check_choice(self, "ranking", RANKINGS)
+        for name in self.preset_list():  # known names first: `check_rerank` asks each preset
+            try:
+                get_preset(name)
+            except ConfigError as e:
+                raise ConfigError("presets", e.message) from None
         if not self.rerank:
             raise ConfigError("rerank", "give at least one value (0 = plain generation)")
-        for n in self.rerank:  # the rule of `vrp generate`: greedy (one comment) is never reranked, never dropped
+        for n in self.rerank:  # the rule of `vrp generate`: a single-output preset is never reranked, never dropped
             check_rerank(n, self.num_comments, self.preset_list())
         if not self.rerank_lambda >= 0:
             raise ConfigError("rerank_lambda", f"must be >= 0, got {self.rerank_lambda}")
         if self.seed_results and not self.seed_test:
             raise ConfigError("seed_results", "needs `seed_test` (the test set whose videos the outputs belong to)")
-        for name in self.preset_list():
-            try:
-                get_preset(name)
-            except ConfigError as e:
-                raise ConfigError("presets", e.message) from None
         check_no_repeats(self, "presets", self.preset_list())
 
     def preset_list(self) -> list[str]:
@@ -89,7 +90,7 @@ class EvaluateConfig:
 
     def setups(self) -> list[tuple[str, str, int]]:
         """`(label, preset, rerank)` of every generation setup: each preset without reranking (label = the preset)
-        and with each `rerank` N > 0 (label `preset+rerankN`). Greedy, which gives one comment, cannot be reranked:
+        and with each `rerank` N > 0 (label `preset+rerankN`). A single-output preset (greedy) cannot be reranked:
         `__post_init__` refuses it with any N > 0 (`vrp.presets.check_rerank`, as `vrp generate` does), so every
         preset and N asked for is a setup."""
         return [(p if n == 0 else f"{p}+rerank{n}", p, n)
@@ -100,7 +101,8 @@ class EvaluateConfig:
         return ["likelihood", "pmi"] if self.ranking == "both" else [self.ranking]
 
     def generate_config(self, preset: str, rerank: int = 0) -> GenerateConfig:
-        """The `GenerateConfig` of the generation metrics for one preset (greedy: one comment per video)."""
+        """The `GenerateConfig` of the generation metrics for one preset (a single-output preset gives one comment
+        per video, `Preset.comment_count`)."""
         return GenerateConfig(preset=preset, num_comments=self.num_comments, max_new_tokens=self.max_new_tokens,
                               max_prompt_tokens=self.max_prompt_tokens, seed=self.seed, precision=self.precision,
                               rerank=rerank, rerank_lambda=self.rerank_lambda)

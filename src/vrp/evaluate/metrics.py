@@ -1,22 +1,22 @@
-"""Pure metric functions for `vrp evaluate`: diversity, degeneration, genericness, ranking and bootstrap statistics.
+"""Pure metric functions for `vrp evaluate`: diversity, degeneration, genericness, retrieval and bootstrap statistics.
 
 Knows: the definitions and their sources — distinct-n (Li et al., "A Diversity-Promoting Objective Function for Neural
-Conversation Models", NAACL 2016), Recall@k / MRR / mean rank of a gold item among candidates ranked by model
-likelihood (the LiveBot protocol, Ma et al., "LiveBot: Generating Live Video Comments Based on Visual and Textual
-Contexts", AAAI 2019, here with an analytic random baseline), the percentile bootstrap (Efron, "Bootstrap methods:
-another look at the jackknife", Ann. Statist. 1979; Efron & Tibshirani 1993), a word/emoji tokenizer for text metrics,
-repetition runs, and cosine-similarity retrieval.
-Does not know: models, tokenizers of language models, embeddings or files. Every function takes plain Python or numpy
-values and is deterministic (the bootstrap given its seed).
+Conversation Models", NAACL 2016), the percentile bootstrap (Efron, "Bootstrap methods: another look at the
+jackknife", Ann. Statist. 1979; Efron & Tibshirani 1993), a word/emoji tokenizer for text metrics, repetition runs,
+cosine-similarity retrieval, and the version of the metric definitions.
+Does not know: models, tokenizers of language models, embeddings or files; the ranking statistics (Recall@k, MRR,
+the tie rule, the random baseline) and NLL / PMI of scores, which training's learning curve shares and
+`vrp.ranking` holds. Every function takes plain Python or numpy values and is deterministic (the bootstrap given its
+seed).
 """
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from vrp.ranking import tie_aware_stats
 
 # Version of the metric definitions of `vrp evaluate` (in metrics.json and report.md's Definitions, as
 # lm-evaluation-harness versions its tasks): raise it whenever a number's definition changes, so that reports made
@@ -125,89 +125,6 @@ def retrieval_at_1(query_emb: np.ndarray, doc_emb: np.ndarray, gold: Sequence[in
         rrs.append(st.rr)
     return {"recall_at_1": float(np.mean(hits)) if hits else float("nan"), "chance": 1.0 / n if n else float("nan"),
             "mrr": float(np.mean(rrs)) if rrs else float("nan"), "queries": len(gold), "documents": n}
-
-
-@dataclass
-class RankStat:
-    """Ranking outcome of one gold item among `num_candidates` (= distractors + 1), expected over random tie-breaks.
-
-    mean_rank: expected rank (1 = best). rr: expected reciprocal rank. recall: k -> probability that rank <= k.
-    """
-
-    mean_rank: float
-    rr: float
-    recall: dict[int, float]
-    num_candidates: int
-
-
-def tie_aware_stats(gold_score: float, distractor_scores: Sequence[float] | np.ndarray,
-                    ks: Sequence[int] = (1, 5, 10)) -> RankStat:
-    """Rank of a gold item among distractors, higher score = better; ties broken uniformly at random (exact expectation).
-
-    With g distractors scoring strictly higher and t tying, the rank is uniform on {g+1, ..., g+t+1}: mean rank
-    g + 1 + t/2, reciprocal rank the mean of 1/r over that set, Recall@k the share of that set that is <= k. A model
-    that gives every candidate the same score therefore gets exactly the random baseline (not the best or worst rank).
-    """
-    d = np.asarray(distractor_scores, dtype=np.float64)
-    g = int((d > gold_score).sum())
-    t = int((d == gold_score).sum())
-    ranks = np.arange(g + 1, g + t + 2, dtype=np.float64)
-    return RankStat(mean_rank=float(ranks.mean()), rr=float((1.0 / ranks).mean()),
-                    recall={k: float((ranks <= k).mean()) for k in ks}, num_candidates=len(d) + 1)
-
-
-def random_rank_stat(num_candidates: int, ks: Sequence[int] = (1, 5, 10)) -> RankStat:
-    """Analytic random-ranking baseline for one gold item among `num_candidates` (gold + distractors).
-
-    A uniformly random order puts the gold item at each rank 1..n with probability 1/n, so mean rank = (n+1)/2,
-    MRR = H_n / n (H_n the n-th harmonic number) and Recall@k = min(k, n) / n. Raises ValueError for n < 1.
-    """
-    n = num_candidates
-    if n < 1:
-        raise ValueError(f"random_rank_stat: need at least one candidate, got {n}")
-    harmonic = math.fsum(1.0 / r for r in range(1, n + 1))
-    return RankStat(mean_rank=(n + 1) / 2, rr=harmonic / n, recall={k: min(k, n) / n for k in ks}, num_candidates=n)
-
-
-def summarize_ranks(groups: Sequence[Sequence[RankStat]], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float | int]:
-    """Macro-average of rank statistics: first over the gold items of a group (a video), then over groups.
-
-    groups: one list of `RankStat` per video (empty lists are skipped). Returns `{mean_rank, mrr, recall_at_<k>...,
-    videos, items, mean_candidates, min_candidates}`; every video weighs the same whatever its number of real
-    comments. Recall@k is None when some item has k or fewer candidates: it would be 1 there whatever the scores
-    (a rank among n <= k candidates is always <= k), so the average would not measure the ranking.
-    """
-    groups = [g for g in groups if g]
-    out: dict[str, float | int | None] = {"videos": len(groups), "items": sum(len(g) for g in groups)}
-    if not groups:
-        return out
-
-    def avg(f) -> float:  # type: ignore[no-untyped-def]
-        return float(np.mean([np.mean([f(s) for s in g]) for g in groups]))
-
-    fewest = min(s.num_candidates for g in groups for s in g)
-    out["mean_rank"] = avg(lambda s: s.mean_rank)
-    out["mrr"] = avg(lambda s: s.rr)
-    for k in ks:
-        out[f"recall_at_{k}"] = avg(lambda s, k=k: s.recall[k]) if fewest > k else None
-    out["mean_candidates"] = avg(lambda s: s.num_candidates)
-    out["min_candidates"] = fewest
-    return out
-
-
-def mean_rank(ranks: Sequence[float]) -> float:
-    """Mean of 1-based ranks."""
-    return float(np.mean(ranks))
-
-
-def mrr(ranks: Sequence[float]) -> float:
-    """Mean reciprocal rank of 1-based ranks: mean(1 / rank). Example: ranks [1, 2, 4] -> (1 + 0.5 + 0.25) / 3."""
-    return float(np.mean([1.0 / r for r in ranks]))
-
-
-def recall_at_k(ranks: Sequence[float], k: int) -> float:
-    """Share of 1-based ranks that are <= k."""
-    return float(np.mean([r <= k for r in ranks]))
 
 
 def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, n_resamples: int = 10000,

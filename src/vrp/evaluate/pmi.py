@@ -1,11 +1,10 @@
 """PMI ranking of candidates and an honest choice of its weight lambda: 2-fold cross-fitting over videos.
 
-Knows: the domain-conditional PMI score of a candidate (Holtzman et al. 2021, "Surface Form Competition: Why the
-Highest Probability Answer Isn't Always Right"; with a weight lambda as in Li et al. 2016's anti-LM MMI):
-`mean log p(c | video prompt) - lambda * mean log p(c | no-video prompt)`, means per candidate token (its end-of-turn
-token included); ranks of the real comments under it; and the choice of lambda on held-out videos without looking
-at the videos it is reported on.
-Does not know: models or how the log-probabilities were computed (`vrp.evaluate.run` scores them with
+Knows: ranks of the real comments under the per-token PMI score with a weight lambda (`vrp.ranking.pmi_score`:
+`mean log p(c | video prompt) - lambda * mean log p(c | no-video prompt)`, means per candidate token, its end-of-turn
+token included), and the choice of lambda on held-out videos without looking at the videos it is reported on.
+Does not know: the PMI formula and the rank statistics (`vrp.ranking`, shared with training's learning curve and
+reranking), models or how the log-probabilities were computed (`vrp.evaluate.run` scores them with
 `vrp.scoring.score_candidates`), report layout (`vrp.evaluate.report`).
 
 Cross-fitting (as in double machine learning, Chernozhukov et al. 2018, with 2 folds): the videos are split in two
@@ -18,36 +17,26 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-from vrp.evaluate import metrics as M
+from vrp.ranking import RankStat, distractor_ranks, pmi_scores, summarize_ranks
 
 LAMBDA_GRID = tuple(round(0.1 * i, 1) for i in range(16))  # 0.0, 0.1, ..., 1.5
 KS = (1, 5, 10)
 
 
-def pmi_values(own: Sequence[tuple[float, int]], no_video: Sequence[tuple[float, int]], lam: float) -> list[float]:
-    """Per-candidate PMI scores. own / no_video: `(sum of log-probs in nats, tokens)` of the same candidates under
-    the video's prompt and the no-video prompt. Example: own (-6, 3), no video (-9, 3), lam 1 -> -2 + 3 = 1.0."""
-    if len(own) != len(no_video):
-        raise ValueError(f"pmi_values: {len(own)} own scores but {len(no_video)} no-video scores")
-    return [s / n - lam * (u / m) for (s, n), (u, m) in zip(own, no_video)]
-
-
-def pmi_ranks(row: dict[str, Any], lam: float, ks: Sequence[int] = KS) -> list[M.RankStat]:
+def pmi_ranks(row: dict[str, Any], lam: float, ks: Sequence[int] = KS) -> list[RankStat]:
     """Rank statistics of a video's real comments among its distractors under PMI with weight `lam`.
 
     row: `{own_all, no_video_all: [(sum, n)] for real comments then distractors, n_real}`. Each real comment is
-    ranked against the distractors only (`metrics.tie_aware_stats`), as the likelihood ranking is; a video without
-    distractors has no ranks."""
-    s = pmi_values(row["own_all"], row["no_video_all"], lam)
+    ranked against the distractors only (`vrp.ranking.distractor_ranks`), as the likelihood ranking is; a video
+    without distractors has no ranks. Raises ValueError when `own_all` and `no_video_all` differ in length."""
+    s = pmi_scores(row["own_all"], row["no_video_all"], lam)
     k = row["n_real"]
-    if len(s) == k:
-        return []
-    return [M.tie_aware_stats(x, s[k:], ks) for x in s[:k]]
+    return distractor_ranks(s[:k], s[k:], ks)
 
 
 def grid_mrr(rows: Sequence[dict[str, Any]], grid: Sequence[float] = LAMBDA_GRID) -> dict[float, float]:
-    """MRR (macro over videos, `metrics.summarize_ranks`) of the PMI ranking of `rows` for each lambda of `grid`."""
-    return {lam: float(M.summarize_ranks([pmi_ranks(r, lam) for r in rows]).get("mrr", float("nan")))
+    """MRR (macro over videos, `vrp.ranking.summarize_ranks`) of the PMI ranking of `rows` for each lambda of `grid`."""
+    return {lam: float(summarize_ranks([pmi_ranks(r, lam) for r in rows]).get("mrr", float("nan")))
             for lam in grid}
 
 
@@ -71,7 +60,7 @@ def cross_fit(rows: Sequence[dict[str, Any]], grid: Sequence[float] = LAMBDA_GRI
     random.Random(seed).shuffle(order)
     half = len(order) // 2
     folds = [sorted(order[:half]), sorted(order[half:])]
-    ranks: list[list[M.RankStat]] = [[] for _ in rows]
+    ranks: list[list[RankStat]] = [[] for _ in rows]
     lambdas = []
     for f in (0, 1):
         lam = select_lambda([rows[i] for i in folds[f]], grid)

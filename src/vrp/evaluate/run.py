@@ -15,27 +15,22 @@ real comments removed, the analytic random baseline) are `vrp.evaluate.report.DE
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from vrp.artifacts import DatasetDir
-from vrp.embeddings import embed_videos
+from vrp.comment_pool import frequent_comments
+from vrp.embeddings import Embedder, embed_videos
 from vrp.errors import VrpError
 from vrp.evaluate import metrics as M
-from vrp.evaluate.candidates import (  # noqa: F401 (re-exported)
-    CandidateSet,
-    build_candidate_sets,
-    check_candidate_count,
-    derangement,
-    frequent_comments,
-    norm_key,
-)
+from vrp.evaluate.candidates import CandidateSet, build_candidate_sets, check_candidate_count, derangement
 from vrp.evaluate.config import EvaluateConfig
 from vrp.evaluate.generation import (  # noqa: F401 (re-exported)
     MAUVE_MIN_COMMENTS,
@@ -51,7 +46,8 @@ from vrp.model import load_for_inference
 from vrp.precision import autocast_ctx, resolve_precision
 from vrp.prompt_format import resolve_prompt_config
 from vrp.prompts import PromptConfig, build_completion_ids, no_video_prompt_ids, video_prompt_ids
-from vrp.records import Video
+from vrp.ranking import RankStat, Score, distractor_ranks, mean_logprob, mean_nll, random_rank_stat, summarize_ranks
+from vrp.records import Video, iter_videos
 from vrp.rundir import RunDir, prompt_settings
 from vrp.scoring import score_candidates
 from vrp.sources import load_source
@@ -71,28 +67,32 @@ class EvalData:
 
 def load_eval_data(path: str | Path, max_videos: int = 0) -> EvalData:
     """Videos to evaluate: `DIR/validation.jsonl` (+ `DIR/train.jsonl` for training comments) of a prepared dataset,
-    otherwise every video of any source `load_source` reads (no training comments). Raises VrpError for fewer than 2
-    usable videos (conditioning gain and ranking need another video)."""
+    otherwise every video of any source `load_source` reads (no training comments). A dataset's splits are read a
+    line at a time (`vrp.records.iter_videos`): of `validation.jsonl` only the first `max_videos` usable videos are
+    kept, of `train.jsonl` only the comment texts. Raises VrpError for fewer than 2 usable videos (conditioning gain
+    and ranking need another video)."""
 
     path, data = Path(path), DatasetDir(path)
     notes: list[str] = []
-    if path.is_dir() and data.validation_path.is_file():
-        videos, source = data.validation_videos(), str(data.validation_path)
-        train = data.train_videos() if data.train_path.is_file() else []
+    held_out: Iterable[Video]
+    if path.is_dir() and data.validation_path.is_file():  # splits read a line at a time, see the docstring
+        held_out, source = iter_videos(data.validation_path), str(data.validation_path)
+        train = ([c.text.strip() for v in iter_videos(data.train_path) for c in v.comments if c.text.strip()]
+                 if data.train_path.is_file() else [])
     else:
-        videos, _ = load_source(path, require_comments=True)
+        held_out, _ = load_source(path, require_comments=True)
         source, train = str(path), []
     if not train:
         notes.append("no training split: the ranking has no frequent training comments and the generic rate is "
                      "not computed")
-    videos = [Video(v.video_id, v.title, v.transcript, [c for c in v.comments if c.text.strip()]) for v in videos]
-    videos = [v for v in videos if v.comments][: max_videos or None]
+    usable = (Video(v.video_id, v.title, v.transcript, [c for c in v.comments if c.text.strip()]) for v in held_out)
+    videos = list(itertools.islice((v for v in usable if v.comments), max_videos or None))
     if not any(v.title.strip() for v in videos):
         notes.append("the videos have no separate title (the seed format puts the title inside the transcript), so "
                      "the title-only prompt carries no information about the video: it is the no-video ablation")
     if len(videos) < 2:
         raise VrpError(f"{source}: need at least 2 held-out videos with comments, found {len(videos)}")
-    return EvalData(videos, [c.text.strip() for v in train for c in v.comments if c.text.strip()], source, notes)
+    return EvalData(videos, train, source, notes)
 
 
 
@@ -105,9 +105,9 @@ class CachedScorer:
 
     def __init__(self, model: Any, row_tokens: int = 512, rows_per_batch: int = 1) -> None:
         self.model, self.row_tokens, self.rows_per_batch = model, row_tokens, rows_per_batch
-        self.cache: dict[tuple[int, ...], dict[tuple[int, ...], tuple[float, int]]] = {}
+        self.cache: dict[tuple[int, ...], dict[tuple[int, ...], Score]] = {}
 
-    def score(self, prompt: list[int], cands: Sequence[list[int]]) -> list[tuple[float, int]]:
+    def score(self, prompt: list[int], cands: Sequence[list[int]]) -> list[Score]:
         """Scores of `cands` given `prompt`, computing only those not cached for this prompt."""
 
         memo = self.cache.setdefault(tuple(prompt), {})
@@ -119,12 +119,7 @@ class CachedScorer:
         return [memo[tuple(c)] for c in cands]
 
 
-def _nll(pairs: Sequence[tuple[float, int]]) -> float:
-    """Token-weighted NLL per token (nats) of (sum log-prob, tokens) pairs."""
-    return -math.fsum(s for s, _ in pairs) / sum(n for _, n in pairs)
-
-
-def score_videos(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video], csets: Sequence[CandidateSet],
+def score_videos(model: Any, tok: Any, pcfg: PromptConfig, videos: Sequence[Video], csets: Sequence[CandidateSet],
                  partner: Sequence[int], row_tokens: int = 512, rows_per_batch: int = 1, autocast: Any = None,
                  progress: bool = True, label: str = "", no_video: bool = False
                  ) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -175,13 +170,10 @@ def score_videos(model: Any, tok: Any, pcfg: Any, videos: Sequence[Video], csets
                   "ranking_total_s": t_full + t_title + t_none, "seconds_per_video": (t_full + t_title + t_none) / n}
 
 
-def _ranks(real: Sequence[tuple[float, int]], dis: Sequence[tuple[float, int]]) -> list[M.RankStat]:
-    """Rank statistics of each real comment among the distractors; none for a video without distractors (a rank
-    among no competitors is 1 whatever the model does: such a video is left out of the ranking, not scored)."""
-    if not dis:
-        return []
-    d = [s / n for s, n in dis]
-    return [M.tie_aware_stats(s / n, d, KS) for s, n in real]
+def _ranks(real: Sequence[Score], dis: Sequence[Score]) -> list[RankStat]:
+    """Rank statistics of each real comment among the distractors by mean log-probability per token
+    (`vrp.ranking.distractor_ranks`: none for a video without distractors)."""
+    return distractor_ranks([mean_logprob(x) for x in real], [mean_logprob(x) for x in dis], KS)
 
 
 def likelihood_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
@@ -191,10 +183,10 @@ def likelihood_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[st
     for key in ("own", "title", "other"):
         pairs = [p for r in rows for p in r.get(key, [])]
         if pairs:
-            nll = _nll(pairs)
+            nll = mean_nll(pairs)
             out[f"nll_{key}"], out[f"perplexity_{key}"] = nll, math.exp(min(nll, 700))
     for key, name in (("other", "conditioning_gain"), ("title", "title_only_gain")):
-        per = [_nll(r[key]) - _nll(r["own"]) for r in rows if r.get(key)]
+        per = [mean_nll(r[key]) - mean_nll(r["own"]) for r in rows if r.get(key)]
         if per:
             mean, lo, hi = M.bootstrap_ci(per, 0.95, seed=seed)
             out[name] = {"mean": mean, "ci95": [lo, hi], "videos": len(per),
@@ -207,10 +199,10 @@ def ranking_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, 
     sets; when the rows hold no-video scores, also the PMI ranking with lambda 2-fold cross-fitted over videos
     (`vrp.evaluate.pmi.cross_fit`; its per-video ranks are stored in the rows as `rank_pmi`). Videos without
     distractors have no ranks (`_ranks`); PMI is cross-fitted over the others and needs two of them."""
-    base = [[M.random_rank_stat(s.num_candidates, KS) for s in r["rank_full"]] for r in rows]
-    out = {"own_prompt": M.summarize_ranks([r["rank_full"] for r in rows], KS),
-           "title_only": M.summarize_ranks([r["rank_title"] for r in rows], KS),
-           "random_baseline": M.summarize_ranks(base, KS)}
+    base = [[random_rank_stat(s.num_candidates, KS) for s in r["rank_full"]] for r in rows]
+    out = {"own_prompt": summarize_ranks([r["rank_full"] for r in rows], KS),
+           "title_only": summarize_ranks([r["rank_title"] for r in rows], KS),
+           "random_baseline": summarize_ranks(base, KS)}
     rankable = [r for r in rows if r["rank_full"]]
     if len(rankable) >= 2 and all("no_video_all" in r for r in rows):
         cf = cross_fit(rankable, seed=seed)
@@ -218,7 +210,7 @@ def ranking_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, 
             r["rank_pmi"] = []
         for r, ranks in zip(rankable, cf["ranks"]):
             r["rank_pmi"] = ranks
-        out["pmi"] = {**M.summarize_ranks(cf["ranks"], KS), "lambdas": cf["lambdas"],
+        out["pmi"] = {**summarize_ranks(cf["ranks"], KS), "lambdas": cf["lambdas"],
                       "fold_videos": [len(f) for f in cf["folds"]],
                       "grid_mrr_all_videos": {str(k): v for k, v in cf["grid_mrr_all"].items()}}
     return out
@@ -254,7 +246,7 @@ def shared_prompt_settings(models: Sequence[tuple[str, str | None, RunDir | None
     return shared, notes
 
 
-def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir | None]], embedder: Any,
+def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir | None]], embedder: Embedder,
                  cfg: EvaluateConfig | None = None
                  ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluate each `(label, model_spec, run)` (a base model, or a run dir with its adapter and prompt settings)
@@ -339,8 +331,8 @@ def evaluate_run(data: EvalData, models: Sequence[tuple[str, str | None, RunDir 
                                  "likelihood": likelihood_summary(rows, seed), "ranking": ranking_summary(rows, seed),
                                  "generation": {}, "seed_generation": {}}
         per_video += [{"model": label, "video_id": v.video_id, "candidates": r["candidates"],
-                       "nll_own": _nll(r["own"]), "nll_title_only": _nll(r["title"]),
-                       "nll_other_video": _nll(r["other"]) if r.get("other") else None,
+                       "nll_own": mean_nll(r["own"]), "nll_title_only": mean_nll(r["title"]),
+                       "nll_other_video": mean_nll(r["other"]) if r.get("other") else None,
                        "rank_own": [s.mean_rank for s in r["rank_full"]],
                        "rank_title_only": [s.mean_rank for s in r["rank_title"]],
                        "rank_pmi": [s.mean_rank for s in r["rank_pmi"]] if "rank_pmi" in r else None}

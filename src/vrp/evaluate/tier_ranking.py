@@ -28,10 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from vrp.clean import is_pictographic
+from vrp.comment_pool import frequent_comments
 from vrp.embeddings import embed_videos
 from vrp.errors import ConfigError
 from vrp.evaluate import metrics as M
-from vrp.evaluate.candidates import frequent_comments
 from vrp.evaluate.run import generation_metrics, shared_prompt_settings
 from vrp.generate.run import predict
 from vrp.model import load_for_inference

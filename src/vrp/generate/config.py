@@ -10,7 +10,14 @@ from vrp.errors import ConfigError
 from vrp.limits import COMMENTS, NEW_TOKENS, PROMPT_TOKENS, RERANK
 from vrp.options import check_choice, check_no_repeats, check_range, coerce_fields, option
 from vrp.precision import PRECISIONS
-from vrp.presets import DEFAULT_PRESET, DEFAULT_RERANK_LAMBDA, MAX_NEW_TOKENS, check_rerank, get_preset
+from vrp.presets import (
+    DEFAULT_PRESET,
+    DEFAULT_RERANK_LAMBDA,
+    MAX_NEW_TOKENS,
+    check_rerank,
+    get_preset,
+    single_output_presets,
+)
 from vrp.prompts import PromptConfig
 from vrp.tiers import TIER_CHOICES
 from vrp.transcripts import SUPPORTED_SUFFIXES
@@ -29,7 +36,8 @@ class GenerateConfig:
     checkpoint: str | None = option("use a checkpoint of the run instead of RUN/adapter (the last step's): "
                                     "step-000050, latest or best (the lowest validation NLL)", None)
     preset: str = option("decoding preset, or several separated by commas", DEFAULT_PRESET)
-    num_comments: int = option("comments per video (greedy always gives one)", 1, limit=COMMENTS)
+    num_comments: int = option(f"comments per video (a single-output preset, {', '.join(single_output_presets())}, "
+                               f"always gives one)", 1, limit=COMMENTS)
     max_new_tokens: int = option("new tokens per comment at most", MAX_NEW_TOKENS, limit=NEW_TOKENS)
     max_prompt_tokens: int | None = option(PROMPT_BUDGET_HELP, None, limit=PROMPT_TOKENS)
     seed: int = option("sampling seed", 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from vrp.artifacts import CollectDir, DatasetDir
 from vrp.clean import check_text
@@ -22,7 +22,7 @@ from vrp.errors import ConfigError, VrpError
 from vrp.files import atomic_path
 from vrp.generate.config import TRANSCRIPT_EXTS, GenerateConfig
 from vrp.model import check_context, load_for_inference
-from vrp.presets import needs_no_video_prompt
+from vrp.presets import get_preset, needs_no_video_prompt
 from vrp.prompt_format import resolve_prompt_config
 from vrp.prompts import PromptConfig, no_video_prompt_ids, video_prompt_ids
 from vrp.records import Video
@@ -84,8 +84,16 @@ def load_inputs(input_path: str | None, title: str = "", transcript: str | None 
 def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bool = True,
             loaded: tuple[Any, Any, dict[str, Any]] | None = None,
             prompt: PromptConfig | None = None, embedder: Any = None) -> list[dict[str, Any]]:
-    """Generate `cfg.num_comments` comments per video for each preset of `cfg`; return one dict per comment (see
-    the module doc). The model (`cfg.model` and/or `cfg.run` + `cfg.checkpoint`) is loaded once, or taken from
+    """The rows of `predict_videos` for every video, as one list (see there)."""
+    return [row for rows in predict_videos(videos, cfg, progress, loaded, prompt, embedder) for row in rows]
+
+
+def predict_videos(videos: Sequence[Video], cfg: GenerateConfig | None = None, progress: bool = True,
+                   loaded: tuple[Any, Any, dict[str, Any]] | None = None, prompt: PromptConfig | None = None,
+                   embedder: Any = None, start: int = 0) -> Iterator[list[dict[str, Any]]]:
+    """Generate `cfg.num_comments` comments per video for each preset of `cfg` (one for a single-output preset,
+    `Preset.comment_count`), one dict per comment (see the module doc). The model (`cfg.model` and/or
+    `cfg.run` + `cfg.checkpoint`) is loaded once, or taken from
     `loaded` = `(model, tokenizer, info)`; `prompt` (default: the run's prompt settings, read before the model is
     loaded) sets the prompt budget. Sampling is seeded per (video, preset) with `cfg.seed + video index`, so
     results do not depend on the order of presets. With `cfg.tier` other than `any`, the tier's marker
@@ -94,6 +102,10 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
     model not trained with tiers. `cad` and reranking (`cfg.rerank`) also use the no-video prompt
     (`prompts.no_video_prompt_ids`, with the same marker); reranking embeds comments with `embedder` (default: the
     bundled MiniLM) and adds a `pmi` column (`vrp.rerank`).
+    Yields the rows of one video at a time, in input order, from `videos[start]` on (the earlier ones are skipped:
+    `vrp.generate.stream` resumes a file with it; a video's seed is still `cfg.seed` + its index in `videos`), so a
+    caller can write each video's rows as soon as they exist. Prompts are checked for every video from `start` on
+    before the first is generated, and built again when their video comes (none is kept: memory stays flat).
     """
     from tqdm.auto import tqdm
 
@@ -106,21 +118,21 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
     marker = marker_ids(tok, cfg.tier)
     check_context(m, info["model"], pcfg.max_prompt_tokens + len(marker) + cfg.max_new_tokens,
                   "`max_prompt_tokens` + `max_new_tokens`" + (" + the tier marker" if marker else ""))
-    prompts = []  # all prompts first: a video whose prompt cannot be built fails before any generation
-    for v in videos:
-        prompts.append(video_prompt_ids(tok, v, pcfg))  # names the video; a ConfigError keeps its field
+    for v in videos[start:]:  # all prompts first: a video whose prompt cannot be built fails before any generation
+        video_prompt_ids(tok, v, pcfg)  # names the video; a ConfigError keeps its field
     presets = cfg.presets()
     no_video = (no_video_prompt_ids(tok, pcfg) + marker
                 if any(needs_no_video_prompt(p, cfg.rerank) for p in presets) else None)
     if cfg.rerank and embedder is None:
         embedder = load_embedder()
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(videos) * len(presets), desc="generate (videos x presets)", unit="setup",
+    bar = tqdm(total=(len(videos) - start) * len(presets), desc="generate (videos x presets)", unit="setup",
                disable=not progress)
     try:
-        for vi, (v, ids) in enumerate(zip(videos, prompts)):
+        for vi in range(start, len(videos)):
+            v, rows = videos[vi], []
+            ids = video_prompt_ids(tok, v, pcfg)
             for preset in presets:
-                k = 1 if preset == "greedy" else cfg.num_comments
+                k = get_preset(preset).comment_count(cfg.num_comments)  # a single-output preset gives one
                 t0 = time.perf_counter()
                 comments = comments_for_prompt(m, tok, ids + marker, preset, k, cfg.max_new_tokens, cfg.seed + vi,
                                                no_video, cfg.rerank, cfg.rerank_lambda, embedder,
@@ -133,9 +145,9 @@ def predict(videos: list[Video], cfg: GenerateConfig | None = None, progress: bo
                                  "finished": c.finished, "prompt_tokens": len(ids), "seconds": round(secs, 3),
                                  "tier": cfg.tier, **({"pmi": round(float(c.pmi), 4)} if cfg.rerank else {})})
                 bar.update(1)
+            yield rows
     finally:
         bar.close()
-    return rows
 
 
 def _json_scalar(value: Any) -> Any:

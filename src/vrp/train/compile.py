@@ -8,7 +8,7 @@ runs eagerly (one graph break per layer); that LoRA dropout (`vrp.lean.DropoutLi
 `.item()` and a `torch.Generator` per call) breaks the graph around every LoRA layer, so compilation pays with
 `lora_dropout` 0 only.
 Measured (SmolLM2-135M, 4 shared-prefix rows x 1,103 tokens, bf16 autocast, lora_dropout 0, 1 CPU thread): 13.6 s
-instead of 15.5 s of CPU per training step, after ~40 s of compilation in the first step (BENCHMARKS.md,
+instead of 15.5 s of CPU per training step, after ~40 s of compilation in the first step (docs/benchmarks-history.md,
 "Training memory and step time"). Also whether this machine can compile at all (`check_compiler`: inductor needs a
 working C++ compiler on a CPU, Triton on a GPU), checked before a run loads its model or writes anything: the
 compilation itself happens only at the first forward pass, after the run dir is written.

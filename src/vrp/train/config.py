@@ -6,6 +6,7 @@ and the LoRA defaults from `vrp.lora.LoraSettings` (defined once there). Does no
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ class TrainConfig:
     group_by_length: bool = option("batch rows of similar length together (less padding)", False)
     seed: int = option("random seed (data order, LoRA init, dropout)", 0)
     max_train_videos: int = option("use only the first N training videos (0 = all)", 0)
+    token_cache: bool = option("read the tokenized videos from the dataset's token cache (DATASET/.cache/, built "
+                               "once per tokenizer and prompt settings, memory-mapped, shared by every process; "
+                               "docs/training.md); off: tokenize in memory at every start", True)
     # precision and memory
     precision: str = option("auto (bf16 autocast on CPUs with AVX512-BF16/AMX and on GPUs, else fp32), bf16, fp16 "
                             "(CUDA only) or fp32", "auto")
@@ -200,3 +204,26 @@ def resolve_path_option(value: str) -> str:
     name, a Hugging Face id) is kept as it is."""
     p = Path(value).expanduser()
     return str(p.resolve()) if p.exists() else value
+
+
+# options a resumed run may change; the data position is global, so also the number of processes, and grad_accum
+# keeps the global batch (batch_size x grad_accum x processes) when that changes; max_steps and epochs only when the
+# learning-rate schedule does not depend on the total (`TrainConfig.schedule_uses_total`, checked by the training setup)
+RESUMABLE = ("max_steps", "epochs", "distributed_strategy", "grad_accum", "max_memory", "token_cache")
+# options whose `auto` a run resolves when it starts and saves resolved in config.yaml
+RESOLVED_AT_START = ("prompt_format", "tier_source")
+
+
+def check_resumable(run_cfg: TrainConfig, cfg: TrainConfig, where: str) -> None:
+    """Raise ConfigError naming the first option of `cfg` that differs from `run_cfg` (the run's config.yaml, read from
+    `where`) outside `RESUMABLE`: a resumed run continues with its own options, whether it is resumed by `vrp train
+    --resume` or by `vrp.train.loop.train(cfg, resume=True)` from Python. `prompt_format` `auto` matches the format
+    the run resolved it to, as do the other `RESOLVED_AT_START` options."""
+    changed = [f.name for f in dataclasses.fields(TrainConfig)
+               if f.name not in RESUMABLE and getattr(cfg, f.name) != getattr(run_cfg, f.name)
+               and not (f.name in RESOLVED_AT_START and getattr(cfg, f.name) == "auto")]
+    if changed:
+        listed = ", ".join(f"{k} {getattr(cfg, k)!r} (run: {getattr(run_cfg, k)!r})" for k in changed)
+        raise ConfigError(changed[0], f"a resumed run continues with the options in {where}; changed: {listed}. Only "
+                                      f"{', '.join(RESUMABLE)} may differ (max_steps / epochs with a constant "
+                                      f"learning-rate schedule). Start a new run, or overwrite this one")

@@ -215,7 +215,7 @@ def train(cfg: TrainConfig, data_dir: str | Path | DatasetDir, out: str | Path |
     run = out if isinstance(out, RunDir) else RunDir(out)
     lock = run.lock("vrp train")  # one writer per run dir (`vrp.locks`): rank 0 holds it until the run ends
     try:
-        s = setup(cfg, data, run, resume, overwrite, lock)
+        s = setup(cfg, data, run, resume, overwrite, lock, progress)
         state = starting_state(s, resume, progress and s.dist.is_main)
         fit(s, state, on_step, progress)
         return finish(s, state)

@@ -15,8 +15,8 @@ Knows:
   `ROW_FACTOR` (the allocator's slack). On a CPU glibc's heap fragments (freed activations interleaved with kept
   ones), so a step's resident set exceeds its live tensors by about a fixed
   number of row costs whatever the rows per micro-batch: `HEAP_SLACK_ROWS` row costs are added (calibrated on
-  SmolLM2-135M runs with 1, 2 and 4 rows per micro-batch: BENCHMARKS.md, "--max-memory"). With gradient
-  checkpointing the measured row cost is that of the checkpointed step (the layer inputs kept, one layer
+  SmolLM2-135M runs with 1, 2 and 4 rows per micro-batch: docs/benchmarks-history.md, "--max-memory"). With
+  gradient checkpointing the measured row cost is that of the checkpointed step (the layer inputs kept, one layer
   recomputed at a time: 100 MB instead of 341 MB for a 384-token SmolLM2 row), but the heap churns through every
   layer's activations as before, in the forward pass and again in the recomputation, so the slack is a larger
   multiple of that smaller cost: `HEAP_SLACK_ROWS_CHECKPOINTED` (calibrated on SmolLM2-135M, bf16 autocast, one
@@ -296,7 +296,7 @@ def trim_after_step(step: int, budgeted: bool) -> bool:
     (SmolLM2-135M, rows of 500-1,000 tokens: 4.1 GB after one step, 5.8 GB after 8, a 2-epoch run past 10 GB);
     trimming after every step keeps it at ~0.9 GB between steps and lowers the peak by ~1 GB (5.0 instead of
     5.95 GB), but the pages are then faulted in again: +9% CPU time per step (measured, see
-    BENCHMARKS.md, "Training memory and step time")."""
+    docs/benchmarks-history.md, "Training memory and step time")."""
     return budgeted or step % TRIM_EVERY == 0
 
 

@@ -7,72 +7,62 @@ the candidate set of each subset video, and the probe metrics written to each va
   video's prompt (a fixed derangement: video i borrows the prompt of video i + 1, the last the first's) minus under
   its own, token-weighted within a video, mean over videos (as `vrp evaluate`'s conditioning gain);
 - `val_recall_at_10`, `val_mrr`: each real comment ranked by mean log-likelihood per token given its video's prompt
-  among the video's distractors (the other real comments of the video are left out), tie-aware (scores within
-  `TIE_TOLERANCE` nats per token count as tied, ties broken uniformly at random in expectation), averaged over a
-  video's real comments, then over videos; Recall@10 is None (not measured) when a video has 10 or fewer
-  candidates, where every order puts each real comment within the top 10;
+  among the video's distractors (the other real comments of the video are left out), tie-aware with `vrp evaluate`'s
+  tie rule (equal scores tie, ties broken uniformly at random in exact expectation: `vrp.ranking.tie_aware_stats`),
+  averaged over a video's real comments, then over videos (`vrp.ranking.summarize_ranks`); Recall@10 is None (not
+  measured) when a video has 10 or fewer candidates, where every order puts each real comment within the top 10;
 - `val_pmi_recall_at_10`, `val_pmi_mrr`: the same ranking by PMI, mean log p(c | video) - mean log p(c | no-video
-  prompt), lambda = 1 (Holtzman et al. 2021, domain-conditional PMI; `prompts.no_video_prompt_ids`);
+  prompt), lambda = 1 (Holtzman et al. 2021, domain-conditional PMI; `vrp.ranking.pmi_score`,
+  `prompts.no_video_prompt_ids`);
 - `val_finished_rate`, `val_median_new_tokens`: one comment per subset video sampled with the default preset
   (`decoding.generate_comments`, one video at a time, at most `decoding.MAX_NEW_TOKENS` new tokens, seed `seed + i`
   for video i): the share that ended with a stop token and the median number of new tokens (the stop token counted);
 - `val_probe_score_seconds`, `val_probe_generate_seconds`, `val_probe_seconds`: the wall time of the probe.
 A subset video's candidates (at most `MAX_CANDIDATES`): its own real comments (up to half of the set), then
 distractors, half the other subset videos' comments (taken round-robin from the next video on) and half the most
-frequent training comments (by count of the lower-cased, whitespace-collapsed text), one source filling in for the
-other when it runs short; no distractor repeats a real comment's text. No embeddings: `vrp evaluate` draws its 100
-candidates by video similarity, this set is only meant to be cheap and fixed, so its numbers are comparable along
-one run, not with `vrp evaluate`'s. The analytic random baseline of the same sets is in `ProbeSet.describe`.
+frequent training comments (`vrp.comment_pool.frequent_comments`, by count of `comment_pool.text_key`, ties by first
+appearance), one source filling in for the other when it runs short; no distractor repeats a real comment's text
+(`comment_pool.text_key`). No embeddings: `vrp evaluate` draws its 100 candidates by video similarity, this set is
+only meant to be cheap and fixed, so its numbers are comparable along one run, not with `vrp evaluate`'s (the
+statistics are the same functions, `vrp.ranking`). The analytic random baseline of the same sets is in
+`ProbeSet.describe`.
 Scoring is `scoring.score_candidates` (prompt KV cache) under `torch.no_grad()`, in eval mode and under the run's
 autocast; the model's train/eval mode and torch's RNG states (CPU and CUDA) are restored afterwards, so probing does
 not change the training that follows.
 Does not know: when validation runs (`vrp.train.loop`), the best checkpoint (`vrp.train.checkpoint`), `vrp evaluate`
-(which sits above training and is not imported).
+(which sits above training and is not imported), the rank statistics, NLL and PMI formulas (`vrp.ranking`), when two
+comments are the same text (`vrp.comment_pool`).
 """
 from __future__ import annotations
 
-import math
-import re
 import statistics
 import time
-from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from vrp.charts import learning_curve
+from vrp.comment_pool import distinct_texts, frequent_comments, text_key
 from vrp.decoding import generate_comments
-from vrp.precision import autocast_ctx
+from vrp.precision import Precision, autocast_ctx
 from vrp.presets import DEFAULT_PRESET, MAX_NEW_TOKENS
-from vrp.prompts import build_completion_ids, no_video_prompt_ids, video_prompt_ids
+from vrp.prompts import PromptConfig, build_completion_ids, no_video_prompt_ids, video_prompt_ids
+from vrp.ranking import Score, distractor_ranks, mean_logprob, mean_nll, pmi_score, random_rank_stat, summarize_ranks
+from vrp.records import Video
 from vrp.scoring import score_candidates
 from vrp.train.validate import evaluate_nll
+
+if TYPE_CHECKING:  # vrp.train.setup imports this module
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from vrp.train.setup import TrainSetup, TrainState
 
 MAX_CANDIDATES = 50
 GENERATE_MAX_NEW_TOKENS = MAX_NEW_TOKENS  # the generation budget of the finished-rate probe (tests shorten it)
 RECALL_K = 10
 PMI_LAMBDA = 1.0
-TIE_TOLERANCE = 1e-6  # nats per token: the same candidate scored in another batch layout can differ in the last bits
 PROBE_KEYS = ("val_gain", "val_recall_at_10", "val_mrr", "val_pmi_recall_at_10", "val_pmi_mrr", "val_finished_rate",
               "val_median_new_tokens")
-
-
-def text_key(text: str) -> str:
-    """The text a candidate is compared by: lower-cased, whitespace collapsed, stripped."""
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def frequent_texts(videos: Sequence[Any], n: int) -> list[str]:
-    """The `n` most frequent comment texts of `videos` (records with `.comments[].text`), by count of `text_key`,
-    ties in order of first appearance; each given as its first spelling."""
-    counts: Counter[str] = Counter()
-    first: dict[str, str] = {}
-    for v in videos:
-        for c in v.comments:
-            if (k := text_key(c.text)):
-                counts[k] += 1
-                first.setdefault(k, c.text.strip())
-    order = {k: i for i, k in enumerate(first)}
-    return [first[k] for k in sorted(counts, key=lambda k: (-counts[k], order[k]))[:n]]
 
 
 @dataclass
@@ -93,30 +83,22 @@ class ProbeSet:
     prompt_format: str = "auto"
 
     def describe(self) -> dict[str, Any]:
-        """Sizes of the probe and the analytic random baseline of its ranking (a uniformly random order: MRR
-        H_n / n, Recall@10 min(10, n) / n for a video of n candidates, averaged over videos; None when a video has 10
-        or fewer candidates, where Recall@10 is 1 whatever the order, `recall_defined`)."""
-        mrr = [_random_rr(len(d) + 1) for d in self.distractors if d]
-        rec = [min(RECALL_K, len(d) + 1) / (len(d) + 1) for d in self.distractors if d] if self.recall_defined() else []
+        """Sizes of the probe and the analytic random baseline of its ranking (`vrp.ranking.random_rank_stat`, a
+        uniformly random order: MRR H_n / n, Recall@10 min(10, n) / n for a real comment among n candidates (itself
+        and its video's distractors), averaged as the probe's ranking is; None when a video has 10 or fewer
+        candidates, where Recall@10 is 1 whatever the order)."""
+        base = summarize_ranks([[random_rank_stat(len(d) + 1, (RECALL_K,))] for d in self.distractors if d],
+                               (RECALL_K,))
         return {"videos": len(self.video_ids), "video_ids": self.video_ids,
                 "real_comments": sum(len(r) for r in self.real),
                 "mean_candidates": statistics.fmean(len(r) + len(d) for r, d in zip(self.real, self.distractors)),
-                "random_mrr": statistics.fmean(mrr) if mrr else None,
-                "random_recall_at_10": statistics.fmean(rec) if rec else None,
+                "random_mrr": base.get("mrr"), "random_recall_at_10": base.get(f"recall_at_{RECALL_K}"),
                 "pmi_lambda": PMI_LAMBDA, "generation_seed": self.seed}
 
-    def recall_defined(self) -> bool:
-        """Whether Recall@10 measures the ranking: every ranked video (one with distractors) has more than
-        `RECALL_K` candidates (its real comment + distractors); with fewer the rank is <= 10 whatever the scores."""
-        return all(len(d) + 1 > RECALL_K for d in self.distractors if d)
 
-
-def _random_rr(n: int) -> float:
-    return math.fsum(1.0 / r for r in range(1, n + 1)) / n
-
-
-def build_probe_set(tokenizer: Any, val_videos: Sequence[Any], train_videos: Sequence[Any], pcfg: Any,
-                    n_videos: int, seed: int, max_candidates: int = MAX_CANDIDATES) -> ProbeSet | None:
+def build_probe_set(tokenizer: PreTrainedTokenizerBase, val_videos: Sequence[Video], train_videos: Sequence[Video],
+                    pcfg: PromptConfig, n_videos: int, seed: int,
+                    max_candidates: int = MAX_CANDIDATES) -> ProbeSet | None:
     """The probe data of the first `n_videos` validation videos (None when `n_videos` is 0 or there are none).
 
     pcfg: the run's `PromptConfig`; seed: the generation seed. Candidates as in the module doc. Raises VrpError from
@@ -126,8 +108,8 @@ def build_probe_set(tokenizer: Any, val_videos: Sequence[Any], train_videos: Seq
     if not subset:
         return None
     n = len(subset)
-    texts = [_distinct(c.text for c in v.comments)[: max(1, max_candidates // 2)] for v in subset]
-    frequent = frequent_texts(train_videos, max_candidates)
+    texts = [distinct_texts(c.text for c in v.comments)[: max(1, max_candidates // 2)] for v in subset]
+    frequent = frequent_comments([c.text for v in train_videos for c in v.comments], max_candidates)
     ids: dict[str, list[int]] = {}
 
     def enc(t: str) -> list[int]:
@@ -153,17 +135,6 @@ def build_probe_set(tokenizer: Any, val_videos: Sequence[Any], train_videos: Seq
                     no_video=no_video_prompt_ids(tokenizer, pcfg), seed=seed, prompt_format=pcfg.prompt_format)
 
 
-def _distinct(texts: Any) -> list[str]:
-    """The stripped texts, one per `text_key` (its first spelling), empty ones left out, in order."""
-    seen: set[str] = set()
-    out = []
-    for t in texts:
-        if (k := text_key(t)) and k not in seen:
-            seen.add(k)
-            out.append(t.strip())
-    return out
-
-
 def _take(pool: Sequence[str], n: int, taken: set[str]) -> list[str]:
     """Up to `n` texts of `pool` whose key is not in `taken` (which they are added to), in order."""
     out: list[str] = []
@@ -176,16 +147,7 @@ def _take(pool: Sequence[str], n: int, taken: set[str]) -> list[str]:
     return out
 
 
-def rank_stats(gold: float, others: Sequence[float], k: int = RECALL_K) -> tuple[float, float]:
-    """`(reciprocal rank, Recall@k)` of a gold score among `others` (higher = better), in expectation over random
-    tie-breaks: with g others above and t tied (within `TIE_TOLERANCE`), the rank is uniform on g+1 .. g+t+1."""
-    above = sum(o > gold + TIE_TOLERANCE for o in others)
-    tied = sum(abs(o - gold) <= TIE_TOLERANCE for o in others)
-    ranks = range(above + 1, above + tied + 2)
-    return statistics.fmean(1.0 / r for r in ranks), statistics.fmean(r <= k for r in ranks)
-
-
-def _score(model: Any, prompt: list[int], cands: Sequence[list[int]]) -> dict[tuple[int, ...], tuple[float, int]]:
+def _score(model: torch.nn.Module, prompt: list[int], cands: Sequence[list[int]]) -> dict[tuple[int, ...], Score]:
     """`(sum log-prob in nats, tokens)` of each distinct candidate given `prompt`."""
 
     todo = list(dict.fromkeys(tuple(c) for c in cands))
@@ -194,20 +156,20 @@ def _score(model: Any, prompt: list[int], cands: Sequence[list[int]]) -> dict[tu
                                            rows_per_batch=4)))
 
 
-def _mean_lp(score: tuple[float, int]) -> float:
-    return score[0] / score[1]
+def ranking_metrics(videos: Sequence[tuple[Sequence[float], Sequence[float]]]) -> tuple[float | None, float | None]:
+    """`(MRR, Recall@10)` of a probe ranking. videos: per subset video, `(scores of its real comments, scores of its
+    distractors)`, higher = better. Each real comment is ranked among its video's distractors only
+    (`vrp.ranking.distractor_ranks`, the tie rule of `vrp evaluate`), averaged over the video's real comments, then
+    over videos (`vrp.ranking.summarize_ranks`); a video without distractors is left out. MRR is None when no video
+    is ranked, Recall@10 also when a ranked video has 10 or fewer candidates (every order puts each real comment in
+    the top 10 there)."""
+    s = summarize_ranks([distractor_ranks(real, dis, (RECALL_K,)) for real, dis in videos], (RECALL_K,))
+    mrr, recall = s.get("mrr"), s.get(f"recall_at_{RECALL_K}")
+    return (None if mrr is None else float(mrr)), (None if recall is None else float(recall))
 
 
-def _nll(scores: Sequence[tuple[float, int]]) -> float:
-    return -math.fsum(s for s, _ in scores) / sum(n for _, n in scores)
-
-
-def _ranking(real: Sequence[float], dis: Sequence[float]) -> tuple[float, float]:
-    stats = [rank_stats(g, dis) for g in real]
-    return statistics.fmean(s[0] for s in stats), statistics.fmean(s[1] for s in stats)
-
-
-def run_probes(model: Any, tokenizer: Any, probes: ProbeSet, prec: Any) -> dict[str, Any]:
+def run_probes(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, probes: ProbeSet,
+               prec: Precision) -> dict[str, Any]:
     """The probe metrics of `model` (keys and definitions in the module doc; None where a metric needs more videos or
     candidates than the probe has). prec: the run's `vrp.precision.Precision` (its autocast is used)."""
     import torch
@@ -220,7 +182,8 @@ def run_probes(model: Any, tokenizer: Any, probes: ProbeSet, prec: Any) -> dict[
         with torch.random.fork_rng(devices=cuda), torch.no_grad(), autocast_ctx(prec):
             t0 = time.perf_counter()
             guests = {p: i for i, p in enumerate(probes.partner) if p >= 0}
-            own, other = [], [None] * n
+            own: list[dict[tuple[int, ...], Score]] = []
+            other: list[list[Score] | None] = [None] * n
             for j in range(n):
                 guest = probes.real[guests[j]] if j in guests else []
                 sc = _score(model, probes.prompts[j], probes.real[j] + probes.distractors[j] + guest)
@@ -236,59 +199,58 @@ def run_probes(model: Any, tokenizer: Any, probes: ProbeSet, prec: Any) -> dict[
             t2 = time.perf_counter()
     finally:
         model.train(was_training)
-    gains = [_nll(other[i]) - _nll([own[i][tuple(c)] for c in probes.real[i]]) for i in range(n) if other[i]]
-    lik, pmi = [], []
+    gains = [mean_nll(o) - mean_nll([own[i][tuple(c)] for c in probes.real[i]]) for i, o in enumerate(other) if o]
+    lik: list[tuple[list[float], list[float]]] = []
+    pmi: list[tuple[list[float], list[float]]] = []
     for i in range(n):
-        if not probes.distractors[i]:
-            continue
         real, dis = [tuple(c) for c in probes.real[i]], [tuple(c) for c in probes.distractors[i]]
-        lik.append(_ranking([_mean_lp(own[i][c]) for c in real], [_mean_lp(own[i][c]) for c in dis]))
-        p = {c: _mean_lp(own[i][c]) - PMI_LAMBDA * _mean_lp(nv[c]) for c in real + dis}
-        pmi.append(_ranking([p[c] for c in real], [p[c] for c in dis]))
+        lik.append(([mean_logprob(own[i][c]) for c in real], [mean_logprob(own[i][c]) for c in dis]))
+        p = {c: pmi_score(own[i][c], nv[c], PMI_LAMBDA) for c in real + dis}
+        pmi.append(([p[c] for c in real], [p[c] for c in dis]))
     out: dict[str, Any] = dict.fromkeys(PROBE_KEYS)
     if gains:
         out["val_gain"] = statistics.fmean(gains)
-    if lik:
-        out["val_mrr"], out["val_recall_at_10"] = (statistics.fmean(x[k] for x in lik) for k in (0, 1))
-        out["val_pmi_mrr"], out["val_pmi_recall_at_10"] = (statistics.fmean(x[k] for x in pmi) for k in (0, 1))
-        if not probes.recall_defined():  # 10 or fewer candidates: Recall@10 would be 1 for any model
-            out["val_recall_at_10"] = out["val_pmi_recall_at_10"] = None
+    out["val_mrr"], out["val_recall_at_10"] = ranking_metrics(lik)
+    out["val_pmi_mrr"], out["val_pmi_recall_at_10"] = ranking_metrics(pmi)
     out["val_finished_rate"] = statistics.fmean(g.finished for g in gen)
     out["val_median_new_tokens"] = float(statistics.median(g.tokens for g in gen))
     out.update(val_probe_score_seconds=t1 - t0, val_probe_generate_seconds=t2 - t1, val_probe_seconds=t2 - t0)
     return out
 
 
-def validate(s: Any, progress: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
-    """Validate the model of the run setup `s` (`vrp.train.setup.TrainSetup`): `(evaluate_nll's {nll, perplexity,
-    tokens} over all validation rows, the `val_*` fields of a metrics.jsonl row)`: `val_nll`, `val_nll_seconds`,
-    and with a probe set (`s.probes`) the probe metrics and seconds of `run_probes`."""
+def validate(run_setup: TrainSetup, progress: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+    """Validate the model of a run: `(evaluate_nll's {nll, perplexity, tokens} over all validation rows, the `val_*`
+    fields of a metrics.jsonl row)`: `val_nll`, `val_nll_seconds`, and with a probe set (`run_setup.probes`) the
+    probe metrics and seconds of `run_probes`. In a launched run every process scores its share of the validation
+    rows and rank 0 alone runs the probes."""
 
     t0 = time.perf_counter()
-    dist = getattr(s, "dist", None)  # a launched run: every process scores its share of the validation rows
-    rows = s.memory.micro_rows if getattr(s, "memory", None) is not None else s.cfg.batch_size  # `max_memory`
-    res = evaluate_nll(s.model, s.val_rows, s.tokenizer.pad_token_id, s.prec, rows, progress, dist,
-                       getattr(s, "val_packing", "shared_prefix"))
+    dist = run_setup.dist
+    # rows per micro-batch: the memory plan's under `max_memory`, else the batch size
+    rows = run_setup.memory.micro_rows if run_setup.memory is not None else run_setup.cfg.batch_size
+    res = evaluate_nll(run_setup.model, run_setup.val_rows, run_setup.tokenizer.pad_token_id, run_setup.prec, rows,
+                       progress, dist, run_setup.val_packing)
     row: dict[str, Any] = {"val_nll": res["nll"], "val_nll_seconds": time.perf_counter() - t0}
-    if getattr(s, "probes", None) is not None and (dist is None or dist.is_main):  # rank 0 alone logs them
-        row.update(run_probes(s.model, s.tokenizer, s.probes, s.prec))
+    if run_setup.probes is not None and dist.is_main:
+        row.update(run_probes(run_setup.model, run_setup.tokenizer, run_setup.probes, run_setup.prec))
     return res, row
 
 
-def curve_summary(s: Any, state: Any) -> dict[str, Any]:
+def curve_summary(run_setup: TrainSetup, state: TrainState) -> dict[str, Any]:
     """What `metrics.json` says about the learning curve and the best checkpoint, and `curve.png` drawn from the
     validation rows of `state.history` (against comments seen): `best_step`, `best_val_nll`, `best_checkpoint` (the
     path relative to the run dir, None without validation), `final_validation` (the `val_*` fields of the last
     validation row) and `curve` (`ProbeSet.describe`, None without probes)."""
 
     rows = [h for h in state.history if h.get("val_nll") is not None]
-    best = getattr(state, "best", None) or {}
-    ckpt = s.run.best_checkpoint()
-    desc = s.probes.describe() if getattr(s, "probes", None) is not None else None
+    best = state.best or {}
+    run = run_setup.run
+    ckpt = run.best_checkpoint()
+    desc = run_setup.probes.describe() if run_setup.probes is not None else None
     if rows:
-        learning_curve(rows, s.run.curve_png, desc)
+        learning_curve(rows, run.curve_png, desc)
     return {"best_step": best.get("step"), "best_val_nll": best.get("val_nll"),
-            "best_checkpoint": str(ckpt.relative_to(s.run.path)) if ckpt else None,
+            "best_checkpoint": str(ckpt.relative_to(run.path)) if ckpt else None,
             "final_validation": {k: v for k, v in rows[-1].items() if k.startswith("val_")} if rows else None,
             "curve": desc}
 

@@ -4,8 +4,9 @@ Knows: the order in which a run starts (everything that can fail on bad input â€
 context length, LoRA targets, optimizer â€” is checked before the run dir is created or emptied, so a failed start
 leaves nothing behind), the seeding (`torch.manual_seed(cfg.seed)` before the model is loaded, so the LoRA init is a
 function of the seed), and where a run starts from: its newest checkpoint on resume (`RunDir.latest_checkpoint`),
-else step 0 after the base model's validation NLL. In a launched run (`vrp.train.distributed`) the process group is
-joined before the model is loaded, rank 0 alone checks, reads and creates the run dir (its errors reach every rank),
+else step 0 after the base model's validation NLL, and where the tokens come from: the dataset's token cache
+(`vrp.token_cache`, built by one process while the others wait; in memory with `token_cache` off). In a launched
+run (`vrp.train.distributed`) the process group is joined before the model is loaded, rank 0 alone checks, reads and creates the run dir (its errors reach every rank),
 the model is wrapped in DDP / FSDP before the optimizer is built, and an epoch has ceil(micro-batches / (grad_accum x
 world size)) optimizer steps.
 Does not know: the optimizer step loop (`vrp.train.loop`), how checkpoints are written (`vrp.train.checkpoint`).
@@ -25,9 +26,9 @@ from vrp.options import build_config
 from vrp.packing import make_rows, micro_batches
 from vrp.precision import resolve_precision
 from vrp.prompt_format import resolve_prompt_config
-from vrp.prompts import encode_videos
 from vrp.rundir import RunDir
-from vrp.tiers import dataset_format, encode_tiered_video, longest_marker, resolve_tier_source
+from vrp.tiers import dataset_format, longest_marker, resolve_tier_source
+from vrp.token_cache import TierSettings, cached_encodings, encode_splits, gc_paused
 from vrp.train.checkpoint import (
     data_position,
     keep_best,
@@ -38,7 +39,7 @@ from vrp.train.checkpoint import (
     steps_until,
 )
 from vrp.train.compile import check_compiler, compile_decoder_layers
-from vrp.train.config import PATH_OPTIONS, TrainConfig, resolve_path_option
+from vrp.train.config import PATH_OPTIONS, TrainConfig, check_resumable, resolve_path_option
 from vrp.train.distributed import Dist, start
 from vrp.train.memory import plan_memory
 from vrp.train.optim import build_optimizer, resolve_optimizer
@@ -126,11 +127,13 @@ def _inputs(cfg: TrainConfig, data: DatasetDir) -> list[tuple[str, Any]]:
 
 
 def _check_resumed_total(cfg: TrainConfig, run: RunDir) -> None:
-    """Raise ConfigError('max_steps' / 'epochs') when a resume changes the run's length while its learning-rate
+    """Raise ConfigError naming the option when a resume changes an option a resumed run may not change
+    (`vrp.train.config.check_resumable`), or ConfigError('max_steps' / 'epochs') when it changes the run's length while its learning-rate
     schedule depends on it: the schedule was fixed for the old total, so the resumed steps would follow neither the old
     nor a fresh run's schedule."""
 
     old = build_config(TrainConfig, run.config(), {}, where=str(run.config_path))
+    check_resumable(old, cfg, str(run.config_path))
     field = ("max_steps" if old.max_steps != cfg.max_steps
              else "epochs" if cfg.max_steps < 0 and old.epochs != cfg.epochs else None)
     if field is not None and old.schedule_uses_total():
@@ -180,13 +183,15 @@ def _check_not_done(run: RunDir, step: int, total_steps: int) -> None:
 
 
 def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwrite: bool,
-          lock: Any = None) -> TrainSetup:
+          lock: Any = None, progress: bool = True) -> TrainSetup:
     """Check everything, load and wrap the model, build optimizer and schedule, then create the run dir (emptied
     with `overwrite`) and save `config.yaml` (not on resume). Raises ConfigError / VrpError before anything is
     written: a bad run dir, data that differs from a resumed run's, an impossible precision, an unloadable model,
     a prompt longer than the model's context, unknown LoRA target modules. `lock` (`vrp.locks.DirLock` of the run
     dir, released by the caller): taken by rank 0 before the run dir is looked at, so that a second writer (a
-    resume, an `overwrite`) is refused while this one runs (ConfigError('out'))."""
+    resume, an `overwrite`) is refused while this one runs (ConfigError('out')). The videos are tokenized through
+    the dataset's token cache (`vrp.token_cache`; in memory with `token_cache` off), with a progress bar on rank 0
+    while it is built when `progress`."""
     import torch
     from transformers import get_scheduler
 
@@ -216,13 +221,15 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     check_context(model, cfg.model, cfg.max_prompt_tokens + cfg.max_comment_tokens + 1 + marker,
                   "`max_prompt_tokens` + `max_comment_tokens` + 1" + (" + the tier marker" if marker else ""))
     pcfg = cfg.prompt_config()
-    if cfg.tiers:  # validation rows carry every tiered comment's true marker (no dropout)
-        train_enc = [encode_tiered_video(tok, v, pcfg, cfg.tier_source, cfg.tier_marker_dropout, cfg.seed)
-                     for v in train_videos]
-        val_enc = [encode_tiered_video(tok, v, pcfg, cfg.tier_source) for v in val_videos]
+    # validation rows carry every tiered comment's true marker (no dropout)
+    tiers = TierSettings(cfg.tier_source, cfg.tier_marker_dropout, cfg.seed) if cfg.tiers else None
+    if cfg.token_cache:  # tokenized once per dataset, tokenizer and prompt settings (`vrp.token_cache`)
+        train_enc, val_enc = cached_encodings(data, tok, pcfg, tiers, train_videos, val_videos, data_sha,
+                                              progress and dist.is_main)
     else:
-        train_enc, val_enc = encode_videos(tok, train_videos, pcfg), encode_videos(tok, val_videos, pcfg)
-    rows = make_rows(train_enc, cfg.packing, cfg.max_row_tokens)
+        train_enc, val_enc = encode_splits(tok, train_videos, val_videos, pcfg, tiers)
+    with gc_paused():  # millions of token-id lists, no cycles
+        rows = make_rows(train_enc, cfg.packing, cfg.max_row_tokens)
     val_packing = validation_packing(model, cfg.packing)  # refuses shared_prefix where masks cannot be exact
     val_rows = make_rows(val_enc, val_packing, cfg.max_row_tokens)
     n_batches = len(micro_batches(rows, cfg.batch_size))

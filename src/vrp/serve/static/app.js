@@ -30,16 +30,22 @@ function setFile(file) {
   if (!chosenFile) $("file").value = "";
 }
 
-function describePreset() {
+// The chosen preset as /v1/info describes it: name, description and capabilities (single_output, rerankable, ...).
+function chosenPreset() {
   const name = $("preset").value;
-  const p = info && info.presets.find((x) => x.name === name);
+  return (info && info.presets.find((x) => x.name === name)) || null;
+}
+
+function describePreset() {
+  const p = chosenPreset();
   $("preset-help").textContent = p ? p.description : "";
   const n = $("num-comments");
-  if (name === "greedy") { n.value = "1"; n.max = "1"; }
+  if (p && p.single_output) { n.value = "1"; n.max = "1"; }  // it gives exactly one comment
   else if (info) n.max = String(info.limits.max_num_comments);
   const rr = $("rerank");
-  if (name === "greedy") rr.value = "0";
-  rr.disabled = name === "greedy";  // greedy gives a single comment: nothing to choose from
+  const rerankable = !p || p.rerankable;  // a single comment leaves nothing to choose from
+  if (!rerankable) rr.value = "0";
+  rr.disabled = !rerankable;
 }
 
 async function loadInfo() {
@@ -126,7 +132,8 @@ async function submit(ev) {
   const maxTok = parseInt($("max-new-tokens").value, 10);
   const preset = $("preset").value;
   const tier = chosenTier();
-  const rerank = $("rerank-box").hidden || preset === "greedy" ? 0 : parseInt($("rerank").value || "0", 10);
+  const chosen = chosenPreset();
+  const rerank = $("rerank-box").hidden || (chosen && !chosen.rerankable) ? 0 : parseInt($("rerank").value || "0", 10);
   if (!chosenFile && !transcript.trim()) { showError("Paste a transcript or drop a transcript file first."); return; }
   if (!Number.isInteger(num) || !Number.isInteger(maxTok)) { showError("Comments and max tokens must be whole numbers."); return; }
   if (!Number.isInteger(rerank) || (rerank > 0 && rerank < num)) {
@@ -168,6 +175,7 @@ async function submit(ev) {
     $("busy-text").textContent = "Predicting…";
     setBusy(false);
     $("transcript").disabled = !!chosenFile;
+    describePreset();  // setBusy enabled every field, the rerank of a single-output preset too
   }
 }
 

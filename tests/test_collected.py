@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error
 
 from vrp.artifacts import CollectDir
 from vrp.collected import clean_comments, load_collect_dir
@@ -95,9 +97,8 @@ def test_torn_last_line_is_ignored_and_counted(tmp_path):
 ])
 def test_bad_rows_name_file_line_and_field(tmp_path, line, message):
     d = _write(tmp_path / "c", [line, json.dumps({"id": "BBBBBBBBBBB", "transcript": "x", "comments": []})])
-    with pytest.raises(VrpError) as e:
+    with pytest.raises(VrpError, match=re.escape(f"{d / 'videos.jsonl'}{message}")):
         load_collect_dir(d)
-    assert f"{d / 'videos.jsonl'}{message}" in str(e.value)
 
 
 def test_missing_collect_dir_file(tmp_path):
@@ -145,3 +146,10 @@ def test_missing_or_garbage_like_count_is_unknown_not_zero():
     ], "x")
     assert [(c.text, c.like_count, c.rank) for c in comments] == [
         ("zero", 0, 1), ("no count", None, 2), ("garbage", None, 3), ("huge", None, 4), ("missing", None, 5)]
+
+
+def test_collect_dir_non_utf8_line(tmp_path, capsys) -> None:
+    d = tmp_path / "collect"
+    d.mkdir()
+    (d / "videos.jsonl").write_bytes(b'{"id": "a", "transcript": "caf\xe9", "comments": []}\n')
+    one_line_error(capsys, ["prepare", str(d), "--out", str(tmp_path / "o")], "videos.jsonl:1", "UTF-8")

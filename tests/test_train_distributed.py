@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import write_splits
+from helpers import bench_videos, write_splits
 
 from vrp.errors import ConfigError, VrpError
 from vrp.files import write_jsonl_atomic
@@ -125,6 +125,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict
     return r
 
 
+@pytest.mark.distributed
 def test_two_ranks_equal_one_process_with_accumulation(runs: dict[str, Path]) -> None:
     """2 ranks x 1 row = 1 process x 1 row x 2 accumulation steps: the same adapter, validation NLL and counts, with
     shared-prefix rows (1-3 comments of different lengths) and with packing none; the epoch's last step has one
@@ -145,6 +146,7 @@ def test_two_ranks_equal_one_process_with_accumulation(runs: dict[str, Path]) ->
     assert state["data_position"] == {"epoch": 1, "micro_batch": 4, "batch_size": 1}  # 3 steps (5 rows), then 2
 
 
+@pytest.mark.distributed
 def test_kill_and_resume_under_two_ranks_equals_uninterrupted(runs: dict[str, Path]) -> None:
     """With LoRA dropout on, so that each rank's restored RNG state matters: killed after step 3 (checkpoint at
     step 2), resumed by 2 ranks, the adapter is that of the uninterrupted run."""
@@ -155,6 +157,7 @@ def test_kill_and_resume_under_two_ranks_equals_uninterrupted(runs: dict[str, Pa
     assert max_diff(runs["c_full"], runs["ref_sp"]) > 1e-4  # dropout made a difference to the plain run
 
 
+@pytest.mark.distributed
 def test_resume_across_world_sizes(runs: dict[str, Path]) -> None:
     """A 2-process (FSDP) run resumed in 1 process with grad_accum 2, and a 1-process run resumed by 2 processes
     (DDP, through the CLI) with grad_accum 1, continue the same data order with the same global batch: the reference
@@ -165,6 +168,7 @@ def test_resume_across_world_sizes(runs: dict[str, Path]) -> None:
     assert runs["cli_out"].read_text().count("done: 5 steps") == 1  # rank 0 alone reports
 
 
+@pytest.mark.distributed
 def test_fsdp_trains_and_saves_a_standard_peft_adapter(runs: dict[str, Path], tiny_model_dir: Path) -> None:
     """FSDP (sharded base and LoRA) on 2 CPU ranks, killed and resumed (full optimizer state gathered, then sharded
     again): the same adapter as one process, saved in PEFT's format and loadable with PeftModel.from_pretrained."""
@@ -187,16 +191,15 @@ def test_fsdp_trains_and_saves_a_standard_peft_adapter(runs: dict[str, Path], ti
     assert (a - plain).abs().max() > 1e-3
 
 
+@pytest.mark.distributed
 def test_bench_train_nproc_times_one_and_two_processes(tiny_model_dir: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     """`vrp bench train --nproc 2`: `vrp train` in 1 process (grad_accum 2) and under torchrun in 2 (grad_accum 1)
     do the same optimizer steps (the same last loss), and the efficiency is the speedup over 2."""
-    from test_bench_train import _videos
-
     from vrp.cli import main
 
     data, out, raw = tmp_path / "videos.jsonl", tmp_path / "BENCH.md", tmp_path / "raw.json"
-    write_jsonl_atomic(data, (v.to_json() for v in _videos()))
+    write_jsonl_atomic(data, (v.to_json() for v in bench_videos()))
     conf = tmp_path / "bench.yaml"  # no LoRA dropout: the ranks' own dropout masks would change the loss
     conf.write_text("lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear}\n")
     rc = main(["bench", "train", "--config", str(conf), "--nproc", "2", "--quick", "--model", str(tiny_model_dir),

@@ -1,4 +1,4 @@
-"""Outputs a creator opens in a spreadsheet (issue 9, item 9): xlsx text cells are string cells, never formulas or
+"""Outputs a creator opens in a spreadsheet (`vrp.sheets`): xlsx text cells are string cells, never formulas or
 error values; CSV text cells that a spreadsheet would run as a formula are protected (OWASP "CSV Injection"), with
 `escape_formulas=False` / `vrp generate --no-escape-formulas` for programs."""
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import openpyxl
+import pandas as pd
 import pytest
 
 from vrp.cli import build_parser
@@ -74,3 +75,11 @@ def test_jsonl_output_keeps_the_text_as_generated(tmp_path):
     write_predictions(rows(TRIGGERS), tmp_path / "p.jsonl")
     lines = (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(x)["comment"] for x in lines] == TRIGGERS
+
+
+def test_write_predictions_xlsx_with_control_characters(tmp_path) -> None:
+    from vrp.generate.run import write_predictions
+
+    write_predictions([{"video_id": "a", "title": "t\x01", "comment": "bell\x07 \x1b[31mred"}], tmp_path / "p.xlsx")
+    df = pd.read_excel(tmp_path / "p.xlsx")
+    assert df["comment"].tolist() == ["bell [31mred"] and df["title"].tolist() == ["t"]

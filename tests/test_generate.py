@@ -1,11 +1,15 @@
-"""Batch prediction: the accepted inputs, the prediction rows of several presets and the output file formats."""
+"""`vrp generate` (`vrp.generate.run`): the accepted inputs, the prediction rows of several presets, the output file
+formats, and the checks that fail before anything runs (counts, presets, an output over an input)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import one_line_error, prepared_dataset, write_csv_table
 
+from vrp.cli import main
 from vrp.errors import ConfigError, VrpError
 from vrp.generate.config import GenerateConfig
 from vrp.generate.run import load_inputs, predict, write_predictions
@@ -69,7 +73,8 @@ def test_a_table_without_comments_is_a_generation_input(tmp_path: Path) -> None:
 def test_title_with_a_table_input_is_an_error_not_ignored(tmp_path: Path, capsys) -> None:
     path = tmp_path / "videos.csv"
     path.write_text("title,transcript\nBread,we bake bread\n", encoding="utf-8")
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(ConfigError, match=r"^title: goes with a transcript text or a transcript file .*; the videos of "
+                                          r".*videos\.csv have their own titles$") as e:
         load_inputs(str(path), title="Other")
     assert e.value.field == "title"
     from vrp.cli import main
@@ -91,3 +96,52 @@ def test_a_preset_named_twice_is_refused() -> None:
     with pytest.raises(ConfigError, match="nucleus named twice") as e:
         EvaluateConfig(presets="nucleus,nucleus")
     assert e.value.field == "presets"
+
+
+def test_generate_bad_counts_fail_before_anything_runs(tmp_path, capsys) -> None:
+    ds = prepared_dataset(tmp_path)
+    out = str(tmp_path / "p.csv")
+    gen = ["generate", "--model", "no-such-model-needed", "--precision", "fp32", "--out", out]
+    one_line_error(capsys, [*gen, "--input", str(ds), "--max-videos", "-1"], "error: --max-videos: must be >= 0")
+    one_line_error(capsys, [*gen, "--transcript", "hi", "--num-comments", "0"], "error: --num-comments: must be >= 1")
+    one_line_error(capsys, [*gen, "--transcript", "hi", "--max-new-tokens", "0"],
+                   "error: --max-new-tokens: must be >= 1")
+    one_line_error(capsys, [*gen, "--transcript", "hi", "--preset", ","], "error: --preset: no preset named in ','")
+    one_line_error(capsys, [*gen, "--transcript", "hi", "--preset", "fast"], "error: --preset: unknown preset 'fast'")
+    one_line_error(capsys, [*gen, "--transcript", "hi", "--checkpoint", "latest"],
+                   "error: --checkpoint: needs a --run")
+    (tmp_path / "d.csv").mkdir()
+    one_line_error(capsys, [*gen[:-1], str(tmp_path / "d.csv"), "--transcript", "hi", "--overwrite"],
+                   "d.csv is a directory")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_generate_never_writes_over_its_input(tmp_path, capsys) -> None:
+    """`--out` equal to the input table, or inside the input dataset dir, is refused even with --overwrite."""
+    src = write_csv_table(tmp_path / "mine.csv", title=["a"], transcript=["x"], comment=["c"])
+    before = src.read_bytes()
+    one_line_error(capsys, ["generate", "--model", "m", "--input", str(src), "--out", str(src), "--overwrite"],
+                   "mine.csv is or lies in an input of the command, --input")
+    ds = prepared_dataset(tmp_path)
+    val = ds / "validation.jsonl"
+    kept = val.read_bytes()
+    one_line_error(capsys, ["generate", "--model", "m", "--input", str(ds), "--out", str(val), "--overwrite"],
+                   "lies in an input of the command, --input")
+    assert src.read_bytes() == before and val.read_bytes() == kept
+
+
+def test_generate_dataset_dir_without_validation_videos(tmp_path, capsys) -> None:
+    src = write_csv_table(tmp_path / "t.csv", title=["a"], transcript=["x"], comment=["c"])
+    assert main(["prepare", str(src), "--out", str(tmp_path / "ds"), "--val-fraction", "0"]) == 0
+    one_line_error(capsys, ["generate", "--model", "m", "--input", str(tmp_path / "ds"), "--out",
+                            str(tmp_path / "p.csv")], "validation.jsonl: no videos")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_video_jsonl_without_comments_is_read_as_videos(tmp_path) -> None:
+    from vrp.generate.run import load_inputs
+
+    src = tmp_path / "v.jsonl"
+    src.write_text(json.dumps({"video_id": "a", "title": "t", "transcript": "x"}) + "\n")
+    videos = load_inputs(str(src))  # was read as a table and failed with "missing column(s) ['comment']"
+    assert [(v.video_id, v.title, v.transcript, v.comments) for v in videos] == [("a", "t", "x", [])]

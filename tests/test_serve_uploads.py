@@ -1,4 +1,4 @@
-"""Real-world uploads to `vrp serve` (issue 9): file names sent only in the RFC 5987/2231 extended form, a file part
+"""Real-world uploads to `vrp serve` (`vrp.serve.uploads`): file names sent only in the RFC 5987/2231 extended form, a file part
 without a file name, captions in other formats and encodings; no error message names a Python type."""
 from __future__ import annotations
 

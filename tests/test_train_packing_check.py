@@ -36,6 +36,7 @@ def test_check_rows_pick_the_fullest_rows():
     assert len(rows[1].completions) == 6  # the run's own rows are left as they are
 
 
+@pytest.mark.slow
 def test_run_records_packing_check(tmp_path: Path, data: Path, tiny_model_dir: Path) -> None:
     m = train(tiny_train_config(tiny_model_dir, batch_size=2, max_steps=1), data, tmp_path / "run", progress=False)
     check = json.loads((tmp_path / "run" / "metrics.json").read_text())["packing_check"]
@@ -47,6 +48,7 @@ def test_run_records_packing_check(tmp_path: Path, data: Path, tiny_model_dir: P
     assert 0.0 <= check["max_abs_diff"] < 1e-5  # exact masks: fp32 rounding only
 
 
+@pytest.mark.slow
 def test_wrong_mask_stops_the_run_before_training(tmp_path: Path, data: Path, tiny_model_dir: Path,
                                                   monkeypatch) -> None:
     """A mask that lets each comment see the comments before it (all comments one segment) is caught."""

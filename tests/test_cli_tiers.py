@@ -9,9 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import tiny_llama
+from helpers import FakeEmbedder, tiny_llama
 
 from vrp.cli import main
+
+pytestmark = pytest.mark.e2e  # the whole chain through the real CLI (a lane of its own)
 
 TOP, TYPICAL, LOW = "this is the best video ever", "nice", "first"
 TOPICS = ["baking bread", "fixing bikes", "painting walls", "growing tomatoes", "learning chess", "running fast",
@@ -109,8 +111,6 @@ def test_serve_request_with_a_tier(tiered_run, tokenizer):
 
 
 def test_evaluate_has_a_tier_section(tiered_run, tmp_path: Path, monkeypatch, capsys):
-    from test_evaluate_run import FakeEmbedder
-
     import vrp.embeddings
 
     monkeypatch.setattr(vrp.embeddings, "load_embedder", lambda: FakeEmbedder())
@@ -129,8 +129,7 @@ def test_evaluate_has_a_tier_section(tiered_run, tmp_path: Path, monkeypatch, ca
                                                          "ci95": [1.0, 1.0], "chance": 0.5}
     gen = tiers["models"]["run"]["generation"]
     assert set(gen) == {"top", "typical", "low"} and gen["top"]["generated"]["outputs"] == 2
-    assert "generation" not in tiers["models"]["base:" + Path(tiers_base(run)).name] or \
-        not tiers["models"]["base:" + Path(tiers_base(run)).name]["generation"]
+    assert tiers["models"]["base:" + Path(tiers_base(run)).name]["generation"] == {}  # the base model generates none
     real = tiers["real"]["tiers"]
     assert real["top"]["words"] == 6 and real["low"]["words"] == 1 and real["top"]["median_likes"] == 1200
     report = (out / "report.md").read_text()

@@ -1,4 +1,4 @@
-"""Prompt formats (issue 20, part 1): the plain layout of base models, `auto`, stop tokens, and a run dir that records
+"""Prompt formats (`vrp.prompt_format`): the plain layout of base models, `auto`, stop tokens, and a run dir that records
 its format so that generation renders the prompts it was trained on.
 
 Base tokenizers here are the real SmolLM2 tokenizer with its chat template removed (EOS `<|im_end|>` = 2, also its
@@ -148,6 +148,7 @@ def test_eos_equal_to_bos_and_pad_stays_the_last_trained_label(tokenizer_dir: Pa
         assert targets.count(eos) == 2
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_plain_stops_at_eos_in_generation_scoring_and_serving(tokenizer_dir: Path) -> None:
     """Trained with vrp's own batches and loss on a tokenizer whose EOS is also its BOS and pad, the model learns to
     end 'Great video' with EOS (a model whose EOS was masked as padding would run on to the token budget)."""
@@ -214,6 +215,7 @@ def base_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path
     return out
 
 
+@pytest.mark.e2e
 def test_train_records_plain_and_generate_renders_it(tmp_path: Path, base_model_dir: Path, tiny_model_dir: Path,
                                                      capsys) -> None:
     import pandas as pd

@@ -1,4 +1,4 @@
-"""Models other than SmolLM2 (issue 9, items 10 and 11): end-of-turn and stop tokens taken from the chat template and
+"""Chat formats of models other than SmolLM2 (`vrp.chat_template`, `vrp.prompts`): end-of-turn and stop tokens taken from the chat template and
 `generation_config`, and chat templates that refuse or drop a system message.
 
 The tokenizers are the real SmolLM2 tokenizer with other models' special tokens added and a chat template written
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import FORMATS, LLAMA3, chat_tokenizer
 
 from vrp.decoding import generate_comments
 from vrp.errors import VrpError
@@ -26,51 +27,6 @@ from vrp.prompts import (
     stop_token_ids,
 )
 from vrp.records import Comment, Video
-
-LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-          "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-          "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
-GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-         "{% endif %}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-         "<start_of_turn>{{ role }}\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
-         "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
-PHI3 = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}<|end|>\n"
-        "<|assistant|>\n{% elif m['role'] == 'assistant' %}{{ m['content'] }}<|end|>\n{% endif %}{% endfor %}")
-MISTRAL = ("{{ bos_token }}{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-           "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-           "{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %}{{ m['content'] }}{{ eos_token }}"
-           "{% endif %}{% endfor %}")
-LLAMA2 = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ bos_token }}[INST] <<SYS>>\n{{ m['content'] }}\n"
-          "<</SYS>>\n\n{% elif m['role'] == 'user' %}{% if loop.index0 == 0 %}{{ bos_token }}[INST] {% endif %}"
-          "{{ m['content'] | trim }} [/INST]{% else %}{{ ' ' + m['content'] | trim + ' ' + eos_token }}{% endif %}"
-          "{% endfor %}")
-
-# name: (chat template, added special tokens, bos, eos, end-of-turn token, renders a system message)
-FORMATS = {
-    "chatml-eos-endoftext": (None, [], None, "<|endoftext|>", "<|im_end|>", True),   # the issue's example
-    "llama3": (LLAMA3, ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                        "<|eot_id|>", "<|eom_id|>"], "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", True),
-    "gemma": (GEMMA, ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", "<end_of_turn>", False),
-    "phi3": (PHI3, ["<s>", "<|user|>", "<|assistant|>", "<|end|>"], "<s>", "<|endoftext|>", "<|end|>", False),
-    "mistral": (MISTRAL, ["<s>", "</s>"], "<s>", "</s>", "</s>", False),
-    "llama2": (LLAMA2, ["<s>", "</s>"], "<s>", "</s>", "</s>", True),
-}
-
-
-def chat_tokenizer(tokenizer_dir: Path, name: str):
-    """A fresh copy of the SmolLM2 tokenizer turned into the chat format `name` of FORMATS."""
-    from transformers import AutoTokenizer
-
-    template, added, bos, eos, _, _ = FORMATS[name]
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    if added:
-        tok.add_special_tokens({"additional_special_tokens": added})
-    if template:
-        tok.chat_template = template
-    if bos:
-        tok.bos_token = bos
-    tok.eos_token = eos
-    return tok
 
 
 def names(tok, ids: list[int]) -> list[str]:
@@ -129,6 +85,7 @@ def memorising_model(tok, reply: str, seed: int = 0, steps: int = 120):
     return model.eval(), prompt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["llama3", "chatml-eos-endoftext"])
 def test_generation_scoring_and_serving_stop_at_the_end_of_turn(tokenizer_dir: Path, tmp_path: Path,
                                                                   name: str) -> None:
@@ -162,6 +119,7 @@ def test_generation_scoring_and_serving_stop_at_the_end_of_turn(tokenizer_dir: P
     assert [(c.text, c.finished) for c in res.comments] == [("Great video", True)]
 
 
+@pytest.mark.slow
 def test_unfinished_comment_drops_a_cut_character(tokenizer_dir: Path) -> None:
     tok = chat_tokenizer(tokenizer_dir, "llama3")
     model, prompt = memorising_model(tok, "yum 😀😀😀", steps=150)

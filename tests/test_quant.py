@@ -102,6 +102,7 @@ def _lora_grads(model_dir: Path, prec, validation_first: bool, packed_kernel: bo
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]), packed
 
 
+@pytest.mark.slow
 def test_a_validation_pass_does_not_change_the_gradients_of_later_steps(model64: Path) -> None:
     """bitsandbytes 0.50 repacks a Linear4bit for its fused AVX512-BF16 kernel at the first eval forward without
     gradients, and that kernel has no backward: vrp turns it off for training (vrp.quant.set_cpu_packed_kernel)."""
@@ -119,6 +120,7 @@ def test_a_validation_pass_does_not_change_the_gradients_of_later_steps(model64:
     assert packed == 2 * 7 and (dropped - want).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_4bit_run_trains_falls_back_from_paged_adamw_and_reloads_in_4bit(tmp_path: Path, data: Path, model64: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     from vrp.cli import main
@@ -229,6 +231,7 @@ print(json.dumps({"import": during, "offline": offline, "control": len(attempts)
 """
 
 
+@pytest.mark.slow
 def test_bitsandbytes_import_never_reaches_the_network() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     proc = subprocess.run([sys.executable, "-c", _OFFLINE_PROBE], capture_output=True, text=True, env=env,

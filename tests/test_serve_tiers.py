@@ -6,8 +6,7 @@ import os
 import threading
 
 import pytest
-from helpers import VTT, live_server, tiny_llama
-from test_serve_app import INFO, Recorder, client
+from helpers import CHROMIUM, CHROMIUM_ARGS, INFO, VTT, Recorder, client, live_server, tiny_llama
 
 from vrp.serve.app import create_app
 from vrp.serve.config import ServeConfig
@@ -56,11 +55,11 @@ def test_untiered_model_refuses_a_tier(tiny, tokenizer):
     assert rec.prompts and len(rec.prompts) == 1  # nothing was generated for the refused requests
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="/usr/bin/chromium not found")
 @pytest.mark.parametrize("tiers", [True, False])
 def test_page_tier_selector_in_chromium(tiny, tokenizer, tmp_path, tiers):
     from playwright.sync_api import expect, sync_playwright
-    from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
 
     rec = Recorder(release=threading.Event())
     rec.release.set()

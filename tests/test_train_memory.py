@@ -96,6 +96,7 @@ def _cfg(model_dir: Path, **kw) -> TrainConfig:
     return tiny_train_config(model_dir, **{**dict(batch_size=4, max_steps=3, eval_every=3, save_every=3, packing="none"), **kw})
 
 
+@pytest.mark.slow
 def test_budget_cuts_micro_batches_and_reaches_the_same_loss(tmp_path: Path, tiny_model_dir: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A budget for 2 of the 4 rows of a micro-batch: micro-batches of 2 with twice the accumulation, the same
@@ -134,15 +135,17 @@ def test_budget_cuts_micro_batches_and_reaches_the_same_loss(tmp_path: Path, tin
     assert free["memory_plan"] is None and free["peak_rss_bytes"] > 10 ** 8
 
 
+@pytest.mark.slow
 def test_split_step_really_runs_smaller_micro_batches(tmp_path: Path, tiny_model_dir: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import vrp.loss
+    import vrp.train.distributed
 
     monkeypatch.setattr(memory, "in_use_bytes", lambda device: 10 ** 9)
     monkeypatch.setattr(memory, "measure_row_bytes", lambda *a: 10 ** 8)
     rows_seen = []
-    real = vrp.loss.loss_sum
-    monkeypatch.setattr(vrp.loss, "loss_sum", lambda m, b: rows_seen.append(b["input_ids"].shape[0]) or real(m, b))
+    real = vrp.train.distributed.loss_sum  # the training step's forward (`vrp.train.distributed`)
+    monkeypatch.setattr(vrp.train.distributed, "loss_sum",
+                        lambda m, b: rows_seen.append(b["input_ids"].shape[0]) or real(m, b))
     train(_cfg(tiny_model_dir, max_memory="1.45GB", eval_every=100), _dataset(tmp_path / "data"),
           tmp_path / "run", progress=False)
     training = rows_seen[:12]  # 3 steps x 4 micro-batches of one row (validation runs after the last step)
@@ -211,6 +214,7 @@ def test_allocated_peak_measures_without_profiler_lines_on_stderr(capfd: pytest.
     assert "profiler_start" not in err and "profiler_stop" not in err and "from the step" in err
 
 
+@pytest.mark.slow
 def test_a_run_past_its_budget_says_so_at_the_end(tmp_path: Path, tiny_model_dir: Path, monkeypatch, capsys) -> None:
     """A plan that fits on paper (the fixed part and the row cost pinned at 1 MB) under a 20 MB budget that the
     process's resident set is far above: the run ends with one warning line and `memory_budget_exceeded`; a budget
@@ -266,6 +270,7 @@ def test_the_plan_models_gradient_checkpointing(monkeypatch, capsys) -> None:
     capsys.readouterr()
     plan(True)
     assert "warning: loading the model already reached 1.27 GB, more than max_memory" not in capsys.readouterr().err
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"^max_memory: 1.20 GB cannot fit one row of 384 tokens: that needs about "
+                                          r"1.50 GB"):
         plan(True, "1.2GB")
     assert "warning: loading the model already reached 1.27 GB, more than max_memory 1.20 GB" in capsys.readouterr().err

@@ -1,0 +1,393 @@
+"""Tokenize once, share everywhere: the encoded videos (`vrp.prompts.EncodedVideo`) of a dataset dir for one
+tokenizer and one set of prompt settings, built once into memory-mapped Arrow files beside the dataset and read by
+every later run and by every process of a launched run.
+
+Knows:
+- the encoding (`encode_split`): `vrp.prompts.encode_video`, or with like tiers `vrp.tiers.encode_tiered_video`
+  (training videos with marker dropout drawn from the seed, validation videos with every true marker). The cached and
+  the uncached path (`encode_splits`) run this same function, so they give the same encodings.
+- where the cache lives: `DATASET/.cache/tokens-<key>/` (`CACHE_DIR`), holding one or more Arrow files per split
+  (`train-00000.arrow`, `validation-00000.arrow`, ...) and last `complete.json` (`MARKER`): the full key, the settings
+  it was built from, each file's size and sha256, the videos of each split.
+- the key (`cache_key`): sha256 of the dataset's fingerprint (`DatasetDir.fingerprint`), the ids of the videos
+  encoded (so a `max_train_videos` cut has its own cache), the tokenizer's identity (`tokenizer_fingerprint`), the
+  prompt settings (`PromptConfig`, the format resolved), the tier settings (source, marker dropout, seed) and the
+  encoding code (the source files of the modules that encode, `ENCODING_MODULES`, and the transformers / tokenizers /
+  datasets versions). A change of any of them gives another key, so another cache is built; an old one is never
+  reused.
+- how it is built: Hugging Face `datasets.Dataset.from_generator` (its Arrow writer, batches of rows, so memory is
+  bounded by a batch while writing) into a temporary directory beside the cache, whose Arrow files are moved into
+  place, checksummed, and the marker written last before the directory is renamed to its final name: a build killed
+  or stopped by a full disk leaves no directory that looks complete. One process builds while the others wait on a
+  file lock (`filelock`, `<cache>.lock`), so under torchrun one process per node (one per shared file system) builds.
+- how it is read: `datasets.Dataset.from_file` memory-maps each Arrow file; the marker, the file sizes and checksums
+  and the row counts are checked first, and a damaged cache (truncated, altered, marker missing) is said on stderr,
+  deleted and rebuilt.
+Does not know: packing (`vrp.packing.make_rows` builds the rows from the encodings), training, models. Where the
+dataset dir cannot be written (read-only), it says so and encodes in memory instead.
+`datasets` is never asked to reach the network (`HF_DATASETS_OFFLINE=1` is set before it is imported).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import vrp.chat_template
+import vrp.prompt_format
+import vrp.prompts
+import vrp.records
+import vrp.tiers
+from vrp.artifacts import DatasetDir
+from vrp.errors import VrpError
+from vrp.files import read_json_object, sha256_file
+from vrp.prompts import EncodedVideo, PromptConfig, encode_video
+from vrp.records import Video
+from vrp.tiers import encode_tiered_video
+
+CACHE_DIR = ".cache"  # inside the dataset dir
+MARKER = "complete.json"
+FORMAT = 1  # the layout of a cache dir; bumped when it changes
+SPLITS = ("train", "validation")
+ENCODING_MODULES = (vrp.prompts, vrp.tiers, vrp.chat_template, vrp.prompt_format, vrp.records)
+READ_BATCH = 1000  # rows converted to Python objects at a time when a cache is read
+WRITE_BATCH = 1000  # rows held in memory before they are written to the Arrow file when a cache is built
+
+
+@dataclass(frozen=True)
+class TierSettings:
+    """Like tiers of a run (`vrp.tiers`): the resolved source (`likes` / `rank`), the share of training comments
+    without their marker and the seed of that draw."""
+
+    source: str
+    dropout: float
+    seed: int
+
+
+def _encode_one(tokenizer: Any, video: Video, pcfg: PromptConfig, tiers: TierSettings | None,
+                train: bool) -> EncodedVideo:
+    if tiers is None:
+        return encode_video(tokenizer, video, pcfg)
+    if train:
+        return encode_tiered_video(tokenizer, video, pcfg, tiers.source, tiers.dropout, tiers.seed)
+    return encode_tiered_video(tokenizer, video, pcfg, tiers.source)  # validation: every true marker
+
+
+def encode_split(tokenizer: Any, videos: Sequence[Video], pcfg: PromptConfig, tiers: TierSettings | None,
+                 train: bool) -> Iterator[EncodedVideo]:
+    """The encodings of `videos` in order: `encode_video`, or with `tiers` `encode_tiered_video` (marker dropout for
+    training videos only). Raises VrpError / ConfigError as those do, naming the video."""
+    for v in videos:
+        yield _encode_one(tokenizer, v, pcfg, tiers, train)
+
+
+def encode_splits(tokenizer: Any, train_videos: Sequence[Video], val_videos: Sequence[Video], pcfg: PromptConfig,
+                  tiers: TierSettings | None) -> tuple[list[EncodedVideo], list[EncodedVideo]]:
+    """`(training encodings, validation encodings)` computed in memory (no cache)."""
+    return (list(encode_split(tokenizer, train_videos, pcfg, tiers, True)),
+            list(encode_split(tokenizer, val_videos, pcfg, tiers, False)))
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hex sha256 of what decides a tokenizer's ids and renderings: its class and `name_or_path`, its full
+    serialisation (a fast tokenizer's `tokenizer.json`: vocabulary, merges, added tokens, normalizer; else the
+    vocabulary and added tokens), its chat template, special tokens and BOS / EOS settings."""
+    h = hashlib.sha256()
+
+    def put(name: str, value: Any) -> None:
+        h.update(f"{name}\0{value}\0".encode("utf-8", "surrogatepass"))
+
+    put("class", type(tokenizer).__name__)
+    put("name_or_path", getattr(tokenizer, "name_or_path", ""))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        put("backend", backend.to_str())
+    else:
+        put("vocab", sorted(tokenizer.get_vocab().items()))
+    put("added", sorted((int(i), str(t)) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()))
+    put("chat_template", json.dumps(getattr(tokenizer, "chat_template", None), sort_keys=True))
+    put("special", json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str))
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "add_bos_token", "add_eos_token"):
+        put(attr, getattr(tokenizer, attr, None))
+    return h.hexdigest()
+
+
+def _code_fingerprint() -> str:
+    """Hex sha256 of the encoding code: the source files of `ENCODING_MODULES` and of this module, and the versions
+    of the libraries that tokenize (transformers, tokenizers) and write the cache (datasets)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256(f"format {FORMAT}\0".encode())
+    for module in (*ENCODING_MODULES, sys.modules[__name__]):
+        h.update(Path(str(module.__file__)).read_bytes())
+    for dist in ("transformers", "tokenizers", "datasets"):
+        try:
+            h.update(f"{dist} {version(dist)}\0".encode())
+        except PackageNotFoundError:
+            h.update(f"{dist} -\0".encode())
+    return h.hexdigest()
+
+
+def _ids_digest(videos: Sequence[Video]) -> str:
+    h = hashlib.sha256()
+    for v in videos:
+        h.update(v.video_id.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
+
+
+def cache_key(data_sha: str, tokenizer: Any, pcfg: PromptConfig, tiers: TierSettings | None,
+              train_videos: Sequence[Video], val_videos: Sequence[Video]) -> tuple[str, dict[str, Any]]:
+    """`(hex sha256 key, the settings it hashes)` of the encodings of `train_videos` / `val_videos` (the videos of
+    the dataset whose `DatasetDir.fingerprint` is `data_sha`, or a prefix of them). See the module docstring."""
+    settings = {"data_sha256": data_sha, "train_ids_sha256": _ids_digest(train_videos),
+                "validation_ids_sha256": _ids_digest(val_videos), "tokenizer": getattr(tokenizer, "name_or_path", ""),
+                "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "prompt": asdict(pcfg),
+                "tiers": asdict(tiers) if tiers is not None else None, "code_sha256": _code_fingerprint()}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return key, settings
+
+
+def cached_encodings(data: DatasetDir, tokenizer: Any, pcfg: PromptConfig, tiers: TierSettings | None,
+                     train_videos: Sequence[Video], val_videos: Sequence[Video], data_sha: str | None = None,
+                     progress: bool = True) -> tuple[list[EncodedVideo], list[EncodedVideo]]:
+    """`encode_splits(...)` read from the dataset's token cache, built first when there is none for this key (a
+    progress bar on stderr with `progress`) and rebuilt with a notice when it is damaged. `data_sha`: the dataset's
+    fingerprint when the caller has it (else computed). Raises VrpError / ConfigError from the encoding (naming the
+    video), VrpError naming the cache when it cannot be built (a full disk: no cache is left behind); a dataset dir
+    that cannot be written is said on stderr and the videos are encoded in memory."""
+    from filelock import FileLock
+
+    key, settings = cache_key(data_sha or data.fingerprint(), tokenizer, pcfg, tiers, train_videos, val_videos)
+    root = data.path / CACHE_DIR
+    final = root / f"tokens-{key[:32]}"
+    expected = {"train": (len(train_videos), settings["train_ids_sha256"]),
+                "validation": (len(val_videos), settings["validation_ids_sha256"])}
+    # a sound cache is read without the lock, so the processes of a launched run check it side by side
+    said = "reused" if final.exists() and verify(final, key, expected) is None else None
+    if said is None:
+        try:
+            root.mkdir(exist_ok=True)
+            lock = FileLock(str(root / f"{final.name}.lock"))
+            _acquire(lock, final, progress)
+        except OSError as e:  # a read-only dataset dir
+            print(f"notice: cannot write the token cache in {root} ({e.strerror or e}); tokenizing in memory",
+                  file=sys.stderr, flush=True)
+            return encode_splits(tokenizer, train_videos, val_videos, pcfg, tiers)
+        try:  # checked again: another process may have built or repaired it meanwhile
+            problem = verify(final, key, expected) if final.exists() else None
+            if problem is not None:
+                print(f"notice: token cache {final} is damaged ({problem}); rebuilding it", file=sys.stderr,
+                      flush=True)
+                shutil.rmtree(final)
+            said = "reused"
+            if not final.exists():
+                _build(final, key, settings, tokenizer, pcfg, tiers,
+                       {"train": train_videos, "validation": val_videos}, progress)
+                said = "built"
+        finally:
+            lock.release()
+    if progress:
+        print(f"token cache: {said} {final}", file=sys.stderr, flush=True)
+    marker = read_json_object(final / MARKER, "token cache marker")
+    return read_split(final, marker, "train"), read_split(final, marker, "validation")
+
+
+def _acquire(lock: Any, final: Path, progress: bool) -> None:
+    """Take the cache's file lock, saying (with `progress`) that another process is building it when it is held."""
+    from filelock import Timeout
+
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if progress:
+            print(f"waiting for another process to build the token cache {final}", file=sys.stderr, flush=True)
+        lock.acquire()
+
+
+def verify(final: Path, key: str, expected: dict[str, tuple[int, str]]) -> str | None:
+    """What is wrong with the cache dir `final` for `key` (None when it is sound): no marker or an unreadable one,
+    another key, a file missing or of another size or sha256, an Arrow file that does not open, or a split whose
+    videos are not those of `expected` (split -> (number of videos, sha256 of their ids in order, `_ids_digest`))."""
+    Dataset = _datasets().Dataset
+
+    try:
+        marker = read_json_object(final / MARKER, "token cache marker")
+    except VrpError as e:
+        return f"{MARKER}: {e}" if (final / MARKER).exists() else f"no {MARKER}"
+    if marker.get("key") != key or marker.get("format") != FORMAT:
+        return f"{MARKER} names another key or format"
+    files = marker.get("files")
+    splits = marker.get("splits")
+    if not isinstance(files, dict) or not isinstance(splits, dict):
+        return f"{MARKER} lists no files"
+    for name, want in files.items():
+        path = final / name
+        if not path.is_file():
+            return f"{name} is missing"
+        try:
+            size, sha = path.stat().st_size, sha256_file(path)
+        except OSError as e:  # removed meanwhile by a process rebuilding it, unreadable
+            return f"{name}: {e.strerror or e}"
+        if size != want.get("bytes"):
+            return f"{name} has {size} bytes, {want.get('bytes')} written"
+        if sha != want.get("sha256"):
+            return f"{name} does not match its sha256"
+    for split, (n, ids_sha) in expected.items():
+        entry = splits.get(split) or {}
+        h, rows = hashlib.sha256(), 0
+        try:
+            for f in entry.get("files", []):
+                for vid in Dataset.from_file(str(final / f)).data.column("video_id").to_pylist():
+                    h.update(vid.encode("utf-8", "surrogatepass") + b"\0")
+                    rows += 1
+        except Exception as e:  # noqa: BLE001 - pyarrow's errors for a broken file vary
+            return f"{split}: an Arrow file does not open ({type(e).__name__}: {str(e)[:120]})"
+        if rows != n or entry.get("videos") != n or h.hexdigest() != ids_sha:
+            return f"{split}: {rows} videos, not the {n} expected in their order"
+    return None
+
+
+def _datasets() -> Any:
+    """The `datasets` module, imported with `HF_DATASETS_OFFLINE=1` (unless the environment sets it): the cache is
+    written and read from local files only."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    return datasets
+
+
+def _features() -> Any:
+    """The Arrow schema of a cache row: `EncodedVideo`'s fields, token ids as int32."""
+    ds = _datasets()
+    ids = ds.List(ds.Value("int32"))
+    return ds.Features({"video_id": ds.Value("string"), "prompt_ids": ids, "completions": ds.List(ids),
+                        "contexts": ds.List(ids)})
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e` (`datasets` wraps a failed write in its own DatasetGenerationError), or None."""
+    while e is not None:
+        if isinstance(e, OSError):
+            return e
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return None
+
+
+def _write_split(stage: Path, split: str, videos: Sequence[Video], tokenizer: Any, pcfg: PromptConfig,
+                 tiers: TierSettings | None, progress: bool) -> list[str]:
+    """Encode `videos` into Arrow files `<split>-00000.arrow`, ... of `stage` (`datasets.Dataset.from_generator`,
+    which starts a new file every `datasets.config.MAX_SHARD_SIZE`); returns their names in order. Raises the
+    encoding's error as it is, an OSError of a failed write."""
+    from tqdm.auto import tqdm
+
+    if not videos:
+        return []
+    failed: list[BaseException] = []
+
+    def rows() -> Iterator[dict[str, Any]]:
+        bar = tqdm(videos, total=len(videos), desc=f"token cache: {split}", unit="video", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        try:
+            for v in bar:
+                try:
+                    e = _encode_one(tokenizer, v, pcfg, tiers, split == "train")
+                except Exception as err:  # re-raised as it is once datasets has given up
+                    failed.append(err)
+                    raise
+                yield {"video_id": e.video_id, "prompt_ids": e.prompt_ids, "completions": e.completions,
+                       "contexts": e.contexts}
+        finally:
+            bar.close()
+
+    datasets = _datasets()
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # its own "Generating train split" bar would repeat ours
+    try:
+        ds = datasets.Dataset.from_generator(rows, features=_features(), cache_dir=str(stage / "hf"),
+                                             fingerprint=f"{split}-{stage.name.rsplit('-', 1)[-1]}",
+                                             writer_batch_size=WRITE_BATCH)
+    except Exception as e:
+        if failed:
+            raise failed[0] from None
+        cause = _os_error(e)
+        if cause is not None:
+            raise cause from None
+        raise
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
+    names = []
+    for i, f in enumerate(ds.cache_files):
+        names.append(f"{split}-{i:05d}.arrow")
+        os.replace(f["filename"], stage / names[-1])
+    del ds
+    shutil.rmtree(stage / "hf")
+    return names
+
+
+def _build(final: Path, key: str, settings: dict[str, Any], tokenizer: Any, pcfg: PromptConfig,
+           tiers: TierSettings | None, videos: dict[str, Sequence[Video]], progress: bool) -> None:
+    """Build the cache dir `final` (see the module docstring): Arrow files and then the marker into a temporary
+    directory, renamed to `final` last. Raises the encoding's errors, VrpError naming `final` for a failed write (a
+    full disk), with nothing left behind."""
+    stage: Path | None = None
+    try:
+        for old in final.parent.glob(f".{final.name}.tmp-*"):  # a build killed earlier (this one holds the lock)
+            shutil.rmtree(old, ignore_errors=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        splits = {s: {"files": _write_split(stage, s, videos[s], tokenizer, pcfg, tiers, progress),
+                      "videos": len(videos[s])} for s in SPLITS}
+        files = {name: {"bytes": (stage / name).stat().st_size, "sha256": sha256_file(stage / name)}
+                 for s in SPLITS for name in splits[s]["files"]}
+        marker = {"format": FORMAT, "key": key, "settings": settings, "splits": splits, "files": files}
+        _write_marker(stage / MARKER, marker)
+        os.replace(stage, final)
+    except OSError as e:
+        raise VrpError(f"cannot build the token cache {final} ({e.strerror or e}); nothing of it is kept: free "
+                       f"space on that disk, or train without the cache (`token_cache` false)") from None
+    finally:
+        if stage is not None and stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _write_marker(path: Path, marker: dict[str, Any]) -> None:
+    """Write the completion marker and flush it to disk (the directory is renamed into place after it)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_split(final: Path, marker: dict[str, Any], split: str) -> list[EncodedVideo]:
+    """The encodings of `split` (`train` / `validation`) of the cache dir `final` whose marker is `marker`, in video
+    order: its Arrow files memory-mapped (`datasets.Dataset.from_file`) and converted `READ_BATCH` rows at a time."""
+    out: list[EncodedVideo] = []
+    with gc_paused():
+        for name in marker["splits"][split]["files"]:
+            for b in _datasets().Dataset.from_file(str(final / name)).iter(batch_size=READ_BATCH):
+                out.extend(EncodedVideo(v, p, c, x) for v, p, c, x in
+                           zip(b["video_id"], b["prompt_ids"], b["completions"], b["contexts"]))
+    return out
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused (and restored as it was) while the token-id lists of many videos
+    are built: these lists hold no cycles, and every collection would scan all of them again (10^4 videos on a 2-core
+    CPU: reading the cache 1.4 -> 0.6 s, `vrp.packing.make_rows` over it 0.9 -> 0.2 s)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
