@@ -182,23 +182,30 @@ def run_generate(args: argparse.Namespace) -> int:
     unless `--write-when-busy`), optionally write the raw results as JSON."""
     from vrp.bench.config import BenchGenerateConfig
     from vrp.bench.generate import busy, format_table, markdown_section, run_bench
-    from vrp.bench.train_report import append_section
-    from vrp.files import write_json_atomic
     from vrp.options import config_from_args
 
     cfg = config_from_args(BenchGenerateConfig, args)
     bench = run_bench(cfg)
     print(format_table(bench), flush=True)
+    return _write_results(args, bench, markdown_section(bench, _command("generate")), busy(bench),
+                          cfg.write_when_busy)
+
+
+def _write_results(args: argparse.Namespace, bench: dict, section: str, why: str | None, when_busy: bool) -> int:
+    """The raw results as JSON (`--json-out`), then `section` appended to `results_path(--output)` unless
+    `--no-write`, or refused (exit 1) when the machine was busy (`why`) and not `--write-when-busy`."""
+    from vrp.bench.train_report import append_section
+    from vrp.files import write_json_atomic
+
     if args.json_out:
         write_json_atomic(args.json_out, bench)
     if not args.no_write:
         path = results_path(args.output)
-        why = busy(bench)
-        if why and not cfg.write_when_busy:
+        if why and not when_busy:
             print(f"not appended to {path}: {why} Rerun on an idle machine, or pass --write-when-busy.",
                   file=sys.stderr)
             return 1
-        append_section(path, markdown_section(bench, _command("generate")))
+        append_section(path, section)
         print(f"appended a section to {path}", file=sys.stderr)
     return 0
 
@@ -232,26 +239,13 @@ def run_data(args: argparse.Namespace) -> int:
     from vrp.bench.config import BenchDataConfig
     from vrp.bench.data import run_bench
     from vrp.bench.data_report import busy, format_table, growth_lines, markdown_section
-    from vrp.bench.train_report import append_section
-    from vrp.files import write_json_atomic
     from vrp.options import config_from_args
 
     cfg = config_from_args(BenchDataConfig, args)
     bench = run_bench(cfg)
     print(format_table(bench))
     print("\n".join(growth_lines(bench)), flush=True)
-    if args.json_out:
-        write_json_atomic(args.json_out, bench)
-    if not args.no_write:
-        path = results_path(args.output)
-        why = busy(bench)
-        if why and not cfg.write_when_busy:
-            print(f"not appended to {path}: {why} Rerun on an idle machine, or pass --write-when-busy.",
-                  file=sys.stderr)
-            return 1
-        append_section(path, markdown_section(bench, _command("data")))
-        print(f"appended a section to {path}", file=sys.stderr)
-    return 0
+    return _write_results(args, bench, markdown_section(bench, _command("data")), busy(bench), cfg.write_when_busy)
 
 
 # One function per benchmark.
