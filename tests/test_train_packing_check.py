@@ -14,6 +14,7 @@ from vrp.errors import VrpError
 from vrp.packing import Row
 from vrp.records import Comment, Video
 from vrp.train.loop import train
+from vrp.train import packing_check
 from vrp.train.packing_check import CHECK_COMMENTS, TOLERANCE, check_rows
 
 
@@ -27,9 +28,11 @@ def data(tmp_path: Path) -> Path:
     return write_splits(tmp_path / "data", train_v, val)
 
 
-def test_check_rows_pick_the_fullest_rows():
+def test_check_rows_pick_the_fullest_rows(monkeypatch):
     rows = [Row([1, 2], [[3]], "a"), Row([1], [[3], [4], [5], [6], [7], [8]], "b", [[9]] * 6),
             Row([1, 2, 3], [[3], [4]], "c"), Row([1, 2, 3, 4], [[3], [4]], "d")]
+    assert [r.video_id for r in check_rows(rows)] == ["b"]  # by default one row (four forward passes)
+    monkeypatch.setattr(packing_check, "CHECK_ROWS", 2)
     picked = check_rows(rows)
     assert [(r.video_id, len(r.completions), len(r.contexts)) for r in picked] == [("b", CHECK_COMMENTS,
                                                                                    CHECK_COMMENTS), ("d", 2, 0)]

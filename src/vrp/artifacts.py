@@ -31,7 +31,7 @@ from vrp.files import (
     write_json_atomic,
 )
 from vrp.locks import LOCK_NAME, DirLock
-from vrp.records import Video, read_videos
+from vrp.records import Video, iter_videos, read_videos
 
 
 class _In:
@@ -192,6 +192,24 @@ class DatasetDir(_Dir):
     def validation_videos(self) -> list[Video]:
         """The validation split ([] when the dir has none)."""
         return read_videos(self.validation_path) if self.validation_path.is_file() else []
+
+    def videos(self, split: str, limit: int = 0) -> Iterator[Video]:
+        """The first `limit` videos (0 = all) of `split` (`train` / `validation`), read one line at a time, so that
+        memory holds one video. Raises ConfigError('data') as `train_videos` does for a missing training split (a
+        missing validation split has no videos), VrpError naming the file and line for a bad one."""
+        import itertools
+
+        if split not in ("train", "validation"):
+            raise ValueError(f"DatasetDir.videos: split must be 'train' or 'validation', got {split!r}")
+        if split == "train":
+            if self.path.is_file() or not self.train_path.is_file():
+                self.train_videos()  # raises ConfigError('data') saying what is wrong
+            path = self.train_path
+        elif not self.validation_path.is_file():
+            return
+        else:
+            path = self.validation_path
+        yield from itertools.islice(iter_videos(path), limit or None)
 
     def manifest(self) -> dict[str, Any] | None:
         """`manifest.json` (None when the dir has none: a dataset written by hand may have only its splits). Raises

@@ -26,6 +26,7 @@ to themselves, so no softmax row is empty (no NaN); real tokens never see pads. 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,10 @@ class Row:
         return self.contexts[j] if self.contexts else []
 
     @property
+    def num_completions(self) -> int:
+        return len(self.completions)
+
+    @property
     def num_tokens(self) -> int:
         """Length of the row in tokens: prompt + all contexts + all completions."""
         return len(self.prompt_ids) + sum(len(c) for c in self.completions) + sum(len(c) for c in self.contexts)
@@ -68,43 +73,89 @@ def _check_mode(mode: str) -> None:
         raise VrpError(f"packing mode: choose from {MODES}, got {mode!r}")
 
 
-def make_rows(videos: list[EncodedVideo], mode: str, max_row_tokens: int) -> list[Row]:
+class LazyRow:
+    """A `Row` whose token ids stay in its video's source (a `vrp.token_cache.EncodedSplit`, memory-mapped) until
+    they are read: the row is video `index` of `source`, comments `start` to `stop`; `num_tokens` and `video_id`
+    are kept. Reading `prompt_ids`, `completions` or `contexts` reads the video (the source keeps the last one)."""
+
+    __slots__ = ("source", "index", "start", "stop", "num_tokens", "video_id")
+
+    def __init__(self, source: Any, index: int, start: int, stop: int, num_tokens: int, video_id: str) -> None:
+        self.source, self.index, self.start, self.stop = source, index, start, stop
+        self.num_tokens, self.video_id = num_tokens, video_id
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.source[self.index].prompt_ids
+
+    @property
+    def completions(self) -> list[list[int]]:
+        return self.source[self.index].completions[self.start:self.stop]
+
+    @property
+    def contexts(self) -> list[list[int]]:
+        return self.source[self.index].contexts[self.start:self.stop]
+
+    @property
+    def num_completions(self) -> int:
+        return self.stop - self.start
+
+    def context(self, j: int) -> list[int]:
+        """The context tokens of completion `j` ([] when it has none)."""
+        contexts = self.contexts
+        return contexts[j] if contexts else []
+
+
+def plan_rows(lengths: Iterable[tuple[str, int, Sequence[int], Sequence[int]]], mode: str,
+              max_row_tokens: int) -> Iterator[tuple[int, str, int, int, int]]:
+    """The rows of videos given by their lengths: per video `(video_id, prompt tokens, tokens of each completion,
+    tokens of each context or [] when none)`; yields `(video index, video id, first comment, end comment, row tokens)` in video
+    order then comment order. The rule (and the errors) of `make_rows`."""
+    _check_mode(mode)
+    for index, (video_id, p, comps, ctxs) in enumerate(lengths):
+        if p == 0:
+            raise VrpError(f"video {video_id!r}: empty prompt (the first comment token is predicted from the "
+                           f"prompt's last position)")
+        if ctxs and len(ctxs) != len(comps):
+            raise VrpError(f"video {video_id!r}: {len(ctxs)} contexts for {len(comps)} comments")
+        start, length = 0, p  # the open row: its first comment and its tokens so far
+        for i, c in enumerate(comps):
+            if not c:
+                raise VrpError(f"video {video_id!r}: comment {i} has no tokens")
+            n = (ctxs[i] if ctxs else 0) + c
+            if p + n > max_row_tokens:
+                raise VrpError(f"video {video_id!r}: prompt ({p} tokens) + comment {i} ({n} tokens) exceed "
+                               f"max_row_tokens={max_row_tokens}; raise it or lower max_prompt_tokens / "
+                               f"max_comment_tokens")
+            if i > start and (mode == "none" or length + n > max_row_tokens):
+                yield index, video_id, start, i, length
+                start, length = i, p
+            length += n
+        if comps:
+            yield index, video_id, start, len(comps), length
+
+
+def make_rows(videos: Sequence[EncodedVideo], mode: str, max_row_tokens: int) -> list[Any]:
     """Split videos into rows, in video order then comment order (deterministic).
 
     mode `none`: one row per (video, comment). mode `shared_prefix`: the video's comments are packed greedily behind
     one copy of the prompt; when the next comment (with its context, `EncodedVideo.contexts`) would make the row
-    longer than `max_row_tokens` (tokens), a new row repeating the prompt is started. Raises VrpError for an unknown
-    mode, an empty prompt or comment, contexts that are not one per comment, or a comment that does not fit with the
-    prompt into `max_row_tokens` (naming the video).
+    longer than `max_row_tokens` (tokens), a new row repeating the prompt is started. Rows of a list of encodings are
+    `Row`s (sharing the encodings' token lists); rows of a source with `lengths()` (`vrp.token_cache.EncodedSplit`)
+    are `LazyRow`s planned from the lengths alone. Raises VrpError for an unknown mode, an empty prompt or comment,
+    contexts that are not one per comment, or a comment that does not fit with the prompt into `max_row_tokens`
+    (naming the video).
     """
-    _check_mode(mode)
-    rows: list[Row] = []
-    for v in videos:
-        p = len(v.prompt_ids)
-        if p == 0:
-            raise VrpError(f"video {v.video_id!r}: empty prompt (the first comment token is predicted from the "
-                           f"prompt's last position)")
+    if hasattr(videos, "lengths"):
+        return [LazyRow(videos, i, a, b, n, vid) for i, vid, a, b, n in plan_rows(videos.lengths(), mode, max_row_tokens)]
+    lengths = ((v.video_id, len(v.prompt_ids), [len(c) for c in v.completions],
+                [len(x) for x in getattr(v, "contexts", None) or []]) for v in videos)
+    rows = []
+    for i, _, a, b, _ in plan_rows(lengths, mode, max_row_tokens):
+        v = videos[i]
         contexts = getattr(v, "contexts", None) or []
-        if contexts and len(contexts) != len(v.completions):
-            raise VrpError(f"video {v.video_id!r}: {len(contexts)} contexts for {len(v.completions)} comments")
-        current: Row | None = None
-        length = 0  # current.num_tokens, kept as a running sum (recomputing it is quadratic in a video's comments)
-        for i, c in enumerate(v.completions):
-            if not c:
-                raise VrpError(f"video {v.video_id!r}: comment {i} has no tokens")
-            ctx = list(contexts[i]) if contexts else []
-            n = len(ctx) + len(c)
-            if p + n > max_row_tokens:
-                raise VrpError(f"video {v.video_id!r}: prompt ({p} tokens) + comment {i} ({n} tokens) exceed "
-                               f"max_row_tokens={max_row_tokens}; raise it or lower max_prompt_tokens / "
-                               f"max_comment_tokens")
-            if mode == "none" or current is None or length + n > max_row_tokens:
-                current = Row(list(v.prompt_ids), [], v.video_id)
-                rows.append(current)
-                length = p
-            current.completions.append(list(c))
-            current.contexts.append(ctx)
-            length += n
+        rows.append(Row(v.prompt_ids, v.completions[a:b], v.video_id,
+                        contexts[a:b] if contexts else [[] for _ in range(a, b)]))
     return rows
 
 

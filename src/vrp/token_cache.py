@@ -1,28 +1,32 @@
-"""Tokenize once, share everywhere: the encoded videos (`vrp.prompts.EncodedVideo`) of a dataset dir for one
+"""Tokenize once, share everywhere: the encoded videos (`vrp.prompts.EncodedVideo`) of a dataset split for one
 tokenizer and one set of prompt settings, built once into memory-mapped Arrow files beside the dataset and read by
-every later run and by every process of a launched run.
+every later run, by every process of a launched run and by `vrp evaluate`.
 
 Knows:
 - the encoding (`encode_split`): `vrp.prompts.encode_video`, or with like tiers `vrp.tiers.encode_tiered_video`
   (training videos with marker dropout drawn from the seed, validation videos with every true marker). The cached and
-  the uncached path (`encode_splits`) run this same function, so they give the same encodings.
-- where the cache lives: `DATASET/.cache/tokens-<key>/` (`CACHE_DIR`), holding one or more Arrow files per split
-  (`train-00000.arrow`, `validation-00000.arrow`, ...) and last `complete.json` (`MARKER`): the full key, the settings
-  it was built from, each file's size and sha256, the videos of each split.
-- the key (`cache_key`): sha256 of the dataset's fingerprint (`DatasetDir.fingerprint`), the ids of the videos
-  encoded (so a `max_train_videos` cut has its own cache), the tokenizer's identity (`tokenizer_fingerprint`), the
-  prompt settings (`PromptConfig`, the format resolved), the tier settings (source, marker dropout, seed) and the
-  encoding code (the source files of the modules that encode, `ENCODING_MODULES`, and the transformers / tokenizers /
-  datasets versions). A change of any of them gives another key, so another cache is built; an old one is never
-  reused.
+  the uncached path (`encode_split` in memory) run this same function, so they give the same encodings.
+- which videos: the first `limit` videos (0 = all) of one split (`split_videos`, read one line at a time; a video
+  without a comment is refused, naming the file), so a `max_train_videos` / `max_eval_videos` / `max_videos` cut has
+  its own cache, and training's validation cache is `vrp evaluate`'s when the cut is the same.
+- where the cache lives: `DATASET/.cache/tokens-<key>/` (`CACHE_DIR`), holding the split's Arrow files
+  (`train-00000.arrow`, ...) and last `complete.json` (`MARKER`): the full key, the settings it was built from, each
+  file's size and sha256, the number of videos and the sha256 of their ids in order.
+- the key (`cache_key`): sha256 of the dataset's fingerprint (`DatasetDir.fingerprint`), the split and the cut, the
+  tokenizer's identity (`tokenizer_fingerprint`), the prompt settings (`PromptConfig`, the format resolved), the tier
+  settings (source, marker dropout, seed) and the encoding code (the source files of the modules that encode,
+  `ENCODING_MODULES`, and the transformers / tokenizers / datasets versions). A change of any of them gives another
+  key, so another cache is built; an old one is never reused.
 - how it is built: Hugging Face `datasets.Dataset.from_generator` (its Arrow writer, batches of rows, so memory is
   bounded by a batch while writing) into a temporary directory beside the cache, whose Arrow files are moved into
   place, checksummed, and the marker written last before the directory is renamed to its final name: a build killed
   or stopped by a full disk leaves no directory that looks complete. One process builds while the others wait on a
   file lock (`filelock`, `<cache>.lock`), so under torchrun one process per node (one per shared file system) builds.
-- how it is read: `datasets.Dataset.from_file` memory-maps each Arrow file; the marker, the file sizes and checksums
-  and the row counts are checked first, and a damaged cache (truncated, altered, marker missing) is said on stderr,
-  deleted and rebuilt.
+- how it is read: `datasets.Dataset.from_file` memory-maps each Arrow file; the marker, the file sizes and checksums,
+  the row count and the ids are checked first, and a damaged cache (truncated, altered, marker missing) is said on
+  stderr, deleted and rebuilt. The encodings stay in the Arrow files (`EncodedSplit`): a video's token ids become
+  Python lists only when it is read, and `EncodedSplit.lengths` gives every length from the Arrow offsets, so memory
+  does not grow with the number of videos.
 Does not know: packing (`vrp.packing.make_rows` builds the rows from the encodings), training, models. Where the
 dataset dir cannot be written (read-only), it says so and encodes in memory instead.
 `datasets` is never asked to reach the network (`HF_DATASETS_OFFLINE=1` is set before it is imported).
@@ -32,12 +36,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,7 @@ import vrp.prompts
 import vrp.records
 import vrp.tiers
 from vrp.artifacts import DatasetDir
+from vrp.encoded_split import EncodedSplit
 from vrp.errors import VrpError
 from vrp.files import read_json_object, sha256_file
 from vrp.prompts import EncodedVideo, PromptConfig, encode_video
@@ -57,9 +63,7 @@ from vrp.tiers import encode_tiered_video
 CACHE_DIR = ".cache"  # inside the dataset dir
 MARKER = "complete.json"
 FORMAT = 1  # the layout of a cache dir; bumped when it changes
-SPLITS = ("train", "validation")
 ENCODING_MODULES = (vrp.prompts, vrp.tiers, vrp.chat_template, vrp.prompt_format, vrp.records)
-READ_BATCH = 1000  # rows converted to Python objects at a time when a cache is read
 WRITE_BATCH = 1000  # rows held in memory before they are written to the Arrow file when a cache is built
 
 
@@ -82,19 +86,23 @@ def _encode_one(tokenizer: Any, video: Video, pcfg: PromptConfig, tiers: TierSet
     return encode_tiered_video(tokenizer, video, pcfg, tiers.source)  # validation: every true marker
 
 
-def encode_split(tokenizer: Any, videos: Sequence[Video], pcfg: PromptConfig, tiers: TierSettings | None,
+def split_videos(data: DatasetDir, split: str, limit: int = 0) -> Iterator[Video]:
+    """The first `limit` videos (0 = all) of `split` of `data`, one at a time (`DatasetDir.videos`). Raises
+    ConfigError('data') for a missing training split, VrpError naming the file and the video for a video without a
+    comment (prepare the dataset with `vrp prepare`)."""
+    path = data.train_path if split == "train" else data.validation_path
+    for v in data.videos(split, limit):
+        if not any(c.text.strip() for c in v.comments):
+            raise VrpError(f"{path}: video {v.video_id!r} has no comment (prepare the dataset with `vrp prepare`)")
+        yield v
+
+
+def encode_split(tokenizer: Any, videos: Iterable[Video], pcfg: PromptConfig, tiers: TierSettings | None,
                  train: bool) -> Iterator[EncodedVideo]:
     """The encodings of `videos` in order: `encode_video`, or with `tiers` `encode_tiered_video` (marker dropout for
     training videos only). Raises VrpError / ConfigError as those do, naming the video."""
     for v in videos:
         yield _encode_one(tokenizer, v, pcfg, tiers, train)
-
-
-def encode_splits(tokenizer: Any, train_videos: Sequence[Video], val_videos: Sequence[Video], pcfg: PromptConfig,
-                  tiers: TierSettings | None) -> tuple[list[EncodedVideo], list[EncodedVideo]]:
-    """`(training encodings, validation encodings)` computed in memory (no cache)."""
-    return (list(encode_split(tokenizer, train_videos, pcfg, tiers, True)),
-            list(encode_split(tokenizer, val_videos, pcfg, tiers, False)))
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -137,42 +145,35 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _ids_digest(videos: Sequence[Video]) -> str:
-    h = hashlib.sha256()
-    for v in videos:
-        h.update(v.video_id.encode("utf-8", "surrogatepass") + b"\0")
-    return h.hexdigest()
-
-
-def cache_key(data_sha: str, tokenizer: Any, pcfg: PromptConfig, tiers: TierSettings | None,
-              train_videos: Sequence[Video], val_videos: Sequence[Video]) -> tuple[str, dict[str, Any]]:
-    """`(hex sha256 key, the settings it hashes)` of the encodings of `train_videos` / `val_videos` (the videos of
-    the dataset whose `DatasetDir.fingerprint` is `data_sha`, or a prefix of them). See the module docstring."""
-    settings = {"data_sha256": data_sha, "train_ids_sha256": _ids_digest(train_videos),
-                "validation_ids_sha256": _ids_digest(val_videos), "tokenizer": getattr(tokenizer, "name_or_path", ""),
-                "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "prompt": asdict(pcfg),
-                "tiers": asdict(tiers) if tiers is not None else None, "code_sha256": _code_fingerprint()}
+def cache_key(data_sha: str, tokenizer: Any, pcfg: PromptConfig, tiers: TierSettings | None, split: str,
+              limit: int) -> tuple[str, dict[str, Any]]:
+    """`(hex sha256 key, the settings it hashes)` of the encodings of the first `limit` videos (0 = all) of `split`
+    of the dataset whose `DatasetDir.fingerprint` is `data_sha`. See the module docstring."""
+    settings = {"data_sha256": data_sha, "split": split, "limit": limit,
+                "tokenizer": getattr(tokenizer, "name_or_path", ""), "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+                "prompt": asdict(pcfg), "tiers": asdict(tiers) if tiers is not None else None,
+                "code_sha256": _code_fingerprint()}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return key, settings
 
 
-def cached_encodings(data: DatasetDir, tokenizer: Any, pcfg: PromptConfig, tiers: TierSettings | None,
-                     train_videos: Sequence[Video], val_videos: Sequence[Video], data_sha: str | None = None,
-                     progress: bool = True) -> tuple[list[EncodedVideo], list[EncodedVideo]]:
-    """`encode_splits(...)` read from the dataset's token cache, built first when there is none for this key (a
+def cached_split(data: DatasetDir, split: str, limit: int, tokenizer: Any, pcfg: PromptConfig,
+                 tiers: TierSettings | None, data_sha: str | None = None,
+                 progress: bool = True) -> Sequence[EncodedVideo]:
+    """The encodings of the first `limit` videos (0 = all) of `split` (`train`: tier markers with dropout; else every
+    true marker) read from the dataset's token cache (`EncodedSplit`), built first when there is none for this key (a
     progress bar on stderr with `progress`) and rebuilt with a notice when it is damaged. `data_sha`: the dataset's
-    fingerprint when the caller has it (else computed). Raises VrpError / ConfigError from the encoding (naming the
-    video), VrpError naming the cache when it cannot be built (a full disk: no cache is left behind); a dataset dir
-    that cannot be written is said on stderr and the videos are encoded in memory."""
+    fingerprint when the caller has it (else computed). Raises ConfigError('data') for a missing training split,
+    VrpError / ConfigError from the encoding (naming the video), VrpError naming the cache when it cannot be built (a
+    full disk: no cache is left behind); a dataset dir that cannot be written is said on stderr and the videos are
+    encoded in memory (a list)."""
     from filelock import FileLock
 
-    key, settings = cache_key(data_sha or data.fingerprint(), tokenizer, pcfg, tiers, train_videos, val_videos)
+    key, settings = cache_key(data_sha or data.fingerprint(), tokenizer, pcfg, tiers, split, limit)
     root = data.path / CACHE_DIR
     final = root / f"tokens-{key[:32]}"
-    expected = {"train": (len(train_videos), settings["train_ids_sha256"]),
-                "validation": (len(val_videos), settings["validation_ids_sha256"])}
     # a sound cache is read without the lock, so the processes of a launched run check it side by side
-    said = "reused" if final.exists() and verify(final, key, expected) is None else None
+    said = "reused" if final.exists() and verify(final, key) is None else None
     if said is None:
         try:
             root.mkdir(exist_ok=True)
@@ -181,24 +182,24 @@ def cached_encodings(data: DatasetDir, tokenizer: Any, pcfg: PromptConfig, tiers
         except OSError as e:  # a read-only dataset dir
             print(f"notice: cannot write the token cache in {root} ({e.strerror or e}); tokenizing in memory",
                   file=sys.stderr, flush=True)
-            return encode_splits(tokenizer, train_videos, val_videos, pcfg, tiers)
+            with gc_paused():
+                return list(encode_split(tokenizer, split_videos(data, split, limit), pcfg, tiers, split == "train"))
         try:  # checked again: another process may have built or repaired it meanwhile
-            problem = verify(final, key, expected) if final.exists() else None
+            problem = verify(final, key) if final.exists() else None
             if problem is not None:
                 print(f"notice: token cache {final} is damaged ({problem}); rebuilding it", file=sys.stderr,
                       flush=True)
                 shutil.rmtree(final)
             said = "reused"
             if not final.exists():
-                _build(final, key, settings, tokenizer, pcfg, tiers,
-                       {"train": train_videos, "validation": val_videos}, progress)
+                _build(final, key, settings, tokenizer, pcfg, tiers, split_videos(data, split, limit), split,
+                       progress)
                 said = "built"
         finally:
             lock.release()
     if progress:
-        print(f"token cache: {said} {final}", file=sys.stderr, flush=True)
-    marker = read_json_object(final / MARKER, "token cache marker")
-    return read_split(final, marker, "train"), read_split(final, marker, "validation")
+        print(f"token cache ({split}): {said} {final}", file=sys.stderr, flush=True)
+    return _open(final)
 
 
 def _acquire(lock: Any, final: Path, progress: bool) -> None:
@@ -213,10 +214,10 @@ def _acquire(lock: Any, final: Path, progress: bool) -> None:
         lock.acquire()
 
 
-def verify(final: Path, key: str, expected: dict[str, tuple[int, str]]) -> str | None:
+def verify(final: Path, key: str) -> str | None:
     """What is wrong with the cache dir `final` for `key` (None when it is sound): no marker or an unreadable one,
-    another key, a file missing or of another size or sha256, an Arrow file that does not open, or a split whose
-    videos are not those of `expected` (split -> (number of videos, sha256 of their ids in order, `_ids_digest`))."""
+    another key, a file missing or of another size or sha256, an Arrow file that does not open, or rows whose number
+    or ids (sha256 of the ids in order) are not those the marker recorded when it was built."""
     Dataset = _datasets().Dataset
 
     try:
@@ -226,8 +227,7 @@ def verify(final: Path, key: str, expected: dict[str, tuple[int, str]]) -> str |
     if marker.get("key") != key or marker.get("format") != FORMAT:
         return f"{MARKER} names another key or format"
     files = marker.get("files")
-    splits = marker.get("splits")
-    if not isinstance(files, dict) or not isinstance(splits, dict):
+    if not isinstance(files, dict) or not isinstance(marker.get("order"), list):
         return f"{MARKER} lists no files"
     for name, want in files.items():
         path = final / name
@@ -241,18 +241,16 @@ def verify(final: Path, key: str, expected: dict[str, tuple[int, str]]) -> str |
             return f"{name} has {size} bytes, {want.get('bytes')} written"
         if sha != want.get("sha256"):
             return f"{name} does not match its sha256"
-    for split, (n, ids_sha) in expected.items():
-        entry = splits.get(split) or {}
-        h, rows = hashlib.sha256(), 0
-        try:
-            for f in entry.get("files", []):
-                for vid in Dataset.from_file(str(final / f)).data.column("video_id").to_pylist():
-                    h.update(vid.encode("utf-8", "surrogatepass") + b"\0")
-                    rows += 1
-        except Exception as e:  # noqa: BLE001 - pyarrow's errors for a broken file vary
-            return f"{split}: an Arrow file does not open ({type(e).__name__}: {str(e)[:120]})"
-        if rows != n or entry.get("videos") != n or h.hexdigest() != ids_sha:
-            return f"{split}: {rows} videos, not the {n} expected in their order"
+    h, rows = hashlib.sha256(), 0
+    try:
+        for f in marker["order"]:
+            for vid in Dataset.from_file(str(final / f)).data.column("video_id").to_pylist():
+                h.update(vid.encode("utf-8", "surrogatepass") + b"\0")
+                rows += 1
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors for a broken file vary
+        return f"an Arrow file does not open ({type(e).__name__}: {str(e)[:120]})"
+    if rows != marker.get("videos") or h.hexdigest() != marker.get("ids_sha256"):
+        return f"{rows} videos, not the {marker.get('videos')} written in their order"
     return None
 
 
@@ -282,19 +280,25 @@ def _os_error(e: BaseException) -> OSError | None:
     return None
 
 
-def _write_split(stage: Path, split: str, videos: Sequence[Video], tokenizer: Any, pcfg: PromptConfig,
-                 tiers: TierSettings | None, progress: bool) -> list[str]:
+def _write_split(stage: Path, split: str, videos: Iterable[Video], tokenizer: Any, pcfg: PromptConfig,
+                 tiers: TierSettings | None, progress: bool) -> tuple[list[str], int, str]:
     """Encode `videos` into Arrow files `<split>-00000.arrow`, ... of `stage` (`datasets.Dataset.from_generator`,
-    which starts a new file every `datasets.config.MAX_SHARD_SIZE`); returns their names in order. Raises the
-    encoding's error as it is, an OSError of a failed write."""
+    which starts a new file every `datasets.config.MAX_SHARD_SIZE`); returns their names in order, the number of
+    videos and the sha256 of their ids in order. Raises the encoding's or the reading's error as it is, an OSError of
+    a failed write."""
     from tqdm.auto import tqdm
 
-    if not videos:
-        return []
     failed: list[BaseException] = []
+    ids = hashlib.sha256()
+    it = iter(videos)
+    try:
+        head = [next(it)]
+    except StopIteration:
+        return [], 0, ids.hexdigest()
+    count = [0]
 
     def rows() -> Iterator[dict[str, Any]]:
-        bar = tqdm(videos, total=len(videos), desc=f"token cache: {split}", unit="video", disable=not progress,
+        bar = tqdm(itertools.chain(head, it), desc=f"token cache: {split}", unit="video", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True)
         try:
             for v in bar:
@@ -303,8 +307,14 @@ def _write_split(stage: Path, split: str, videos: Sequence[Video], tokenizer: An
                 except Exception as err:  # re-raised as it is once datasets has given up
                     failed.append(err)
                     raise
+                ids.update(e.video_id.encode("utf-8", "surrogatepass") + b"\0")
+                count[0] += 1
                 yield {"video_id": e.video_id, "prompt_ids": e.prompt_ids, "completions": e.completions,
                        "contexts": e.contexts}
+        except Exception as err:  # a bad line of the split: re-raised as it is
+            if not failed:
+                failed.append(err)
+            raise
         finally:
             bar.close()
 
@@ -331,11 +341,11 @@ def _write_split(stage: Path, split: str, videos: Sequence[Video], tokenizer: An
         os.replace(f["filename"], stage / names[-1])
     del ds
     shutil.rmtree(stage / "hf")
-    return names
+    return names, count[0], ids.hexdigest()
 
 
 def _build(final: Path, key: str, settings: dict[str, Any], tokenizer: Any, pcfg: PromptConfig,
-           tiers: TierSettings | None, videos: dict[str, Sequence[Video]], progress: bool) -> None:
+           tiers: TierSettings | None, videos: Iterable[Video], split: str, progress: bool) -> None:
     """Build the cache dir `final` (see the module docstring): Arrow files and then the marker into a temporary
     directory, renamed to `final` last. Raises the encoding's errors, VrpError naming `final` for a failed write (a
     full disk), with nothing left behind."""
@@ -344,11 +354,11 @@ def _build(final: Path, key: str, settings: dict[str, Any], tokenizer: Any, pcfg
         for old in final.parent.glob(f".{final.name}.tmp-*"):  # a build killed earlier (this one holds the lock)
             shutil.rmtree(old, ignore_errors=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        splits = {s: {"files": _write_split(stage, s, videos[s], tokenizer, pcfg, tiers, progress),
-                      "videos": len(videos[s])} for s in SPLITS}
+        names, count, ids_sha = _write_split(stage, split, videos, tokenizer, pcfg, tiers, progress)
         files = {name: {"bytes": (stage / name).stat().st_size, "sha256": sha256_file(stage / name)}
-                 for s in SPLITS for name in splits[s]["files"]}
-        marker = {"format": FORMAT, "key": key, "settings": settings, "splits": splits, "files": files}
+                 for name in names}
+        marker = {"format": FORMAT, "key": key, "settings": settings, "order": names, "files": files,
+                  "videos": count, "ids_sha256": ids_sha}
         _write_marker(stage / MARKER, marker)
         os.replace(stage, final)
     except OSError as e:
@@ -359,24 +369,22 @@ def _build(final: Path, key: str, settings: dict[str, Any], tokenizer: Any, pcfg
             shutil.rmtree(stage, ignore_errors=True)
 
 
+def _open(final: Path) -> EncodedSplit:
+    """The split of the sound cache dir `final` (checked by `verify`), its Arrow files memory-mapped in the marker's
+    order."""
+    import pyarrow as pa
+
+    marker = read_json_object(final / MARKER, "token cache marker")
+    tables = [_datasets().Dataset.from_file(str(final / name)).data.table for name in marker["order"]]
+    return EncodedSplit(pa.concat_tables(tables) if tables else _features().arrow_schema.empty_table())
+
+
 def _write_marker(path: Path, marker: dict[str, Any]) -> None:
     """Write the completion marker and flush it to disk (the directory is renamed into place after it)."""
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(marker, indent=2, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def read_split(final: Path, marker: dict[str, Any], split: str) -> list[EncodedVideo]:
-    """The encodings of `split` (`train` / `validation`) of the cache dir `final` whose marker is `marker`, in video
-    order: its Arrow files memory-mapped (`datasets.Dataset.from_file`) and converted `READ_BATCH` rows at a time."""
-    out: list[EncodedVideo] = []
-    with gc_paused():
-        for name in marker["splits"][split]["files"]:
-            for b in _datasets().Dataset.from_file(str(final / name)).iter(batch_size=READ_BATCH):
-                out.extend(EncodedVideo(v, p, c, x) for v, p, c, x in
-                           zip(b["video_id"], b["prompt_ids"], b["completions"], b["contexts"]))
-    return out
 
 
 @contextlib.contextmanager

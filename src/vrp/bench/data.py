@@ -8,7 +8,9 @@ each process's own high-water mark, `vrp.bench.peak_run`, plus a sampled total o
 training processes): `vrp prepare` of the table; `vrp train --max-steps 1` (one row per batch, one
 validation video, no learning-curve probes) started cold (it builds the dataset's token cache), again warm (it
 reuses it), and warm in N processes with torchrun; start-up = seconds from the launch until the training loop opens
-its `metrics.jsonl`, just before the first optimizer step; cache build = cold - warm start-up of one process; cache
+its `metrics.jsonl`, just before the first optimizer step, and RSS at start-up = the largest high-water mark of its
+processes at that moment (the peak of the whole command also counts the optimizer step, whose memory depends on
+the length of the first row drawn, not on the dataset); cache build = cold - warm start-up of one process; cache
 size = bytes under `DATASET/.cache`. And how the growth is shown: per-video disk cost, and 10^6 videos extrapolated
 as a fixed part plus a cost per video, from the two largest sizes that measured each quantity (`extrapolate`).
 Does not know: how prepare or training work (it runs the `vrp` commands).
@@ -69,20 +71,16 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of process `root` and all its descendants now (Linux /proc; 0 elsewhere)."""
+def _tree(root: int) -> list[int]:
+    """Process `root` and all its descendants (Linux /proc; [root] elsewhere)."""
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
     for entry in os.scandir("/proc") if os.path.isdir("/proc") else []:
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as f:
                 stat = f.read()
-            with open(f"/proc/{entry.name}/statm") as f:
-                rss[int(entry.name)] = int(f.read().split()[1]) * page
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
         parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
     keep, frontier = {root}, [root]
@@ -90,7 +88,29 @@ def _tree_rss(root: int) -> int:
         kids = [p for p, pp in parents.items() if pp in frontier and p not in keep]
         keep.update(kids)
         frontier = kids
-    return sum(rss.get(p, 0) for p in keep)
+    return sorted(keep)
+
+
+def _status_kb(pid: int, field: str) -> int:
+    """A `kB` field of /proc/PID/status (VmRSS, VmHWM) in bytes (0 when the process or field is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of process `root` and all its descendants now."""
+    return sum(_status_kb(p, "VmRSS") for p in _tree(root))
+
+
+def _tree_hwm(root: int) -> int:
+    """The largest resident high-water mark (`VmHWM`, bytes) of process `root` and its descendants so far."""
+    return max((_status_kb(p, "VmHWM") for p in _tree(root)), default=0)
 
 
 def measure(args: list[str], env: dict[str, str], work: Path, name: str, timeout_s: float, nproc: int = 0,
@@ -99,7 +119,8 @@ def measure(args: list[str], env: dict[str, str], work: Path, name: str, timeout
     `vrp.bench.peak_run`, output to `work/<name>.log`, and return `wall_s`, `cpu_s` (user + system seconds of the
     process and its descendants), `peak_rss` (bytes: the largest peak resident set of the command's processes, their
     own `VmHWM`), `tree_rss` (the largest sampled sum of the resident sets of the process and its descendants, with
-    `nproc`), and with `marker` the seconds until that file appeared (`marker_s`, None if never). Raises VrpError
+    `nproc`), and with `marker` the seconds until that file appeared (`marker_s`, None if never) and the largest
+    high-water mark of the command's processes at that moment (`marker_rss`, bytes). Raises VrpError
     with the log's tail when the command fails or runs past `timeout_s`."""
     peak_file, log = work / f"{name}.peak", work / f"{name}.log"
     runner = ["-m", "vrp.bench.peak_run", str(peak_file), *args]
@@ -108,14 +129,14 @@ def measure(args: list[str], env: dict[str, str], work: Path, name: str, timeout
     t0 = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    marker_s, tree, last_sample = None, 0, 0.0
+    marker_s, marker_rss, tree, last_sample = None, None, 0, 0.0
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         now = time.perf_counter() - t0
         if pid:
             break
         if marker is not None and marker_s is None and marker.exists():
-            marker_s = now
+            marker_s, marker_rss = now, _tree_hwm(proc.pid)
         if nproc and now - last_sample >= 0.2:
             tree, last_sample = max(tree, _tree_rss(proc.pid)), now
         if now > timeout_s:
@@ -131,7 +152,7 @@ def measure(args: list[str], env: dict[str, str], work: Path, name: str, timeout
     if not peaks:
         raise VrpError(f"vrp {args[0]}: no peak resident set was recorded in {peak_file}")
     return {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss": max(peaks),
-            "marker_s": marker_s, "tree_rss": max(tree, sum(peaks)) if nproc else None}
+            "marker_s": marker_s, "marker_rss": marker_rss, "tree_rss": max(tree, sum(peaks)) if nproc else None}
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -156,8 +177,8 @@ def _train(opts: Any, data: Path, run: Path, nproc: int, work: Path, name: str) 
                 marker=run / "metrics.jsonl")
     if r["marker_s"] is None:
         raise VrpError(f"vrp train in {nproc} process(es) finished without opening {run / 'metrics.jsonl'}")
-    return {"nproc": nproc, "startup_s": r["marker_s"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
-            "peak_rss": r["peak_rss"], "tree_rss": r["tree_rss"]}
+    return {"nproc": nproc, "startup_s": r["marker_s"], "startup_rss": r["marker_rss"], "wall_s": r["wall_s"],
+            "cpu_s": r["cpu_s"], "peak_rss": r["peak_rss"], "tree_rss": r["tree_rss"]}
 
 
 def measure_size(opts: Any, n: int, tmp: Path, say: Any) -> dict[str, Any]:
@@ -180,7 +201,8 @@ def measure_size(opts: Any, n: int, tmp: Path, say: Any) -> dict[str, Any]:
             runs.append({"cache": label, **r})
             if label == "cold":
                 res["cache_bytes"] = du(data / ".cache")
-            say(f"        start-up {r['startup_s']:.1f} s, peak RSS {r['peak_rss'] / 2 ** 20:.0f} MiB")
+            say(f"        start-up {r['startup_s']:.1f} s, RSS at start-up {r['startup_rss'] / 2 ** 20:.0f} MiB, "
+                f"peak RSS {r['peak_rss'] / 2 ** 20:.0f} MiB")
         res["train"] = runs
         warm = next((r for r in runs[1:] if r["nproc"] == 1), None)
         res["cache_build_s"] = runs[0]["startup_s"] - warm["startup_s"] if warm else None
@@ -242,6 +264,7 @@ def extrapolate(sizes: list[dict[str, Any]], to: int = EXTRAPOLATE_TO) -> dict[s
         row: dict[str, Any] = {"cache": cache, "nproc": nproc}
         fit([(n, t["startup_s"]) for n, t in got], "startup_s", row)
         fit([(n, t["peak_rss"]) for n, t in got], "peak_rss", row)
+        fit([(n, t["startup_rss"]) for n, t in got if t.get("startup_rss")], "startup_rss", row)
         if row["startup_s"] is not None:
             out.setdefault("train", []).append(row)
     return out

@@ -178,14 +178,14 @@ def finish(s: TrainSetup, state: TrainState) -> dict[str, Any]:
     history, base_val, secs = state.history, state.base_val, state.train_seconds
     metrics = {
         "model": s.cfg.model, "precision": s.prec.name, "packing": s.cfg.packing, "steps": state.step,
-        "train_videos": len(s.train_videos), "train_rows": len(s.rows), "comments_seen": state.comments_seen,
+        "train_videos": s.n_train_videos, "train_rows": len(s.rows), "comments_seen": state.comments_seen,
         "tokens_seen": state.tokens_seen, "train_seconds": round(secs, 2),
         "tokens_per_s": round(state.tokens_seen / max(secs, 1e-9), 1),
         "comments_per_s": round(state.comments_seen / max(secs, 1e-9), 3),
         "final_train_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
         "base_val_nll": base_val["nll"] if base_val else None,
         "final_val_nll": next((h["val_nll"] for h in reversed(history) if "val_nll" in h), None),
-        "val_videos": len(s.val_videos), "val_tokens": base_val["tokens"] if base_val else 0,
+        "val_videos": s.n_val_videos, "val_tokens": base_val["tokens"] if base_val else 0,
         "world_size": s.dist.world_size, "distributed_strategy": s.dist.strategy, "config": asdict(s.cfg),
         **peak_memory(s.prec.device), "memory_plan": s.memory.to_json() if s.memory else None,
         "packing_check": getattr(s, "packing_check", None),  # `vrp.train.packing_check`: packed == per example

@@ -1,8 +1,8 @@
 """The shared-prefix self-check of a training run: packed log-probs against the per-example forward, on the real model.
 
 Knows: users bring models that no test has seen, so before its first step a shared-prefix run scores the comment
-tokens of a few of its own rows (`CHECK_ROWS` rows of at most `CHECK_COMMENTS` comments each, the rows with the most
-comments first, then the longest) twice with the model as loaded (LoRA attached, eval mode, the run's autocast and
+tokens of its own fullest row (`CHECK_ROWS` rows of at most `CHECK_COMMENTS` comments each, the rows with the most
+comments first, then the longest, so the longest prompts reach past a sliding window) twice with the model as loaded (LoRA attached, eval mode, the run's autocast and
 attention implementation): packed (`vrp.packing.collate`, shared-prefix masks per layer type) and per example (each
 prompt + context + comment alone in a row of mode `none`, whose causal / sliding / chunked masks transformers builds
 itself). It records `{max_abs_diff, mean_abs_diff, tolerance, precision, dtype, n_tokens, n_comments}`
@@ -32,8 +32,8 @@ from vrp.loss import decoder_and_head, target_logprobs
 from vrp.packing import Row, collate
 from vrp.precision import autocast_ctx
 
-CHECK_ROWS = 2
-CHECK_COMMENTS = 4
+CHECK_ROWS = 1  # one packed forward and CHECK_COMMENTS per-example ones before the first step
+CHECK_COMMENTS = 3  # enough to see a comment attend to the ones before it, and positions restart twice
 TOLERANCE = {"float32": 1e-3, "float16": 0.5, "bfloat16": 3.0}
 
 
@@ -52,7 +52,7 @@ def check_rows(rows: list[Any]) -> list[Any]:
     """The rows the check scores: the `CHECK_ROWS` rows with the most comments (then the most tokens, then the
     first), each cut to its first `CHECK_COMMENTS` comments (`vrp.packing.Row`s, new objects)."""
 
-    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].completions), -rows[i].num_tokens, i))
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i].num_completions, -rows[i].num_tokens, i))
     out = []
     for i in order[:CHECK_ROWS]:
         r = rows[i]

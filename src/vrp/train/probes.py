@@ -97,12 +97,14 @@ class ProbeSet:
 
 
 def build_probe_set(tokenizer: PreTrainedTokenizerBase, val_videos: Sequence[Video], train_videos: Sequence[Video],
-                    pcfg: PromptConfig, n_videos: int, seed: int,
-                    max_candidates: int = MAX_CANDIDATES) -> ProbeSet | None:
+                    pcfg: PromptConfig, n_videos: int, seed: int, max_candidates: int = MAX_CANDIDATES,
+                    prompts: Sequence[Any] | None = None) -> ProbeSet | None:
     """The probe data of the first `n_videos` validation videos (None when `n_videos` is 0 or there are none).
 
-    pcfg: the run's `PromptConfig`; seed: the generation seed. Candidates as in the module doc. Raises VrpError from
-    `prompts` for a prompt that does not fit (not after `setup`, which encoded the same videos)."""
+    train_videos: iterated once (for the frequent comments); pcfg: the run's `PromptConfig`; seed: the generation
+    seed; prompts: the validation split's encodings (`vrp.prompts.EncodedVideo`s, e.g. the token cache's) whose
+    `prompt_ids` are taken instead of tokenizing the prompts again. Candidates as in the module doc. Raises VrpError
+    from `prompts` for a prompt that does not fit (not after `setup`, which encoded the same videos)."""
 
     subset = list(val_videos[:n_videos])
     if not subset:
@@ -129,7 +131,8 @@ def build_probe_set(tokenizer: PreTrainedTokenizerBase, val_videos: Sequence[Vid
         picked += _take(others, room - len(picked), taken)  # fewer frequent texts than their half
         distractors.append([enc(t) for t in picked])
     return ProbeSet(video_ids=[v.video_id for v in subset],
-                    prompts=[video_prompt_ids(tokenizer, v, pcfg) for v in subset],
+                    prompts=[prompts[i].prompt_ids if prompts is not None else video_prompt_ids(tokenizer, v, pcfg)
+                             for i, v in enumerate(subset)],
                     real=[[enc(t) for t in ts] for ts in texts], distractors=distractors,
                     partner=[(i + 1) % n if n > 1 else -1 for i in range(n)],
                     no_video=no_video_prompt_ids(tokenizer, pcfg), seed=seed, prompt_format=pcfg.prompt_format)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,7 +29,7 @@ from vrp.precision import resolve_precision
 from vrp.prompt_format import resolve_prompt_config
 from vrp.rundir import RunDir
 from vrp.tiers import dataset_format, longest_marker, resolve_tier_source
-from vrp.token_cache import TierSettings, cached_encodings, encode_splits, gc_paused
+from vrp.token_cache import TierSettings, cached_split, encode_split, gc_paused, split_videos
 from vrp.train.checkpoint import (
     data_position,
     keep_best,
@@ -60,8 +61,8 @@ class TrainSetup:
     prec: Any
     model: Any
     tokenizer: Any
-    train_videos: list[Any]
-    val_videos: list[Any]
+    n_train_videos: int
+    n_val_videos: int
     rows: list[Any]
     val_rows: list[Any]
     optimizer: Any
@@ -107,18 +108,33 @@ def _optimizer(model: Any, cfg: TrainConfig, prec: Any, notify: bool = True) -> 
     return build_optimizer(model, cfg.optimizer, prec.device, cfg.learning_rate, cfg.weight_decay, notify)
 
 
-def _read_data(cfg: TrainConfig, data: DatasetDir) -> tuple[list[Any], list[Any]]:
-    """The training and validation videos (cut to `max_train_videos` / `max_eval_videos`); every video must have a
-    comment. Raises VrpError naming the file."""
-    train_videos = data.train_videos()[: cfg.max_train_videos or None]
-    val_videos = data.validation_videos()[: cfg.max_eval_videos or None]
-    if not train_videos:
+class _Videos:
+    """The first `limit` videos (0 = all) of a split, read again from the file at each iteration
+    (`vrp.token_cache.split_videos`), for what scans a split without holding it (tier sources, frequent comments)."""
+
+    def __init__(self, data: DatasetDir, split: str, limit: int) -> None:
+        self.data, self.split, self.limit = data, split, limit
+
+    def __iter__(self) -> Iterator[Any]:
+        return split_videos(self.data, self.split, self.limit)
+
+
+def _encodings(cfg: TrainConfig, data: DatasetDir, tok: Any, tiers: TierSettings | None, data_sha: str,
+               progress: bool) -> tuple[Sequence[Any], Sequence[Any]]:
+    """The training and validation encodings (cut to `max_train_videos` / `max_eval_videos`): memory-mapped from the
+    dataset's token cache (`vrp.token_cache.cached_split`), or lists computed in memory with `token_cache` off.
+    Raises VrpError naming the file for an empty training split or a video without a comment."""
+    pcfg = cfg.prompt_config()
+    cuts = (("train", cfg.max_train_videos), ("validation", cfg.max_eval_videos))
+    if cfg.token_cache:  # tokenized once per dataset, tokenizer and prompt settings
+        train_enc, val_enc = (cached_split(data, split, n, tok, pcfg, tiers, data_sha, progress) for split, n in cuts)
+    else:
+        with gc_paused():  # millions of token-id lists, no cycles
+            train_enc, val_enc = (list(encode_split(tok, split_videos(data, split, n), pcfg, tiers, split == "train"))
+                                  for split, n in cuts)
+    if not len(train_enc):
         raise VrpError(f"{data.train_path}: empty dataset")
-    for path, videos in ((data.train_path, train_videos), (data.validation_path, val_videos)):
-        empty = next((v.video_id for v in videos if not any(c.text.strip() for c in v.comments)), None)
-        if empty is not None:
-            raise VrpError(f"{path}: video {empty!r} has no comment (prepare the dataset with `vrp prepare`)")
-    return train_videos, val_videos
+    return train_enc, val_enc
 
 
 def _inputs(cfg: TrainConfig, data: DatasetDir) -> list[tuple[str, Any]]:
@@ -208,7 +224,7 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     if lock is not None:
         dist.main_only(lock.acquire)  # rank 0 alone writes the run dir
     data_sha, saved = dist.main_only(_check_run, cfg, run, data, resume, overwrite, _inputs(cfg, data))
-    train_videos, val_videos = _read_data(cfg, data)
+    train_videos = _Videos(data, "train", cfg.max_train_videos)  # read when scanned, never held
     if cfg.tiers:  # checked before anything is loaded or written; config.yaml records the resolved source
 
         cfg = replace(cfg, tier_source=resolve_tier_source(cfg.tier_source, train_videos, dataset_format(data)))
@@ -223,13 +239,8 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     pcfg = cfg.prompt_config()
     # validation rows carry every tiered comment's true marker (no dropout)
     tiers = TierSettings(cfg.tier_source, cfg.tier_marker_dropout, cfg.seed) if cfg.tiers else None
-    if cfg.token_cache:  # tokenized once per dataset, tokenizer and prompt settings (`vrp.token_cache`)
-        train_enc, val_enc = cached_encodings(data, tok, pcfg, tiers, train_videos, val_videos, data_sha,
-                                              progress and dist.is_main)
-    else:
-        train_enc, val_enc = encode_splits(tok, train_videos, val_videos, pcfg, tiers)
-    with gc_paused():  # millions of token-id lists, no cycles
-        rows = make_rows(train_enc, cfg.packing, cfg.max_row_tokens)
+    train_enc, val_enc = _encodings(cfg, data, tok, tiers, data_sha, progress and dist.is_main)
+    rows = make_rows(train_enc, cfg.packing, cfg.max_row_tokens)
     val_packing = validation_packing(model, cfg.packing)  # refuses shared_prefix where masks cannot be exact
     val_rows = make_rows(val_enc, val_packing, cfg.max_row_tokens)
     n_batches = len(micro_batches(rows, cfg.batch_size))
@@ -260,10 +271,12 @@ def setup(cfg: TrainConfig, data: DatasetDir, run: RunDir, resume: bool, overwri
     optimizer = _optimizer(model, cfg, prec, dist.is_main)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     # the probes call the model directly, which FSDP's sharded weights do not allow
-    probes = (build_probe_set(tok, val_videos, train_videos, pcfg, cfg.curve_videos, cfg.seed)
-              if dist.strategy != "fsdp" else None)
+    probes = (build_probe_set(tok, list(split_videos(data, "validation", min(cfg.max_eval_videos or cfg.curve_videos,
+                                                                             cfg.curve_videos))),
+                              train_videos, pcfg, cfg.curve_videos, cfg.seed, prompts=val_enc)
+              if dist.strategy != "fsdp" and cfg.curve_videos else None)
     dist.main_only(_create_run, run, cfg, resume, overwrite, _inputs(cfg, data))
-    return TrainSetup(cfg, run, data_sha, prec, model, tok, train_videos, val_videos, rows, val_rows, optimizer,
+    return TrainSetup(cfg, run, data_sha, prec, model, tok, len(train_enc), len(val_enc), rows, val_rows, optimizer,
                       scheduler, per_epoch, total_steps, probes, dist, plan, val_packing=val_packing,
                       packing_check=checked)
 
