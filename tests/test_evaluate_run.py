@@ -387,3 +387,53 @@ def test_minilm_embedder_offline():
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
     v = embed_videos(emb, [Video("a", "Pasta", "how to cook pasta " * 300), Video("b", "", "guitar chords")])
     assert v.shape == (2, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("row_tokens, rows_per_batch", [(512, 1), (100, 1), (100, 4)])
+def test_score_videos_equals_scoring_each_video_alone(tokenizer, row_tokens, rows_per_batch):
+    """`score_videos` (shared title-only / no-video prompts scored once for all their videos, `split_sdpa` with the
+    prompt KV cache) gives the scores of `score_candidates` on each video alone with one big row, whatever the row
+    size and batch (the old default 512 x 1 and several rows per video), in fp32."""
+    from helpers import tiny_llama
+
+    from vrp.attention import register
+    from vrp.evaluate.candidates import CandidateSet
+    from vrp.prompts import PromptConfig, build_completion_ids, no_video_prompt_ids, video_prompt_ids
+    from vrp.scoring import score_candidates
+
+    pcfg = PromptConfig(max_prompt_tokens=64)
+    videos = [Video(f"v{i}", "Guitar night" if i == 2 else "", f"{TOPICS[i]}. " * 3,
+                    [Comment(f"real comment {i}-{k} about {TOPICS[i]}") for k in range(1 + i % 2)]) for i in range(4)]
+    csets = [CandidateSet([c.text for c in v.comments], [f"distractor {j} on {TOPICS[(i + j) % 8]}" for j in range(14)]
+                          + ["the same comment for all"], {}) for i, v in enumerate(videos)]
+    partner = [1, 2, 3, 0]
+    model = tiny_llama(tokenizer, attn_implementation=register(), initializer_range=0.2)
+
+    def alone(prompt, texts):
+        return score_candidates(model, prompt, [build_completion_ids(tokenizer, t, pcfg) for t in texts],
+                                max_row_tokens=4096)
+
+    rows, timing = E.score_videos(model, tokenizer, pcfg, videos, csets, partner, row_tokens, rows_per_batch,
+                                  progress=False, no_video=True)
+    assert set(timing) >= {"score_own_prompt_s", "score_title_only_s", "score_no_video_s"}
+    got, want = [], []
+    for i, (v, cs, r) in enumerate(zip(videos, csets, rows)):
+        texts = cs.real + cs.distractors
+        want += alone(video_prompt_ids(tokenizer, v, pcfg), texts) + alone(video_prompt_ids(
+            tokenizer, v, pcfg, transcript=""), cs.real) + alone(no_video_prompt_ids(tokenizer, pcfg), texts)
+        want += alone(video_prompt_ids(tokenizer, videos[partner[i]], pcfg), cs.real)
+        got += r["own_all"] + r["title"] + r["no_video_all"] + r["other"]
+    assert [n for _, n in got] == [n for _, n in want]
+    np.testing.assert_allclose([s for s, _ in got], [s for s, _ in want], rtol=1e-5, atol=1e-4)
+    assert np.ptp([s for s, _ in want]) > 5       # the scores differ: a mix-up of candidates or prompts would fail
+
+
+def test_evaluation_generates_with_its_own_budget():
+    """`vrp evaluate` generates up to 64 new tokens per comment (docs/evaluation.md#speed), `vrp generate` up to 150
+    as the original; `--max-new-tokens` still sets it."""
+    from vrp.evaluate.config import EvaluateConfig
+    from vrp.generate.config import GenerateConfig
+
+    assert EvaluateConfig().generate_config("beam").max_new_tokens == 64
+    assert GenerateConfig().max_new_tokens == 150
+    assert EvaluateConfig(max_new_tokens=150).generate_config("nucleus").max_new_tokens == 150

@@ -31,11 +31,14 @@ def reference(model, prompt: list[int], cand: list[int]) -> float:
     return float(logp.gather(1, torch.tensor(cand)[:, None]).sum())
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("impl", ["eager", "sdpa", "split_sdpa"])
 @pytest.mark.parametrize("use_prompt_cache", [False, True])
 def test_scores_match_per_candidate_forward(tokenizer, impl, use_prompt_cache):
+    from vrp import attention
+
     prompt, cands = data()
-    model = tiny_llama(tokenizer, attn_implementation=impl, initializer_range=SHARP)
+    model = tiny_llama(tokenizer, attn_implementation=attention.register() if impl == "split_sdpa" else impl,
+                       initializer_range=SHARP)  # split_sdpa: what `vrp evaluate` scores with on a CPU
     ref = [reference(model, prompt, c) for c in cands]
     # 80 tokens per row: the 13 candidates need 4 packed rows (2 batches of 2 rows, padded)
     assert len(make_rows([EncodedVideo("x", prompt, cands)], "shared_prefix", 80)) == 4

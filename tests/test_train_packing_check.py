@@ -46,8 +46,8 @@ def test_run_records_packing_check(tmp_path: Path, data: Path, tiny_model_dir: P
     assert check == m["packing_check"]
     assert check["dtype"] == "float32" and check["tolerance"] == TOLERANCE["float32"] == 1e-3
     assert check["precision"] == "cpu-fp32"
-    # 2 rows: 5 comments cut to 4, and 4 comments; every comment token (EOS included) is compared
-    assert check["n_comments"] == 8 and check["n_tokens"] > check["n_comments"]
+    # the fullest row (5 comments) cut to CHECK_COMMENTS; every comment token (EOS included) is compared
+    assert check["n_comments"] == CHECK_COMMENTS == 3 and check["n_tokens"] > check["n_comments"]
     assert 0.0 <= check["max_abs_diff"] < 1e-5  # exact masks: fp32 rounding only
 
 

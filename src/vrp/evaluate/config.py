@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 from vrp.errors import ConfigError
 from vrp.generate.config import GenerateConfig
-from vrp.limits import CANDIDATES, COMMENTS, PROMPT_TOKENS, RERANK, ROWS, THREADS, TOKENS
+from vrp.limits import CANDIDATES, COMMENTS, NEW_TOKENS, PROMPT_TOKENS, RERANK, ROWS, THREADS, TOKENS
 from vrp.options import check_choice, check_no_repeats, check_range, coerce_fields, option, option_like
 from vrp.precision import PRECISIONS
-from vrp.presets import check_rerank, get_preset, single_output_presets
+from vrp.presets import MAX_NEW_TOKENS, check_rerank, get_preset, single_output_presets
 
 RANKINGS = ("likelihood", "pmi", "both")
+EVAL_MAX_NEW_TOKENS = 64  # generation budget of `vrp evaluate` (docs/evaluation.md#speed)
 
 
 @dataclass
@@ -30,8 +31,10 @@ class EvaluateConfig:
     num_comments: int = option(f"generated comments per video and preset (MAUVE wants >= 5 per video; "
                                f"a single-output preset ({', '.join(single_output_presets())}) gives one)", 5,
                                limit=COMMENTS)
-    max_new_tokens: int = option_like(GenerateConfig, "max_new_tokens", "generation budget per comment in tokens "
-                                                                         "(the original used 150)")
+    max_new_tokens: int = option(f"generation budget per comment in tokens ({EVAL_MAX_NEW_TOKENS}: above most real "
+                                 f"comments, whose median is ~25 tokens; the original and `vrp generate` use "
+                                 f"{MAX_NEW_TOKENS}, a base model that never stops runs every comment to it)",
+                                 EVAL_MAX_NEW_TOKENS, limit=NEW_TOKENS)
     max_prompt_tokens: int | None = option_like(GenerateConfig, "max_prompt_tokens")
     num_candidates: int = option("ranking candidates per video; must exceed the real comments of every video (at "
                                  "most 25 count), so that each is ranked against distractors", 100, limit=CANDIDATES)
@@ -48,8 +51,8 @@ class EvaluateConfig:
     score_rows_per_batch: int = option("scoring rows per forward pass", 1, limit=ROWS)
     max_videos: int = option("evaluate only the first N held-out videos (0 = all)", 0)
     max_gen_videos: int = option("generate for the first N held-out videos (0 = all; on-topic retrieval still "
-                                 "searches all evaluated videos). Beam search on a 2-core CPU takes ~20-50 s per "
-                                 "video", 24)
+                                 "searches all evaluated videos). Each preset takes ~5-7 s per video and model on a 2-core CPU at "
+                                 "64 new tokens", 24)
     seed_results: str | None = option("dir of the original 2023 project's outputs (its seed_results: *.xlsx, column "
                                       "text); needs `seed_test`", None)
     seed_test: str | None = option("the original test set (test_dataset.xlsx): ours are generated for its videos and "

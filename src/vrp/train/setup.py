@@ -50,7 +50,8 @@ from vrp.train.probes import build_probe_set, validate
 
 @dataclass
 class TrainSetup:
-    """Everything a run needs once it has started. rows/val_rows: packed rows (`vrp.packing.Row`); per_epoch:
+    """Everything a run needs once it has started. n_train_videos/n_val_videos: videos of each split after the cuts;
+    rows/val_rows: packed rows (`vrp.packing.Row`, or `vrp.packing.LazyRow` over the token cache); per_epoch:
     optimizer steps per epoch; total_steps: optimizer steps of the whole run; data_sha: `DatasetDir.fingerprint`;
     probes: the learning-curve probe data (`vrp.train.probes.ProbeSet`, None when `curve_videos` is 0 or there is no
     validation video)."""
