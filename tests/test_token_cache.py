@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import json
 import threading
 import time
 from pathlib import Path
@@ -193,12 +194,17 @@ def damage(cache: Path, how: str) -> None:
         (cache / tc.MARKER).unlink()
     elif how == "garbage_marker":
         (cache / tc.MARKER).write_text("{not json")
+    elif how == "foreign_file":  # the marker made to read a file it does not checksum
+        marker = json.loads((cache / tc.MARKER).read_text())
+        marker["order"] = ["../elsewhere.arrow"]
+        (cache / tc.MARKER).write_text(json.dumps(marker))
     else:
         arrow.unlink()
 
 
 @pytest.mark.parametrize("how, said", [("truncated", "bytes"), ("altered", "sha256"), ("no_marker", "no complete.json"),
-                                       ("garbage_marker", "invalid JSON"), ("missing", "is missing")])
+                                       ("garbage_marker", "invalid JSON"), ("missing", "is missing"),
+                                       ("foreign_file", "does not checksum")])
 def test_a_damaged_cache_is_rebuilt_with_a_notice(data: DatasetDir, tokenizer, calls, capsys, how: str,
                                                   said: str) -> None:
     first = cached(data, tokenizer)

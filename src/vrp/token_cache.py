@@ -229,6 +229,8 @@ def verify(final: Path, key: str) -> str | None:
     files = marker.get("files")
     if not isinstance(files, dict) or not isinstance(marker.get("order"), list):
         return f"{MARKER} lists no files"
+    if sorted(marker["order"]) != sorted(files) or any(not isinstance(n, str) or Path(n).name != n for n in files):
+        return f"{MARKER} names files it does not checksum, or paths outside the cache"
     for name, want in files.items():
         path = final / name
         if not path.is_file():
