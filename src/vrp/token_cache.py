@@ -1,14 +1,13 @@
 """Tokenize once, share everywhere: the encoded videos (`vrp.prompts.EncodedVideo`) of a dataset split for one
 tokenizer and one set of prompt settings, built once into memory-mapped Arrow files beside the dataset and read by
-every later run, by every process of a launched run and by `vrp evaluate`.
+every later training run, by every process of a launched run and by the learning-curve probes.
 
 Knows:
 - the encoding (`encode_split`): `vrp.prompts.encode_video`, or with like tiers `vrp.tiers.encode_tiered_video`
   (training videos with marker dropout drawn from the seed, validation videos with every true marker). The cached and
   the uncached path (`encode_split` in memory) run this same function, so they give the same encodings.
 - which videos: the first `limit` videos (0 = all) of one split (`split_videos`, read one line at a time; a video
-  without a comment is refused, naming the file), so a `max_train_videos` / `max_eval_videos` / `max_videos` cut has
-  its own cache, and training's validation cache is `vrp evaluate`'s when the cut is the same.
+  without a comment is refused, naming the file), so a `max_train_videos` / `max_eval_videos` cut has its own cache.
 - where the cache lives: `DATASET/.cache/tokens-<key>/` (`CACHE_DIR`), holding the split's Arrow files
   (`train-00000.arrow`, ...) and last `complete.json` (`MARKER`): the full key, the settings it was built from, each
   file's size and sha256, the number of videos and the sha256 of their ids in order.
@@ -24,8 +23,7 @@ Knows:
   file lock (`filelock`, `<cache>.lock`), so under torchrun one process per node (one per shared file system) builds.
 - how it is read: `datasets.Dataset.from_file` memory-maps each Arrow file; the marker, the file sizes and checksums,
   the row count and the ids are checked first, and a damaged cache (truncated, altered, marker missing) is said on
-  stderr, deleted and rebuilt. The encodings stay in the Arrow files (`EncodedSplit`): a video's token ids become
-  Python lists only when it is read, and `EncodedSplit.lengths` gives every length from the Arrow offsets, so memory
+  stderr, deleted and rebuilt. The encodings stay in the Arrow files (`vrp.encoded_split.EncodedSplit`), so memory
   does not grow with the number of videos.
 Does not know: packing (`vrp.packing.make_rows` builds the rows from the encodings), training, models. Where the
 dataset dir cannot be written (read-only), it says so and encodes in memory instead.
@@ -391,9 +389,8 @@ def _write_marker(path: Path, marker: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused (and restored as it was) while the token-id lists of many videos
-    are built: these lists hold no cycles, and every collection would scan all of them again (10^4 videos on a 2-core
-    CPU: reading the cache 1.4 -> 0.6 s, `vrp.packing.make_rows` over it 0.9 -> 0.2 s)."""
+    """Python's cyclic garbage collector paused (and restored as it was) while the token-id lists of many videos are
+    built in memory: they hold no cycles, and each collection would scan them all again (10^4 videos: 1.4 -> 0.6 s)."""
     was = gc.isenabled()
     gc.disable()
     try:

@@ -102,10 +102,7 @@ def add_train_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParse
                                     "--quick about 2. (a) "
                                     "needs TRL: pip install 'vrp[bench]'. --data: any table `vrp prepare` reads (`make bench-train` "
                                     "passes the original project's train_dataset.xlsx)")
-    out = p.add_argument_group("output")
-    out.add_argument("--output", help=OUTPUT_HELP)
-    out.add_argument("--no-write", action="store_true", help="print only; do not append to the Markdown file")
-    out.add_argument("--json-out", help="also write the raw results as JSON to this file")
+    _add_output_args(p)
     add_config_args(p, BenchTrainConfig, "benchmark options")
     p.set_defaults(_bench_run=run_train, _parser=p)
     return p
@@ -156,6 +153,14 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """The output flags every `vrp bench` subcommand shares: --output, --no-write, --json-out."""
+    out = p.add_argument_group("output")
+    out.add_argument("--output", help=OUTPUT_HELP)
+    out.add_argument("--no-write", action="store_true", help="print only; do not append to the Markdown file")
+    out.add_argument("--json-out", help="also write the raw results as JSON to this file")
+
+
 def add_generate_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `vrp bench generate` (comment generation: vrp in PyTorch vs llama.cpp on the exported GGUF; see
     `vrp.bench.generate`)."""
@@ -168,10 +173,7 @@ def add_generate_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentPa
                                     "not given) and print comments/s and the time to the first comment; appends a "
                                     "section to the benchmark history (--output). llama.cpp needs "
                                     "llama-cpp-python: pip install 'vrp[llamacpp]' (without it only vrp is timed).")
-    out = p.add_argument_group("output")
-    out.add_argument("--output", help=OUTPUT_HELP)
-    out.add_argument("--no-write", action="store_true", help="print only; do not append to the Markdown file")
-    out.add_argument("--json-out", help="also write the raw results as JSON to this file")
+    _add_output_args(p)
     add_config_args(p, BenchGenerateConfig, "benchmark options")
     p.set_defaults(_bench_run=run_generate, _parser=p)
     return p
@@ -224,10 +226,7 @@ def add_data_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser
                                     "cache, warm: reusing it, in 1 and 2 processes); print the table with 10^6 "
                                     "extrapolated and append a section to the benchmark history (--output). 10^5 "
                                     "videos need about 9 GB of temporary disk (--work-dir).")
-    out = p.add_argument_group("output")
-    out.add_argument("--output", help=OUTPUT_HELP)
-    out.add_argument("--no-write", action="store_true", help="print only; do not append to the Markdown file")
-    out.add_argument("--json-out", help="also write the raw results as JSON to this file")
+    _add_output_args(p)
     add_config_args(p, BenchDataConfig, "benchmark options")
     p.set_defaults(_bench_run=run_data, _parser=p)
     return p
